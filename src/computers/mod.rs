@@ -1,0 +1,1 @@
+//! Lifecycle of computers and supervision of their VMM processes.

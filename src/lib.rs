@@ -1,0 +1,14 @@
+//! deskd: a self-hosted, single-node hypervisor daemon serving the Orgo computer API.
+//!
+//! Layout (see `../shared/design/architecture.md`):
+//! - `api`: the HTTP API (routes, auth, errors, websockets) served by `deskd serve`.
+//! - `store`: SQLite state (keys, workspaces, computers, ...).
+//! - `computers`: lifecycle of computers and supervision of their VMM processes.
+//! - `vmm`: the embedded virtual machine monitor run as `deskd vmm` (one process per VM).
+//! - `kvmprobe`: a tiny KVM guest that tells whether `/dev/kvm` is real hardware virtualization.
+
+pub mod api;
+pub mod computers;
+pub mod kvmprobe;
+pub mod store;
+pub mod vmm;
