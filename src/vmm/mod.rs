@@ -1,5 +1,7 @@
 //! The embedded VMM run as `deskd vmm` (one process per VM).
 
+pub mod devices;
+
 use std::process::ExitCode;
 
 /// Options of `deskd vmm`.

@@ -1,0 +1,3 @@
+//! Emulated devices of the VMM.
+
+pub mod bus;
