@@ -111,6 +111,27 @@ impl Store {
         Ok(stmt.query_row([id], row_to_workspace).optional()?)
     }
 
+    /// Marks every computer of a workspace `deleting` (one transaction) and returns them: the first
+    /// step of deleting a workspace, so a crash before the VMs are gone leaves records that
+    /// start-up recovery finishes deleting instead of orphaned VMs.
+    pub fn mark_workspace_deleting(&self, id: &str) -> Result<Vec<Computer>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let exists: Option<String> = tx
+            .query_row("SELECT id FROM workspaces WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound { what: "workspace" });
+        }
+        tx.execute(
+            "UPDATE computers SET status = 'deleting', updated_at = ?2 WHERE workspace_id = ?1",
+            params![id, now_iso()],
+        )?;
+        let computers = super::computers::in_workspace(&tx, id)?;
+        tx.commit()?;
+        Ok(computers)
+    }
+
     /// Deletes a workspace and all its computers in one transaction; returns the computers that
     /// were deleted so their VMs and disks can be cleaned up.
     pub fn delete_workspace(&self, id: &str) -> Result<Vec<Computer>, StoreError> {
