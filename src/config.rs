@@ -205,6 +205,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid_and_documents_the_defaults() {
+        let text = include_str!("../systemd/deskd.toml.example");
+        let c = Config::parse(text, Path::new("deskd.toml.example")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
     fn rejects_unknown_keys_and_bad_values() {
         assert!(Config::parse("nope = 1", Path::new("x")).is_err());
         assert!(Config::parse("[rate_limit]\nburst = 0", Path::new("x")).is_err());

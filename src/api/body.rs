@@ -50,9 +50,8 @@ impl FromRequest<AppState> for JsonObject {
                 ))
             }
         }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("Request body is not valid JSON: {e}."))
-        })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("Request body is not valid JSON: {e}.")))?;
         match value {
             Value::Object(map) => Ok(JsonObject(map)),
             other => Err(ApiError::bad_request(format!(
@@ -65,7 +64,8 @@ impl FromRequest<AppState> for JsonObject {
 
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -93,7 +93,11 @@ pub fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> 
 }
 
 /// A required string of `min..=max` characters (after trimming) without control characters.
-pub fn required_name(body: &Map<String, Value>, name: &str, max: usize) -> Result<String, ApiError> {
+pub fn required_name(
+    body: &Map<String, Value>,
+    name: &str,
+    max: usize,
+) -> Result<String, ApiError> {
     match field(body, name) {
         None => Err(ApiError::bad_request(format!("{name} is required."))),
         Some(v) => check_name(v, name, max),
@@ -157,9 +161,11 @@ pub fn optional_int(
 
 /// Checks a whole number in `min..=max`.
 pub fn check_int(v: &Value, name: &str, min: i64, max: i64) -> Result<i64, ApiError> {
-    let n = v
-        .as_i64()
-        .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64));
+    let n = v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+            .map(|f| f as i64)
+    });
     match n {
         Some(n) if (min..=max).contains(&n) => Ok(n),
         Some(_) | None if v.is_number() => Err(ApiError::bad_request(format!(
@@ -197,10 +203,22 @@ mod tests {
     fn names() {
         let b = obj(json!({"name": "  ok  ", "bad": 3, "long": "x".repeat(65), "ctl": "a\u{7}"}));
         assert_eq!(required_name(&b, "name", 64).unwrap(), "ok");
-        assert!(required_name(&b, "missing", 64).unwrap_err().message.contains("required"));
-        assert!(required_name(&b, "bad", 64).unwrap_err().message.contains("must be a string"));
-        assert!(required_name(&b, "long", 64).unwrap_err().message.contains("1-64"));
-        assert!(required_name(&b, "ctl", 64).unwrap_err().message.contains("control"));
+        assert!(required_name(&b, "missing", 64)
+            .unwrap_err()
+            .message
+            .contains("required"));
+        assert!(required_name(&b, "bad", 64)
+            .unwrap_err()
+            .message
+            .contains("must be a string"));
+        assert!(required_name(&b, "long", 64)
+            .unwrap_err()
+            .message
+            .contains("1-64"));
+        assert!(required_name(&b, "ctl", 64)
+            .unwrap_err()
+            .message
+            .contains("control"));
     }
 
     #[test]
@@ -209,8 +227,14 @@ mod tests {
         assert_eq!(optional_int(&b, "a", 0, 10).unwrap(), Some(5));
         assert_eq!(optional_int(&b, "b", 0, 10).unwrap(), Some(5));
         assert!(optional_int(&b, "c", 0, 10).is_err());
-        assert!(optional_int(&b, "d", 0, 10).unwrap_err().message.contains("not a string"));
-        assert!(optional_int(&b, "e", 0, 10).unwrap_err().message.contains("from 0 to 10"));
+        assert!(optional_int(&b, "d", 0, 10)
+            .unwrap_err()
+            .message
+            .contains("not a string"));
+        assert!(optional_int(&b, "e", 0, 10)
+            .unwrap_err()
+            .message
+            .contains("from 0 to 10"));
         assert!(optional_int(&b, "f", 0, 10).is_err());
         assert_eq!(optional_int(&b, "zz", 0, 10).unwrap(), None);
     }

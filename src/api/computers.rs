@@ -9,7 +9,9 @@ use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 
 use super::access;
-use super::body::{check_int, check_uuid, field, kind, optional_int, optional_string, required_name, JsonObject};
+use super::body::{
+    check_int, check_uuid, field, kind, optional_int, optional_string, required_name, JsonObject,
+};
 use super::error::ApiError;
 use super::middleware::AuthKey;
 use super::{views, AppState};
@@ -30,7 +32,11 @@ const RESIZE_MEM_CHOICES: [u32; 4] = [4, 8, 16, 32];
 const ENSURE_RUNNING_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn show(state: &AppState, c: &Computer) -> Result<Value, ApiError> {
-    Ok(views::computer(state, c, &access::workspace_name(state, &c.workspace_id)?))
+    Ok(views::computer(
+        state,
+        c,
+        &access::workspace_name(state, &c.workspace_id)?,
+    ))
 }
 
 fn reload(state: &AppState, id: &str) -> Result<Computer, ApiError> {
@@ -42,8 +48,12 @@ fn reload(state: &AppState, id: &str) -> Result<Computer, ApiError> {
 
 /// `workspace_id` or its alias `project_id`.
 fn workspace_field(body: &Map<String, Value>, required: bool) -> Result<Option<String>, ApiError> {
-    let ws = field(body, "workspace_id").map(|v| check_uuid(v, "workspace_id")).transpose()?;
-    let pj = field(body, "project_id").map(|v| check_uuid(v, "project_id")).transpose()?;
+    let ws = field(body, "workspace_id")
+        .map(|v| check_uuid(v, "workspace_id"))
+        .transpose()?;
+    let pj = field(body, "project_id")
+        .map(|v| check_uuid(v, "project_id"))
+        .transpose()?;
     match (ws, pj) {
         (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
             "workspace_id and project_id name different workspaces; send one of them.",
@@ -58,7 +68,9 @@ fn workspace_field(body: &Map<String, Value>, required: bool) -> Result<Option<S
 
 fn parse_cpu(v: &Value) -> Result<u32, ApiError> {
     let msg = "cpu must be one of 1, 2, 4, 8, 16 (vCPUs; 0.5 is taken as 1).";
-    let f = v.as_f64().ok_or_else(|| ApiError::bad_request(format!("{msg} Got {}.", kind(v))))?;
+    let f = v
+        .as_f64()
+        .ok_or_else(|| ApiError::bad_request(format!("{msg} Got {}.", kind(v))))?;
     if f == 0.5 {
         return Ok(1);
     }
@@ -75,7 +87,9 @@ fn parse_ram(v: &Value, choices: &[u32], name: &str) -> Result<u32, ApiError> {
         .collect::<Vec<_>>()
         .join(", ");
     let msg = format!("{name} must be one of {list} (GB).");
-    let f = v.as_f64().ok_or_else(|| ApiError::bad_request(msg.clone()))?;
+    let f = v
+        .as_f64()
+        .ok_or_else(|| ApiError::bad_request(msg.clone()))?;
     choices
         .iter()
         .copied()
@@ -96,7 +110,10 @@ pub fn parse_resolution(v: &Value) -> Result<String, ApiError> {
         return Err(bad());
     }
     let num = |p: &str| p.parse::<u32>().ok().filter(|_| p.len() <= 5);
-    let (w, h) = (num(parts[0]).ok_or_else(bad)?, num(parts[1]).ok_or_else(bad)?);
+    let (w, h) = (
+        num(parts[0]).ok_or_else(bad)?,
+        num(parts[1]).ok_or_else(bad)?,
+    );
     let d = match parts.get(2) {
         Some(p) => num(p).ok_or_else(bad)?,
         None => 24,
@@ -118,7 +135,8 @@ pub fn is_template_ref(s: &str) -> bool {
     let kebab = |p: &str| {
         !p.is_empty()
             && p.len() <= 64
-            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !p.starts_with('-')
     };
     kebab(ns)
@@ -136,7 +154,11 @@ fn parse_auto_stop(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
 }
 
 /// The quota check run inside the create transaction.
-fn admit(state: &AppState, cpu: u32, ram_gb: u32) -> impl FnOnce(&Commitment) -> Result<(), String> {
+fn admit(
+    state: &AppState,
+    cpu: u32,
+    ram_gb: u32,
+) -> impl FnOnce(&Commitment) -> Result<(), String> {
     let q = state.config.quotas.clone();
     let host = state.host;
     move |now: &Commitment| {
@@ -196,16 +218,15 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let workspace_id = workspace_field(&body, true)?.unwrap_or_default();
     let name = required_name(&body, "name", 64)?;
-    let os = match field(&body, "os") {
-        None => "linux".to_string(),
-        Some(Value::String(s)) if s == "linux" => s.clone(),
-        Some(Value::String(s)) if s == "windows" => {
-            return Err(ApiError::bad_request(
+    let os =
+        match field(&body, "os") {
+            None => "linux".to_string(),
+            Some(Value::String(s)) if s == "linux" => s.clone(),
+            Some(Value::String(s)) if s == "windows" => return Err(ApiError::bad_request(
                 "os \"windows\" is not available: deskd runs Linux desktops only; use \"linux\".",
-            ))
-        }
-        Some(_) => return Err(ApiError::bad_request("os must be \"linux\".")),
-    };
+            )),
+            Some(_) => return Err(ApiError::bad_request("os must be \"linux\".")),
+        };
     let cpu = field(&body, "cpu").map(parse_cpu).transpose()?.unwrap_or(1);
     let ram_gb = field(&body, "ram")
         .map(|v| parse_ram(v, &RAM_CHOICES, "ram"))
@@ -227,26 +248,26 @@ pub async fn create(
             )))
         }
     };
-    let disk_size_gb = optional_int(&body, "disk_size_gb", MIN_DISK_GB, 1_000_000)?.unwrap_or(MIN_DISK_GB) as u32;
+    let disk_size_gb =
+        optional_int(&body, "disk_size_gb", MIN_DISK_GB, 1_000_000)?.unwrap_or(MIN_DISK_GB) as u32;
     let resolution = field(&body, "resolution")
         .map(parse_resolution)
         .transpose()?
         .unwrap_or_else(|| DEFAULT_RESOLUTION.to_string());
     let auto_stop_minutes = parse_auto_stop(&body)?;
     let image = optional_string(&body, "image", 256)?;
-    let template_ref = match optional_string(&body, "template_ref", 200)? {
-        Some(t) if is_template_ref(&t) => t,
-        Some(_) => {
-            return Err(ApiError::bad_request(
+    let template_ref =
+        match optional_string(&body, "template_ref", 200)? {
+            Some(t) if is_template_ref(&t) => t,
+            Some(_) => return Err(ApiError::bad_request(
                 "template_ref must look like namespace/name@version, e.g. system/desktop@1.0.0.",
-            ))
-        }
-        // The legacy `image` may name a template; any other image name gets the default desktop.
-        None => match &image {
-            Some(i) if is_template_ref(i) => i.clone(),
-            _ => DEFAULT_TEMPLATE.to_string(),
-        },
-    };
+            )),
+            // The legacy `image` may name a template; any other image name gets the default desktop.
+            None => match &image {
+                Some(i) if is_template_ref(i) => i.clone(),
+                _ => DEFAULT_TEMPLATE.to_string(),
+            },
+        };
     check_disk_quota(&state, disk_size_gb)?;
     let ws = access::workspace(&state, &key, &workspace_id)?;
     let new = NewComputer {
@@ -263,10 +284,15 @@ pub async fn create(
         image,
         vnc_password: new_vnc_password(),
     };
-    let c = state.store.insert_computer(&new, admit(&state, cpu, ram_gb))?;
+    let c = state
+        .store
+        .insert_computer(&new, admit(&state, cpu, ram_gb))?;
     start_new(&state, &c.id).await?;
     let c = reload(&state, &c.id)?;
-    Ok((StatusCode::CREATED, Json(views::computer(&state, &c, &ws.name))))
+    Ok((
+        StatusCode::CREATED,
+        Json(views::computer(&state, &c, &ws.name)),
+    ))
 }
 
 /// `GET /computers?workspace_id=` (or `project_id=`; all the key may see without either).
@@ -275,7 +301,9 @@ pub async fn list(
     Extension(AuthKey(key)): Extension<AuthKey>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Answer {
-    let wanted = query.get("workspace_id").or_else(|| query.get("project_id"));
+    let wanted = query
+        .get("workspace_id")
+        .or_else(|| query.get("project_id"));
     let computers = match wanted {
         Some(id) => {
             let ws = access::workspace(&state, &key, id)?;
@@ -290,7 +318,10 @@ pub async fn list(
     let mut out = Vec::with_capacity(computers.len());
     for c in &computers {
         if !names.contains_key(&c.workspace_id) {
-            names.insert(c.workspace_id.clone(), access::workspace_name(&state, &c.workspace_id)?);
+            names.insert(
+                c.workspace_id.clone(),
+                access::workspace_name(&state, &c.workspace_id)?,
+            );
         }
         out.push(views::computer(&state, c, &names[&c.workspace_id]));
     }
@@ -404,10 +435,13 @@ pub async fn auto_stop_patch(
     JsonObject(body): JsonObject,
 ) -> Answer {
     let c = access::computer(&state, &key, &id)?;
-    let minutes = parse_auto_stop(&body)?
-        .ok_or_else(|| ApiError::bad_request("auto_stop_minutes is required (a whole number >= 0; 0 = never)."))?;
+    let minutes = parse_auto_stop(&body)?.ok_or_else(|| {
+        ApiError::bad_request("auto_stop_minutes is required (a whole number >= 0; 0 = never).")
+    })?;
     state.store.set_auto_stop(&c.id, Some(minutes))?;
-    Ok(Json(json!({ "auto_stop_minutes": minutes, "configurable": true })))
+    Ok(Json(
+        json!({ "auto_stop_minutes": minutes, "configurable": true }),
+    ))
 }
 
 /// `PATCH /computers/{id}/move` `{"project_id"}` (or `workspace_id`).
@@ -427,7 +461,9 @@ pub async fn move_to(
     }
     let ws = access::workspace(&state, &key, &target)?;
     state.store.move_computer(&c.id, &ws.id)?;
-    Ok(Json(json!({ "success": true, "project_id": ws.id, "workspace_id": ws.id })))
+    Ok(Json(
+        json!({ "success": true, "project_id": ws.id, "workspace_id": ws.id }),
+    ))
 }
 
 /// `POST /computers/{id}/clone`: a new computer with a copy of the disk, then started.
@@ -532,7 +568,12 @@ pub async fn resize(
     }
     let bandwidth = optional_int(&body, "bandwidth_limit_mbps", 1, 100_000)?.map(|n| n as u32);
     let auto_stop = parse_auto_stop(&body)?;
-    if vcpus.is_none() && mem_gb.is_none() && disk_gb.is_none() && bandwidth.is_none() && auto_stop.is_none() {
+    if vcpus.is_none()
+        && mem_gb.is_none()
+        && disk_gb.is_none()
+        && bandwidth.is_none()
+        && auto_stop.is_none()
+    {
         return Err(ApiError::bad_request(
             "Nothing to resize: send any of vcpus, mem_gb, disk_size_gb, bandwidth_limit_mbps, auto_stop_minutes.",
         ));
@@ -545,7 +586,10 @@ pub async fn resize(
     }
     let mut results = Map::new();
     let (mut ok, mut failed) = (0, 0);
-    let mut apply = |name: &str, requested: u64, outcome: Result<u64, LifecycleError>, current: u64| {
+    let mut apply = |name: &str,
+                     requested: u64,
+                     outcome: Result<u64, LifecycleError>,
+                     current: u64| {
         let entry = match outcome {
             Ok(applied) => {
                 ok += 1;
@@ -572,7 +616,10 @@ pub async fn resize(
         apply("disk_gb", d.into(), r, c.disk_size_gb.into());
     }
     if let Some(b) = bandwidth {
-        let r = state.lifecycle.hotplug(&c.id, Hotplug::BandwidthMbps(b)).await;
+        let r = state
+            .lifecycle
+            .hotplug(&c.id, Hotplug::BandwidthMbps(b))
+            .await;
         apply("bandwidth_limit_mbps", b.into(), r, 0);
     }
     if let Some(m) = auto_stop {
@@ -581,7 +628,12 @@ pub async fn resize(
             .set_auto_stop(&c.id, Some(m))
             .map(|()| u64::from(m))
             .map_err(LifecycleError::from);
-        apply("auto_stop_minutes", m.into(), r, c.auto_stop_minutes.unwrap_or(0).into());
+        apply(
+            "auto_stop_minutes",
+            m.into(),
+            r,
+            c.auto_stop_minutes.unwrap_or(0).into(),
+        );
     }
     let now = reload(&state, &c.id)?;
     let status = match (ok, failed) {
@@ -611,12 +663,24 @@ pub async fn events(
 ) -> Answer {
     let c = access::computer(&state, &key, &id)?;
     let catalogue = [
-        ("window_focus", json!({"window_id": "string", "title": "string"})),
-        ("window_open", json!({"window_id": "string", "title": "string"})),
+        (
+            "window_focus",
+            json!({"window_id": "string", "title": "string"}),
+        ),
+        (
+            "window_open",
+            json!({"window_id": "string", "title": "string"}),
+        ),
         ("window_close", json!({"window_id": "string"})),
         ("clipboard", json!({"content": "string"})),
-        ("file_change", json!({"path": "string", "action": "created|modified|deleted"})),
-        ("screen_change", json!({"width": "integer", "height": "integer"})),
+        (
+            "file_change",
+            json!({"path": "string", "action": "created|modified|deleted"}),
+        ),
+        (
+            "screen_change",
+            json!({"width": "integer", "height": "integer"}),
+        ),
         ("audio_stream_start", json!({})),
         ("audio_stream_stop", json!({})),
         ("process_start", json!({"pid": "integer", "name": "string"})),
@@ -642,9 +706,23 @@ mod tests {
 
     #[test]
     fn resolutions() {
-        assert_eq!(parse_resolution(&json!("1280x720x24")).unwrap(), "1280x720x24");
-        assert_eq!(parse_resolution(&json!("1920X1080")).unwrap(), "1920x1080x24");
-        for bad in ["", "1280", "100x100x24", "1280x720x8", "1280x720x24x1", "axbxc", "99999999x1x1"] {
+        assert_eq!(
+            parse_resolution(&json!("1280x720x24")).unwrap(),
+            "1280x720x24"
+        );
+        assert_eq!(
+            parse_resolution(&json!("1920X1080")).unwrap(),
+            "1920x1080x24"
+        );
+        for bad in [
+            "",
+            "1280",
+            "100x100x24",
+            "1280x720x8",
+            "1280x720x24x1",
+            "axbxc",
+            "99999999x1x1",
+        ] {
             assert!(parse_resolution(&json!(bad)).is_err(), "{bad}");
         }
         assert!(parse_resolution(&json!(5)).is_err());
@@ -654,7 +732,15 @@ mod tests {
     fn template_refs() {
         assert!(is_template_ref("system/desktop@1.0.0"));
         assert!(is_template_ref("default/my-app@2.1.0-rc.1"));
-        for bad in ["desktop", "system/desktop", "System/desktop@1", "a/b@", "a/b@x1", "../x@1", "a/b/c@1"] {
+        for bad in [
+            "desktop",
+            "system/desktop",
+            "System/desktop@1",
+            "a/b@",
+            "a/b@x1",
+            "../x@1",
+            "a/b/c@1",
+        ] {
             assert!(!is_template_ref(bad), "{bad}");
         }
     }
@@ -666,6 +752,9 @@ mod tests {
         assert!(parse_cpu(&json!(3)).is_err());
         assert!(parse_cpu(&json!("2")).is_err());
         assert_eq!(parse_ram(&json!(2), &RAM_CHOICES, "ram").unwrap(), 2);
-        assert!(parse_ram(&json!(3), &RAM_CHOICES, "ram").unwrap_err().message.contains("1, 2, 4"));
+        assert!(parse_ram(&json!(3), &RAM_CHOICES, "ram")
+            .unwrap_err()
+            .message
+            .contains("1, 2, 4"));
     }
 }

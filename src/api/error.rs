@@ -82,7 +82,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::NotFound { what } => ApiError::not_found(format!("{} not found", capitalise(what))),
+            StoreError::NotFound { what } => {
+                ApiError::not_found(format!("{} not found", capitalise(what)))
+            }
             StoreError::NameTaken(m) => ApiError::conflict(m),
             StoreError::QuotaExceeded(m) => ApiError::forbidden(m).with("code", "quota_exceeded"),
             other => {
@@ -100,7 +102,8 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NotFound => ApiError::not_found("Computer not found"),
             // The host cannot run this computer now: a service condition, not a client mistake.
             e @ LifecycleError::CannotStart(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).with("code", "cannot_start")
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .with("code", "cannot_start")
             }
             LifecycleError::Host(m) => {
                 tracing::error!("host operation failed: {m}");

@@ -46,8 +46,10 @@ pub async fn finish(req: Request, next: Next) -> Response {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(%request_id, %method, %path, "handler panicked: {what}");
-            ApiError::internal("The daemon hit a bug handling this request; it is in the daemon's log.")
-                .into_response()
+            ApiError::internal(
+                "The daemon hit a bug handling this request; it is in the daemon's log.",
+            )
+            .into_response()
         }
     };
 

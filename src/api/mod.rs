@@ -222,7 +222,9 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let tcp = match args.listen {
         Some(addr) => {
             if !addr.ip().is_loopback() {
-                tracing::warn!("listening on non-loopback {addr}: put TLS and a firewall in front of it");
+                tracing::warn!(
+                    "listening on non-loopback {addr}: put TLS and a firewall in front of it"
+                );
             }
             Some(
                 tokio::net::TcpListener::bind(addr)
@@ -279,7 +281,10 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!("shutting down (running VMs keep running; the next deskd re-attaches)");
     let _ = stop_tx.send(true);
     let drain = async { while servers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("some requests were still running after 10 s; leaving anyway");
     }
     supervisor.abort();
@@ -289,7 +294,10 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process still dies on SIGTERM, just less tidily.
         std::future::pending::<()>().await;
         return;

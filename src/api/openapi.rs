@@ -36,53 +36,382 @@ const fn op(
 
 /// Every route of the router.
 pub const OPERATIONS: &[Operation] = &[
-    op("get", "/api/openapi.json", "This document (no key needed)", 200, None, "Any"),
-    op("get", "/api/workspaces", "List workspaces", 200, None, "WorkspaceList"),
-    op("post", "/api/workspaces", "Create a workspace", 201, Some("WorkspaceCreate"), "Workspace"),
-    op("get", "/api/workspaces/{id}", "Get a workspace with its computers (desktops)", 200, None, "Workspace"),
-    op("delete", "/api/workspaces/{id}", "Delete a workspace and its computers", 200, None, "Success"),
-    op("post", "/api/workspaces/{id}/start", "Start all its computers", 200, None, "Success"),
-    op("post", "/api/workspaces/{id}/stop", "Stop all its computers", 200, None, "Success"),
-    op("post", "/api/workspaces/{id}/restart", "Restart all its computers", 200, None, "Success"),
-    op("get", "/api/projects", "List workspaces (old name; list key `projects`)", 200, None, "WorkspaceList"),
-    op("post", "/api/projects", "Create a workspace (old name)", 201, Some("WorkspaceCreate"), "Workspace"),
-    op("get", "/api/projects/{id}", "Get a workspace (old name)", 200, None, "Workspace"),
-    op("delete", "/api/projects/{id}", "Delete a workspace (old name)", 200, None, "Success"),
-    op("post", "/api/projects/{id}/start", "Start all its computers (old name)", 200, None, "Success"),
-    op("post", "/api/projects/{id}/stop", "Stop all its computers (old name)", 200, None, "Success"),
-    op("post", "/api/projects/{id}/restart", "Restart all its computers (old name)", 200, None, "Success"),
-    op("get", "/api/computers", "List computers (?workspace_id= or ?project_id=)", 200, None, "ComputerList"),
-    op("post", "/api/computers", "Create a computer (it starts at once)", 201, Some("ComputerCreate"), "Computer"),
-    op("get", "/api/computers/{id}", "Get a computer", 200, None, "Computer"),
-    op("delete", "/api/computers/{id}", "Delete a computer (VM stopped, disk removed)", 200, None, "Success"),
-    op("get", "/api/computers/{id}/vnc-password", "The VNC/WebSocket token", 200, None, "VncPassword"),
-    op("post", "/api/computers/{id}/start", "Start (idempotent)", 200, None, "Transition"),
-    op("post", "/api/computers/{id}/stop", "Stop (409 if stopped)", 200, None, "Transition"),
-    op("post", "/api/computers/{id}/restart", "Restart", 200, None, "Transition"),
-    op("post", "/api/computers/{id}/ensure-running", "Start if needed and wait until running", 200, None, "Computer"),
-    op("get", "/api/computers/{id}/auto-stop", "Auto-stop setting", 200, None, "AutoStop"),
-    op("patch", "/api/computers/{id}/auto-stop", "Change auto-stop", 200, Some("AutoStopPatch"), "AutoStop"),
-    op("post", "/api/computers/{id}/clone", "Clone (stopped computers only for now)", 201, None, "Clone"),
-    op("patch", "/api/computers/{id}/move", "Move to another workspace", 200, Some("Move"), "MoveResult"),
-    op("patch", "/api/computers/{id}/resize", "Resize a running computer (200/207/422)", 200, Some("Resize"), "ResizeResult"),
-    op("get", "/api/computers/{id}/events", "The event catalogue of the events WebSocket", 200, None, "Any"),
-    op("post", "/api/computers/{id}/move", "Move the mouse pointer (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/click", "Click (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/drag", "Drag (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/scroll", "Scroll (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/type", "Type text (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/key", "Press a key (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/wait", "Wait (needs a running computer)", 200, Some("Any"), "Action"),
-    op("get", "/api/computers/{id}/screenshot", "Screenshot (needs a running computer)", 200, None, "Action"),
-    op("post", "/api/computers/{id}/bash", "Run a shell command (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/exec", "Run Python (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/stream/start", "Start RTMP streaming (needs a running computer)", 200, Some("Any"), "Action"),
-    op("post", "/api/computers/{id}/stream/stop", "Stop RTMP streaming (needs a running computer)", 200, None, "Action"),
-    op("get", "/api/computers/{id}/stream/status", "Streaming status (needs a running computer)", 200, None, "Action"),
-    op("post", "/api/desktops/{instance_id}/proxy/{endpoint}", "Forward to the guest agent (needs a running computer)", 200, Some("Any"), "Any"),
-    op("post", "/api/builds/create", "Legacy Docker build (always 400: use templates)", 400, None, "Error"),
-    op("post", "/api/builds/update", "Legacy Docker build (always 400: use templates)", 400, None, "Error"),
-    op("get", "/api/builds/latest", "Legacy Docker build (always 400: use templates)", 400, None, "Error"),
+    op(
+        "get",
+        "/api/openapi.json",
+        "This document (no key needed)",
+        200,
+        None,
+        "Any",
+    ),
+    op(
+        "get",
+        "/api/workspaces",
+        "List workspaces",
+        200,
+        None,
+        "WorkspaceList",
+    ),
+    op(
+        "post",
+        "/api/workspaces",
+        "Create a workspace",
+        201,
+        Some("WorkspaceCreate"),
+        "Workspace",
+    ),
+    op(
+        "get",
+        "/api/workspaces/{id}",
+        "Get a workspace with its computers (desktops)",
+        200,
+        None,
+        "Workspace",
+    ),
+    op(
+        "delete",
+        "/api/workspaces/{id}",
+        "Delete a workspace and its computers",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/workspaces/{id}/start",
+        "Start all its computers",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/workspaces/{id}/stop",
+        "Stop all its computers",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/workspaces/{id}/restart",
+        "Restart all its computers",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "get",
+        "/api/projects",
+        "List workspaces (old name; list key `projects`)",
+        200,
+        None,
+        "WorkspaceList",
+    ),
+    op(
+        "post",
+        "/api/projects",
+        "Create a workspace (old name)",
+        201,
+        Some("WorkspaceCreate"),
+        "Workspace",
+    ),
+    op(
+        "get",
+        "/api/projects/{id}",
+        "Get a workspace (old name)",
+        200,
+        None,
+        "Workspace",
+    ),
+    op(
+        "delete",
+        "/api/projects/{id}",
+        "Delete a workspace (old name)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/projects/{id}/start",
+        "Start all its computers (old name)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/projects/{id}/stop",
+        "Stop all its computers (old name)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/projects/{id}/restart",
+        "Restart all its computers (old name)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "get",
+        "/api/computers",
+        "List computers (?workspace_id= or ?project_id=)",
+        200,
+        None,
+        "ComputerList",
+    ),
+    op(
+        "post",
+        "/api/computers",
+        "Create a computer (it starts at once)",
+        201,
+        Some("ComputerCreate"),
+        "Computer",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}",
+        "Get a computer",
+        200,
+        None,
+        "Computer",
+    ),
+    op(
+        "delete",
+        "/api/computers/{id}",
+        "Delete a computer (VM stopped, disk removed)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/vnc-password",
+        "The VNC/WebSocket token",
+        200,
+        None,
+        "VncPassword",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/start",
+        "Start (idempotent)",
+        200,
+        None,
+        "Transition",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/stop",
+        "Stop (409 if stopped)",
+        200,
+        None,
+        "Transition",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/restart",
+        "Restart",
+        200,
+        None,
+        "Transition",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/ensure-running",
+        "Start if needed and wait until running",
+        200,
+        None,
+        "Computer",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/auto-stop",
+        "Auto-stop setting",
+        200,
+        None,
+        "AutoStop",
+    ),
+    op(
+        "patch",
+        "/api/computers/{id}/auto-stop",
+        "Change auto-stop",
+        200,
+        Some("AutoStopPatch"),
+        "AutoStop",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/clone",
+        "Clone (stopped computers only for now)",
+        201,
+        None,
+        "Clone",
+    ),
+    op(
+        "patch",
+        "/api/computers/{id}/move",
+        "Move to another workspace",
+        200,
+        Some("Move"),
+        "MoveResult",
+    ),
+    op(
+        "patch",
+        "/api/computers/{id}/resize",
+        "Resize a running computer (200/207/422)",
+        200,
+        Some("Resize"),
+        "ResizeResult",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/events",
+        "The event catalogue of the events WebSocket",
+        200,
+        None,
+        "Any",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/move",
+        "Move the mouse pointer (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/click",
+        "Click (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/drag",
+        "Drag (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/scroll",
+        "Scroll (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/type",
+        "Type text (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/key",
+        "Press a key (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/wait",
+        "Wait (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/screenshot",
+        "Screenshot (needs a running computer)",
+        200,
+        None,
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/bash",
+        "Run a shell command (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/exec",
+        "Run Python (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/stream/start",
+        "Start RTMP streaming (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/stream/stop",
+        "Stop RTMP streaming (needs a running computer)",
+        200,
+        None,
+        "Action",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/stream/status",
+        "Streaming status (needs a running computer)",
+        200,
+        None,
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/desktops/{instance_id}/proxy/{endpoint}",
+        "Forward to the guest agent (needs a running computer)",
+        200,
+        Some("Any"),
+        "Any",
+    ),
+    op(
+        "post",
+        "/api/builds/create",
+        "Legacy Docker build (always 400: use templates)",
+        400,
+        None,
+        "Error",
+    ),
+    op(
+        "post",
+        "/api/builds/update",
+        "Legacy Docker build (always 400: use templates)",
+        400,
+        None,
+        "Error",
+    ),
+    op(
+        "get",
+        "/api/builds/latest",
+        "Legacy Docker build (always 400: use templates)",
+        400,
+        None,
+        "Error",
+    ),
 ];
 
 /// `GET /api/openapi.json`.
@@ -98,9 +427,7 @@ fn schema_ref(name: &str) -> Value {
 pub fn document() -> Value {
     let mut paths = Map::new();
     for o in OPERATIONS {
-        paths
-            .entry(o.path.to_string())
-            .or_insert_with(|| json!({}));
+        paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
         let mut params = Vec::new();
         for name in ["id", "instance_id", "endpoint"] {
             if o.path.contains(&format!("{{{name}}}")) {
@@ -246,15 +573,26 @@ mod tests {
 
     /// Every `.route("/path", get(..).post(..))` of routes.rs, as (method, OpenAPI path).
     fn routes_in_source() -> BTreeSet<(String, String)> {
-        let src = include_str!("routes.rs");
+        // Drop comments and whitespace so rustfmt's line breaks do not matter.
+        let src: String = include_str!("routes.rs")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .flat_map(|l| l.chars())
+            .filter(|c| !c.is_whitespace())
+            .collect();
         let mut out = BTreeSet::new();
         for chunk in src.split(".route(\"").skip(1) {
-            let Some((path, rest)) = chunk.split_once('"') else { continue };
-            let call = rest.split(".route(").next().unwrap_or(rest);
-            let call = call.split("\n        //").next().unwrap_or(call);
+            let Some((path, rest)) = chunk.split_once('"') else {
+                continue;
+            };
+            let call = rest.split(".fallback(").next().unwrap_or(rest);
             let path = path.replace("{*endpoint}", "{endpoint}");
             for m in ["get", "post", "patch", "delete", "put"] {
-                if call.contains(&format!("{m}(")) {
+                let pat = format!("{m}(");
+                let called = call.match_indices(&pat).any(|(i, _)| {
+                    i == 0 || !call[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                });
+                if called {
                     out.insert((m.to_string(), path.clone()));
                 }
             }
@@ -281,7 +619,10 @@ mod tests {
         let text = doc.to_string();
         for piece in text.split("#/components/schemas/").skip(1) {
             let name: String = piece.chars().take_while(|c| c.is_alphanumeric()).collect();
-            assert!(doc["components"]["schemas"].get(&name).is_some(), "undefined schema {name}");
+            assert!(
+                doc["components"]["schemas"].get(&name).is_some(),
+                "undefined schema {name}"
+            );
         }
         let n: usize = doc["paths"]
             .as_object()

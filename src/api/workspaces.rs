@@ -26,14 +26,18 @@ pub async fn create(
     let icon_url = optional_string(&body, "icon_url", 2048)?;
     let status = match field(&body, "status") {
         None => WorkspaceStatus::Active,
-        Some(v) => v.as_str().and_then(WorkspaceStatus::parse).ok_or_else(|| {
-            ApiError::bad_request("status must be \"active\" or \"inactive\".")
-        })?,
+        Some(v) => v
+            .as_str()
+            .and_then(WorkspaceStatus::parse)
+            .ok_or_else(|| ApiError::bad_request("status must be \"active\" or \"inactive\"."))?,
     };
     let ws = state
         .store
         .create_workspace(&name, status, icon_url.as_deref())?;
-    Ok((StatusCode::CREATED, Json(views::workspace(&state, &ws, &[]))))
+    Ok((
+        StatusCode::CREATED,
+        Json(views::workspace(&state, &ws, &[])),
+    ))
 }
 
 /// `GET /workspaces`: both list keys (`workspaces`, and `projects` that the SDK reads).

@@ -177,7 +177,7 @@ impl Lifecycle {
                 .map_err(|e| LifecycleError::Host(e.to_string()))?;
             self.store
                 .set_computer_status(id, ComputerStatus::Stopped, None)?;
-            return Ok(self.load(id)?);
+            return self.load(id);
         }
         self.store
             .set_computer_status(id, ComputerStatus::Stopping, None)?;
@@ -206,7 +206,7 @@ impl Lifecycle {
                 tracing::error!(computer = %cid, "cannot record the end of a stop: {e}");
             }
         });
-        Ok(self.load(id)?)
+        self.load(id)
     }
 
     /// Restarts a computer: stop (if a VM runs) then start, with status `restarting` meanwhile.
@@ -237,7 +237,10 @@ impl Lifecycle {
             let stopped = this.blocking(move |b| b.stop(&id2, STOP_GRACE)).await;
             let failure = match stopped {
                 Ok(Ok(())) => {
-                    if let Err(e) = this.store.set_computer_status(&cid, ComputerStatus::Stopped, None) {
+                    if let Err(e) =
+                        this.store
+                            .set_computer_status(&cid, ComputerStatus::Stopped, None)
+                    {
                         tracing::error!(computer = %cid, "cannot record a restart: {e}");
                     }
                     match this.start_locked(&cid, ComputerStatus::Restarting).await {
@@ -256,7 +259,7 @@ impl Lifecycle {
                     .set_computer_status(&cid, ComputerStatus::Error, Some(&reason));
             }
         });
-        Ok(self.load(id)?)
+        self.load(id)
     }
 
     /// Starts the computer if needed and waits until it runs (or fails, or `timeout` passes).
@@ -435,7 +438,10 @@ impl Lifecycle {
                 }
                 (s, VmState::Absent) if s.expects_vm() => (
                     ComputerStatus::Error,
-                    Some("the VM was not running when deskd started (it ended while deskd was down)".into()),
+                    Some(
+                        "the VM was not running when deskd started (it ended while deskd was down)"
+                            .into(),
+                    ),
                 ),
                 (_, VmState::Booting { .. } | VmState::Running { .. }) => {
                     // A VM the records say should not exist: stop it rather than leak it.
@@ -533,7 +539,10 @@ mod tests {
         // Stop clears the error; a second stop conflicts.
         let c = lc.stop(&id).await.unwrap();
         assert_eq!(c.status, ComputerStatus::Stopped);
-        assert!(matches!(lc.stop(&id).await, Err(LifecycleError::Conflict(_))));
+        assert!(matches!(
+            lc.stop(&id).await,
+            Err(LifecycleError::Conflict(_))
+        ));
     }
 
     #[tokio::test]

@@ -20,7 +20,8 @@ use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
 use super::vmm_config::{GuestImage, VmmConfig, AGENT_VSOCK_PORT};
 
 /// Where `tests/rig/serve` is, for messages on hosts that cannot run VMs.
-const RIG_HINT: &str = "Run deskd inside the emulated-virtualization rig instead: `tests/rig/serve` \
+const RIG_HINT: &str =
+    "Run deskd inside the emulated-virtualization rig instead: `tests/rig/serve` \
      (see shared/design/this-machine.md); the API itself keeps working here.";
 
 /// A VMM process we know about.
@@ -63,7 +64,9 @@ impl VmmProcessBackend {
     /// The guest image a template reference resolves to.
     fn image_for(&self, template_ref: &str) -> Result<GuestImage, BackendError> {
         // `system/desktop@1.0.0` lives in `images/system/desktop/1.0.0/`.
-        let (path, version) = template_ref.rsplit_once('@').unwrap_or((template_ref, "latest"));
+        let (path, version) = template_ref
+            .rsplit_once('@')
+            .unwrap_or((template_ref, "latest"));
         let dir = self.images_dir.join(path).join(version);
         let image = GuestImage {
             kernel: dir.join("kernel"),
@@ -110,7 +113,10 @@ impl VmmProcessBackend {
         if have < want {
             // Grow only (sparse): shrinking would destroy the filesystem inside.
             file.set_len(want).map_err(|e| {
-                BackendError::NotReady(format!("cannot grow {} to {want} bytes: {e}", disk.display()))
+                BackendError::NotReady(format!(
+                    "cannot grow {} to {want} bytes: {e}",
+                    disk.display()
+                ))
             })?;
         }
         Ok(disk)
@@ -184,9 +190,9 @@ impl VmBackend for VmmProcessBackend {
         let disk = self.prepare_disk(spec, &image)?;
         let config = VmmConfig::new(spec, &image, &disk);
         let config_path = spec.dir.join("vmm.json");
-        config
-            .write(&config_path)
-            .map_err(|e| BackendError::Process(format!("cannot write {}: {e}", config_path.display())))?;
+        config.write(&config_path).map_err(|e| {
+            BackendError::Process(format!("cannot write {}: {e}", config_path.display()))
+        })?;
         // Sockets left by a previous run would make the VMM's bind fail.
         let _ = std::fs::remove_file(&config.vsock_socket);
         let log = std::fs::OpenOptions::new()
@@ -345,8 +351,9 @@ impl VmBackend for VmmProcessBackend {
             return Ok(());
         }
         let to_dir = self.dir(to_id);
-        std::fs::create_dir_all(&to_dir)
-            .map_err(|e| BackendError::Process(format!("cannot create {}: {e}", to_dir.display())))?;
+        std::fs::create_dir_all(&to_dir).map_err(|e| {
+            BackendError::Process(format!("cannot create {}: {e}", to_dir.display()))
+        })?;
         let partial = to_dir.join("disk.img.partial");
         copy_sparse(&from, &partial)
             .and_then(|()| std::fs::rename(&partial, to_dir.join("disk.img")))
@@ -491,7 +498,10 @@ mod tests {
         let err = b.start(&spec(data.path())).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, BackendError::HostUnsupported(_)));
-        assert!(msg.contains("vmx") && msg.contains("tests/rig/serve"), "{msg}");
+        assert!(
+            msg.contains("vmx") && msg.contains("tests/rig/serve"),
+            "{msg}"
+        );
         assert_eq!(b.state("c1"), VmState::Absent);
     }
 
@@ -500,7 +510,11 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let b = VmmProcessBackend::new("/bin/false".into(), data.path(), true);
         let err = b.image_for("system/desktop@1.0.0").unwrap_err();
-        assert!(err.to_string().contains("images/system/desktop/1.0.0/kernel"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("images/system/desktop/1.0.0/kernel"),
+            "{err}"
+        );
     }
 
     /// Runs a real child process through the backend (a shell standing in for `deskd vmm` only so

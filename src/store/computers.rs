@@ -300,8 +300,9 @@ impl Store {
     /// Every computer, oldest first.
     pub fn all_computers(&self) -> Result<Vec<Computer>, StoreError> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM computers ORDER BY created_at, id"))?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM computers ORDER BY created_at, id"
+        ))?;
         let rows = stmt
             .query_map([], row_to_computer)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -376,15 +377,19 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let ws: Option<String> = tx
-            .query_row("SELECT id FROM workspaces WHERE id = ?1", [workspace_id], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT id FROM workspaces WHERE id = ?1",
+                [workspace_id],
+                |r| r.get(0),
+            )
             .optional()?;
         if ws.is_none() {
             return Err(StoreError::NotFound { what: "workspace" });
         }
         let name: String = tx
-            .query_row("SELECT name FROM computers WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT name FROM computers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()?
             .ok_or(StoreError::NotFound { what: "computer" })?;
         tx.execute(
@@ -445,7 +450,9 @@ mod tests {
         let ws = store
             .create_workspace("w", WorkspaceStatus::Active, None)
             .unwrap();
-        let c = store.insert_computer(&new(&ws.id, "a"), |_| Ok(())).unwrap();
+        let c = store
+            .insert_computer(&new(&ws.id, "a"), |_| Ok(()))
+            .unwrap();
         assert_eq!(c.status, ComputerStatus::Creating);
         assert_eq!(c.instance_id.len(), 8);
         assert!(matches!(
@@ -483,12 +490,19 @@ mod tests {
         let ws = store
             .create_workspace("w", WorkspaceStatus::Active, None)
             .unwrap();
-        let c = store.insert_computer(&new(&ws.id, "a"), |_| Ok(())).unwrap();
+        let c = store
+            .insert_computer(&new(&ws.id, "a"), |_| Ok(()))
+            .unwrap();
         assert!(!store
             .compare_and_set_status(&c.id, ComputerStatus::Running, ComputerStatus::Error, None)
             .unwrap());
         assert!(store
-            .compare_and_set_status(&c.id, ComputerStatus::Creating, ComputerStatus::Error, Some("x"))
+            .compare_and_set_status(
+                &c.id,
+                ComputerStatus::Creating,
+                ComputerStatus::Error,
+                Some("x")
+            )
             .unwrap());
         let c = store.computer(&c.id).unwrap().unwrap();
         assert_eq!(c.status, ComputerStatus::Error);

@@ -80,7 +80,9 @@ impl Store {
         let conn = self.lock();
         if let Some(ws) = workspace_id {
             let exists: Option<String> = conn
-                .query_row("SELECT id FROM workspaces WHERE id = ?1", [ws], |r| r.get(0))
+                .query_row("SELECT id FROM workspaces WHERE id = ?1", [ws], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if exists.is_none() {
                 return Err(StoreError::NotFound { what: "workspace" });

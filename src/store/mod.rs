@@ -26,7 +26,9 @@ pub const DB_FILE: &str = "deskd.db";
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0} (check that the data directory is writable and not on a full disk)")]
+    #[error(
+        "database error: {0} (check that the data directory is writable and not on a full disk)"
+    )]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot prepare data directory {path}: {source}")]
     DataDir {
@@ -88,11 +90,10 @@ impl Store {
     /// The id of the single account this host serves (the `user_id` of workspaces).
     pub fn account_id(&self) -> Result<String, StoreError> {
         let conn = self.lock();
-        let id: String = conn.query_row(
-            "SELECT value FROM meta WHERE key = 'account_id'",
-            [],
-            |r| r.get(0),
-        )?;
+        let id: String =
+            conn.query_row("SELECT value FROM meta WHERE key = 'account_id'", [], |r| {
+                r.get(0)
+            })?;
         Ok(id)
     }
 }

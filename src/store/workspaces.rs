@@ -96,8 +96,9 @@ impl Store {
     /// All workspaces, oldest first.
     pub fn list_workspaces(&self) -> Result<Vec<Workspace>, StoreError> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM workspaces ORDER BY created_at, id"))?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM workspaces ORDER BY created_at, id"
+        ))?;
         let rows = stmt
             .query_map([], row_to_workspace)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -107,7 +108,8 @@ impl Store {
     /// One workspace.
     pub fn workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"))?;
         Ok(stmt.query_row([id], row_to_workspace).optional()?)
     }
 
@@ -118,7 +120,9 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let exists: Option<String> = tx
-            .query_row("SELECT id FROM workspaces WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT id FROM workspaces WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()?;
         if exists.is_none() {
             return Err(StoreError::NotFound { what: "workspace" });
