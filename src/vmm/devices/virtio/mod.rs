@@ -35,9 +35,10 @@
 //!   `DEVICE_NEEDS_RESET` in its status and raises a configuration-change interrupt; it stops
 //!   processing until the driver resets it. The VMM is never affected.
 //!
-//! Devices: `block::Block` (virtio-blk, raw image), `vsock::Vsock` (virtio-vsock with the hybrid
+//! Devices: [`block::Block`] (virtio-blk, raw image), `vsock::Vsock` (virtio-vsock with the hybrid
 //! Unix-socket host side), [`rng::Rng`] (virtio-rng).
 
+pub mod block;
 pub mod chain;
 pub mod mmio;
 pub mod rng;
@@ -167,4 +168,16 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops the worker thread and drops the queues; the device can be activated again after.
     fn reset(&mut self);
+}
+
+/// Copies `data` out of a little config-space image, zero-filling past its end. Shared by devices
+/// whose configuration space is a plain byte array.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o).copied())
+            .unwrap_or(0);
+    }
 }

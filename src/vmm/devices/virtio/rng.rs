@@ -1,16 +1,14 @@
 //! virtio-rng: the guest's hardware RNG (`/dev/hwrng`), fed from the host's getrandom(2).
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Queue;
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::Cursor;
-use super::worker::{self, process_queue, QueueError, Worker, STOP_TOKEN};
+use super::chain::{Chain, Cursor};
+use super::worker::{serve_single_queue, QueueError, Worker};
 use super::{ActivateError, GuestMemory, Interrupt, VirtioDevice};
 
 const QUEUE_SIZES: [u16; 1] = [256];
@@ -50,7 +48,7 @@ fn fill_random(buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// Serves one request: fill the device-writable buffers (up to [`MAX_FILL`]).
-fn serve(mem: &GuestMemory, chain: &super::chain::Chain) -> Result<u32, QueueError> {
+fn serve(mem: &GuestMemory, chain: &Chain) -> Result<u32, QueueError> {
     let mut out = Cursor::new(mem, &chain.writable);
     let mut chunk = [0u8; 4096];
     let mut left = out.remaining().min(MAX_FILL as u64) as usize;
@@ -62,49 +60,6 @@ fn serve(mem: &GuestMemory, chain: &super::chain::Chain) -> Result<u32, QueueErr
         left -= piece.len();
     }
     Ok(out.done() as u32)
-}
-
-fn run(
-    event_loop: worker::EventLoop,
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    mut queue: Queue,
-    evt: EventFd,
-) {
-    if let Err(e) = event_loop.add(evt.as_raw_fd(), 0, EventSet::IN) {
-        tracing::error!("virtio-rng: cannot watch the queue: {e}");
-        interrupt.set_needs_reset();
-        return;
-    }
-    let mut events = vec![Default::default(); 4];
-    let mut broken = false;
-    loop {
-        let ready = match event_loop.wait(&mut events) {
-            Ok(ready) => ready,
-            Err(e) => {
-                tracing::error!("virtio-rng: epoll failed: {e}");
-                interrupt.set_needs_reset();
-                return;
-            }
-        };
-        for (token, _) in ready {
-            if token == STOP_TOKEN {
-                return;
-            }
-            worker::drain(&evt);
-            if broken {
-                continue;
-            }
-            // Descriptor length caps guard nothing here: serve() never writes past MAX_FILL.
-            if let Err(e) =
-                process_queue(&mem, &mut queue, &interrupt, u64::MAX, |c| serve(&mem, c))
-            {
-                tracing::warn!("virtio-rng: {e}; device needs reset");
-                broken = true;
-                interrupt.set_needs_reset();
-            }
-        }
-    }
 }
 
 impl VirtioDevice for Rng {
@@ -139,8 +94,21 @@ impl VirtioDevice for Rng {
             return Err(ActivateError::QueueCount { want: 1, got: 0 });
         };
         self.worker = Some(
-            Worker::spawn("virtio-rng", move |el| run(el, mem, interrupt, queue, evt))
-                .map_err(ActivateError::Worker)?,
+            Worker::spawn("virtio-rng", move |el| {
+                // serve() never writes past MAX_FILL, so chain length needs no cap of its own.
+                let handler = |chain: &Chain| serve(&mem, chain);
+                serve_single_queue(
+                    "virtio-rng",
+                    el,
+                    &mem,
+                    &interrupt,
+                    queue,
+                    &evt,
+                    u64::MAX,
+                    handler,
+                )
+            })
+            .map_err(ActivateError::Worker)?,
         );
         Ok(())
     }

@@ -158,3 +158,53 @@ where
     }
     result
 }
+
+/// The whole life of a one-queue device's worker: sleep until the queue is notified, process it
+/// with `handle`, repeat until stopped. A queue error marks the device `DEVICE_NEEDS_RESET` and
+/// further notifications are ignored until the driver resets it (which stops this thread).
+#[allow(clippy::too_many_arguments)]
+pub fn serve_single_queue<F>(
+    name: &str,
+    event_loop: EventLoop,
+    mem: &super::GuestMemory,
+    interrupt: &super::Interrupt,
+    mut queue: virtio_queue::Queue,
+    evt: &EventFd,
+    max_len: u64,
+    mut handle: F,
+) where
+    F: FnMut(&super::chain::Chain) -> Result<u32, QueueError>,
+{
+    const QUEUE_TOKEN: u64 = 0;
+    if let Err(e) = event_loop.add(evt.as_raw_fd(), QUEUE_TOKEN, EventSet::IN) {
+        tracing::error!("{name}: cannot watch the queue eventfd: {e}");
+        interrupt.set_needs_reset();
+        return;
+    }
+    let mut events = vec![EpollEvent::default(); 4];
+    let mut broken = false;
+    loop {
+        let ready = match event_loop.wait(&mut events) {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!("{name}: epoll_wait failed: {e}");
+                interrupt.set_needs_reset();
+                return;
+            }
+        };
+        for (token, _) in ready {
+            if token == STOP_TOKEN {
+                return;
+            }
+            drain(evt);
+            if broken {
+                continue;
+            }
+            if let Err(e) = process_queue(mem, &mut queue, interrupt, max_len, &mut handle) {
+                tracing::warn!("{name}: {e}; the device needs a reset by the driver");
+                broken = true;
+                interrupt.set_needs_reset();
+            }
+        }
+    }
+}
