@@ -4,3 +4,4 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
