@@ -33,7 +33,8 @@ pub fn png(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
 pub fn jpeg(frame: &Frame, quality: u8) -> Result<Vec<u8>, EncodeError> {
     let (w, h) = (
         u16::try_from(frame.width).map_err(|_| EncodeError::TooLarge(frame.width, frame.height))?,
-        u16::try_from(frame.height).map_err(|_| EncodeError::TooLarge(frame.width, frame.height))?,
+        u16::try_from(frame.height)
+            .map_err(|_| EncodeError::TooLarge(frame.width, frame.height))?,
     );
     let mut out = Vec::with_capacity(frame.bgrx.len() / 10);
     let enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));

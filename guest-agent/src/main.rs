@@ -54,7 +54,10 @@ fn main() {
         output_cap: args.output_cap,
         idle_after: Duration::from_secs(args.idle_seconds.max(1)),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("deskd-agent: cannot start the async runtime: {e}");

@@ -254,8 +254,15 @@ mod tests {
 
     #[test]
     fn terminal_messages_use_spec_shapes() {
-        let m: TerminalIn = serde_json::from_str(r#"{"type":"resize","cols":100,"rows":30}"#).unwrap();
-        assert_eq!(m, TerminalIn::Resize { cols: 100, rows: 30 });
+        let m: TerminalIn =
+            serde_json::from_str(r#"{"type":"resize","cols":100,"rows":30}"#).unwrap();
+        assert_eq!(
+            m,
+            TerminalIn::Resize {
+                cols: 100,
+                rows: 30
+            }
+        );
         let out = serde_json::to_string(&TerminalOut::Exit { code: 3 }).unwrap();
         assert_eq!(out, r#"{"type":"exit","code":3}"#);
     }
@@ -264,7 +271,12 @@ mod tests {
     fn events_messages_use_spec_shapes() {
         let m: EventsIn =
             serde_json::from_str(r#"{"type":"subscribe","event_types":["clipboard"]}"#).unwrap();
-        assert_eq!(m, EventsIn::Subscribe { event_types: vec!["clipboard".into()] });
+        assert_eq!(
+            m,
+            EventsIn::Subscribe {
+                event_types: vec!["clipboard".into()]
+            }
+        );
         let ev = EventsOut::Event {
             event: Event {
                 kind: "idle".into(),

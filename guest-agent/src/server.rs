@@ -82,14 +82,22 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
 impl From<X11Error> for ApiError {
     fn from(e: X11Error) -> ApiError {
         let status = match &e {
-            X11Error::Unreachable { .. } | X11Error::Connection(_) => StatusCode::SERVICE_UNAVAILABLE,
+            X11Error::Unreachable { .. } | X11Error::Connection(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             X11Error::BadInput(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -161,7 +169,12 @@ pub fn router(agent: Shared) -> Router {
         .route("/exec", post(exec))
         .route("/ws/terminal", get(ws_terminal))
         .route("/ws/events", get(ws_events))
-        .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, message: "no such route".into() } })
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "no such route".into(),
+            }
+        })
         .with_state(agent)
 }
 
@@ -184,7 +197,11 @@ async fn screenshot(
     let format = match q.format.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("png") => ImageFormat::Png,
         Some("jpeg") | Some("jpg") => ImageFormat::Jpeg,
-        Some(other) => return Err(ApiError::bad(format!("unknown format {other:?}; use png or jpeg"))),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "unknown format {other:?}; use png or jpeg"
+            )))
+        }
     };
     let quality = q.quality.unwrap_or(80);
     if !(1..=100).contains(&quality) {
@@ -207,7 +224,10 @@ async fn screenshot(
         [
             (header::CONTENT_TYPE, mime.to_string()),
             (header::HeaderName::from_static(HEADER_WIDTH), w.to_string()),
-            (header::HeaderName::from_static(HEADER_HEIGHT), h.to_string()),
+            (
+                header::HeaderName::from_static(HEADER_HEIGHT),
+                h.to_string(),
+            ),
         ],
         Body::from(bytes),
     )
@@ -224,7 +244,10 @@ async fn click(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<Actio
     })
     .await?;
     let name = if double { "double_click" } else { "click" };
-    Ok(action(name, json!({"x": x, "y": y, "button": button, "double": double})))
+    Ok(action(
+        name,
+        json!({"x": x, "y": y, "button": button, "double": double}),
+    ))
 }
 
 async fn move_pointer(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
@@ -290,7 +313,10 @@ async fn scroll(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<Acti
         input::scroll(s, wheel, amount as u32)
     })
     .await?;
-    Ok(action("scroll", json!({"direction": direction, "amount": amount})))
+    Ok(action(
+        "scroll",
+        json!({"direction": direction, "amount": amount}),
+    ))
 }
 
 async fn type_text(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
@@ -317,7 +343,10 @@ async fn key(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionR
 
 async fn wait(body: Bytes) -> ApiResult<Json<ActionResponse>> {
     let req: WaitRequest = if body.is_empty() {
-        WaitRequest { seconds: None, duration: None }
+        WaitRequest {
+            seconds: None,
+            duration: None,
+        }
     } else {
         parse(&body)?
     };

@@ -104,10 +104,7 @@ fn spawn_shell(user: &DesktopUser, cols: u16, rows: u16) -> Result<Pty, PtyError
     // SAFETY: the OwnedFd moves into the AsyncFd and stays open for its whole life.
     let master = unsafe { AsyncFd::register(master) }
         .map_err(|e| PtyError::Io(std::io::Error::other(e.to_string())))?;
-    Ok(Pty {
-        master,
-        child,
-    })
+    Ok(Pty { master, child })
 }
 
 fn resize(master: &AsyncFd<OwnedFd>, cols: u16, rows: u16) {
@@ -183,7 +180,13 @@ pub async fn serve(mut ws: WebSocket, user: DesktopUser, cols: u16, rows: u16) {
     let mut pty = match spawn_shell(&user, cols, rows) {
         Ok(p) => p,
         Err(e) => {
-            let _ = send(&mut ws, &TerminalOut::Error { message: e.to_string() }).await;
+            let _ = send(
+                &mut ws,
+                &TerminalOut::Error {
+                    message: e.to_string(),
+                },
+            )
+            .await;
             close(&mut ws, CLOSE_COULD_NOT_START, "could not start the shell").await;
             return;
         }

@@ -17,27 +17,75 @@ async fn clicks_arrive_at_the_right_place_with_the_right_button() {
     assert_eq!(j["action"], "click");
     assert_eq!(j["details"]["x"], 100);
     assert_eq!(j["details"]["button"], "left");
-    win.wait_for("left click", |s| s.contains(&Seen::Release { button: 1, x: 100, y: 50 }));
-    assert!(win.take().contains(&Seen::Press { button: 1, x: 100, y: 50 }));
+    win.wait_for("left click", |s| {
+        s.contains(&Seen::Release {
+            button: 1,
+            x: 100,
+            y: 50,
+        })
+    });
+    assert!(win.take().contains(&Seen::Press {
+        button: 1,
+        x: 100,
+        y: 50
+    }));
 
-    let r = post(&agent.socket, "/click", r#"{"x":300,"y":200,"button":"right"}"#).await;
+    let r = post(
+        &agent.socket,
+        "/click",
+        r#"{"x":300,"y":200,"button":"right"}"#,
+    )
+    .await;
     assert_eq!(r.status, 200);
-    win.wait_for("right click", |s| s.contains(&Seen::Release { button: 3, x: 300, y: 200 }));
+    win.wait_for("right click", |s| {
+        s.contains(&Seen::Release {
+            button: 3,
+            x: 300,
+            y: 200,
+        })
+    });
     win.take();
 
-    let r = post(&agent.socket, "/click", r#"{"x":10,"y":470,"button":"middle"}"#).await;
+    let r = post(
+        &agent.socket,
+        "/click",
+        r#"{"x":10,"y":470,"button":"middle"}"#,
+    )
+    .await;
     assert_eq!(r.status, 200);
-    win.wait_for("middle click", |s| s.contains(&Seen::Release { button: 2, x: 10, y: 470 }));
+    win.wait_for("middle click", |s| {
+        s.contains(&Seen::Release {
+            button: 2,
+            x: 10,
+            y: 470,
+        })
+    });
     win.take();
 
     let r = post(&agent.socket, "/click", r#"{"x":20,"y":30,"double":true}"#).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["action"], "double_click");
     let seen = win.wait_for("double click", |s| {
-        s.iter().filter(|e| matches!(e, Seen::Release { button: 1, .. })).count() == 2
+        s.iter()
+            .filter(|e| matches!(e, Seen::Release { button: 1, .. }))
+            .count()
+            == 2
     });
-    let presses: Vec<_> = seen.iter().filter(|e| matches!(e, Seen::Press { .. })).collect();
-    assert_eq!(presses, vec![&Seen::Press { button: 1, x: 20, y: 30 }; 2]);
+    let presses: Vec<_> = seen
+        .iter()
+        .filter(|e| matches!(e, Seen::Press { .. }))
+        .collect();
+    assert_eq!(
+        presses,
+        vec![
+            &Seen::Press {
+                button: 1,
+                x: 20,
+                y: 30
+            };
+            2
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,8 +94,16 @@ async fn move_drag_and_scroll() {
     let win = TestWindow::open(&x.display);
     let agent = start_agent(&x.display).await;
 
-    assert_eq!(post(&agent.socket, "/move", r#"{"x":321,"y":123}"#).await.status, 200);
-    win.wait_for("motion", |s| s.iter().any(|e| matches!(e, Seen::Motion { x: 321, y: 123, .. })));
+    assert_eq!(
+        post(&agent.socket, "/move", r#"{"x":321,"y":123}"#)
+            .await
+            .status,
+        200
+    );
+    win.wait_for("motion", |s| {
+        s.iter()
+            .any(|e| matches!(e, Seen::Motion { x: 321, y: 123, .. }))
+    });
     win.take();
 
     let r = post(
@@ -57,9 +113,25 @@ async fn move_drag_and_scroll() {
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.json());
-    let seen = win.wait_for("drag release", |s| s.iter().any(|e| matches!(e, Seen::Release { .. })));
-    assert_eq!(seen.iter().find(|e| matches!(e, Seen::Press { .. })), Some(&Seen::Press { button: 1, x: 50, y: 60 }));
-    assert_eq!(seen.last(), Some(&Seen::Release { button: 1, x: 250, y: 160 }));
+    let seen = win.wait_for("drag release", |s| {
+        s.iter().any(|e| matches!(e, Seen::Release { .. }))
+    });
+    assert_eq!(
+        seen.iter().find(|e| matches!(e, Seen::Press { .. })),
+        Some(&Seen::Press {
+            button: 1,
+            x: 50,
+            y: 60
+        })
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&Seen::Release {
+            button: 1,
+            x: 250,
+            y: 160
+        })
+    );
     // In between, the pointer moved with button 1 held (Button1Mask = 0x100).
     let held_moves = seen
         .iter()
@@ -68,15 +140,41 @@ async fn move_drag_and_scroll() {
     assert!(held_moves >= 3, "expected a dragged movement, saw {seen:?}");
     win.take();
 
-    let r = post(&agent.socket, "/scroll", r#"{"direction":"down","amount":4,"x":200,"y":100}"#).await;
+    let r = post(
+        &agent.socket,
+        "/scroll",
+        r#"{"direction":"down","amount":4,"x":200,"y":100}"#,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["details"]["amount"], 4);
-    let seen = win.wait_for("scroll", |s| s.iter().filter(|e| matches!(e, Seen::Release { button: 5, .. })).count() == 4);
-    assert!(seen.iter().all(|e| !matches!(e, Seen::Press { button, .. } if *button != 5)));
-    assert!(seen.contains(&Seen::Press { button: 5, x: 200, y: 100 }));
+    let seen = win.wait_for("scroll", |s| {
+        s.iter()
+            .filter(|e| matches!(e, Seen::Release { button: 5, .. }))
+            .count()
+            == 4
+    });
+    assert!(seen
+        .iter()
+        .all(|e| !matches!(e, Seen::Press { button, .. } if *button != 5)));
+    assert!(seen.contains(&Seen::Press {
+        button: 5,
+        x: 200,
+        y: 100
+    }));
     win.take();
-    assert_eq!(post(&agent.socket, "/scroll", r#"{"direction":"up"}"#).await.status, 200);
-    win.wait_for("scroll up x3", |s| s.iter().filter(|e| matches!(e, Seen::Release { button: 4, .. })).count() == 3);
+    assert_eq!(
+        post(&agent.socket, "/scroll", r#"{"direction":"up"}"#)
+            .await
+            .status,
+        200
+    );
+    win.wait_for("scroll up x3", |s| {
+        s.iter()
+            .filter(|e| matches!(e, Seen::Release { button: 4, .. }))
+            .count()
+            == 3
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,12 +213,27 @@ async fn key_names_aliases_and_combos() {
     const CONTROL: u16 = 1 << 2;
     const SHIFT: u16 = 1;
 
-    for (key, keysym) in [("Return", 0xff0d), ("Enter", 0xff0d), ("Esc", 0xff1b), ("BackSpace", 0xff08), ("PageUp", 0xff55), ("F5", 0xffc2)] {
-        let r = post(&agent.socket, "/key", &serde_json::json!({"key": key}).to_string()).await;
+    for (key, keysym) in [
+        ("Return", 0xff0d),
+        ("Enter", 0xff0d),
+        ("Esc", 0xff1b),
+        ("BackSpace", 0xff08),
+        ("PageUp", 0xff55),
+        ("F5", 0xffc2),
+    ] {
+        let r = post(
+            &agent.socket,
+            "/key",
+            &serde_json::json!({"key": key}).to_string(),
+        )
+        .await;
         assert_eq!(r.status, 200, "{key}: {:?}", r.json());
         assert_eq!(r.json()["action"], "key_press");
         let seen = win.wait_for(key, |s| s.iter().any(|e| matches!(e, Seen::Key { .. })));
-        assert!(matches!(seen.last(), Some(Seen::Key { keysym: k, .. }) if *k == keysym), "{key}: {seen:?}");
+        assert!(
+            matches!(seen.last(), Some(Seen::Key { keysym: k, .. }) if *k == keysym),
+            "{key}: {seen:?}"
+        );
         win.take();
     }
 
@@ -128,16 +241,24 @@ async fn key_names_aliases_and_combos() {
     assert_eq!(r.status, 200);
     let seen = win.wait_for("ctrl+shift+t", |s| s.iter().any(|e| matches!(e, Seen::Key { keysym, .. } if *keysym == 'T' as u32 || *keysym == 't' as u32)));
     let t = seen.iter().find_map(|e| match e {
-        Seen::Key { keysym, state } if *keysym == 'T' as u32 || *keysym == 't' as u32 => Some(*state),
+        Seen::Key { keysym, state } if *keysym == 'T' as u32 || *keysym == 't' as u32 => {
+            Some(*state)
+        }
         _ => None,
     });
     let state = t.expect("t pressed");
-    assert!(state & CONTROL != 0 && state & SHIFT != 0, "state {state:#x}");
+    assert!(
+        state & CONTROL != 0 && state & SHIFT != 0,
+        "state {state:#x}"
+    );
     win.take();
 
     let r = post(&agent.socket, "/key", r#"{"key":"ctrl+c"}"#).await;
     assert_eq!(r.status, 200);
-    let seen = win.wait_for("ctrl+c", |s| s.iter().any(|e| matches!(e, Seen::Key { keysym: 0x63, .. })));
+    let seen = win.wait_for("ctrl+c", |s| {
+        s.iter()
+            .any(|e| matches!(e, Seen::Key { keysym: 0x63, .. }))
+    });
     assert!(seen.iter().any(|e| matches!(e, Seen::Key { keysym: 0x63, state } if state & CONTROL != 0 && state & SHIFT == 0)));
 
     let r = post(&agent.socket, "/key", r#"{"key":"ctrl+Bogus_Thing"}"#).await;
@@ -155,10 +276,22 @@ async fn bad_input_is_a_400_with_a_message() {
         ("/click", r#"{"x":10}"#, "missing field `y`"),
         ("/click", r#"{"x":640,"y":10}"#, "off the screen"),
         ("/click", r#"{"x":-1,"y":10}"#, "off the screen"),
-        ("/click", r#"{"x":1,"y":1,"button":"fourth"}"#, "unknown button"),
+        (
+            "/click",
+            r#"{"x":1,"y":1,"button":"fourth"}"#,
+            "unknown button",
+        ),
         ("/move", r#"{"x":5,"y":99999}"#, "off the screen"),
-        ("/drag", r#"{"start_x":1,"start_y":1,"end_x":1000,"end_y":1}"#, "off the screen"),
-        ("/scroll", r#"{"direction":"sideways"}"#, "unknown direction"),
+        (
+            "/drag",
+            r#"{"start_x":1,"start_y":1,"end_x":1000,"end_y":1}"#,
+            "off the screen",
+        ),
+        (
+            "/scroll",
+            r#"{"direction":"sideways"}"#,
+            "unknown direction",
+        ),
         ("/scroll", r#"{"direction":"up","amount":0}"#, "amount"),
         ("/key", r#"{"key":"NoSuchKey"}"#, "NoSuchKey"),
         ("/wait", r#"{"seconds":61}"#, "between 0 and 60"),

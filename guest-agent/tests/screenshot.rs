@@ -79,15 +79,36 @@ async fn jpeg_screenshot_with_quality() {
     let Some(x) = xvfb(640, 480) else { return };
     let _painter = paint(&x.display);
     let agent = start_agent(&x.display).await;
-    let hi = request(&agent.socket, "GET", "/screenshot?format=jpeg&quality=95", None).await;
+    let hi = request(
+        &agent.socket,
+        "GET",
+        "/screenshot?format=jpeg&quality=95",
+        None,
+    )
+    .await;
     assert_eq!(hi.status, 200);
     assert_eq!(hi.headers["content-type"], "image/jpeg");
     assert_eq!(&hi.body[..2], &[0xff, 0xd8]);
     assert_eq!(hi.headers[deskd_agent::protocol::HEADER_WIDTH], "640");
-    let lo = request(&agent.socket, "GET", "/screenshot?format=jpg&quality=5", None).await;
+    let lo = request(
+        &agent.socket,
+        "GET",
+        "/screenshot?format=jpg&quality=5",
+        None,
+    )
+    .await;
     assert_eq!(lo.status, 200);
-    assert!(lo.body.len() < hi.body.len(), "quality must change the size");
-    let bad = request(&agent.socket, "GET", "/screenshot?format=jpeg&quality=0", None).await;
+    assert!(
+        lo.body.len() < hi.body.len(),
+        "quality must change the size"
+    );
+    let bad = request(
+        &agent.socket,
+        "GET",
+        "/screenshot?format=jpeg&quality=0",
+        None,
+    )
+    .await;
     assert_eq!(bad.status, 400);
 }
 
@@ -96,7 +117,12 @@ async fn x_server_gone_is_a_503_and_recovers() {
     let Some(x) = xvfb(320, 240) else { return };
     let display = x.display.clone();
     let agent = start_agent(&display).await;
-    assert_eq!(request(&agent.socket, "GET", "/screenshot", None).await.status, 200);
+    assert_eq!(
+        request(&agent.socket, "GET", "/screenshot", None)
+            .await
+            .status,
+        200
+    );
     drop(x);
     let r = request(&agent.socket, "GET", "/screenshot", None).await;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
@@ -149,5 +175,8 @@ async fn health_reports_the_screen() {
     let j = h.json();
     assert_eq!(j["status"], "ok");
     assert_eq!(j["display"], true);
-    assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(800), Some(600)));
+    assert_eq!(
+        (j["width"].as_u64(), j["height"].as_u64()),
+        (Some(800), Some(600))
+    );
 }

@@ -21,20 +21,36 @@ async fn bash_exit_codes_environment_and_order() {
     let Some(x) = xvfb(320, 240) else { return };
     let agent = start_agent(&x.display).await;
     let j = bash(&agent.socket, "exit 7", None).await;
-    assert_eq!((j["success"].as_bool(), j["exit_code"].as_i64()), (Some(true), Some(7)));
+    assert_eq!(
+        (j["success"].as_bool(), j["exit_code"].as_i64()),
+        (Some(true), Some(7))
+    );
     assert_eq!(j["action"], "bash");
     assert_eq!(j["command"], "exit 7");
     assert_eq!(bash(&agent.socket, "true", None).await["exit_code"], 0);
-    assert_eq!(bash(&agent.socket, "kill -TERM $$", None).await["exit_code"], 128 + 15);
+    assert_eq!(
+        bash(&agent.socket, "kill -TERM $$", None).await["exit_code"],
+        128 + 15
+    );
 
-    let j = bash(&agent.socket, "echo one; echo two >&2; echo three; echo four >&2", None).await;
+    let j = bash(
+        &agent.socket,
+        "echo one; echo two >&2; echo three; echo four >&2",
+        None,
+    )
+    .await;
     assert_eq!(j["output"], "one\ntwo\nthree\nfour\n");
 
     let j = bash(&agent.socket, "pwd; echo $DISPLAY; echo $HOME", None).await;
     let home = agent.home.to_string_lossy().to_string();
     assert_eq!(j["output"], format!("{home}\n{}\n{home}\n", agent.display));
 
-    let j = bash(&agent.socket, "printf 'h\\xc3\\xa9llo \\xe2\\x9c\\x93'", None).await;
+    let j = bash(
+        &agent.socket,
+        "printf 'h\\xc3\\xa9llo \\xe2\\x9c\\x93'",
+        None,
+    )
+    .await;
     assert_eq!(j["output"], "héllo ✓");
 }
 
@@ -43,15 +59,26 @@ async fn bash_timeout_kills_the_whole_process_group() {
     let Some(x) = xvfb(320, 240) else { return };
     let agent = start_agent(&x.display).await;
     let marker = agent.home.join("child.pid");
-    let cmd = format!("sleep 300 & echo $! > {}; echo started; wait", marker.display());
+    let cmd = format!(
+        "sleep 300 & echo $! > {}; echo started; wait",
+        marker.display()
+    );
     let t0 = Instant::now();
     let j = bash(&agent.socket, &cmd, Some(1.0)).await;
-    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
     assert_eq!(j["timed_out"], true);
     assert_eq!(j["success"], false);
     assert_eq!(j["output"], "started\n");
     assert!(j["error"].as_str().unwrap().contains("timed out"));
-    let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // The background child must be gone too (allow a moment for the kernel to reap it).
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -61,7 +88,10 @@ async fn bash_timeout_kills_the_whole_process_group() {
         if !alive {
             break;
         }
-        assert!(Instant::now() < deadline, "child {pid} survived the timeout");
+        assert!(
+            Instant::now() < deadline,
+            "child {pid} survived the timeout"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -70,7 +100,12 @@ async fn bash_timeout_kills_the_whole_process_group() {
 async fn bash_output_is_capped_with_a_flag() {
     let Some(x) = xvfb(320, 240) else { return };
     let agent = start_agent_with(&x.display, |c| c.output_cap = 1000).await;
-    let j = bash(&agent.socket, "head -c 5000000 /dev/zero | tr '\\0' a; echo; exit 3", None).await;
+    let j = bash(
+        &agent.socket,
+        "head -c 5000000 /dev/zero | tr '\\0' a; echo; exit 3",
+        None,
+    )
+    .await;
     assert_eq!(j["truncated"], true);
     assert_eq!(j["output"].as_str().unwrap().len(), 1000);
     assert_eq!(j["exit_code"], 3, "the command still runs to its end");
@@ -87,10 +122,24 @@ async fn screenshots_and_input_work_during_a_long_bash() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     for _ in 0..3 {
-        assert_eq!(request(&agent.socket, "GET", "/screenshot", None).await.status, 200);
-        assert_eq!(post(&agent.socket, "/click", r#"{"x":5,"y":5}"#).await.status, 200);
+        assert_eq!(
+            request(&agent.socket, "GET", "/screenshot", None)
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            post(&agent.socket, "/click", r#"{"x":5,"y":5}"#)
+                .await
+                .status,
+            200
+        );
     }
-    assert!(t0.elapsed() < Duration::from_secs(2), "blocked behind bash: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "blocked behind bash: {:?}",
+        t0.elapsed()
+    );
     assert!(!long.is_finished());
     assert_eq!(long.await.unwrap()["output"], "done\n");
 }
@@ -109,7 +158,12 @@ async fn exec(sock: &std::path::Path, code: &str, timeout: Option<f64>) -> serde
 async fn python_exec_output_errors_and_timeout() {
     let Some(x) = xvfb(320, 240) else { return };
     let agent = start_agent(&x.display).await;
-    let j = exec(&agent.socket, "import sys\nprint('hi', 6*7)\nprint('err', file=sys.stderr)\nprint('✓')", None).await;
+    let j = exec(
+        &agent.socket,
+        "import sys\nprint('hi', 6*7)\nprint('err', file=sys.stderr)\nprint('✓')",
+        None,
+    )
+    .await;
     assert_eq!(j["success"], true);
     assert_eq!(j["timeout"], false);
     assert_eq!(j["action"], "exec");
@@ -122,7 +176,12 @@ async fn python_exec_output_errors_and_timeout() {
     assert_eq!(j["error_type"], "NameError");
     assert!(j["error"].as_str().unwrap().contains("undefined_name"));
 
-    let j = exec(&agent.socket, "class MyProblem(Exception): pass\nraise MyProblem('custom text')", None).await;
+    let j = exec(
+        &agent.socket,
+        "class MyProblem(Exception): pass\nraise MyProblem('custom text')",
+        None,
+    )
+    .await;
     assert_eq!(j["error_type"], "MyProblem");
     assert_eq!(j["error"], "custom text");
 
@@ -130,7 +189,12 @@ async fn python_exec_output_errors_and_timeout() {
     assert_eq!(j["error_type"], "SyntaxError");
 
     let t0 = Instant::now();
-    let j = exec(&agent.socket, "import time\nprint('start', flush=True)\ntime.sleep(100)", Some(1.0)).await;
+    let j = exec(
+        &agent.socket,
+        "import time\nprint('start', flush=True)\ntime.sleep(100)",
+        Some(1.0),
+    )
+    .await;
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(j["timeout"], true);
     assert_eq!(j["success"], false);

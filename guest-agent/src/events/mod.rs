@@ -93,7 +93,10 @@ impl EventHub {
 /// listens.
 pub fn start_sources(hub: &EventHub, display: &str, home: PathBuf, idle_after: Duration) {
     x11_watch::start(hub.clone(), display.to_string(), idle_after);
-    files::start(hub.clone(), vec![home.join("Desktop"), home.join("Downloads")]);
+    files::start(
+        hub.clone(),
+        vec![home.join("Desktop"), home.join("Downloads")],
+    );
     procs::start(hub.clone());
 }
 

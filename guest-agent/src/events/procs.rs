@@ -16,7 +16,11 @@ fn snapshot() -> HashMap<u32, String> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))

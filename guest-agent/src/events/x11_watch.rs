@@ -206,60 +206,65 @@ impl Watcher {
                     self.refresh_focus(true)?;
                 }
             }
-            XEvent::MapNotify(m) if !self.ewmh && m.event == self.root => {
-                if !m.override_redirect && m.window != self.own && self.windows.insert(m.window) {
-                    let title = self.title(m.window);
-                    self.hub
-                        .emit("window_open", json!({"window_id": m.window, "title": title}));
-                }
+            XEvent::MapNotify(m)
+                if !self.ewmh
+                    && m.event == self.root
+                    && !m.override_redirect
+                    && m.window != self.own
+                    && self.windows.insert(m.window) =>
+            {
+                let title = self.title(m.window);
+                self.hub.emit(
+                    "window_open",
+                    json!({"window_id": m.window, "title": title}),
+                );
             }
-            XEvent::DestroyNotify(d) if !self.ewmh => {
-                if self.windows.remove(&d.window) {
-                    self.hub.emit("window_close", json!({"window_id": d.window}));
-                }
+            XEvent::DestroyNotify(d) if !self.ewmh && self.windows.remove(&d.window) => {
+                self.hub
+                    .emit("window_close", json!({"window_id": d.window}));
             }
-            XEvent::XfixesSelectionNotify(s) => {
-                if s.owner != x11rb::NONE && s.owner != self.own {
-                    self.conn.convert_selection(
+            XEvent::XfixesSelectionNotify(s) if s.owner != x11rb::NONE && s.owner != self.own => {
+                self.conn.convert_selection(
+                    self.own,
+                    self.atoms.clipboard,
+                    self.atoms.utf8_string,
+                    self.atoms.target_prop,
+                    s.selection_timestamp,
+                )?;
+            }
+            XEvent::SelectionNotify(s) if s.requestor == self.own && s.property != x11rb::NONE => {
+                let reply = self
+                    .conn
+                    .get_property(
+                        true,
                         self.own,
-                        self.atoms.clipboard,
-                        self.atoms.utf8_string,
                         self.atoms.target_prop,
-                        s.selection_timestamp,
-                    )?;
-                }
-            }
-            XEvent::SelectionNotify(s) if s.requestor == self.own => {
-                if s.property != x11rb::NONE {
-                    let reply = self
-                        .conn
-                        .get_property(
-                            true,
-                            self.own,
-                            self.atoms.target_prop,
-                            AtomEnum::ANY,
-                            0,
-                            CLIPBOARD_MAX_WORDS,
-                        )?
-                        .reply()?;
-                    let content = String::from_utf8_lossy(&reply.value).into_owned();
-                    self.hub.emit("clipboard", json!({"content": content}));
-                }
+                        AtomEnum::ANY,
+                        0,
+                        CLIPBOARD_MAX_WORDS,
+                    )?
+                    .reply()?;
+                let content = String::from_utf8_lossy(&reply.value).into_owned();
+                self.hub.emit("clipboard", json!({"content": content}));
             }
             XEvent::RandrScreenChangeNotify(s) => {
                 let size = (s.width, s.height);
                 if size != self.screen {
                     self.screen = size;
-                    self.hub
-                        .emit("screen_change", json!({"width": s.width, "height": s.height}));
+                    self.hub.emit(
+                        "screen_change",
+                        json!({"width": s.width, "height": s.height}),
+                    );
                 }
             }
             XEvent::ConfigureNotify(c) if c.window == self.root => {
                 let size = (c.width, c.height);
                 if size != self.screen {
                     self.screen = size;
-                    self.hub
-                        .emit("screen_change", json!({"width": c.width, "height": c.height}));
+                    self.hub.emit(
+                        "screen_change",
+                        json!({"width": c.width, "height": c.height}),
+                    );
                 }
             }
             _ => {}
@@ -317,7 +322,14 @@ impl Watcher {
         let focused = if self.ewmh || self.has_active_property()? {
             let r = self
                 .conn
-                .get_property(false, self.root, self.atoms.active_window, AtomEnum::WINDOW, 0, 1)?
+                .get_property(
+                    false,
+                    self.root,
+                    self.atoms.active_window,
+                    AtomEnum::WINDOW,
+                    0,
+                    1,
+                )?
                 .reply()?;
             r.value32().and_then(|mut v| v.next()).unwrap_or(0)
         } else {
@@ -333,8 +345,10 @@ impl Watcher {
             self.active = focused;
             if announce && focused != 0 {
                 let title = self.title(focused);
-                self.hub
-                    .emit("window_focus", json!({"window_id": focused, "title": title}));
+                self.hub.emit(
+                    "window_focus",
+                    json!({"window_id": focused, "title": title}),
+                );
             }
         }
         Ok(())
@@ -343,7 +357,14 @@ impl Watcher {
     fn has_active_property(&self) -> Result<bool, WatchError> {
         let r = self
             .conn
-            .get_property(false, self.root, self.atoms.active_window, AtomEnum::WINDOW, 0, 0)?
+            .get_property(
+                false,
+                self.root,
+                self.atoms.active_window,
+                AtomEnum::WINDOW,
+                0,
+                0,
+            )?
             .reply()?;
         Ok(r.type_ != x11rb::NONE)
     }

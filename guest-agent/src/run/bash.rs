@@ -30,8 +30,11 @@ pub async fn bash(
         exit_code: out.exit_code,
         truncated: out.truncated,
         timed_out: out.timed_out,
-        error: out
-            .timed_out
-            .then(|| format!("command timed out after {} s; its process group was killed", timeout.as_secs_f64())),
+        error: out.timed_out.then(|| {
+            format!(
+                "command timed out after {} s; its process group was killed",
+                timeout.as_secs_f64()
+            )
+        }),
     })
 }

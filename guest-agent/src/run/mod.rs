@@ -67,7 +67,11 @@ fn os_pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
 pub async fn run(spec: RunSpec) -> Result<RunOutcome, RunError> {
     let (out_r, out_w) = os_pipe()?;
     let out_w2 = out_w.try_clone().map_err(RunError::Pipe)?;
-    let result_pipe = if spec.result_fd { Some(os_pipe()?) } else { None };
+    let result_pipe = if spec.result_fd {
+        Some(os_pipe()?)
+    } else {
+        None
+    };
 
     let mut cmd = std::process::Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -218,11 +222,17 @@ pub async fn run(spec: RunSpec) -> Result<RunOutcome, RunError> {
 }
 
 /// Validates a timeout in seconds from a request.
-pub fn timeout_from(seconds: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration, String> {
+pub fn timeout_from(
+    seconds: Option<f64>,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<Duration, String> {
     let s = seconds.unwrap_or(default);
     if !s.is_finite() || s < min || s > max {
-        return Err(format!("timeout must be between {min} and {max} seconds, got {s}"));
+        return Err(format!(
+            "timeout must be between {min} and {max} seconds, got {s}"
+        ));
     }
     Ok(Duration::from_secs_f64(s))
 }
-

@@ -66,7 +66,10 @@ pub async fn exec(
             success: false,
             action: "exec".into(),
             timeout: true,
-            error: Some(format!("execution timed out after {} s", timeout.as_secs_f64())),
+            error: Some(format!(
+                "execution timed out after {} s",
+                timeout.as_secs_f64()
+            )),
             error_type: Some("TimeoutError".into()),
             truncated: out.truncated,
         });
@@ -76,7 +79,10 @@ pub async fn exec(
         // No report: the interpreter died before finishing (os._exit, a signal, a crash).
         Err(_) => (
             false,
-            Some(format!("python3 ended without a result (exit code {})", out.exit_code)),
+            Some(format!(
+                "python3 ended without a result (exit code {})",
+                out.exit_code
+            )),
             Some("ProcessExit".to_string()),
         ),
     };

@@ -51,7 +51,9 @@ impl DesktopUser {
                 .ok_or_else(|| RunError::NoSuchUser(n.to_string()))?,
             None => User::from_uid(Uid::current())
                 .map_err(|e| RunError::UserLookup(e.to_string()))?
-                .ok_or_else(|| RunError::UserLookup("the agent's own uid has no passwd entry".into()))?,
+                .ok_or_else(|| {
+                    RunError::UserLookup("the agent's own uid has no passwd entry".into())
+                })?,
         };
         let cname = std::ffi::CString::new(user.name.clone())
             .map_err(|_| RunError::UserLookup("user name contains NUL".into()))?;
@@ -96,7 +98,10 @@ impl DesktopUser {
             ("HOME".to_string(), self.home.to_string_lossy().into_owned()),
             ("USER".to_string(), self.name.clone()),
             ("LOGNAME".to_string(), self.name.clone()),
-            ("SHELL".to_string(), self.shell.to_string_lossy().into_owned()),
+            (
+                "SHELL".to_string(),
+                self.shell.to_string_lossy().into_owned(),
+            ),
             ("DISPLAY".to_string(), self.display.clone()),
         ];
         env.extend(self.inherited.iter().cloned());

@@ -115,10 +115,7 @@ impl Capturer {
 pub fn capture(session: &XSession) -> Result<Frame, X11Error> {
     let (w, h) = session.screen_size()?;
     check_format(session)?;
-    let mut cap = session
-        .capturer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut cap = session.capturer.lock().unwrap_or_else(|p| p.into_inner());
     if cap.shm_supported {
         match capture_shm(session, &mut cap, w, h) {
             Ok(frame) => return Ok(frame),
@@ -149,12 +146,7 @@ fn check_format(session: &XSession) -> Result<(), X11Error> {
     Ok(())
 }
 
-fn capture_shm(
-    session: &XSession,
-    cap: &mut Capturer,
-    w: u16,
-    h: u16,
-) -> Result<Frame, X11Error> {
+fn capture_shm(session: &XSession, cap: &mut Capturer, w: u16, h: u16) -> Result<Frame, X11Error> {
     let need = usize::from(w) * usize::from(h) * 4;
     if cap.segment.as_ref().is_none_or(|s| s.size < need) {
         if let Some(old) = cap.segment.take() {

@@ -49,17 +49,14 @@ impl Keyboard {
             .collect();
         // With no free keycode at all, borrow the last one (usually an unused high code).
         if kb.spares.is_empty() {
-            kb.spares.push(kb.min_keycode + (kb.keycode_count() as u8).saturating_sub(1));
+            kb.spares
+                .push(kb.min_keycode + (kb.keycode_count() as u8).saturating_sub(1));
         }
         Ok(kb)
     }
 
     fn keycode_count(&self) -> usize {
-        if self.per == 0 {
-            0
-        } else {
-            self.syms.len() / self.per
-        }
+        self.syms.len().checked_div(self.per).unwrap_or(0)
     }
 
     fn row(&self, index: usize) -> &[u32] {
@@ -70,9 +67,7 @@ impl Keyboard {
     pub fn reload(&mut self, conn: &RustConnection) -> Result<(), X11Error> {
         let setup = x11rb::connection::Connection::setup(conn);
         let (min, max) = (setup.min_keycode, setup.max_keycode);
-        let reply = conn
-            .get_keyboard_mapping(min, max - min + 1)?
-            .reply()?;
+        let reply = conn.get_keyboard_mapping(min, max - min + 1)?.reply()?;
         self.min_keycode = min;
         self.per = usize::from(reply.keysyms_per_keycode);
         self.syms = reply.keysyms;
@@ -103,7 +98,10 @@ impl Keyboard {
         {
             Some(kc) => *kc,
             None => {
-                let (kc, last) = self.bound.pop_front().unwrap_or((self.spares[0], Instant::now()));
+                let (kc, last) = self
+                    .bound
+                    .pop_front()
+                    .unwrap_or((self.spares[0], Instant::now()));
                 let since = last.elapsed();
                 if since < REBIND_GUARD {
                     sync(conn)?;
@@ -202,7 +200,13 @@ pub fn drag(
         let t = f64::from(i) / f64::from(steps);
         let x = f64::from(from.0) + (f64::from(to.0) - f64::from(from.0)) * t;
         let y = f64::from(from.1) + (f64::from(to.1) - f64::from(from.1)) * t;
-        fake(s, MOTION_NOTIFY_EVENT, 0, x.round() as i16, y.round() as i16)?;
+        fake(
+            s,
+            MOTION_NOTIFY_EVENT,
+            0,
+            x.round() as i16,
+            y.round() as i16,
+        )?;
         sync(&s.conn)?;
         sleep(pause);
     }
@@ -220,7 +224,11 @@ pub fn scroll(s: &XSession, wheel_button: u8, amount: u32) -> Result<(), X11Erro
 }
 
 fn key_kc(s: &XSession, kc: u8, press: bool) -> Result<(), X11Error> {
-    let kind = if press { KEY_PRESS_EVENT } else { KEY_RELEASE_EVENT };
+    let kind = if press {
+        KEY_PRESS_EVENT
+    } else {
+        KEY_RELEASE_EVENT
+    };
     fake(s, kind, kc, 0, 0)
 }
 

@@ -145,7 +145,10 @@ pub fn parse_combo(spec: &str) -> Result<Combo, KeyError> {
         return Err(KeyError::Empty);
     }
     if spec == "+" {
-        return Ok(Combo { modifiers: vec![], key: keysym_for_char('+') });
+        return Ok(Combo {
+            modifiers: vec![],
+            key: keysym_for_char('+'),
+        });
     }
     let (body, trailing_plus) = match spec.strip_suffix("++") {
         Some(b) => (b, true),
@@ -251,7 +254,10 @@ mod tests {
     #[test]
     fn chars_round_trip() {
         for c in "héllo ✓ 世界\n\tA~".chars() {
-            assert_eq!(char_for_keysym(keysym_for_char(c)), Some(if c == '\r' { '\n' } else { c }));
+            assert_eq!(
+                char_for_keysym(keysym_for_char(c)),
+                Some(if c == '\r' { '\n' } else { c })
+            );
         }
     }
 

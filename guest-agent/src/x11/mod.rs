@@ -72,9 +72,11 @@ pub struct XSession {
 impl XSession {
     fn open(display: &str) -> Result<XSession, X11Error> {
         let (conn, screen_num) =
-            RustConnection::connect(Some(display)).map_err(|e: ConnectError| X11Error::Unreachable {
-                display: display.to_string(),
-                reason: e.to_string(),
+            RustConnection::connect(Some(display)).map_err(|e: ConnectError| {
+                X11Error::Unreachable {
+                    display: display.to_string(),
+                    reason: e.to_string(),
+                }
             })?;
         let screen = conn
             .setup()

@@ -41,17 +41,32 @@ impl Xvfb {
     pub fn restart_on(display: &str, width: u16, height: u16) -> Xvfb {
         let child = Command::new("Xvfb")
             .arg(display)
-            .args(["-screen", "0", &format!("{width}x{height}x24"), "-nolisten", "tcp", "-noreset"])
+            .args([
+                "-screen",
+                "0",
+                &format!("{width}x{height}x24"),
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn Xvfb");
         let deadline = Instant::now() + Duration::from_secs(10);
         while RustConnection::connect(Some(display)).is_err() {
-            assert!(Instant::now() < deadline, "Xvfb did not come back on {display}");
+            assert!(
+                Instant::now() < deadline,
+                "Xvfb did not come back on {display}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Xvfb { child, display: display.to_string(), width, height }
+        Xvfb {
+            child,
+            display: display.to_string(),
+            width,
+            height,
+        }
     }
 }
 
@@ -59,7 +74,13 @@ static NEXT_DISPLAY: AtomicU32 = AtomicU32::new(0);
 
 /// Starts Xvfb on a free display, or returns None (printing why) when Xvfb is not installed.
 pub fn xvfb(width: u16, height: u16) -> Option<Xvfb> {
-    if Command::new("Xvfb").arg("-help").stderr(Stdio::null()).stdout(Stdio::null()).status().is_err() {
+    if Command::new("Xvfb")
+        .arg("-help")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
         eprintln!(
             "\n*** SKIPPED: Xvfb is not installed (apt-get install -y xvfb); this test needs a real X server ***\n"
         );
@@ -76,7 +97,14 @@ pub fn xvfb(width: u16, height: u16) -> Option<Xvfb> {
         let display = format!(":{n}");
         let child = Command::new("Xvfb")
             .arg(&display)
-            .args(["-screen", "0", &format!("{width}x{height}x24"), "-nolisten", "tcp", "-noreset"])
+            .args([
+                "-screen",
+                "0",
+                &format!("{width}x{height}x24"),
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -177,15 +205,16 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
 /// One HTTP/1.1 request over the agent's Unix socket.
 pub async fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Reply {
-    let stream = tokio::net::UnixStream::connect(socket).await.expect("connect agent");
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect agent");
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -258,7 +287,11 @@ impl Keymap {
         let base = usize::from(keycode - self.min) * self.per;
         let row = &self.syms[base..base + self.per];
         let plain = row[0];
-        let shifted = if self.per > 1 && row[1] != 0 { row[1] } else { plain };
+        let shifted = if self.per > 1 && row[1] != 0 {
+            row[1]
+        } else {
+            plain
+        };
         if shift {
             // Core protocol rule: a lone lowercase letter shifts to its uppercase form.
             if row[1] == 0 && (0x61..=0x7a).contains(&plain) {
@@ -367,7 +400,10 @@ impl TestWindow {
                 }
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; saw {:?}", self.seen.lock().unwrap());
+                panic!(
+                    "timed out waiting for {what}; saw {:?}",
+                    self.seen.lock().unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
