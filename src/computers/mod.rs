@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
-pub use vmm_config::{GuestImage, VmmConfig, AGENT_VSOCK_PORT, GUEST_CID};
+pub use vmm_config::{files, vm_config, GuestImage, AGENT_VSOCK_PORT, GUEST_CID};
 pub use vmm_process::VmmProcessBackend;
 
 use crate::store::{Computer, ComputerStatus, Store, StoreError};

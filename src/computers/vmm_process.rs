@@ -5,8 +5,9 @@
 //!
 //! Per-computer directory `<data_dir>/computers/<id>/`:
 //! `disk.img` (copy of the template's root filesystem, grown to `disk_size_gb`), `vmm.json`
-//! (the [`VmmConfig`] handed to the VMM), `vmm.log` (VMM stdout/stderr), `console.log` (guest serial),
-//! `vsock.sock` (hybrid vsock: connect, send `CONNECT <port>\n`, read `OK ...`), `vmm.pid`.
+//! (the VMM's own `VmConfig` JSON), `vmm.log` (VMM stdout/stderr), `console.log` (guest serial),
+//! `vsock.sock` (hybrid vsock: connect, send `CONNECT <port>\n`, read `OK ...`), `control.sock`
+//! (the VMM's JSON-lines control socket), `vmm.pid`.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
-use super::vmm_config::{GuestImage, VmmConfig, AGENT_VSOCK_PORT};
+use super::vmm_config::{self, files, GuestImage, AGENT_VSOCK_PORT};
 
 /// Where `tests/rig/serve` is, for messages on hosts that cannot run VMs.
 const RIG_HINT: &str =
@@ -87,7 +88,7 @@ impl VmmProcessBackend {
     }
 
     fn prepare_disk(&self, spec: &VmSpec, image: &GuestImage) -> Result<PathBuf, BackendError> {
-        let disk = spec.dir.join("disk.img");
+        let disk = spec.dir.join(files::DISK);
         if !disk.exists() {
             let partial = spec.dir.join("disk.img.partial");
             copy_sparse(&image.rootfs, &partial).map_err(|e| {
@@ -125,11 +126,11 @@ impl VmmProcessBackend {
     fn write_pid_file(dir: &Path, pid: i32, start_time: u64) -> std::io::Result<()> {
         let tmp = dir.join("vmm.pid.tmp");
         std::fs::write(&tmp, format!("{pid} {start_time}\n"))?;
-        std::fs::rename(tmp, dir.join("vmm.pid"))
+        std::fs::rename(tmp, dir.join(files::PID))
     }
 
     fn read_pid_file(dir: &Path) -> Option<(i32, u64)> {
-        let text = std::fs::read_to_string(dir.join("vmm.pid")).ok()?;
+        let text = std::fs::read_to_string(dir.join(files::PID)).ok()?;
         let mut parts = text.split_whitespace();
         let pid = parts.next()?.parse().ok()?;
         let start = parts.next()?.parse().ok()?;
@@ -149,7 +150,7 @@ impl VmmProcessBackend {
     }
 
     fn guest_ready(dir: &Path) -> bool {
-        agent_port_open(&dir.join("vsock.sock"), AGENT_VSOCK_PORT)
+        agent_port_open(&dir.join(files::VSOCK), AGENT_VSOCK_PORT)
     }
 }
 
@@ -188,17 +189,19 @@ impl VmBackend for VmmProcessBackend {
             BackendError::NotReady(format!("cannot create {}: {e}", spec.dir.display()))
         })?;
         let disk = self.prepare_disk(spec, &image)?;
-        let config = VmmConfig::new(spec, &image, &disk);
-        let config_path = spec.dir.join("vmm.json");
-        config.write(&config_path).map_err(|e| {
+        let config = vmm_config::vm_config(spec, &image, &disk);
+        let config_path = spec.dir.join(files::CONFIG);
+        vmm_config::write(&config, &config_path).map_err(|e| {
             BackendError::Process(format!("cannot write {}: {e}", config_path.display()))
         })?;
         // Sockets left by a previous run would make the VMM's bind fail.
-        let _ = std::fs::remove_file(&config.vsock_socket);
+        for socket in [files::VSOCK, files::CONTROL] {
+            let _ = std::fs::remove_file(spec.dir.join(socket));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(spec.dir.join("vmm.log"))
+            .open(spec.dir.join(files::VMM_LOG))
             .map_err(|e| BackendError::Process(format!("cannot open the VMM log: {e}")))?;
         let log2 = log
             .try_clone()
@@ -275,7 +278,7 @@ impl VmBackend for VmmProcessBackend {
                 }
             }
         }
-        let _ = std::fs::remove_file(self.dir(computer_id).join("vmm.pid"));
+        let _ = std::fs::remove_file(self.dir(computer_id).join(files::PID));
         Ok(())
     }
 
@@ -293,15 +296,15 @@ impl VmBackend for VmmProcessBackend {
                 VmState::Exited {
                     reason: format!(
                         "the VMM process ended while deskd was not its parent.{}",
-                        log_tail(&dir.join("vmm.log"))
+                        log_tail(&dir.join(files::VMM_LOG))
                     ),
                 }
             }
             Err(how) => {
                 procs.remove(computer_id);
-                let _ = std::fs::remove_file(dir.join("vmm.pid"));
+                let _ = std::fs::remove_file(dir.join(files::PID));
                 VmState::Exited {
-                    reason: format!("{how}.{}", log_tail(&dir.join("vmm.log"))),
+                    reason: format!("{how}.{}", log_tail(&dir.join(files::VMM_LOG))),
                 }
             }
         }
@@ -321,11 +324,11 @@ impl VmBackend for VmmProcessBackend {
                 );
                 return self.state(computer_id);
             }
-            let _ = std::fs::remove_file(dir.join("vmm.pid"));
+            let _ = std::fs::remove_file(dir.join(files::PID));
             return VmState::Exited {
                 reason: format!(
                     "the VMM process ended while deskd was down.{}",
-                    log_tail(&dir.join("vmm.log"))
+                    log_tail(&dir.join(files::VMM_LOG))
                 ),
             };
         }
@@ -346,7 +349,7 @@ impl VmBackend for VmmProcessBackend {
     }
 
     fn clone_disk(&self, from_id: &str, to_id: &str) -> Result<(), BackendError> {
-        let from = self.dir(from_id).join("disk.img");
+        let from = self.dir(from_id).join(files::DISK);
         if !from.exists() {
             return Ok(());
         }
@@ -356,7 +359,7 @@ impl VmBackend for VmmProcessBackend {
         })?;
         let partial = to_dir.join("disk.img.partial");
         copy_sparse(&from, &partial)
-            .and_then(|()| std::fs::rename(&partial, to_dir.join("disk.img")))
+            .and_then(|()| std::fs::rename(&partial, to_dir.join(files::DISK)))
             .map_err(|e| BackendError::Process(format!("cannot copy {}: {e}", from.display())))
     }
 
@@ -429,8 +432,21 @@ fn signal_group(pid: i32, signal: i32) {
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
+    // Exit statuses of `deskd vmm` (see crate::vmm::exit).
+    let meaning = |code: i32| match code {
+        0 => "the guest powered off",
+        1 => "the VM could not start",
+        2 => "the VMM rejected its arguments",
+        3 => "the guest rebooted",
+        4 => "the guest did not power off in time and was stopped hard",
+        5 => "the VM failed",
+        _ => "unknown exit status",
+    };
     match (status.code(), status.signal()) {
-        (Some(code), _) => format!("the VMM process exited with status {code}"),
+        (Some(code), _) => format!(
+            "the VMM process exited with status {code} ({})",
+            meaning(code)
+        ),
         (None, Some(sig)) => format!("the VMM process was killed by signal {sig}"),
         _ => "the VMM process ended".to_string(),
     }
@@ -542,7 +558,7 @@ mod tests {
         b.start(&s).unwrap();
         assert!(matches!(b.state("c1"), VmState::Booting { .. }));
         assert_eq!(
-            std::fs::metadata(s.dir.join("disk.img")).unwrap().len(),
+            std::fs::metadata(s.dir.join(files::DISK)).unwrap().len(),
             1 << 30
         );
         // A second backend (a restarted daemon) finds the process through the pid file.
