@@ -27,7 +27,10 @@ fn the_orgo_sdk_works_unmodified() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let d = Daemon::start_with_args(common::RELAXED, &["--listen".into(), format!("127.0.0.1:{port}")]);
+    let d = Daemon::start_with_args(
+        common::RELAXED,
+        &["--listen".into(), format!("127.0.0.1:{port}")],
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/orgo_sdk_flow.py");
     let out = Command::new(&python)
         .arg(&script)
@@ -35,7 +38,11 @@ fn the_orgo_sdk_works_unmodified() {
         .env("DESKD_KEY", &d.key)
         .env(
             "DESKD_HW",
-            if deskd::kvmprobe::cpu_has_hardware_virtualization() { "1" } else { "0" },
+            if deskd::kvmprobe::cpu_has_hardware_virtualization() {
+                "1"
+            } else {
+                "0"
+            },
         )
         .output()
         .expect("run the SDK script");
