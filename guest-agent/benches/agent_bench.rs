@@ -37,7 +37,14 @@ fn start_xvfb(w: u16, h: u16) -> Option<(Xvfb, String)> {
         let display = format!(":{n}");
         let child = Command::new("Xvfb")
             .arg(&display)
-            .args(["-screen", "0", &format!("{w}x{h}x24"), "-nolisten", "tcp", "-noreset"])
+            .args([
+                "-screen",
+                "0",
+                &format!("{w}x{h}x24"),
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -96,19 +103,50 @@ fn paint_desktop(display: &str, w: u16, h: u16) -> RustConnection {
                 data.extend_from_slice(&[160, g / 2 + 40, r / 2 + 30, 0]);
             }
         }
-        conn.put_image(ImageFormat::Z_PIXMAP, win, gc, w, rows, 0, y0 as i16, 0, 24, &data)
-            .unwrap();
+        conn.put_image(
+            ImageFormat::Z_PIXMAP,
+            win,
+            gc,
+            w,
+            rows,
+            0,
+            y0 as i16,
+            0,
+            24,
+            &data,
+        )
+        .unwrap();
     }
     // Windows with title bars and text-like glyph rows.
     for i in 0..4u16 {
         let (x, y) = (40 + i * (w / 5), 40 + i * (h / 8));
         let (ww, wh) = (w / 3, h / 2);
-        conn.change_gc(gc, &ChangeGCAux::new().foreground(0xf0f0f0)).unwrap();
-        conn.poly_fill_rectangle(win, gc, &[Rectangle { x: x as i16, y: y as i16, width: ww, height: wh }])
+        conn.change_gc(gc, &ChangeGCAux::new().foreground(0xf0f0f0))
             .unwrap();
-        conn.change_gc(gc, &ChangeGCAux::new().foreground(0x3050a0)).unwrap();
-        conn.poly_fill_rectangle(win, gc, &[Rectangle { x: x as i16, y: y as i16, width: ww, height: 24 }])
+        conn.poly_fill_rectangle(
+            win,
+            gc,
+            &[Rectangle {
+                x: x as i16,
+                y: y as i16,
+                width: ww,
+                height: wh,
+            }],
+        )
+        .unwrap();
+        conn.change_gc(gc, &ChangeGCAux::new().foreground(0x3050a0))
             .unwrap();
+        conn.poly_fill_rectangle(
+            win,
+            gc,
+            &[Rectangle {
+                x: x as i16,
+                y: y as i16,
+                width: ww,
+                height: 24,
+            }],
+        )
+        .unwrap();
         let mut glyphs = Vec::new();
         for line in 0..(wh / 18).saturating_sub(2) {
             let mut gx = x + 8;
@@ -125,7 +163,8 @@ fn paint_desktop(display: &str, w: u16, h: u16) -> RustConnection {
                 gx += gw + 2;
             }
         }
-        conn.change_gc(gc, &ChangeGCAux::new().foreground(0x202020)).unwrap();
+        conn.change_gc(gc, &ChangeGCAux::new().foreground(0x202020))
+            .unwrap();
         conn.poly_fill_rectangle(win, gc, &glyphs).unwrap();
     }
     conn.get_input_focus().unwrap().reply().unwrap();
@@ -141,7 +180,10 @@ fn pct(samples: &mut [f64], p: f64) -> f64 {
 fn report(name: &str, mut ms: Vec<f64>, extra: &str) {
     let p50 = pct(&mut ms, 0.5);
     let p95 = pct(&mut ms, 0.95);
-    println!("  {name:<44} p50 {p50:>8.2} ms   p95 {p95:>8.2} ms   n={:<4} {extra}", ms.len());
+    println!(
+        "  {name:<44} p50 {p50:>8.2} ms   p95 {p95:>8.2} ms   n={:<4} {extra}",
+        ms.len()
+    );
 }
 
 fn have(tool: &str) -> bool {
@@ -180,7 +222,9 @@ struct Client {
 
 impl Client {
     async fn connect(sock: &Path) -> Client {
-        let stream = tokio::net::UnixStream::connect(sock).await.expect("connect agent");
+        let stream = tokio::net::UnixStream::connect(sock)
+            .await
+            .expect("connect agent");
         let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
@@ -248,7 +292,9 @@ async fn bench_resolution(w: u16, h: u16) {
     let mut frame = None;
     for _ in 0..50 {
         let t = Instant::now();
-        let f = desktop_probe.with(deskd_agent::x11::capture::capture).expect("capture");
+        let f = desktop_probe
+            .with(deskd_agent::x11::capture::capture)
+            .expect("capture");
         cap.push(t.elapsed().as_secs_f64() * 1000.0);
         frame = Some(f);
     }
@@ -277,9 +323,19 @@ async fn bench_resolution(w: u16, h: u16) {
     report("agent JPEG q80 encode only (in-process)", enc, "");
 
     let (v, size) = c.time("GET", "/screenshot", "", 60).await;
-    report("agent GET /screenshot PNG (capture+encode)", v, &format!("{} KiB", size / 1024));
-    let (v, size) = c.time("GET", "/screenshot?format=jpeg&quality=80", "", 60).await;
-    report("agent GET /screenshot JPEG q80", v, &format!("{} KiB", size / 1024));
+    report(
+        "agent GET /screenshot PNG (capture+encode)",
+        v,
+        &format!("{} KiB", size / 1024),
+    );
+    let (v, size) = c
+        .time("GET", "/screenshot?format=jpeg&quality=80", "", 60)
+        .await;
+    report(
+        "agent GET /screenshot JPEG q80",
+        v,
+        &format!("{} KiB", size / 1024),
+    );
     let (v, _) = c.time("POST", "/click", r#"{"x":5,"y":5}"#, 300).await;
     report("agent POST /click (round trip)", v, "");
     let (v, _) = c.time("POST", "/bash", r#"{"command":"true"}"#, 40).await;
@@ -288,10 +344,30 @@ async fn bench_resolution(w: u16, h: u16) {
     println!("  -- common tools, same screen, same run --");
     let tools: [(&str, &str, &str, usize); 6] = [
         ("xdotool", "xdotool click 1", "xdotool click 1", 30),
-        ("import", "import -window root png", "import -window root png:/dev/null", 10),
-        ("scrot", "scrot (PNG)", "scrot -o /tmp/deskd-bench-scrot.png", 10),
-        ("xwd", "xwd -root | convert png", "xwd -root -silent | convert xwd:- png:/dev/null", 10),
-        ("xwd", "xwd -root | convert jpeg q80", "xwd -root -silent | convert xwd:- -quality 80 jpeg:/dev/null", 10),
+        (
+            "import",
+            "import -window root png",
+            "import -window root png:/dev/null",
+            10,
+        ),
+        (
+            "scrot",
+            "scrot (PNG)",
+            "scrot -o /tmp/deskd-bench-scrot.png",
+            10,
+        ),
+        (
+            "xwd",
+            "xwd -root | convert png",
+            "xwd -root -silent | convert xwd:- png:/dev/null",
+            10,
+        ),
+        (
+            "xwd",
+            "xwd -root | convert jpeg q80",
+            "xwd -root -silent | convert xwd:- -quality 80 jpeg:/dev/null",
+            10,
+        ),
         ("bash", "bash -lc true (no agent)", "bash -lc true", 40),
     ];
     for (tool, name, cmd, n) in tools {
@@ -314,7 +390,12 @@ fn main() {
         println!("agent_bench: run with `cargo bench -p deskd-agent --bench agent_bench`");
         return;
     }
-    if Command::new("Xvfb").arg("-help").stderr(Stdio::null()).status().is_err() {
+    if Command::new("Xvfb")
+        .arg("-help")
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
         println!("*** SKIPPED: Xvfb is not installed (apt-get install -y xvfb) ***");
         return;
     }
