@@ -309,6 +309,9 @@ async fn bad_input_is_a_400_with_a_message() {
     let r = common::request(&agent.socket, "GET", "/nope", None).await;
     assert_eq!(r.status, 404);
     assert!(r.json()["error"].is_string());
+    let r = common::request(&agent.socket, "GET", "/click", None).await;
+    assert_eq!(r.status, 405);
+    assert!(r.json()["error"].is_string());
     // wait takes `seconds` or `duration`.
     let r = post(&agent.socket, "/wait", r#"{"duration":0.05}"#).await;
     assert_eq!(r.status, 200);

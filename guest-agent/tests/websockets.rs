@@ -387,3 +387,61 @@ async fn events_idle_active_and_processes() {
         }
     }
 }
+
+/// Without a window manager (no EWMH properties), top-level maps, destroys and the X input focus
+/// stand in for window_open, window_close and window_focus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_windows_without_a_window_manager() {
+    let Some(x) = xvfb(320, 240) else { return };
+    let agent = start_agent(&x.display).await;
+    let mut ws = connect(&agent.socket, "/ws/events").await;
+    send(
+        &mut ws,
+        json!({"type":"subscribe","event_types":["window_open","window_focus","window_close"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws, 5).await["type"], "subscribed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (conn, n) = RustConnection::connect(Some(&x.display)).unwrap();
+    let screen = conn.setup().roots[n].clone();
+    let w = conn.generate_id().unwrap();
+    conn.create_window(
+        screen.root_depth,
+        w,
+        screen.root,
+        0,
+        0,
+        50,
+        50,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &CreateWindowAux::new(),
+    )
+    .unwrap();
+    conn.change_property8(
+        PropMode::REPLACE,
+        w,
+        AtomEnum::WM_NAME,
+        AtomEnum::STRING,
+        b"plain title",
+    )
+    .unwrap();
+    conn.map_window(w).unwrap();
+    conn.flush().unwrap();
+    let d = next_event(&mut ws, "window_open").await;
+    assert_eq!(d["window_id"], w);
+    assert_eq!(d["title"], "plain title");
+
+    conn.set_input_focus(InputFocus::PARENT, w, x11rb::CURRENT_TIME)
+        .unwrap();
+    conn.flush().unwrap();
+    let d = next_event(&mut ws, "window_focus").await;
+    assert_eq!(d["window_id"], w);
+
+    conn.destroy_window(w).unwrap();
+    conn.flush().unwrap();
+    let d = next_event(&mut ws, "window_close").await;
+    assert_eq!(d["window_id"], w);
+}
