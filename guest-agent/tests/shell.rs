@@ -200,3 +200,34 @@ async fn python_exec_output_errors_and_timeout() {
     assert_eq!(j["success"], false);
     assert_eq!(j["output"], "start\n");
 }
+
+/// As root (the agent in the guest), commands run as the configured desktop user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bash_and_exec_run_as_the_desktop_user() {
+    if !nix::unistd::Uid::current().is_root() {
+        eprintln!(
+            "\n*** SKIPPED bash_and_exec_run_as_the_desktop_user: needs root to switch users ***\n"
+        );
+        return;
+    }
+    let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
+        eprintln!("\n*** SKIPPED bash_and_exec_run_as_the_desktop_user: no user `nobody` ***\n");
+        return;
+    };
+    let Some(x) = xvfb(320, 240) else { return };
+    let home = common::TempDir::new("nobody-home");
+    std::fs::set_permissions(&home.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let home_path = home.0.clone();
+    let agent = start_agent_with(&x.display, |c| {
+        c.user = Some("nobody".into());
+        c.home = Some(home_path);
+    })
+    .await;
+    let j = bash(&agent.socket, "id -u; echo $USER; pwd", None).await;
+    assert_eq!(
+        j["output"],
+        format!("{}\nnobody\n{}\n", nobody.uid, home.0.display())
+    );
+    let j = exec(&agent.socket, "import os\nprint(os.getuid())", None).await;
+    assert_eq!(j["output"], format!("{}\n", nobody.uid));
+}
