@@ -118,7 +118,7 @@ async fn screenshots_and_input_work_during_a_long_bash() {
     let Some(x) = xvfb(320, 240) else { return };
     let agent = start_agent(&x.display).await;
     let sock = agent.socket.clone();
-    let long = tokio::spawn(async move { bash(&sock, "sleep 3; echo done", None).await });
+    let long = tokio::spawn(async move { bash(&sock, "sleep 8; echo done", None).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     for _ in 0..3 {
@@ -192,10 +192,14 @@ async fn python_exec_output_errors_and_timeout() {
     let j = exec(
         &agent.socket,
         "import time\nprint('start', flush=True)\ntime.sleep(100)",
-        Some(1.0),
+        Some(5.0),
     )
     .await;
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
     assert_eq!(j["timeout"], true);
     assert_eq!(j["success"], false);
     assert_eq!(j["output"], "start\n");

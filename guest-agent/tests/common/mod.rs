@@ -392,7 +392,7 @@ impl TestWindow {
 
     /// Waits until `pred` holds on what was seen so far (events arrive asynchronously).
     pub fn wait_for(&self, what: &str, pred: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             {
                 let s = self.seen.lock().unwrap();
