@@ -7,6 +7,7 @@
 //!   socket `<uds_path>_<P>`; no listener there means the guest gets a connection reset.
 
 pub mod connection;
+mod host;
 pub mod muxer;
 pub mod packet;
 
@@ -269,7 +270,7 @@ impl VsockWorker {
                 Ok((hdr, payload)) => self.muxer.handle_guest_packet(event_loop, &hdr, &payload),
                 Err(e) => {
                     // A bad packet is dropped (and its connection reset); the device goes on.
-                    tracing::warn!("vsock: dropped a guest packet: {e}");
+                    tracing::debug!("vsock: dropped a guest packet: {e}");
                     if let Some(hdr) = e.header() {
                         self.muxer.reject_packet(hdr);
                     }
