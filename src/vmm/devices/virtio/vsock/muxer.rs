@@ -27,6 +27,10 @@ const MAX_CONNECTIONS: usize = 1024;
 const MAX_HANDSHAKES: usize = 64;
 /// Longest accepted `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
+/// Most data-less packets waiting for guest rx buffers. Past it the device stops taking tx packets
+/// (which may need an answer) until the guest posts rx buffers: a guest cannot grow host memory by
+/// sending packets while never receiving.
+pub const MAX_CONTROL_BACKLOG: usize = 128;
 /// Host ports for host-initiated connections are taken from here up.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -93,6 +97,11 @@ impl Muxer {
     /// Number of live connections (for tests and logs).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Too many answers are waiting for rx buffers to take more guest packets.
+    pub fn backlog_full(&self) -> bool {
+        self.control.len() >= MAX_CONTROL_BACKLOG
     }
 
     /// Something is waiting to go to the guest.

@@ -480,3 +480,36 @@ fn device_reset_closes_host_connections() {
     // The host socket itself survives a reset: new clients wait for the driver to come back.
     UnixStream::connect(&g.path).expect("listener still bound");
 }
+
+#[test]
+fn guest_that_never_receives_is_throttled_not_buffered() {
+    use super::muxer::MAX_CONTROL_BACKLOG;
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    // Each packet to an unknown connection earns an RST; only 16 rx buffers are posted.
+    let total: u16 = 200;
+    let start = g.tx_sent;
+    for i in 0..total {
+        let hdr = g.header(op::RW, 9000 + u32::from(i), 4242, 0);
+        g.mem
+            .write_slice(&hdr.encode(), GuestAddress(TX_SLOT + 64 * u64::from(i)))
+            .expect("tx");
+        g.tx_next_desc = add_chain(
+            &g.txq,
+            g.tx_next_desc,
+            &[(TX_SLOT + 64 * u64::from(i), 44, false)],
+        );
+    }
+    write_reg(&mut g.t, 0x50, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let consumed = used_idx(&mem, &g.txq) - start;
+    assert_eq!(
+        usize::from(consumed),
+        16 + MAX_CONTROL_BACKLOG,
+        "tx stops once the answers no longer fit"
+    );
+    // Posting rx buffers lets the device go on with the rest.
+    g.post_rx(128);
+    assert!(wait_used(&mem, &g.txq, start + total), "tx resumed");
+    assert_eq!(read_reg(&mut g.t, 0x70) & 0x40, 0, "not marked broken");
+}
