@@ -1,3 +1,4 @@
 //! Emulated devices of the VMM.
 
 pub mod bus;
+pub mod virtio;

@@ -1,0 +1,43 @@
+# deskd: the two set-up commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+build-debug:
+	$(CARGO) build --workspace
+
+## Every test: unit and integration tests, then the end-to-end tests in the rig.
+test: unit e2e
+
+## Unit tests, agent tests against Xvfb, API tests against a daemon on a temporary socket.
+unit:
+	$(CARGO) test --workspace
+
+## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
+e2e: build-debug rig-self-test
+
+rig-self-test:
+	tests/rig/run --self-test
+
+bench:
+	@echo "benchmarks: see benches/ (each prints its figures and what they were compared with)"
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Run deskd: on this host if it has hardware virtualization, otherwise inside the rig.
+run: build
+	@if grep -qwE 'vmx|svm' /proc/cpuinfo; then \
+		echo "make run: hardware virtualization present: running deskd serve here"; \
+		target/release/deskd serve; \
+	else \
+		echo "make run: no vmx/svm on this host: running deskd inside the rig (tests/rig/README.md)"; \
+		tests/rig/serve --deskd target/release/deskd; \
+	fi

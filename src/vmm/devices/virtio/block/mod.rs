@@ -1,0 +1,196 @@
+//! virtio-blk backed by a raw image file: read, write, flush (fdatasync), get-id, read-only mode.
+
+mod request;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_bindings::bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
+};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::worker::{serve_single_queue, Worker};
+use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
+pub use request::Disk;
+
+/// Size of a virtio-blk sector, whatever the image's own block size.
+pub const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Largest request accepted (the used-ring length field is 32 bits).
+const MAX_REQUEST_LEN: u64 = u32::MAX as u64;
+
+/// How to open a disk.
+#[derive(Debug, Clone)]
+pub struct BlockConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Refuse guest writes (the image is opened read-only and VIRTIO_BLK_F_RO is offered).
+    pub read_only: bool,
+    /// Answer to VIRTIO_BLK_T_GET_ID (at most 20 bytes are kept); shows up as
+    /// `/sys/block/vdX/serial` in the guest.
+    pub serial: String,
+}
+
+/// Why a disk could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open disk image {path}: {source}; check that it exists and is readable{rw}")]
+    Open {
+        path: PathBuf,
+        rw: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot read the size of disk image {path}: {source}")]
+    Size { path: PathBuf, source: io::Error },
+    #[error("disk image {path} is smaller than one 512-byte sector")]
+    TooSmall { path: PathBuf },
+    #[error("cannot duplicate the disk image handle: {0}")]
+    Clone(#[source] io::Error),
+}
+
+/// The virtio-blk device model.
+#[derive(Debug)]
+pub struct Block {
+    disk: Disk,
+    config_space: Vec<u8>,
+    worker: Option<Worker>,
+}
+
+impl Block {
+    /// Opens the image (read-write unless `read_only`).
+    pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
+        let file: File = OpenOptions::new()
+            .read(true)
+            .write(!config.read_only)
+            .open(&config.path)
+            .map_err(|source| BlockError::Open {
+                path: config.path.clone(),
+                rw: if config.read_only {
+                    ""
+                } else {
+                    " and writable"
+                },
+                source,
+            })?;
+        let len = file
+            .metadata()
+            .map_err(|source| BlockError::Size {
+                path: config.path.clone(),
+                source,
+            })?
+            .len();
+        // A partial last sector cannot be addressed by the guest; it is left untouched.
+        let capacity = len / SECTOR_SIZE;
+        if capacity == 0 {
+            return Err(BlockError::TooSmall { path: config.path });
+        }
+        if !len.is_multiple_of(SECTOR_SIZE) {
+            tracing::warn!(
+                "virtio-blk: {} is not a multiple of 512 bytes; the last {} bytes are invisible to the guest",
+                config.path.display(),
+                len % SECTOR_SIZE
+            );
+        }
+        let mut serial = config.serial.into_bytes();
+        serial.truncate(VIRTIO_BLK_ID_BYTES as usize);
+        // struct virtio_blk_config: capacity (le64) at 0, size_max at 8, seg_max at 12.
+        let mut config_space = Vec::with_capacity(16);
+        config_space.extend_from_slice(&capacity.to_le_bytes());
+        config_space.extend_from_slice(&0u32.to_le_bytes());
+        config_space.extend_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        Ok(Block {
+            disk: Disk {
+                file,
+                capacity,
+                read_only: config.read_only,
+                serial,
+            },
+            config_space,
+            worker: None,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.capacity
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let mut features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1u64 << VIRTIO_BLK_F_FLUSH)
+            | (1u64 << VIRTIO_BLK_F_SEG_MAX);
+        if self.disk.read_only {
+            features |= 1u64 << VIRTIO_BLK_F_RO;
+        }
+        features
+    }
+
+    fn ack_features(&mut self, _features: u64) {}
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        // Only the writeback field (VIRTIO_BLK_F_CONFIG_WCE) is writable, and it is not offered.
+        tracing::debug!("virtio-blk: config write at {offset:#x} ignored");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        mut queues: Vec<Queue>,
+        mut queue_evts: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let (Some(queue), Some(evt)) = (queues.pop(), queue_evts.pop()) else {
+            return Err(ActivateError::QueueCount { want: 1, got });
+        };
+        let mut disk = self
+            .disk
+            .try_clone()
+            .map_err(|e| ActivateError::Backend(BlockError::Clone(e).to_string()))?;
+        self.worker = Some(
+            Worker::spawn("virtio-blk", move |el| {
+                let handler = |chain: &super::chain::Chain| Ok(disk.execute(&mem, chain));
+                serve_single_queue(
+                    "virtio-blk",
+                    el,
+                    &mem,
+                    &interrupt,
+                    queue,
+                    &evt,
+                    MAX_REQUEST_LEN,
+                    handler,
+                )
+            })
+            .map_err(ActivateError::Worker)?,
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

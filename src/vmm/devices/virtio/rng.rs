@@ -1,0 +1,122 @@
+//! virtio-rng: the guest's hardware RNG (`/dev/hwrng`), fed from the host's getrandom(2).
+
+use std::io;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::chain::{Chain, Cursor};
+use super::worker::{serve_single_queue, QueueError, Worker};
+use super::{ActivateError, GuestMemory, Interrupt, VirtioDevice};
+
+const QUEUE_SIZES: [u16; 1] = [256];
+/// Most bytes given for one request; bigger buffers are filled only this far (the driver reads
+/// the used length), so a huge guest buffer cannot keep the worker busy for long.
+const MAX_FILL: usize = 64 * 1024;
+
+/// The virtio-rng device model.
+#[derive(Debug, Default)]
+pub struct Rng {
+    worker: Option<Worker>,
+}
+
+impl Rng {
+    pub fn new() -> Self {
+        Rng::default()
+    }
+}
+
+/// Fills `buf` from the kernel's CSPRNG.
+fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes for the whole call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// Serves one request: fill the device-writable buffers (up to [`MAX_FILL`]).
+fn serve(mem: &GuestMemory, chain: &Chain) -> Result<u32, QueueError> {
+    let mut out = Cursor::new(mem, &chain.writable);
+    let mut chunk = [0u8; 4096];
+    let mut left = out.remaining().min(MAX_FILL as u64) as usize;
+    while left > 0 {
+        let piece = &mut chunk[..left.min(4096)];
+        fill_random(piece).map_err(|e| QueueError::Device(format!("getrandom failed: {e}")))?;
+        out.write_all(piece)
+            .map_err(|e| QueueError::Device(e.to_string()))?;
+        left -= piece.len();
+    }
+    Ok(out.done() as u32)
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn ack_features(&mut self, _features: u64) {}
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        mut queues: Vec<Queue>,
+        mut queue_evts: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        let (Some(queue), Some(evt)) = (queues.pop(), queue_evts.pop()) else {
+            return Err(ActivateError::QueueCount { want: 1, got: 0 });
+        };
+        self.worker = Some(
+            Worker::spawn("virtio-rng", move |el| {
+                // serve() never writes past MAX_FILL, so chain length needs no cap of its own.
+                let handler = |chain: &Chain| serve(&mem, chain);
+                serve_single_queue(
+                    "virtio-rng",
+                    el,
+                    &mem,
+                    &interrupt,
+                    queue,
+                    &evt,
+                    u64::MAX,
+                    handler,
+                )
+            })
+            .map_err(ActivateError::Worker)?,
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

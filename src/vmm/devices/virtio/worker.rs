@@ -1,0 +1,210 @@
+//! The worker thread of an active device and the epoll loop it sleeps in.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Token the stop `EventFd` is registered under in every worker's epoll set.
+pub const STOP_TOKEN: u64 = u64::MAX;
+
+/// A running device thread. Dropping it (or [`Worker::stop`]) wakes the thread through its stop
+/// `EventFd` and joins it, so a reset never leaves a thread touching guest memory.
+#[derive(Debug)]
+pub struct Worker {
+    stop_evt: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts `body` on a thread named `name`. `body` gets an [`EventLoop`] that already watches the
+    /// stop `EventFd`; it must return when [`EventLoop::wait`] reports [`STOP_TOKEN`].
+    pub fn spawn<F>(name: &str, body: F) -> io::Result<Worker>
+    where
+        F: FnOnce(EventLoop) + Send + 'static,
+    {
+        let stop_evt = EventFd::new(EFD_NONBLOCK)?;
+        let event_loop = EventLoop::new()?;
+        let thread_stop = stop_evt.try_clone()?;
+        event_loop.add(thread_stop.as_raw_fd(), STOP_TOKEN, EventSet::IN)?;
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                // Keeps the fd registered in the epoll set alive as long as the thread runs.
+                let _stop = thread_stop;
+                body(event_loop)
+            })?;
+        Ok(Worker {
+            stop_evt,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks the thread to end and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Err(e) = self.stop_evt.write(1) {
+                tracing::error!("virtio: cannot wake a device worker to stop it: {e}");
+            }
+            if thread.join().is_err() {
+                tracing::error!("virtio: a device worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A small epoll wrapper: fds are registered with a caller-chosen token.
+#[derive(Debug)]
+pub struct EventLoop {
+    epoll: Epoll,
+}
+
+impl EventLoop {
+    pub fn new() -> io::Result<Self> {
+        Ok(EventLoop {
+            epoll: Epoll::new()?,
+        })
+    }
+
+    pub fn add(&self, fd: RawFd, token: u64, events: EventSet) -> io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+    }
+
+    /// Blocks until at least one fd is ready; returns (token, events) pairs. EINTR is retried.
+    pub fn wait(&self, events: &mut [EpollEvent]) -> io::Result<Vec<(u64, EventSet)>> {
+        loop {
+            match self.epoll.wait(-1, events) {
+                Ok(n) => {
+                    return Ok(events
+                        .iter()
+                        .take(n)
+                        .map(|e| (e.data(), e.event_set()))
+                        .collect())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Drains a non-blocking `EventFd`; a spurious wakeup (EAGAIN) is not an error.
+pub fn drain(evt: &EventFd) {
+    if let Err(e) = evt.read() {
+        if e.kind() != io::ErrorKind::WouldBlock {
+            tracing::warn!("virtio: reading a queue eventfd failed: {e}");
+        }
+    }
+}
+
+/// Why a queue can no longer be processed: the device must be reset by the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("invalid descriptor chain: {0}")]
+    Chain(#[from] super::chain::ChainError),
+    #[error("the driver's queue state is invalid: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    #[error("{0}")]
+    Device(String),
+}
+
+/// Takes every available chain of `queue`, validates it (total length at most `max_len`), lets
+/// `handle` process it (returning the number of bytes written for the used ring), and returns it.
+/// Raises one used-ring interrupt per batch. An error leaves the queue where it failed.
+pub fn process_queue<F>(
+    mem: &super::GuestMemory,
+    queue: &mut virtio_queue::Queue,
+    interrupt: &super::Interrupt,
+    max_len: u64,
+    mut handle: F,
+) -> Result<(), QueueError>
+where
+    F: FnMut(&super::chain::Chain) -> Result<u32, QueueError>,
+{
+    use virtio_queue::{QueueOwnedT, QueueT};
+    let mut used_any = false;
+    let result = loop {
+        let next = match queue.iter(mem) {
+            Ok(mut avail) => avail.next(),
+            Err(e) => break Err(QueueError::Queue(e)),
+        };
+        let Some(desc_chain) = next else {
+            break Ok(());
+        };
+        let head = desc_chain.head_index();
+        let outcome = super::chain::Chain::parse(desc_chain, mem, max_len)
+            .map_err(QueueError::from)
+            .and_then(|chain| handle(&chain));
+        let len = match outcome {
+            Ok(len) => len,
+            Err(e) => break Err(e),
+        };
+        if let Err(e) = queue.add_used(mem, head, len) {
+            break Err(QueueError::Queue(e));
+        }
+        used_any = true;
+    };
+    if used_any {
+        interrupt.signal_used_queue();
+    }
+    result
+}
+
+/// The whole life of a one-queue device's worker: sleep until the queue is notified, process it
+/// with `handle`, repeat until stopped. A queue error marks the device `DEVICE_NEEDS_RESET` and
+/// further notifications are ignored until the driver resets it (which stops this thread).
+#[allow(clippy::too_many_arguments)]
+pub fn serve_single_queue<F>(
+    name: &str,
+    event_loop: EventLoop,
+    mem: &super::GuestMemory,
+    interrupt: &super::Interrupt,
+    mut queue: virtio_queue::Queue,
+    evt: &EventFd,
+    max_len: u64,
+    mut handle: F,
+) where
+    F: FnMut(&super::chain::Chain) -> Result<u32, QueueError>,
+{
+    const QUEUE_TOKEN: u64 = 0;
+    if let Err(e) = event_loop.add(evt.as_raw_fd(), QUEUE_TOKEN, EventSet::IN) {
+        tracing::error!("{name}: cannot watch the queue eventfd: {e}");
+        interrupt.set_needs_reset();
+        return;
+    }
+    let mut events = vec![EpollEvent::default(); 4];
+    let mut broken = false;
+    loop {
+        let ready = match event_loop.wait(&mut events) {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!("{name}: epoll_wait failed: {e}");
+                interrupt.set_needs_reset();
+                return;
+            }
+        };
+        for (token, _) in ready {
+            if token == STOP_TOKEN {
+                return;
+            }
+            drain(evt);
+            if broken {
+                continue;
+            }
+            if let Err(e) = process_queue(mem, &mut queue, interrupt, max_len, &mut handle) {
+                tracing::warn!("{name}: {e}; the device needs a reset by the driver");
+                broken = true;
+                interrupt.set_needs_reset();
+            }
+        }
+    }
+}
