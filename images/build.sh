@@ -8,7 +8,7 @@
 # agent's source; a second run with the same inputs does nothing. The expensive part (debootstrap and
 # packages) is cached separately (base-<slug>-<key>), so a change to the agent alone costs a minute.
 # The last line printed on success is the image folder (`--print-dir` prints only that).
-set -euo pipefail
+set -eEuo pipefail   # -E: the ERR trap (which says what broke) also fires inside functions
 
 IMAGES_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$IMAGES_DIR/.." && pwd)
@@ -87,7 +87,7 @@ ensure_host_tools
 phase 2 "inputs and cache key"
 # The base tree depends only on what goes into it; the image on every script and the agent.
 BASE_DIGEST=$(hash_files "$REPO_DIR" images/packages images/rootfs images/initramfs-modules \
-    images/lib/base.sh images/lib/configure-chroot.sh)
+    images/lib/common.sh images/lib/base.sh images/lib/configure-chroot.sh)
 SCRIPTS_DIGEST=$(hash_files "$REPO_DIR" images)
 AGENT_DIGEST=$(hash_files "$REPO_DIR" guest-agent Cargo.lock Cargo.toml)
 BASE_KEY=$(printf '%s\n' "$BASE_DIGEST" "$VARIANT" "$SUITE" | sha256sum | cut -c1-16)

@@ -71,14 +71,16 @@ EOF
 # kernel, and the initrd knows the root disk. A miss here would otherwise show up as a guest that
 # hangs at boot waiting for /dev/vda.
 check_initrd() {
-    local root=$1 kver=$2 listing module missing=()
+    local root=$1 kver=$2 listing module pattern missing=()
     listing=$(in_chroot "$root" lsinitramfs "/boot/initrd.img-$kver") \
         || fail "lsinitramfs could not read /boot/initrd.img-$kver"
     while read -r module; do
-        if printf '%s\n' "$listing" | grep -Eq "/$module\.ko(\.xz|\.zst)?$"; then
+        # In module file names '-' and '_' are the same (virtio_rng is virtio-rng.ko).
+        pattern="/${module//[-_]/[-_]}\.ko(\.xz|\.zst)?$"
+        if printf '%s\n' "$listing" | grep -Eq "$pattern"; then
             continue
         fi
-        if grep -Eq "/$module\.ko$" "$root/lib/modules/$kver/modules.builtin"; then
+        if grep -Eq "$pattern" "$root/lib/modules/$kver/modules.builtin"; then
             continue
         fi
         missing+=("$module")

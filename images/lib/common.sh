@@ -86,7 +86,7 @@ rm_tree() {
 unmount_under() {
     local dir=$1 target
     # Deepest first.
-    findmnt -rn -o TARGET | grep "^$dir/" | sort -r | while read -r target; do
+    { findmnt -rn -o TARGET | grep "^$dir/" || true; } | sort -r | while read -r target; do
         umount "$target" 2>/dev/null || umount -l "$target"
     done
 }
