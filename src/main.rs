@@ -23,7 +23,7 @@ enum Command {
     #[command(subcommand)]
     Keys(deskd::store::KeysCommand),
     /// Run one virtual machine (started by the daemon; usable by hand for debugging).
-    Vmm(deskd::vmm::VmmArgs),
+    Vmm(Box<deskd::vmm::VmmArgs>),
     /// Run a tiny real-mode guest on /dev/kvm and report its instruction rate.
     ProbeKvm(deskd::kvmprobe::ProbeArgs),
 }
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => deskd::api::serve(args),
         Command::Keys(cmd) => deskd::store::keys_command(cmd),
-        Command::Vmm(args) => deskd::vmm::run(args),
+        Command::Vmm(args) => deskd::vmm::run(*args),
         Command::ProbeKvm(args) => deskd::kvmprobe::run(args),
     }
 }

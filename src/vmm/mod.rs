@@ -1,15 +1,206 @@
 //! The embedded VMM run as `deskd vmm` (one process per VM).
+//!
+//! It boots an unmodified Debian cloud kernel (bzImage + initrd) with the 64-bit boot protocol,
+//! describes the platform with ACPI, and runs until the guest powers off or reboots. The process
+//! exit status says how the VM ended (see [`exit::VmExit`]): 0 poweroff, 1 could not start,
+//! 2 bad arguments, 3 guest reboot, 4 hard stop after the shutdown timeout, 5 VM failure.
+//!
+//! SIGTERM and SIGINT press the ACPI power button; if the guest has not powered off after the
+//! shutdown timeout, the VMM stops it hard. A control socket (optional) accepts JSON-line
+//! commands: status, pause, resume, shutdown.
 
+pub mod acpi;
+pub mod arch;
+pub mod config;
+pub mod control;
 pub mod devices;
+pub mod exit;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+pub mod virtio_devices;
+pub mod vm;
 
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
-/// Options of `deskd vmm`.
-#[derive(clap::Args, Debug)]
-pub struct VmmArgs {}
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Boots and runs one VM until it powers off; the exit status says how it ended.
-pub fn run(_args: VmmArgs) -> ExitCode {
-    eprintln!("deskd vmm: not implemented yet");
-    ExitCode::from(2)
+use config::VmConfig;
+pub use config::VmmArgs;
+use control::{ControlServer, Controllable};
+use exit::{VmExit, EXIT_START_FAILED};
+use vm::Vm;
+
+/// Eventfd the SIGTERM/SIGINT handler writes to (-1 before it exists).
+static SIGNAL_EVENTFD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_terminate(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = SIGNAL_EVENTFD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` is a valid 8-byte buffer and `fd` is an
+        // eventfd that lives until the process exits.
+        unsafe {
+            libc::write(fd, (&one as *const u64).cast(), std::mem::size_of::<u64>());
+        }
+    }
+}
+
+impl Controllable for Vm {
+    fn status(&self) -> serde_json::Value {
+        Vm::status(self)
+    }
+    fn pause(&self) -> Result<(), String> {
+        Vm::pause(self).map_err(|e| e.to_string())
+    }
+    fn resume(&self) {
+        Vm::resume(self)
+    }
+    fn shutdown(&self) {
+        self.request_shutdown()
+    }
+    fn force_stop(&self) {
+        Vm::force_stop(self)
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DESKD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// Boots and runs one VM until it ends; the exit status says how it ended.
+pub fn run(args: VmmArgs) -> ExitCode {
+    init_logging();
+    let started = Instant::now();
+    let config = match VmConfig::from_args(&args).and_then(|c| c.validate().map(|()| c)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("deskd vmm: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let signal_evt = match setup_signals() {
+        Ok(evt) => evt,
+        Err(e) => {
+            eprintln!("deskd vmm: cannot set up signal handling: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let vm = match Vm::start(&config) {
+        Ok(vm) => Arc::new(vm),
+        Err(e) => {
+            eprintln!("deskd vmm: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let wake = match EventFd::new(EFD_NONBLOCK) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("deskd vmm: cannot create an eventfd: {e}");
+            return VmExit::Failed.exit_code();
+        }
+    };
+    let _control = match &config.control_socket {
+        Some(path) => {
+            let server = wake
+                .try_clone()
+                .map_err(|e| e.to_string())
+                .and_then(|w| ControlServer::start(path, vm.clone(), w).map_err(|e| e.to_string()));
+            match server {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    eprintln!("deskd vmm: {e}");
+                    vm.force_stop();
+                    return ExitCode::from(EXIT_START_FAILED);
+                }
+            }
+        }
+        None => None,
+    };
+    let how = wait_for_end(&vm, &signal_evt, &wake);
+    tracing::info!(
+        "VM ended: {} after {:?} (exit status {})",
+        how.as_str(),
+        started.elapsed(),
+        how.status()
+    );
+    how.exit_code()
+}
+
+/// Routes SIGTERM and SIGINT to an eventfd the lifecycle loop watches.
+fn setup_signals() -> std::io::Result<EventFd> {
+    let evt = EventFd::new(EFD_NONBLOCK)?;
+    SIGNAL_EVENTFD.store(evt.as_raw_fd(), Ordering::SeqCst);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        vmm_sys_util::signal::register_signal_handler(signal, on_terminate)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    }
+    Ok(evt)
+}
+
+/// Waits until the VM ends: guest poweroff/reboot/failure, a termination signal followed by the
+/// guest's poweroff, or the hard-stop deadline.
+fn wait_for_end(vm: &Vm, signal_evt: &EventFd, wake: &EventFd) -> VmExit {
+    loop {
+        if let Some(how) = vm.exit_notifier().reason() {
+            return how;
+        }
+        let timeout_ms = match vm.shutdown_deadline() {
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    tracing::warn!("the guest did not power off in time; stopping it hard");
+                    vm.force_stop();
+                    continue;
+                }
+                i32::try_from((deadline - now).as_millis() + 1).unwrap_or(i32::MAX)
+            }
+            None => -1,
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: vm.exit_notifier().eventfd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signal_evt.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of pollfd for its whole length during the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if ready < 0 {
+            // EINTR from our own signal handlers; anything else would repeat, so back off.
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!("poll failed: {err}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            continue;
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            let _ = signal_evt.read();
+            tracing::info!("termination signal: pressing the power button");
+            vm.request_shutdown();
+        }
+        if fds[2].revents & libc::POLLIN != 0 {
+            let _ = wake.read();
+        }
+    }
 }

@@ -1,4 +1,7 @@
 //! Emulated devices of the VMM.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod i8042;
+pub mod serial;
 pub mod virtio;

@@ -298,6 +298,8 @@ impl MmioTransport {
             self.reset();
             return;
         }
+        // Drivers write back what they read; NEEDS_RESET is the device's bit, not theirs.
+        let value = value & !VIRTIO_CONFIG_S_NEEDS_RESET;
         let old = self.status;
         // The driver only ever adds bits (except through reset).
         if value & old != old {

@@ -35,7 +35,7 @@
 //!   `DEVICE_NEEDS_RESET` in its status and raises a configuration-change interrupt; it stops
 //!   processing until the driver resets it. The VMM is never affected.
 //!
-//! Devices: [`block::Block`] (virtio-blk, raw image), `vsock::Vsock` (virtio-vsock with the hybrid
+//! Devices: [`block::Block`] (virtio-blk, raw image), [`vsock::Vsock`] (virtio-vsock with the hybrid
 //! Unix-socket host side), [`rng::Rng`] (virtio-rng).
 
 pub mod block;
@@ -44,6 +44,7 @@ pub mod mmio;
 pub mod rng;
 #[cfg(test)]
 mod testing;
+pub mod vsock;
 mod worker;
 
 use std::io;

@@ -181,3 +181,14 @@ fn config_space_reads_past_end_as_zero() {
     t.read(0xffe, &mut data);
     assert_eq!(data, [0; 8]);
 }
+
+#[test]
+fn queue_eventfd_alone_triggers_processing() {
+    // What KVM does with a registered ioeventfd: the eventfd is signalled, no MMIO exit happens.
+    let mem = memory();
+    let vq = mock_queue(&mem, 0, 16);
+    let (t, _irq) = activate(Box::new(Rng::new()), &mem, &[&vq], 16);
+    add_chain(&vq, 0, &[(DATA_BASE, 16, true)]);
+    t.queue_evts()[0].write(1).expect("ioeventfd");
+    assert!(wait_used(&mem, &vq, 1));
+}

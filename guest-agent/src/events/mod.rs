@@ -1,0 +1,213 @@
+//! `/ws/events`: desktop events fanned out to subscribed clients.
+//!
+//! Each client has its own queue of at most `CLIENT_QUEUE` events holding only the types it
+//! subscribed to; when a slow client's queue is full the oldest event is dropped.
+
+mod files;
+mod procs;
+mod time;
+mod x11_watch;
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use tokio::sync::Notify;
+
+use crate::protocol::{Event, EventsIn, EventsOut, EVENT_TYPES};
+
+pub const CLIENT_QUEUE: usize = 256;
+
+struct Client {
+    subscribed: Mutex<HashSet<String>>,
+    queue: Mutex<VecDeque<Event>>,
+    wake: Notify,
+}
+
+/// Cheap to clone; all clones share the client list.
+#[derive(Clone, Default)]
+pub struct EventHub {
+    clients: Arc<Mutex<Vec<Arc<Client>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing here can leave the data half-updated on a panic, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EventHub {
+    pub fn new() -> EventHub {
+        EventHub::default()
+    }
+
+    /// Queues an event for every client subscribed to its type.
+    pub fn emit(&self, kind: &str, data: serde_json::Value) {
+        let clients = lock(&self.clients).clone();
+        if clients.is_empty() {
+            return;
+        }
+        let event = Event {
+            kind: kind.to_string(),
+            timestamp: time::now_iso8601(),
+            data,
+        };
+        for c in clients {
+            if !lock(&c.subscribed).contains(kind) {
+                continue;
+            }
+            let mut q = lock(&c.queue);
+            if q.len() >= CLIENT_QUEUE {
+                q.pop_front();
+            }
+            q.push_back(event.clone());
+            drop(q);
+            c.wake.notify_one();
+        }
+    }
+
+    /// True when some client wants `kind` (lets pollers sleep when nobody listens).
+    pub fn wants(&self, kind: &str) -> bool {
+        lock(&self.clients)
+            .iter()
+            .any(|c| lock(&c.subscribed).contains(kind))
+    }
+
+    fn add(&self) -> Arc<Client> {
+        let c = Arc::new(Client {
+            subscribed: Mutex::new(HashSet::new()),
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+        });
+        lock(&self.clients).push(c.clone());
+        c
+    }
+
+    fn remove(&self, client: &Arc<Client>) {
+        lock(&self.clients).retain(|c| !Arc::ptr_eq(c, client));
+    }
+}
+
+/// Starts the event sources. They run for the life of the agent and emit only while someone
+/// listens.
+pub fn start_sources(hub: &EventHub, display: &str, home: PathBuf, idle_after: Duration) {
+    x11_watch::start(hub.clone(), display.to_string(), idle_after);
+    files::start(
+        hub.clone(),
+        vec![home.join("Desktop"), home.join("Downloads")],
+    );
+    procs::start(hub.clone());
+}
+
+fn split_known(types: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let types = if types.is_empty() {
+        EVENT_TYPES.iter().map(|s| s.to_string()).collect()
+    } else {
+        types
+    };
+    types
+        .into_iter()
+        .partition(|t| EVENT_TYPES.contains(&t.as_str()))
+}
+
+async fn send(ws: &mut WebSocket, msg: &EventsOut) -> bool {
+    match serde_json::to_string(msg) {
+        Ok(t) => ws.send(Message::Text(t.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn handle_message(ws: &mut WebSocket, client: &Client, text: &str) -> bool {
+    let msg = match serde_json::from_str::<EventsIn>(text) {
+        Ok(m) => m,
+        Err(e) => {
+            let message = format!("bad message ({e}); expected subscribe, unsubscribe or ping");
+            return send(ws, &EventsOut::Error { message }).await;
+        }
+    };
+    let (types, subscribe) = match msg {
+        EventsIn::Ping => return send(ws, &EventsOut::Pong).await,
+        EventsIn::Subscribe { event_types } => (event_types, true),
+        EventsIn::Unsubscribe { event_types } => (event_types, false),
+    };
+    let (known, unknown) = split_known(types);
+    for u in unknown {
+        let message = format!("Unknown event type: {u}");
+        if !send(ws, &EventsOut::Error { message }).await {
+            return false;
+        }
+    }
+    {
+        let mut set = lock(&client.subscribed);
+        for t in &known {
+            if subscribe {
+                set.insert(t.clone());
+            } else {
+                set.remove(t);
+            }
+        }
+    }
+    let reply = if subscribe {
+        EventsOut::Subscribed { event_types: known }
+    } else {
+        EventsOut::Unsubscribed { event_types: known }
+    };
+    send(ws, &reply).await
+}
+
+pub async fn serve_client(mut ws: WebSocket, hub: EventHub) {
+    let client = hub.add();
+    loop {
+        let next = lock(&client.queue).pop_front();
+        if let Some(event) = next {
+            if !send(&mut ws, &EventsOut::Event { event }).await {
+                break;
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = client.wake.notified() => {}
+            msg = ws.recv() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if !handle_message(&mut ws, &client, t.as_str()).await {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    hub.remove(&client);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_drops_oldest_past_the_limit() {
+        let hub = EventHub::new();
+        let c = hub.add();
+        lock(&c.subscribed).insert("idle".into());
+        for i in 0..(CLIENT_QUEUE + 10) {
+            hub.emit("idle", serde_json::json!({"idle_seconds": i}));
+            hub.emit("active", serde_json::json!({}));
+        }
+        let q = lock(&c.queue);
+        assert_eq!(q.len(), CLIENT_QUEUE);
+        assert_eq!(q[0].data["idle_seconds"], 10);
+        assert!(q.iter().all(|e| e.kind == "idle"));
+    }
+
+    #[test]
+    fn unknown_types_are_split_out() {
+        let (k, u) = split_known(vec!["clipboard".into(), "bogus".into()]);
+        assert_eq!(k, vec!["clipboard"]);
+        assert_eq!(u, vec!["bogus"]);
+        let (k, u) = split_known(vec![]);
+        assert_eq!(k.len(), EVENT_TYPES.len());
+        assert!(u.is_empty());
+    }
+}

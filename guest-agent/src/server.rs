@@ -1,0 +1,435 @@
+//! HTTP routes and the listener (vsock in the guest, Unix socket in tests).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::events::EventHub;
+use crate::protocol::*;
+use crate::run::{self, DesktopUser};
+use crate::x11::{capture, input, keys, Desktop, X11Error, XSession};
+use crate::{encode, terminal};
+
+/// Where to listen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listen {
+    Unix(PathBuf),
+    Vsock(u32),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("unix: needs a path, e.g. unix:/run/deskd-agent.sock".into());
+            }
+            return Ok(Listen::Unix(PathBuf::from(p)));
+        }
+        if let Some(port) = s.strip_prefix("vsock:") {
+            return port
+                .parse()
+                .map(Listen::Vsock)
+                .map_err(|_| format!("bad vsock port {port:?}, e.g. vsock:1024"));
+        }
+        Err(format!("--listen {s:?}: use vsock:PORT or unix:PATH"))
+    }
+}
+
+/// Everything a request handler needs.
+pub struct Agent {
+    pub desktop: Desktop,
+    pub user: DesktopUser,
+    pub output_cap: usize,
+    pub events: EventHub,
+}
+
+type Shared = Arc<Agent>;
+
+/// A failed request: status and a message saying what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<X11Error> for ApiError {
+    fn from(e: X11Error) -> ApiError {
+        let status = match &e {
+            X11Error::Unreachable { .. } | X11Error::Connection(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            X11Error::BadInput(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<run::RunError> for ApiError {
+    fn from(e: run::RunError) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    if body.is_empty() {
+        return Err(ApiError::bad("request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// Runs blocking X11 work off the async threads, so a slow X call never stalls other requests.
+async fn on_desktop<T: Send + 'static>(
+    agent: &Shared,
+    f: impl Fn(&XSession) -> Result<T, X11Error> + Send + 'static,
+) -> ApiResult<T> {
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(move || agent.desktop.with(f))
+        .await
+        .map_err(|e| ApiError::internal(format!("desktop task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+fn parse_button(b: Option<&str>) -> ApiResult<Button> {
+    match b.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("left") => Ok(Button::Left),
+        Some("right") => Ok(Button::Right),
+        Some("middle") => Ok(Button::Middle),
+        Some(other) => Err(ApiError::bad(format!(
+            "unknown button {other:?}; use left, right or middle"
+        ))),
+    }
+}
+
+fn action(name: &str, details: serde_json::Value) -> Json<ActionResponse> {
+    Json(ActionResponse {
+        success: true,
+        action: name.to_string(),
+        details: Some(details),
+    })
+}
+
+pub fn router(agent: Shared) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/screenshot", get(screenshot))
+        .route("/click", post(click))
+        .route("/move", post(move_pointer))
+        .route("/drag", post(drag))
+        .route("/scroll", post(scroll))
+        .route("/type", post(type_text))
+        .route("/key", post(key))
+        .route("/wait", post(wait))
+        .route("/bash", post(bash))
+        .route("/exec", post(exec))
+        .route("/ws/terminal", get(ws_terminal))
+        .route("/ws/events", get(ws_events))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: "no such route".into(),
+            }
+        })
+        .with_state(agent)
+}
+
+async fn health(State(agent): State<Shared>) -> Json<Health> {
+    let size = on_desktop(&agent, |s| s.screen_size()).await.ok();
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        display: size.is_some(),
+        width: size.map(|s| s.0.into()),
+        height: size.map(|s| s.1.into()),
+    })
+}
+
+async fn screenshot(
+    State(agent): State<Shared>,
+    query: Result<Query<ScreenshotQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| ApiError::bad(format!("bad query: {e}")))?;
+    let format = match q.format.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("png") => ImageFormat::Png,
+        Some("jpeg") | Some("jpg") => ImageFormat::Jpeg,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "unknown format {other:?}; use png or jpeg"
+            )))
+        }
+    };
+    let quality = q.quality.unwrap_or(80);
+    if !(1..=100).contains(&quality) {
+        return Err(ApiError::bad("quality must be between 1 and 100"));
+    }
+    let frame = on_desktop(&agent, capture::capture).await?;
+    let (w, h) = (frame.width, frame.height);
+    let bytes = tokio::task::spawn_blocking(move || match format {
+        ImageFormat::Png => encode::png(&frame),
+        ImageFormat::Jpeg => encode::jpeg(&frame, quality),
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("encoder task failed: {e}")))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mime = match format {
+        ImageFormat::Png => "image/png",
+        ImageFormat::Jpeg => "image/jpeg",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, mime.to_string()),
+            (header::HeaderName::from_static(HEADER_WIDTH), w.to_string()),
+            (
+                header::HeaderName::from_static(HEADER_HEIGHT),
+                h.to_string(),
+            ),
+        ],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+async fn click(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
+    let req: ClickRequest = parse(&body)?;
+    let button = parse_button(req.button.as_deref())?;
+    let (x, y, double) = (req.x, req.y, req.double);
+    on_desktop(&agent, move |s| {
+        let (xi, yi) = input::check_on_screen(s, x, y)?;
+        input::click(s, xi, yi, button, double)
+    })
+    .await?;
+    let name = if double { "double_click" } else { "click" };
+    Ok(action(
+        name,
+        json!({"x": x, "y": y, "button": button, "double": double}),
+    ))
+}
+
+async fn move_pointer(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
+    let req: MoveRequest = parse(&body)?;
+    let (x, y) = (req.x, req.y);
+    on_desktop(&agent, move |s| {
+        let (xi, yi) = input::check_on_screen(s, x, y)?;
+        input::move_to(s, xi, yi)
+    })
+    .await?;
+    Ok(action("move", json!({"x": x, "y": y})))
+}
+
+async fn drag(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
+    let req: DragRequest = parse(&body)?;
+    let button = parse_button(req.button.as_deref())?;
+    let duration = req.duration.unwrap_or(0.5);
+    if !duration.is_finite() || !(0.0..=60.0).contains(&duration) {
+        return Err(ApiError::bad("duration must be between 0 and 60 seconds"));
+    }
+    let r = req.clone();
+    on_desktop(&agent, move |s| {
+        let from = input::check_on_screen(s, r.start_x, r.start_y)?;
+        let to = input::check_on_screen(s, r.end_x, r.end_y)?;
+        input::drag(s, from, to, button, Duration::from_secs_f64(duration))
+    })
+    .await?;
+    Ok(action(
+        "drag",
+        json!({"start_x": req.start_x, "start_y": req.start_y, "end_x": req.end_x,
+               "end_y": req.end_y, "button": button, "duration": duration}),
+    ))
+}
+
+async fn scroll(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
+    let req: ScrollRequest = parse(&body)?;
+    let direction = req.direction.to_ascii_lowercase();
+    let wheel = match direction.as_str() {
+        "up" => 4,
+        "down" => 5,
+        "left" => 6,
+        "right" => 7,
+        other => {
+            return Err(ApiError::bad(format!(
+                "unknown direction {other:?}; use up, down, left or right"
+            )))
+        }
+    };
+    let amount = req.amount.unwrap_or(3);
+    if !(1..=1000).contains(&amount) {
+        return Err(ApiError::bad("amount must be between 1 and 1000"));
+    }
+    let at = if req.x.is_some() || req.y.is_some() {
+        Some((req.x.unwrap_or(0), req.y.unwrap_or(0)))
+    } else {
+        None
+    };
+    on_desktop(&agent, move |s| {
+        if let Some((x, y)) = at {
+            let (xi, yi) = input::check_on_screen(s, x, y)?;
+            input::move_to(s, xi, yi)?;
+        }
+        input::scroll(s, wheel, amount as u32)
+    })
+    .await?;
+    Ok(action(
+        "scroll",
+        json!({"direction": direction, "amount": amount}),
+    ))
+}
+
+async fn type_text(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
+    let req: TypeRequest = parse(&body)?;
+    let delay = req.delay_ms.unwrap_or(12);
+    if delay > 5000 {
+        return Err(ApiError::bad("delay_ms must be at most 5000"));
+    }
+    let n = req.text.chars().count();
+    let text = req.text;
+    on_desktop(&agent, move |s| {
+        input::type_text(s, &text, Duration::from_millis(delay))
+    })
+    .await?;
+    Ok(action("type", json!({"text_length": n})))
+}
+
+async fn key(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
+    let req: KeyRequest = parse(&body)?;
+    let combo = keys::parse_combo(&req.key).map_err(|e| ApiError::bad(e.to_string()))?;
+    on_desktop(&agent, move |s| input::press_combo(s, &combo)).await?;
+    Ok(action("key_press", json!({"key": req.key})))
+}
+
+async fn wait(body: Bytes) -> ApiResult<Json<ActionResponse>> {
+    let req: WaitRequest = if body.is_empty() {
+        WaitRequest {
+            seconds: None,
+            duration: None,
+        }
+    } else {
+        parse(&body)?
+    };
+    let s = req.seconds.or(req.duration).unwrap_or(1.0);
+    if !s.is_finite() || !(0.0..=60.0).contains(&s) {
+        return Err(ApiError::bad("seconds must be between 0 and 60"));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(s)).await;
+    Ok(Json(ActionResponse {
+        success: true,
+        action: "wait".into(),
+        details: Some(json!({"seconds": s})),
+    }))
+}
+
+async fn bash(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<BashResponse>> {
+    let req: BashRequest = parse(&body)?;
+    let timeout = run::timeout_from(req.timeout, DEFAULT_BASH_TIMEOUT_S, 0.001, 86_400.0)
+        .map_err(ApiError::bad)?;
+    let out = run::bash::bash(&agent.user, &req.command, timeout, agent.output_cap).await?;
+    Ok(Json(out))
+}
+
+async fn exec(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ExecResponse>> {
+    let req: ExecRequest = parse(&body)?;
+    let timeout = run::timeout_from(req.timeout, 10.0, 1.0, 300.0).map_err(ApiError::bad)?;
+    let out = run::python::exec(&agent.user, &req.code, timeout, agent.output_cap).await?;
+    Ok(Json(out))
+}
+
+async fn ws_terminal(
+    State(agent): State<Shared>,
+    RawQuery(q): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let (cols, rows) = terminal::size_from_query(q.as_deref());
+    let user = agent.user.clone();
+    ws.on_upgrade(move |socket| terminal::serve(socket, user, cols, rows))
+}
+
+async fn ws_events(State(agent): State<Shared>, ws: WebSocketUpgrade) -> Response {
+    let hub = agent.events.clone();
+    ws.on_upgrade(move |socket| crate::events::serve_client(socket, hub))
+}
+
+/// Accepts connections forever. Each connection gets its own task, so a stuck request blocks
+/// nothing else.
+pub async fn serve(listen: &Listen, agent: Shared) -> std::io::Result<()> {
+    let app = router(agent);
+    match listen {
+        Listen::Unix(path) => {
+            // A socket file left by a previous run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path)?;
+            tracing::info!("listening on unix:{}", path.display());
+            loop {
+                let (stream, _) = listener.accept().await?;
+                spawn_connection(stream, app.clone());
+            }
+        }
+        Listen::Vsock(port) => {
+            let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
+            let listener = tokio_vsock::VsockListener::bind(addr)?;
+            tracing::info!("listening on vsock:{port}");
+            loop {
+                let (stream, _) = listener.accept().await?;
+                spawn_connection(stream, app.clone());
+            }
+        }
+    }
+}
+
+fn spawn_connection<S>(stream: S, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = TowerToHyperService::new(app);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!("connection ended: {e}");
+        }
+    });
+}

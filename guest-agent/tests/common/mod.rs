@@ -1,0 +1,424 @@
+//! Test rig: a private Xvfb, an in-process agent on a Unix socket, a tiny HTTP client, and a test
+//! X client window that records what it receives.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deskd_agent::{Config, Listen};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use x11rb::connection::Connection;
+use x11rb::protocol::xproto::*;
+use x11rb::protocol::Event;
+use x11rb::rust_connection::RustConnection;
+
+/// A private X server, killed on drop.
+pub struct Xvfb {
+    child: Child,
+    pub display: String,
+    pub width: u16,
+    pub height: u16,
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        // SIGTERM lets Xvfb remove its lock file and socket, so the display number is free again.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Xvfb {
+    /// Starts another Xvfb on this one's display number (after this one was dropped).
+    pub fn restart_on(display: &str, width: u16, height: u16) -> Xvfb {
+        let child = Command::new("Xvfb")
+            .arg(display)
+            .args([
+                "-screen",
+                "0",
+                &format!("{width}x{height}x24"),
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn Xvfb");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while RustConnection::connect(Some(display)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Xvfb did not come back on {display}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Xvfb {
+            child,
+            display: display.to_string(),
+            width,
+            height,
+        }
+    }
+}
+
+static NEXT_DISPLAY: AtomicU32 = AtomicU32::new(0);
+
+/// Starts Xvfb on a free display, or returns None (printing why) when Xvfb is not installed.
+pub fn xvfb(width: u16, height: u16) -> Option<Xvfb> {
+    if Command::new("Xvfb")
+        .arg("-help")
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!(
+            "\n*** SKIPPED: Xvfb is not installed (apt-get install -y xvfb); this test needs a real X server ***\n"
+        );
+        return None;
+    }
+    let base = 200 + (std::process::id() % 300) * 10;
+    for _ in 0..40 {
+        let n = base + NEXT_DISPLAY.fetch_add(1, Ordering::SeqCst) % 2000;
+        if Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+        {
+            continue;
+        }
+        let display = format!(":{n}");
+        let child = Command::new("Xvfb")
+            .arg(&display)
+            .args([
+                "-screen",
+                "0",
+                &format!("{width}x{height}x24"),
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn Xvfb");
+        let mut x = Xvfb {
+            child,
+            display: display.clone(),
+            width,
+            height,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = x.child.try_wait() {
+                break; // lost a race for this display number; try another
+            }
+            if RustConnection::connect(Some(&display)).is_ok() {
+                return Some(x);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("could not start Xvfb on any display");
+}
+
+/// A running agent in this process.
+pub struct AgentRig {
+    pub socket: PathBuf,
+    pub home: PathBuf,
+    pub display: String,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "deskd-agent-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub async fn start_agent(display: &str) -> AgentRig {
+    start_agent_with(display, |_| {}).await
+}
+
+pub async fn start_agent_with(display: &str, tweak: impl FnOnce(&mut Config)) -> AgentRig {
+    let dir = TempDir::new("agent");
+    let home = dir.0.join("home");
+    std::fs::create_dir_all(home.join("Desktop")).expect("Desktop");
+    std::fs::create_dir_all(home.join("Downloads")).expect("Downloads");
+    let socket = dir.0.join("agent.sock");
+    let mut cfg = Config {
+        listen: Listen::Unix(socket.clone()),
+        display: display.to_string(),
+        user: None,
+        home: Some(home.clone()),
+        output_cap: deskd_agent::protocol::DEFAULT_OUTPUT_CAP,
+        idle_after: Duration::from_secs(30),
+    };
+    tweak(&mut cfg);
+    let agent = deskd_agent::build(&cfg).expect("build agent");
+    let listen = cfg.listen.clone();
+    tokio::spawn(async move {
+        if let Err(e) = deskd_agent::server::serve(&listen, agent).await {
+            eprintln!("agent stopped: {e}");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    AgentRig {
+        socket,
+        home,
+        display: display.to_string(),
+        _dir: dir,
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request over the agent's Unix socket.
+pub async fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Reply {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect agent");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "agent")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("send");
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn post(socket: &Path, path: &str, body: &str) -> Reply {
+    request(socket, "POST", path, Some(body)).await
+}
+
+/// Everything the test window saw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    Press { button: u8, x: i16, y: i16 },
+    Release { button: u8, x: i16, y: i16 },
+    Motion { x: i16, y: i16, buttons: u16 },
+    Key { keysym: u32, state: u16 },
+}
+
+/// A full-screen window that records pointer and key events from its own thread.
+pub struct TestWindow {
+    pub conn: Arc<RustConnection>,
+    pub window: Window,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+struct Keymap {
+    min: u8,
+    per: usize,
+    syms: Vec<u32>,
+}
+
+impl Keymap {
+    fn load(conn: &RustConnection) -> Keymap {
+        let s = conn.setup();
+        let (min, max) = (s.min_keycode, s.max_keycode);
+        let r = conn
+            .get_keyboard_mapping(min, max - min + 1)
+            .unwrap()
+            .reply()
+            .unwrap();
+        Keymap {
+            min,
+            per: r.keysyms_per_keycode.into(),
+            syms: r.keysyms,
+        }
+    }
+    fn keysym(&self, keycode: u8, shift: bool) -> u32 {
+        let base = usize::from(keycode - self.min) * self.per;
+        let row = &self.syms[base..base + self.per];
+        let plain = row[0];
+        let shifted = if self.per > 1 && row[1] != 0 {
+            row[1]
+        } else {
+            plain
+        };
+        if shift {
+            // Core protocol rule: a lone lowercase letter shifts to its uppercase form.
+            if row[1] == 0 && (0x61..=0x7a).contains(&plain) {
+                return plain - 0x20;
+            }
+            shifted
+        } else {
+            plain
+        }
+    }
+}
+
+impl TestWindow {
+    pub fn open(display: &str) -> TestWindow {
+        let (conn, screen_num) = RustConnection::connect(Some(display)).expect("connect X");
+        let screen = conn.setup().roots[screen_num].clone();
+        let window = conn.generate_id().unwrap();
+        conn.create_window(
+            screen.root_depth,
+            window,
+            screen.root,
+            0,
+            0,
+            screen.width_in_pixels,
+            screen.height_in_pixels,
+            0,
+            WindowClass::INPUT_OUTPUT,
+            0,
+            &CreateWindowAux::new()
+                .background_pixel(screen.white_pixel)
+                .event_mask(
+                    EventMask::BUTTON_PRESS
+                        | EventMask::BUTTON_RELEASE
+                        | EventMask::POINTER_MOTION
+                        | EventMask::KEY_PRESS
+                        | EventMask::EXPOSURE,
+                ),
+        )
+        .unwrap();
+        conn.map_window(window).unwrap();
+        conn.flush().unwrap();
+        // Wait until mapped, then take the keyboard focus (no window manager gives it to us).
+        loop {
+            let attrs = conn.get_window_attributes(window).unwrap().reply().unwrap();
+            if attrs.map_state == MapState::VIEWABLE {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        conn.set_input_focus(InputFocus::POINTER_ROOT, window, x11rb::CURRENT_TIME)
+            .unwrap();
+        conn.get_input_focus().unwrap().reply().unwrap();
+        let conn = Arc::new(conn);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c2, s2) = (conn.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut keymap = Keymap::load(&c2);
+            while let Ok(ev) = c2.wait_for_event() {
+                let rec = match ev {
+                    Event::ButtonPress(e) => Seen::Press {
+                        button: e.detail,
+                        x: e.event_x,
+                        y: e.event_y,
+                    },
+                    Event::ButtonRelease(e) => Seen::Release {
+                        button: e.detail,
+                        x: e.event_x,
+                        y: e.event_y,
+                    },
+                    Event::MotionNotify(e) => Seen::Motion {
+                        x: e.event_x,
+                        y: e.event_y,
+                        buttons: u16::from(e.state) & 0x1f00,
+                    },
+                    Event::KeyPress(e) => {
+                        let shift = u16::from(e.state) & 1 != 0;
+                        Seen::Key {
+                            keysym: keymap.keysym(e.detail, shift),
+                            state: u16::from(e.state),
+                        }
+                    }
+                    Event::MappingNotify(_) => {
+                        keymap = Keymap::load(&c2);
+                        continue;
+                    }
+                    _ => continue,
+                };
+                s2.lock().unwrap().push(rec);
+            }
+        });
+        TestWindow { conn, window, seen }
+    }
+
+    pub fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    /// Waits until `pred` holds on what was seen so far (events arrive asynchronously).
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            {
+                let s = self.seen.lock().unwrap();
+                if pred(&s) {
+                    return s.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; saw {:?}",
+                    self.seen.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Text typed into the window so far (printable keysyms, modifiers skipped).
+    pub fn typed_text(&self) -> String {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Key { keysym, .. } => deskd_agent::x11::keys::char_for_keysym(*keysym),
+                _ => None,
+            })
+            .collect()
+    }
+}

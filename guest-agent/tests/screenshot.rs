@@ -1,0 +1,182 @@
+//! Screenshots: a window painted with known colours comes back with those pixels.
+
+mod common;
+
+use common::{request, start_agent, xvfb};
+use x11rb::connection::Connection;
+use x11rb::protocol::xproto::*;
+use x11rb::rust_connection::RustConnection;
+
+/// Paints four coloured rectangles as child windows with background pixels (the server paints
+/// them itself, no Expose handling needed). Returns the connection to keep them alive.
+fn paint(display: &str) -> RustConnection {
+    let (conn, n) = RustConnection::connect(Some(display)).unwrap();
+    let screen = conn.setup().roots[n].clone();
+    let rects: [(i16, i16, u16, u16, u32); 4] = [
+        (0, 0, 320, 240, 0xff0000),
+        (320, 0, 320, 240, 0x00ff00),
+        (0, 240, 320, 240, 0x0000ff),
+        (320, 240, 320, 240, 0x123456),
+    ];
+    for (x, y, w, h, pixel) in rects {
+        let id = conn.generate_id().unwrap();
+        conn.create_window(
+            screen.root_depth,
+            id,
+            screen.root,
+            x,
+            y,
+            w,
+            h,
+            0,
+            WindowClass::INPUT_OUTPUT,
+            0,
+            &CreateWindowAux::new().background_pixel(pixel),
+        )
+        .unwrap();
+        conn.map_window(id).unwrap();
+    }
+    conn.get_input_focus().unwrap().reply().unwrap();
+    conn
+}
+
+fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    (info.width, info.height, buf)
+}
+
+fn pixel(buf: &[u8], w: u32, x: u32, y: u32) -> [u8; 3] {
+    let i = ((y * w + x) * 3) as usize;
+    [buf[i], buf[i + 1], buf[i + 2]]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn png_screenshot_has_the_painted_pixels() {
+    let Some(x) = xvfb(640, 480) else { return };
+    let _painter = paint(&x.display);
+    let agent = start_agent(&x.display).await;
+    let r = request(&agent.socket, "GET", "/screenshot", None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.headers["content-type"], "image/png");
+    assert_eq!(r.headers[deskd_agent::protocol::HEADER_WIDTH], "640");
+    assert_eq!(r.headers[deskd_agent::protocol::HEADER_HEIGHT], "480");
+    let (w, h, buf) = decode_png(&r.body);
+    assert_eq!((w, h), (640, 480));
+    assert_eq!(pixel(&buf, w, 10, 10), [0xff, 0, 0]);
+    assert_eq!(pixel(&buf, w, 319, 239), [0xff, 0, 0]);
+    assert_eq!(pixel(&buf, w, 320, 0), [0, 0xff, 0]);
+    assert_eq!(pixel(&buf, w, 100, 400), [0, 0, 0xff]);
+    assert_eq!(pixel(&buf, w, 639, 479), [0x12, 0x34, 0x56]);
+    assert_eq!(pixel(&buf, w, 320, 240), [0x12, 0x34, 0x56]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpeg_screenshot_with_quality() {
+    let Some(x) = xvfb(640, 480) else { return };
+    let _painter = paint(&x.display);
+    let agent = start_agent(&x.display).await;
+    let hi = request(
+        &agent.socket,
+        "GET",
+        "/screenshot?format=jpeg&quality=95",
+        None,
+    )
+    .await;
+    assert_eq!(hi.status, 200);
+    assert_eq!(hi.headers["content-type"], "image/jpeg");
+    assert_eq!(&hi.body[..2], &[0xff, 0xd8]);
+    assert_eq!(hi.headers[deskd_agent::protocol::HEADER_WIDTH], "640");
+    let lo = request(
+        &agent.socket,
+        "GET",
+        "/screenshot?format=jpg&quality=5",
+        None,
+    )
+    .await;
+    assert_eq!(lo.status, 200);
+    assert!(
+        lo.body.len() < hi.body.len(),
+        "quality must change the size"
+    );
+    let bad = request(
+        &agent.socket,
+        "GET",
+        "/screenshot?format=jpeg&quality=0",
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_server_gone_is_a_503_and_recovers() {
+    let Some(x) = xvfb(320, 240) else { return };
+    let display = x.display.clone();
+    let agent = start_agent(&display).await;
+    assert_eq!(
+        request(&agent.socket, "GET", "/screenshot", None)
+            .await
+            .status,
+        200
+    );
+    drop(x);
+    let r = request(&agent.socket, "GET", "/screenshot", None).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"].as_str().unwrap().contains("X server"));
+    let r = common::post(&agent.socket, "/click", r#"{"x":1,"y":1}"#).await;
+    assert_eq!(r.status, 503);
+    let h = request(&agent.socket, "GET", "/health", None).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["display"], false);
+    // Shell work does not need the display.
+    let b = common::post(&agent.socket, "/bash", r#"{"command":"echo still here"}"#).await;
+    assert_eq!(b.json()["output"], "still here\n");
+    // The X server comes back: the agent reconnects by itself.
+    let _again = common::Xvfb::restart_on(&display, 400, 300);
+    let r = request(&agent.socket, "GET", "/screenshot", None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.headers[deskd_agent::protocol::HEADER_WIDTH], "400");
+}
+
+#[test]
+fn shm_capture_and_get_image_fallback_agree() {
+    let Some(x) = xvfb(640, 480) else { return };
+    let _painter = paint(&x.display);
+    let desktop = deskd_agent::x11::Desktop::new(&x.display);
+    let (shm, used_shm) = desktop
+        .with(|s| {
+            let f = deskd_agent::x11::capture::capture(s)?;
+            Ok((f.bgrx, s.capturer.lock().unwrap().uses_shm()))
+        })
+        .unwrap();
+    assert!(used_shm, "Xvfb offers MIT-SHM 1.2; the agent should use it");
+    let plain = desktop
+        .with(|s| {
+            s.capturer.lock().unwrap().disable_shm();
+            deskd_agent::x11::capture::capture(s).map(|f| f.bgrx)
+        })
+        .unwrap();
+    assert_eq!(shm.len(), 640 * 480 * 4);
+    assert!(shm == plain, "SHM and GetImage captures differ");
+    // B, G, R order at (10, 10): red.
+    assert_eq!(&shm[(10 * 640 + 10) * 4..][..3], &[0, 0, 0xff]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_the_screen() {
+    let Some(x) = xvfb(800, 600) else { return };
+    let agent = start_agent(&x.display).await;
+    let h = request(&agent.socket, "GET", "/health", None).await;
+    assert_eq!(h.status, 200);
+    let j = h.json();
+    assert_eq!(j["status"], "ok");
+    assert_eq!(j["display"], true);
+    assert_eq!(
+        (j["width"].as_u64(), j["height"].as_u64()),
+        (Some(800), Some(600))
+    );
+}

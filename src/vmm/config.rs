@@ -1,0 +1,526 @@
+//! What one VM is made of: read from a JSON file (`--config`) and/or command-line arguments,
+//! then checked before anything is allocated.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::layout;
+
+/// Most vCPUs a VM may have (the MADT, CPUID topology and tests are sized for this).
+pub const MAX_VCPUS: u8 = 16;
+/// Command line used when none is given: serial console, reboot through the i8042, reboot (and
+/// so end the VMM with the reboot status) one second after a panic.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Seconds between the ACPI power button press (SIGTERM, control `shutdown`) and a hard stop.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// Lowest guest context ID a VM may use (0-2 are reserved by vsock: hypervisor, local, host).
+pub const MIN_GUEST_CID: u64 = 3;
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no kernel given: pass --kernel PATH or set \"kernel\" in the config file")]
+    NoKernel,
+    #[error("cannot open the kernel {path}: {source}")]
+    Kernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the initrd {path}: {source}")]
+    Initrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the disk {path} for {mode}: {source} (pass it read-only with ',ro' if it is not writable)")]
+    Disk {
+        path: PathBuf,
+        mode: &'static str,
+        source: std::io::Error,
+    },
+    #[error("bad --disk value {0:?}: expected PATH or PATH,ro")]
+    DiskSyntax(String),
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    Vcpus(u64),
+    #[error("memory must be between {min} and {max} MiB, got {0} MiB", min = layout::MIN_MEMORY_MIB, max = layout::MAX_MEMORY_MIB)]
+    Memory(u64),
+    #[error("the guest vsock CID must be at least {MIN_GUEST_CID} and below 2^32, got {0}")]
+    GuestCid(u64),
+    #[error("--vsock-socket and --vsock-cid go together: give both or neither")]
+    VsockHalf,
+    #[error("the directory of {path} does not exist; create it first")]
+    NoParentDir { path: PathBuf },
+    #[error("too many virtio devices ({0}); at most {max} fit", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
+    TooManyDevices(usize),
+    #[error("the kernel command line is {0} bytes; at most {max} fit", max = layout::CMDLINE_MAX_SIZE - 1)]
+    CmdlineTooLong(usize),
+}
+
+/// One virtio-blk disk: a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The raw image.
+    pub path: PathBuf,
+    /// Open read-only and make guest writes fail.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The virtio-vsock device (hybrid Unix-socket model).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Host Unix socket the VMM listens on; guest-initiated connections to port P go to
+    /// `<socket>_<P>`.
+    pub socket: PathBuf,
+    /// The guest's context ID.
+    pub guest_cid: u64,
+}
+
+/// A complete VM description, as in the JSON config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// bzImage to boot (Debian's `vmlinuz-*`).
+    pub kernel: PathBuf,
+    /// Initial ramdisk, if any.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Number of vCPUs, 1-16.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// virtio-vsock, if wanted.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Whether to give the guest a virtio-rng.
+    #[serde(default = "default_true")]
+    pub rng: bool,
+    /// File the serial console is appended to.
+    #[serde(default)]
+    pub console_log: Option<PathBuf>,
+    /// Also copy the serial console to the VMM's stdout.
+    #[serde(default)]
+    pub console_stdout: bool,
+    /// Unix socket for JSON-lines control commands (status, pause, resume, shutdown).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Seconds from the power-button press to a hard stop.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_memory_mib() -> u64 {
+    512
+}
+fn default_true() -> bool {
+    true
+}
+fn default_shutdown_timeout() -> u64 {
+    DEFAULT_SHUTDOWN_TIMEOUT_SECS
+}
+
+/// Options of `deskd vmm`. Anything given here overrides the config file.
+#[derive(clap::Args, Debug, Default)]
+pub struct VmmArgs {
+    /// JSON file with the VM description: kernel, initrd, cmdline, disks [{path, read_only}],
+    /// vcpus, memory_mib, vsock {socket, guest_cid}, rng, console_log, console_stdout,
+    /// control_socket, shutdown_timeout_secs.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// bzImage to boot.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Raw disk image as virtio-blk; `PATH,ro` for read-only. Repeat for more disks.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<String>,
+    /// Number of vCPUs (1-16); default 1.
+    #[arg(long)]
+    pub vcpus: Option<u64>,
+    /// Guest memory in MiB; default 512.
+    #[arg(long = "memory", value_name = "MIB")]
+    pub memory_mib: Option<u64>,
+    /// Host Unix socket of the virtio-vsock device.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_socket: Option<PathBuf>,
+    /// Guest context ID of the virtio-vsock device (>= 3).
+    #[arg(long, value_name = "CID")]
+    pub vsock_cid: Option<u64>,
+    /// Do not give the guest a virtio-rng.
+    #[arg(long)]
+    pub no_rng: bool,
+    /// File the serial console is appended to.
+    #[arg(long, value_name = "PATH")]
+    pub console_log: Option<PathBuf>,
+    /// Also copy the serial console to stdout.
+    #[arg(long)]
+    pub console_stdout: bool,
+    /// Unix socket for control commands (JSON lines).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Seconds from the power-button press (SIGTERM) to a hard stop; default 30.
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// Parses `PATH` or `PATH,ro`.
+fn parse_disk(arg: &str) -> Result<DiskConfig, ConfigError> {
+    let (path, read_only) = match arg.rsplit_once(',') {
+        Some((path, "ro")) => (path, true),
+        Some((path, "rw")) => (path, false),
+        Some(_) => return Err(ConfigError::DiskSyntax(arg.to_string())),
+        None => (arg, false),
+    };
+    if path.is_empty() {
+        return Err(ConfigError::DiskSyntax(arg.to_string()));
+    }
+    Ok(DiskConfig {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
+impl VmConfig {
+    /// Builds the configuration from the file named by `--config` (if any) and the arguments.
+    pub fn from_args(args: &VmmArgs) -> Result<VmConfig, ConfigError> {
+        let file: Option<VmConfig> = match &args.config {
+            Some(path) => Some(Self::from_file(path)?),
+            None => None,
+        };
+        let kernel = args
+            .kernel
+            .clone()
+            .or_else(|| file.as_ref().map(|f| f.kernel.clone()))
+            .ok_or(ConfigError::NoKernel)?;
+        let mut config = file.unwrap_or(VmConfig {
+            kernel: kernel.clone(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            disks: Vec::new(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory_mib(),
+            vsock: None,
+            rng: true,
+            console_log: None,
+            console_stdout: false,
+            control_socket: None,
+            shutdown_timeout_secs: default_shutdown_timeout(),
+        });
+        config.kernel = kernel;
+        if let Some(initrd) = &args.initrd {
+            config.initrd = Some(initrd.clone());
+        }
+        if let Some(cmdline) = &args.cmdline {
+            config.cmdline = cmdline.clone();
+        }
+        if !args.disks.is_empty() {
+            config.disks = args
+                .disks
+                .iter()
+                .map(|d| parse_disk(d))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(vcpus) = args.vcpus {
+            config.vcpus = u8::try_from(vcpus)
+                .ok()
+                .filter(|v| (1..=MAX_VCPUS).contains(v))
+                .ok_or(ConfigError::Vcpus(vcpus))?;
+        }
+        if let Some(mib) = args.memory_mib {
+            config.memory_mib = mib;
+        }
+        match (&args.vsock_socket, args.vsock_cid) {
+            (Some(socket), Some(cid)) => {
+                config.vsock = Some(VsockConfig {
+                    socket: socket.clone(),
+                    guest_cid: cid,
+                })
+            }
+            (None, None) => {}
+            _ => return Err(ConfigError::VsockHalf),
+        }
+        if args.no_rng {
+            config.rng = false;
+        }
+        if let Some(log) = &args.console_log {
+            config.console_log = Some(log.clone());
+        }
+        if args.console_stdout {
+            config.console_stdout = true;
+        }
+        if let Some(sock) = &args.control_socket {
+            config.control_socket = Some(sock.clone());
+        }
+        if let Some(secs) = args.shutdown_timeout {
+            config.shutdown_timeout_secs = secs;
+        }
+        Ok(config)
+    }
+
+    /// Reads a JSON config file.
+    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Number of virtio-mmio devices this configuration asks for.
+    pub fn virtio_device_count(&self) -> usize {
+        self.disks.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng)
+    }
+
+    /// Checks the values and that every file can be opened as needed. Does not touch /dev/kvm.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(ConfigError::Vcpus(u64::from(self.vcpus)));
+        }
+        if !(layout::MIN_MEMORY_MIB..=layout::MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        if self.cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        let devices = self.virtio_device_count();
+        if devices > layout::VIRTIO_MMIO_MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
+        }
+        File::open(&self.kernel).map_err(|source| ConfigError::Kernel {
+            path: self.kernel.clone(),
+            source,
+        })?;
+        if let Some(initrd) = &self.initrd {
+            File::open(initrd).map_err(|source| ConfigError::Initrd {
+                path: initrd.clone(),
+                source,
+            })?;
+        }
+        for disk in &self.disks {
+            OpenOptions::new()
+                .read(true)
+                .write(!disk.read_only)
+                .open(&disk.path)
+                .map_err(|source| ConfigError::Disk {
+                    path: disk.path.clone(),
+                    mode: if disk.read_only {
+                        "reading"
+                    } else {
+                        "reading and writing"
+                    },
+                    source,
+                })?;
+        }
+        if let Some(vsock) = &self.vsock {
+            if vsock.guest_cid < MIN_GUEST_CID || vsock.guest_cid > u64::from(u32::MAX) {
+                return Err(ConfigError::GuestCid(vsock.guest_cid));
+            }
+            require_parent_dir(&vsock.socket)?;
+        }
+        for path in [&self.console_log, &self.control_socket]
+            .into_iter()
+            .flatten()
+        {
+            require_parent_dir(path)?;
+        }
+        Ok(())
+    }
+}
+
+fn require_parent_dir(path: &Path) -> Result<(), ConfigError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if parent.is_dir() {
+        Ok(())
+    } else {
+        Err(ConfigError::NoParentDir {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "deskd-vmm-config-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn args_with_kernel(dir: &Path) -> VmmArgs {
+        let kernel = dir.join("vmlinuz");
+        std::fs::write(&kernel, b"not really a kernel").unwrap();
+        VmmArgs {
+            kernel: Some(kernel),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn disk_argument_syntax() {
+        assert_eq!(
+            parse_disk("/a/b.img").unwrap(),
+            DiskConfig {
+                path: "/a/b.img".into(),
+                read_only: false
+            }
+        );
+        assert!(parse_disk("/a/b.img,ro").unwrap().read_only);
+        assert!(!parse_disk("/a/b.img,rw").unwrap().read_only);
+        assert!(matches!(
+            parse_disk("/a,b"),
+            Err(ConfigError::DiskSyntax(_))
+        ));
+        assert!(matches!(parse_disk(",ro"), Err(ConfigError::DiskSyntax(_))));
+    }
+
+    #[test]
+    fn defaults_from_arguments() {
+        let dir = scratch();
+        let config = VmConfig::from_args(&args_with_kernel(&dir)).unwrap();
+        assert_eq!(config.vcpus, 1);
+        assert_eq!(config.memory_mib, 512);
+        assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+        assert!(config.rng);
+        assert_eq!(config.virtio_device_count(), 1);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn missing_kernel_is_reported() {
+        assert!(matches!(
+            VmConfig::from_args(&VmmArgs::default()),
+            Err(ConfigError::NoKernel)
+        ));
+        let config = VmConfig::from_args(&VmmArgs {
+            kernel: Some("/nonexistent/vmlinuz".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let err = config.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Kernel { .. }));
+        assert!(err.to_string().contains("/nonexistent/vmlinuz"));
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let dir = scratch();
+        let mut args = args_with_kernel(&dir);
+        args.vcpus = Some(17);
+        assert!(matches!(
+            VmConfig::from_args(&args),
+            Err(ConfigError::Vcpus(17))
+        ));
+        args.vcpus = Some(0);
+        assert!(matches!(
+            VmConfig::from_args(&args),
+            Err(ConfigError::Vcpus(0))
+        ));
+        args.vcpus = Some(16);
+        args.memory_mib = Some(64);
+        let config = VmConfig::from_args(&args).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::Memory(64))));
+        args.memory_mib = Some(256);
+        args.vsock_socket = Some(dir.join("v.sock"));
+        assert!(matches!(
+            VmConfig::from_args(&args),
+            Err(ConfigError::VsockHalf)
+        ));
+        args.vsock_cid = Some(2);
+        let config = VmConfig::from_args(&args).unwrap();
+        assert!(matches!(config.validate(), Err(ConfigError::GuestCid(2))));
+        args.vsock_cid = Some(3);
+        VmConfig::from_args(&args).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn unreadable_disk_is_reported() {
+        let dir = scratch();
+        let mut args = args_with_kernel(&dir);
+        args.disks = vec![dir.join("missing.img").display().to_string()];
+        let err = VmConfig::from_args(&args).unwrap().validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Disk { .. }), "{err}");
+        let disk = dir.join("disk.img");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        args.disks = vec![format!("{},ro", disk.display())];
+        let config = VmConfig::from_args(&args).unwrap();
+        config.validate().unwrap();
+        assert!(config.disks[0].read_only);
+    }
+
+    #[test]
+    fn config_file_with_overrides() {
+        let dir = scratch();
+        let kernel = dir.join("k");
+        std::fs::write(&kernel, b"k").unwrap();
+        let file = dir.join("vm.json");
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"kernel": "{}", "vcpus": 2, "memory_mib": 1024,
+                    "disks": [{{"path": "/x.img", "read_only": true}}],
+                    "vsock": {{"socket": "/tmp/v.sock", "guest_cid": 42}}}}"#,
+                kernel.display()
+            ),
+        )
+        .unwrap();
+        let config = VmConfig::from_args(&VmmArgs {
+            config: Some(file.clone()),
+            memory_mib: Some(2048),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.vcpus, 2);
+        assert_eq!(config.memory_mib, 2048);
+        assert_eq!(config.disks.len(), 1);
+        assert_eq!(config.vsock.as_ref().unwrap().guest_cid, 42);
+        assert_eq!(config.virtio_device_count(), 3);
+
+        std::fs::write(&file, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
+        let err = VmConfig::from_file(&file).unwrap_err();
+        assert!(err.to_string().contains("vcpu"), "{err}");
+    }
+}

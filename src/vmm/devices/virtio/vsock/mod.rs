@@ -1,0 +1,344 @@
+//! virtio-vsock with a userspace host side (Firecracker's hybrid model).
+//!
+//! - Host to guest: a host process connects to the Unix socket at `uds_path`, writes
+//!   `CONNECT <guest port>\n`, and once the guest accepts it reads `OK <host port>\n`; after that
+//!   the socket carries the stream. If the guest refuses, the socket is closed.
+//! - Guest to host: a guest connecting to CID 2, port P reaches a process listening on the Unix
+//!   socket `<uds_path>_<P>`; no listener there means the guest gets a connection reset.
+
+pub mod connection;
+pub mod muxer;
+pub mod packet;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::EpollEvent;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::chain::{total_len, Chain, Cursor};
+use super::worker::{drain, EventLoop, QueueError, Worker, STOP_TOKEN};
+use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
+use muxer::Muxer;
+use packet::{read_packet, HEADER_LEN, MAX_PAYLOAD};
+
+const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+const RX_TOKEN: u64 = 0;
+const TX_TOKEN: u64 = 1;
+const EVENT_TOKEN: u64 = 2;
+
+/// How to set up the vsock device.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more; CIDs 0-2 are reserved).
+    pub guest_cid: u32,
+    /// The host Unix socket; guest-initiated connections go to `<uds_path>_<port>`.
+    pub uds_path: PathBuf,
+}
+
+/// Why the vsock device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("guest CID {0} is reserved; use 3 or more")]
+    ReservedCid(u32),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot remove the stale socket {path}: {source}")]
+    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {path}: {source}; check that the directory exists and is writable")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+/// The virtio-vsock device model.
+#[derive(Debug)]
+pub struct Vsock {
+    config: VsockConfig,
+    listener: UnixListener,
+    worker: Option<Worker>,
+}
+
+impl Vsock {
+    /// Binds the host socket now, so host clients can connect before the guest driver is up
+    /// (they wait in the listen backlog). A stale socket file at the path is replaced.
+    pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
+        if config.guest_cid < 3 {
+            return Err(VsockError::ReservedCid(config.guest_cid));
+        }
+        let path = &config.uds_path;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(VsockError::NotASocket(path.clone()));
+            }
+            std::fs::remove_file(path).map_err(|source| VsockError::RemoveStale {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let listener = UnixListener::bind(path).map_err(|source| VsockError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Vsock {
+            config,
+            listener,
+            worker: None,
+        })
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        self.worker = None;
+        let _ = std::fs::remove_file(&self.config.uds_path);
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        1u64 << VIRTIO_F_VERSION_1
+    }
+
+    fn ack_features(&mut self, _features: u64) {}
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        read_config_bytes(
+            &u64::from(self.config.guest_cid).to_le_bytes(),
+            offset,
+            data,
+        );
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+        queue_evts: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let (Ok([rx, tx, _event]), Ok(evts)) = (
+            <[Queue; 3]>::try_from(queues),
+            <[EventFd; 3]>::try_from(queue_evts),
+        ) else {
+            return Err(ActivateError::QueueCount { want: 3, got });
+        };
+        let listener = self
+            .listener
+            .try_clone()
+            .map_err(|e| ActivateError::Backend(format!("cannot share the vsock listener: {e}")))?;
+        let config = self.config.clone();
+        self.worker = Some(
+            Worker::spawn("virtio-vsock", move |event_loop| {
+                let muxer = match Muxer::new(
+                    u64::from(config.guest_cid),
+                    &config.uds_path,
+                    listener,
+                    &event_loop,
+                ) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!("vsock: cannot watch the host socket: {e}");
+                        interrupt.set_needs_reset();
+                        return;
+                    }
+                };
+                let worker = VsockWorker {
+                    mem,
+                    interrupt,
+                    rx,
+                    tx,
+                    evts,
+                    muxer,
+                };
+                worker.run(event_loop)
+            })
+            .map_err(ActivateError::Worker)?,
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        // Dropping the worker's muxer closes every connection's host socket.
+        self.worker = None;
+    }
+}
+
+/// State of the device thread.
+struct VsockWorker {
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    rx: Queue,
+    tx: Queue,
+    evts: [EventFd; 3],
+    muxer: Muxer,
+}
+
+impl VsockWorker {
+    fn run(mut self, event_loop: EventLoop) {
+        for (token, evt) in [RX_TOKEN, TX_TOKEN, EVENT_TOKEN]
+            .into_iter()
+            .zip(&self.evts)
+        {
+            if let Err(e) =
+                event_loop.add(evt.as_raw_fd(), token, vmm_sys_util::epoll::EventSet::IN)
+            {
+                tracing::error!("vsock: cannot watch queue {token}: {e}");
+                self.interrupt.set_needs_reset();
+                return;
+            }
+        }
+        let mut events = vec![EpollEvent::default(); 32];
+        let mut broken = false;
+        loop {
+            let ready = match event_loop.wait(&mut events) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::error!("vsock: epoll_wait failed: {e}");
+                    self.interrupt.set_needs_reset();
+                    return;
+                }
+            };
+            let mut tx_kicked = false;
+            for (token, set) in ready {
+                match token {
+                    STOP_TOKEN => return,
+                    RX_TOKEN => drain(&self.evts[0]),
+                    TX_TOKEN => {
+                        drain(&self.evts[1]);
+                        tx_kicked = true;
+                    }
+                    // The event queue only matters for migration; its buffers are left alone.
+                    EVENT_TOKEN => drain(&self.evts[2]),
+                    _ => self.muxer.handle_event(&event_loop, token, set),
+                }
+            }
+            if broken {
+                continue;
+            }
+            let mut result = Ok(());
+            if tx_kicked {
+                result = self.process_tx(&event_loop);
+            }
+            if result.is_ok() {
+                result = self.process_rx();
+            }
+            if let Err(e) = result {
+                tracing::warn!("vsock: {e}; the device needs a reset by the driver");
+                broken = true;
+                self.interrupt.set_needs_reset();
+            }
+        }
+    }
+
+    /// Takes every packet the guest queued for sending.
+    fn process_tx(&mut self, event_loop: &EventLoop) -> Result<(), QueueError> {
+        let mem = &self.mem;
+        let mut used = false;
+        let result = loop {
+            let next = match self.tx.iter(mem) {
+                Ok(mut avail) => avail.next(),
+                Err(e) => break Err(QueueError::Queue(e)),
+            };
+            let Some(desc_chain) = next else {
+                break Ok(());
+            };
+            let head = desc_chain.head_index();
+            let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
+                Ok(c) => c,
+                Err(e) => break Err(e.into()),
+            };
+            match read_packet(mem, &chain.readable) {
+                Ok((hdr, payload)) => self.muxer.handle_guest_packet(event_loop, &hdr, &payload),
+                Err(e) => {
+                    // A bad packet is dropped (and its connection reset); the device goes on.
+                    tracing::warn!("vsock: dropped a guest packet: {e}");
+                    if let Some(hdr) = e.header() {
+                        self.muxer.reject_packet(hdr);
+                    }
+                }
+            }
+            if let Err(e) = self.tx.add_used(mem, head, 0) {
+                break Err(QueueError::Queue(e));
+            }
+            used = true;
+        };
+        if used {
+            self.interrupt.signal_used_queue();
+        }
+        result
+    }
+
+    /// Fills guest rx buffers with whatever the host side has for the guest.
+    fn process_rx(&mut self) -> Result<(), QueueError> {
+        let mem = &self.mem;
+        let mut used = false;
+        let result = loop {
+            if !self.muxer.has_rx() {
+                break Ok(());
+            }
+            let next = match self.rx.iter(mem) {
+                Ok(mut avail) => avail.next(),
+                Err(e) => break Err(QueueError::Queue(e)),
+            };
+            // No buffer: the guest's next rx notification brings us back here.
+            let Some(desc_chain) = next else {
+                break Ok(());
+            };
+            let head = desc_chain.head_index();
+            let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
+                Ok(c) => c,
+                Err(e) => break Err(e.into()),
+            };
+            let room = total_len(&chain.writable);
+            if room < HEADER_LEN as u64 {
+                break Err(QueueError::Device(format!(
+                    "rx buffer of {room} bytes cannot hold a packet header"
+                )));
+            }
+            let max_payload = (room - HEADER_LEN as u64).min(MAX_PAYLOAD as u64) as usize;
+            let Some((hdr, payload)) = self.muxer.next_rx(max_payload) else {
+                self.rx.go_to_previous_position();
+                break Ok(());
+            };
+            let mut out = Cursor::new(mem, &chain.writable);
+            let written = out
+                .write_all(&hdr.encode())
+                .and_then(|()| out.write_all(&payload));
+            if let Err(e) = written {
+                break Err(QueueError::Device(format!(
+                    "cannot write an rx packet: {e}"
+                )));
+            }
+            // HEADER_LEN + payload <= 44 + 64 KiB.
+            if let Err(e) = self.rx.add_used(mem, head, out.done() as u32) {
+                break Err(QueueError::Queue(e));
+            }
+            used = true;
+        };
+        if used {
+            self.interrupt.signal_used_queue();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;

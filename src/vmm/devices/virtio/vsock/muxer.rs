@@ -1,0 +1,623 @@
+//! The host side of virtio-vsock in Firecracker's hybrid model: a Unix listener for host clients
+//! (`CONNECT <port>\n` -> `OK <hostport>\n`), Unix sockets `<path>_<port>` for connections the guest
+//! opens, and the table of live connections. Turns guest packets into socket I/O and socket events
+//! into packets for the guest's rx queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use vmm_sys_util::epoll::EventSet;
+
+use super::connection::{ConnError, Connection, HostRead, Key, State};
+use super::packet::{op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use crate::vmm::devices::virtio::worker::EventLoop;
+
+/// epoll token of the host listener.
+pub const LISTENER_TOKEN: u64 = 3;
+/// Tokens at or above this are host sockets: token = base + fd.
+pub const STREAM_TOKEN_BASE: u64 = 1 << 32;
+
+/// Most connections at once; a guest opening more gets RST (bounds host fds and memory).
+const MAX_CONNECTIONS: usize = 1024;
+/// Most host clients that connected but have not finished their `CONNECT` line.
+const MAX_HANDSHAKES: usize = 64;
+/// Longest accepted `CONNECT <port>\n` line.
+const MAX_CONNECT_LINE: usize = 32;
+/// Host ports for host-initiated connections are taken from here up.
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// A host client that has not sent its full `CONNECT` line yet.
+#[derive(Debug)]
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// A packet owed to the guest that carries no data.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    /// For a connection in the table (skipped if it is gone by then).
+    Conn { key: Key, op: u16, flags: u32 },
+    /// A reset answering a packet of a connection we do not have.
+    Rst {
+        src_cid: u64,
+        src_port: u32,
+        dst_port: u32,
+    },
+}
+
+#[derive(Debug)]
+pub struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    handshakes: HashMap<RawFd, Handshake>,
+    conns: HashMap<Key, Connection>,
+    fd_keys: HashMap<RawFd, Key>,
+    control: VecDeque<Control>,
+    rx_ready: VecDeque<Key>,
+    next_local_port: u32,
+}
+
+fn stream_events() -> EventSet {
+    EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED
+}
+
+impl Muxer {
+    /// Starts serving `listener` (non-blocking, already bound to `uds_path`).
+    pub fn new(
+        guest_cid: u64,
+        uds_path: &Path,
+        listener: UnixListener,
+        event_loop: &EventLoop,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        event_loop.add(listener.as_raw_fd(), LISTENER_TOKEN, EventSet::IN)?;
+        Ok(Muxer {
+            guest_cid,
+            uds_path: uds_path.to_path_buf(),
+            listener,
+            handshakes: HashMap::new(),
+            conns: HashMap::new(),
+            fd_keys: HashMap::new(),
+            control: VecDeque::new(),
+            rx_ready: VecDeque::new(),
+            next_local_port: FIRST_LOCAL_PORT,
+        })
+    }
+
+    /// Number of live connections (for tests and logs).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Something is waiting to go to the guest.
+    pub fn has_rx(&self) -> bool {
+        !self.control.is_empty() || !self.rx_ready.is_empty()
+    }
+
+    /// A host fd or the listener became ready.
+    pub fn handle_event(&mut self, event_loop: &EventLoop, token: u64, events: EventSet) {
+        if token == LISTENER_TOKEN {
+            self.accept_clients(event_loop);
+            return;
+        }
+        let Some(fd) = token
+            .checked_sub(STREAM_TOKEN_BASE)
+            .and_then(|fd| RawFd::try_from(fd).ok())
+        else {
+            return;
+        };
+        if self.handshakes.contains_key(&fd) {
+            self.progress_handshake(fd);
+            return;
+        }
+        let Some(&key) = self.fd_keys.get(&fd) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if events.contains(EventSet::HANG_UP) || events.contains(EventSet::ERROR) {
+            conn.host_hup = true;
+        }
+        if events
+            .intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR)
+        {
+            conn.host_readable = true;
+            self.mark_rx_ready(key);
+        }
+        if events.contains(EventSet::OUT) {
+            self.flush_to_host(key);
+        }
+    }
+
+    fn accept_clients(&mut self, event_loop: &EventLoop) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the client stays in the backlog for a later try.
+                    tracing::warn!("vsock: accepting a host client failed: {e}");
+                    return;
+                }
+            };
+            if self.handshakes.len() >= MAX_HANDSHAKES {
+                tracing::warn!("vsock: too many host clients mid-handshake; dropping one");
+                continue;
+            }
+            let fd = stream.as_raw_fd();
+            let registered = stream
+                .set_nonblocking(true)
+                .and_then(|()| event_loop.add(fd, STREAM_TOKEN_BASE + fd as u64, stream_events()));
+            if let Err(e) = registered {
+                tracing::warn!("vsock: cannot watch a host client: {e}");
+                continue;
+            }
+            self.handshakes.insert(
+                fd,
+                Handshake {
+                    stream,
+                    line: Vec::new(),
+                },
+            );
+            // Edge-triggered: the line may already be there.
+            self.progress_handshake(fd);
+        }
+    }
+
+    /// Reads the `CONNECT` line one byte at a time so that no byte meant for the guest is consumed.
+    fn progress_handshake(&mut self, fd: RawFd) {
+        let Some(hs) = self.handshakes.get_mut(&fd) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        let port = loop {
+            match hs.stream.read(&mut byte) {
+                Ok(0) => break Err("client closed before finishing the line"),
+                Ok(_) if byte[0] == b'\n' => break parse_connect(&hs.line),
+                Ok(_) if hs.line.len() >= MAX_CONNECT_LINE => break Err("line too long"),
+                Ok(_) => hs.line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break Err("read error"),
+            }
+        };
+        let Some(hs) = self.handshakes.remove(&fd) else {
+            return;
+        };
+        let peer_port = match port {
+            Ok(port) => port,
+            Err(why) => {
+                tracing::warn!("vsock: host client refused: {why} (expected `CONNECT <port>\\n`)");
+                return;
+            }
+        };
+        if self.conns.len() >= MAX_CONNECTIONS {
+            tracing::warn!("vsock: connection limit reached; host client refused");
+            return;
+        }
+        let Some(local_port) = self.allocate_local_port() else {
+            tracing::warn!("vsock: no free host port; host client refused");
+            return;
+        };
+        let key = Key {
+            local_port,
+            peer_port,
+        };
+        self.fd_keys.insert(fd, key);
+        self.conns
+            .insert(key, Connection::new(hs.stream, key, State::LocalInit));
+        self.control.push_back(Control::Conn {
+            key,
+            op: op::REQUEST,
+            flags: 0,
+        });
+    }
+
+    fn allocate_local_port(&mut self) -> Option<u32> {
+        for _ in 0..=MAX_CONNECTIONS {
+            let port = self.next_local_port;
+            self.next_local_port = self
+                .next_local_port
+                .checked_add(1)
+                .unwrap_or(FIRST_LOCAL_PORT);
+            if !self.conns.keys().any(|k| k.local_port == port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn mark_rx_ready(&mut self, key: Key) {
+        if let Some(conn) = self.conns.get_mut(&key) {
+            if !conn.in_rx_ready {
+                conn.in_rx_ready = true;
+                self.rx_ready.push_back(key);
+            }
+        }
+    }
+
+    /// Drops a connection (closing its host socket) and tells the guest with RST.
+    fn reset(&mut self, key: Key) {
+        self.remove(key);
+        self.control.push_back(Control::Rst {
+            src_cid: HOST_CID,
+            src_port: key.local_port,
+            dst_port: key.peer_port,
+        });
+    }
+
+    fn remove(&mut self, key: Key) {
+        if let Some(conn) = self.conns.remove(&key) {
+            self.fd_keys.remove(&conn.stream.as_raw_fd());
+        }
+    }
+
+    fn flush_to_host(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if let Err(e) = conn.flush() {
+            tracing::debug!("vsock: host socket of port {}: {e}", key.local_port);
+            self.reset(key);
+            return;
+        }
+        if conn.has_pending_out() {
+            return;
+        }
+        if conn.close_when_flushed {
+            self.reset(key);
+            return;
+        }
+        if conn.peer_shut_send {
+            // The guest sends nothing more: let the host client see EOF.
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        }
+        if conn.needs_credit_update() {
+            self.control.push_back(Control::Conn {
+                key,
+                op: op::CREDIT_UPDATE,
+                flags: 0,
+            });
+        }
+    }
+
+    /// A packet the guest put on its tx queue.
+    pub fn handle_guest_packet(&mut self, event_loop: &EventLoop, hdr: &Header, payload: &[u8]) {
+        if hdr.src_cid != self.guest_cid {
+            tracing::warn!(
+                "vsock: packet with spoofed source CID {} dropped",
+                hdr.src_cid
+            );
+            return;
+        }
+        let key = Key {
+            local_port: hdr.dst_port,
+            peer_port: hdr.src_port,
+        };
+        if hdr.dst_cid != HOST_CID || hdr.kind != TYPE_STREAM {
+            if hdr.op != op::RST {
+                self.control.push_back(Control::Rst {
+                    src_cid: hdr.dst_cid,
+                    src_port: hdr.dst_port,
+                    dst_port: hdr.src_port,
+                });
+            }
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            match hdr.op {
+                op::REQUEST => self.connect_for_guest(event_loop, key, hdr),
+                op::RST => {}
+                _ => self.control.push_back(Control::Rst {
+                    src_cid: HOST_CID,
+                    src_port: key.local_port,
+                    dst_port: key.peer_port,
+                }),
+            }
+            return;
+        };
+        let credit_before = conn.peer_credit();
+        conn.update_peer_credit(hdr);
+        if conn.peer_credit() > credit_before && conn.host_readable {
+            self.mark_rx_ready(key);
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        match (hdr.op, conn.state) {
+            (op::RESPONSE, State::LocalInit) => {
+                let ok = format!("OK {}\n", key.local_port);
+                // A fresh socket's buffer always takes these few bytes; if not, give up on it.
+                if conn.stream.write_all(ok.as_bytes()).is_err() {
+                    self.reset(key);
+                    return;
+                }
+                conn.state = State::Established;
+                // Bytes the client sent after its CONNECT line are waiting already.
+                conn.host_readable = true;
+                self.mark_rx_ready(key);
+            }
+            (op::RW, State::Established) if !conn.peer_shut_send => {
+                match conn.send_to_host(payload) {
+                    Ok(()) => {
+                        if conn.needs_credit_update() {
+                            self.control.push_back(Control::Conn {
+                                key,
+                                op: op::CREDIT_UPDATE,
+                                flags: 0,
+                            });
+                        }
+                    }
+                    Err(ConnError::CreditExceeded { pending }) => {
+                        tracing::warn!("vsock: guest overran its credit ({pending} bytes); reset");
+                        self.reset(key);
+                    }
+                    Err(ConnError::Io(e)) => {
+                        tracing::debug!("vsock: host socket write failed: {e}; reset");
+                        self.reset(key);
+                    }
+                }
+            }
+            (op::CREDIT_UPDATE, _) => {}
+            (op::CREDIT_REQUEST, _) => self.control.push_back(Control::Conn {
+                key,
+                op: op::CREDIT_UPDATE,
+                flags: 0,
+            }),
+            (op::SHUTDOWN, State::Established | State::Closing) => {
+                conn.peer_shut_send |= hdr.flags & SHUTDOWN_SEND != 0;
+                conn.peer_shut_rcv |= hdr.flags & SHUTDOWN_RCV != 0;
+                if conn.peer_shut_send && conn.peer_shut_rcv {
+                    // Both directions closed: answer with RST once our buffer reached the host.
+                    conn.close_when_flushed = true;
+                }
+                self.flush_to_host(key);
+            }
+            (op::RST, _) => self.remove(key),
+            _ => {
+                tracing::debug!("vsock: op {} in state {:?}; reset", hdr.op, conn.state);
+                self.reset(key);
+            }
+        }
+    }
+
+    /// The guest opens a connection to host port `key.local_port`: connect to `<path>_<port>`.
+    fn connect_for_guest(&mut self, event_loop: &EventLoop, key: Key, hdr: &Header) {
+        let refuse = |m: &mut Muxer| {
+            m.control.push_back(Control::Rst {
+                src_cid: HOST_CID,
+                src_port: key.local_port,
+                dst_port: key.peer_port,
+            })
+        };
+        if self.conns.len() >= MAX_CONNECTIONS {
+            tracing::warn!("vsock: connection limit reached; guest connection refused");
+            return refuse(self);
+        }
+        let mut path = self.uds_path.clone().into_os_string();
+        path.push(format!("_{}", key.local_port));
+        let stream = match connect_nonblocking(Path::new(&path)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("vsock: guest connect to {path:?}: {e}");
+                return refuse(self);
+            }
+        };
+        let fd = stream.as_raw_fd();
+        let registered = event_loop.add(fd, STREAM_TOKEN_BASE + fd as u64, stream_events());
+        if let Err(e) = registered {
+            tracing::warn!("vsock: cannot watch host socket {path:?}: {e}");
+            return refuse(self);
+        }
+        let mut conn = Connection::new(stream, key, State::Established);
+        conn.update_peer_credit(hdr);
+        self.fd_keys.insert(fd, key);
+        self.conns.insert(key, conn);
+        self.control.push_back(Control::Conn {
+            key,
+            op: op::RESPONSE,
+            flags: 0,
+        });
+    }
+
+    /// The next packet for the guest, with at most `max_payload` payload bytes; `None` when there
+    /// is nothing to send right now.
+    pub fn next_rx(&mut self, max_payload: usize) -> Option<(Header, Vec<u8>)> {
+        while let Some(item) = self.control.pop_front() {
+            match item {
+                Control::Rst {
+                    src_cid,
+                    src_port,
+                    dst_port,
+                } => {
+                    let hdr = Header {
+                        src_cid,
+                        dst_cid: self.guest_cid,
+                        src_port,
+                        dst_port,
+                        kind: TYPE_STREAM,
+                        op: op::RST,
+                        ..Header::default()
+                    };
+                    return Some((hdr, Vec::new()));
+                }
+                Control::Conn { key, op, flags } => {
+                    if let Some(conn) = self.conns.get_mut(&key) {
+                        return Some((conn.header(self.guest_cid, op, flags, 0), Vec::new()));
+                    }
+                }
+            }
+        }
+        while let Some(key) = self.rx_ready.pop_front() {
+            if let Some(packet) = self.read_host_data(key, max_payload) {
+                return Some(packet);
+            }
+        }
+        None
+    }
+
+    /// Moves host bytes of one connection into a packet, if it has any and the guest has room.
+    fn read_host_data(&mut self, key: Key, max_payload: usize) -> Option<(Header, Vec<u8>)> {
+        let guest_cid = self.guest_cid;
+        let conn = self.conns.get_mut(&key)?;
+        conn.in_rx_ready = false;
+        if conn.state != State::Established || !conn.host_readable || conn.host_eof {
+            return None;
+        }
+        if conn.peer_shut_rcv {
+            // The guest takes no more data: drain and drop what the host sends.
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = conn.stream.read(&mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+            conn.host_readable = false;
+            return None;
+        }
+        let credit = conn.peer_credit() as usize;
+        if credit == 0 {
+            if conn.credit_requested {
+                return None;
+            }
+            conn.credit_requested = true;
+            return Some((conn.header(guest_cid, op::CREDIT_REQUEST, 0, 0), Vec::new()));
+        }
+        match conn.read_from_host(credit.min(max_payload)) {
+            Ok(HostRead::Data(data)) => {
+                // usize -> u32: data.len() <= max_payload <= 64 KiB.
+                let hdr = conn.header(guest_cid, op::RW, 0, data.len() as u32);
+                self.mark_rx_ready(key);
+                Some((hdr, data))
+            }
+            Ok(HostRead::WouldBlock) => None,
+            Ok(HostRead::Eof) => {
+                conn.host_eof = true;
+                conn.host_readable = false;
+                let flags = if conn.host_hup {
+                    conn.state = State::Closing;
+                    SHUTDOWN_SEND | SHUTDOWN_RCV
+                } else {
+                    SHUTDOWN_SEND
+                };
+                Some((conn.header(guest_cid, op::SHUTDOWN, flags, 0), Vec::new()))
+            }
+            Err(e) => {
+                tracing::debug!("vsock: host socket read failed: {e}; reset");
+                self.remove(key);
+                let hdr = Header {
+                    src_cid: HOST_CID,
+                    dst_cid: guest_cid,
+                    src_port: key.local_port,
+                    dst_port: key.peer_port,
+                    kind: TYPE_STREAM,
+                    op: op::RST,
+                    ..Header::default()
+                };
+                Some((hdr, Vec::new()))
+            }
+        }
+    }
+
+    /// A guest packet whose payload could not be read: reset the connection it names.
+    pub fn reject_packet(&mut self, hdr: &Header) {
+        if hdr.src_cid != self.guest_cid {
+            return;
+        }
+        let key = Key {
+            local_port: hdr.dst_port,
+            peer_port: hdr.src_port,
+        };
+        if self.conns.contains_key(&key) {
+            self.reset(key);
+        } else if hdr.op != op::RST {
+            self.control.push_back(Control::Rst {
+                src_cid: HOST_CID,
+                src_port: key.local_port,
+                dst_port: key.peer_port,
+            });
+        }
+    }
+}
+
+/// Connects to a Unix stream socket without ever blocking: a listener whose backlog is full
+/// answers EAGAIN (treated like "nobody listens") instead of stalling the device thread.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path longer than sun_path",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly created socket that nothing else owns.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid, initialised sockaddr_un of `len` bytes, alive during the call.
+    let rc = unsafe {
+        libc::connect(
+            stream.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// Parses `CONNECT <port>` (the newline already stripped; a trailing `\r` is tolerated).
+fn parse_connect(line: &[u8]) -> Result<u32, &'static str> {
+    let text = std::str::from_utf8(line).map_err(|_| "line is not UTF-8")?;
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    let port = text
+        .strip_prefix("CONNECT ")
+        .ok_or("line does not start with `CONNECT `")?;
+    port.trim()
+        .parse::<u32>()
+        .map_err(|_| "port is not a number")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_connect;
+
+    #[test]
+    fn connect_line_parsing() {
+        assert_eq!(parse_connect(b"CONNECT 1024"), Ok(1024));
+        assert_eq!(parse_connect(b"CONNECT 52\r"), Ok(52));
+        assert!(parse_connect(b"CONNECT").is_err());
+        assert!(parse_connect(b"CONNECT -1").is_err());
+        assert!(parse_connect(b"CONNECT 99999999999").is_err());
+        assert!(parse_connect(b"HELLO 5").is_err());
+        assert!(parse_connect(&[0xff, 0xfe]).is_err());
+    }
+}

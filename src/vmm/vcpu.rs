@@ -1,0 +1,297 @@
+//! vCPU threads: one per vCPU, each looping on `KVM_RUN` and dispatching port I/O and MMIO exits
+//! to the buses. Pausing parks every thread outside `KVM_RUN`; a real-time signal kicks a thread
+//! out of `KVM_RUN` so it notices.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::devices::bus::Bus;
+use super::exit::{ExitNotifier, VmExit};
+
+/// Why the vCPU threads could not be started or controlled.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    #[error("cannot start a vCPU thread: {0}; check the process thread limit")]
+    Spawn(std::io::Error),
+    #[error("the vCPUs did not stop within {0:?}")]
+    PauseTimeout(Duration),
+}
+
+/// The signal used to kick a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal's only job is to make KVM_RUN return EINTR.
+}
+
+/// Installs the (empty) kick handler; call once before starting vCPU threads.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal)
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    paused: bool,
+    /// vCPU threads currently parked at the gate.
+    parked: usize,
+}
+
+/// Where vCPU threads wait while the VM is paused.
+#[derive(Debug, Default)]
+pub struct PauseGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+impl PauseGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by a vCPU thread before each `KVM_RUN`: blocks while the VM is paused.
+    pub fn park_if_paused(&self) {
+        let mut state = self.lock();
+        if !state.paused {
+            return;
+        }
+        state.parked += 1;
+        self.changed.notify_all();
+        while state.paused {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.parked -= 1;
+        self.changed.notify_all();
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        self.changed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Waits up to `timeout` for `count` threads to be parked.
+    fn wait_parked(&self, count: usize, timeout: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.parked < count)
+            .unwrap_or_else(|e| e.into_inner());
+        state.parked >= count
+    }
+}
+
+/// The running vCPU threads.
+pub struct VcpuThreads {
+    threads: Vec<JoinHandle<()>>,
+    gate: Arc<PauseGate>,
+}
+
+impl VcpuThreads {
+    /// Starts one thread per vCPU.
+    pub fn start(
+        vcpus: Vec<VcpuFd>,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitNotifier>,
+    ) -> Result<Self, VcpuError> {
+        let gate = Arc::new(PauseGate::default());
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for (index, vcpu) in vcpus.into_iter().enumerate() {
+            let (pio, mmio, exit, gate) = (pio.clone(), mmio.clone(), exit.clone(), gate.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || run_vcpu(index, vcpu, &pio, &mmio, &exit, &gate))
+                .map_err(VcpuError::Spawn)?;
+            threads.push(thread);
+        }
+        Ok(VcpuThreads { threads, gate })
+    }
+
+    fn kick_all(&self) {
+        for thread in &self.threads {
+            // ESRCH for a thread that already returned is fine: it is not running the guest.
+            let _ = thread.kill(kick_signal());
+        }
+    }
+
+    /// Stops every vCPU outside `KVM_RUN` and keeps it there until [`Self::resume`].
+    pub fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
+        self.gate.set_paused(true);
+        let live = self.threads.iter().filter(|t| !t.is_finished()).count();
+        let deadline = Instant::now() + timeout;
+        // A kick that lands just before a thread enters KVM_RUN is lost, so kick until every
+        // thread has parked.
+        loop {
+            self.kick_all();
+            if self.gate.wait_parked(live, Duration::from_millis(10)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.gate.set_paused(false);
+                return Err(VcpuError::PauseTimeout(timeout));
+            }
+        }
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.gate.set_paused(false);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
+    }
+
+    pub fn count(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+/// What the loop does after one exit.
+enum Next {
+    Continue,
+    Stop(VmExit),
+}
+
+fn run_vcpu(
+    index: usize,
+    mut vcpu: VcpuFd,
+    pio: &Bus,
+    mmio: &Bus,
+    exit: &ExitNotifier,
+    gate: &PauseGate,
+) {
+    loop {
+        if exit.reason().is_some() {
+            return;
+        }
+        gate.park_if_paused();
+        let next = match vcpu.run() {
+            Ok(vcpu_exit) => handle_exit(index, vcpu_exit, pio, mmio),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
+            Err(e) => {
+                tracing::error!("vcpu{index}: KVM_RUN failed: {e}");
+                Next::Stop(VmExit::Failed)
+            }
+        };
+        if let Next::Stop(why) = next {
+            exit.request(why);
+            return;
+        }
+    }
+}
+
+fn handle_exit(index: usize, vcpu_exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Next {
+    match vcpu_exit {
+        VcpuExit::IoIn(port, data) => {
+            if !pio.read(u64::from(port), data) {
+                // Nothing decodes this port: an ISA bus floats high.
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            pio.write(u64::from(port), data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !mmio.read(addr, data) {
+                data.fill(0);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            mmio.write(addr, data);
+        }
+        // With the in-kernel irqchip HLT is handled by KVM; if it ever comes here, just resume.
+        VcpuExit::Hlt => {}
+        VcpuExit::Shutdown => {
+            tracing::info!("vcpu{index}: triple fault (guest reset)");
+            return Next::Stop(VmExit::Reboot);
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            return Next::Stop(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::PowerOff,
+                KVM_SYSTEM_EVENT_RESET => VmExit::Reboot,
+                KVM_SYSTEM_EVENT_CRASH => VmExit::Failed,
+                _ => {
+                    tracing::error!("vcpu{index}: unknown system event {kind}");
+                    VmExit::Failed
+                }
+            });
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            tracing::error!("vcpu{index}: VM entry failed (reason {reason:#x}, cpu {cpu})");
+            return Next::Stop(VmExit::Failed);
+        }
+        VcpuExit::InternalError => {
+            tracing::error!("vcpu{index}: KVM internal error");
+            return Next::Stop(VmExit::Failed);
+        }
+        other => {
+            tracing::error!("vcpu{index}: unexpected exit {other:?}");
+            return Next::Stop(VmExit::Failed);
+        }
+    }
+    Next::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_parks_until_resumed() {
+        let gate = Arc::new(PauseGate::default());
+        gate.set_paused(true);
+        let g = gate.clone();
+        let worker = std::thread::spawn(move || g.park_if_paused());
+        assert!(gate.wait_parked(1, Duration::from_secs(5)));
+        assert!(!worker.is_finished());
+        gate.resume_for_test();
+        worker.join().unwrap();
+        assert!(gate.wait_parked(0, Duration::from_millis(1)));
+    }
+
+    impl PauseGate {
+        fn resume_for_test(&self) {
+            self.set_paused(false);
+        }
+    }
+
+    #[test]
+    fn unmapped_port_reads_float_high_and_mmio_reads_zero() {
+        let (pio, mmio) = (Bus::new(), Bus::new());
+        let mut byte = [0u8; 2];
+        assert!(matches!(
+            handle_exit(0, VcpuExit::IoIn(0x80, &mut byte), &pio, &mmio),
+            Next::Continue
+        ));
+        assert_eq!(byte, [0xff, 0xff]);
+        let mut word = [0xaau8; 4];
+        handle_exit(0, VcpuExit::MmioRead(0xd000_0000, &mut word), &pio, &mmio);
+        assert_eq!(word, [0; 4]);
+        assert!(matches!(
+            handle_exit(0, VcpuExit::Shutdown, &pio, &mmio),
+            Next::Stop(VmExit::Reboot)
+        ));
+        assert!(matches!(
+            handle_exit(
+                0,
+                VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[]),
+                &pio,
+                &mmio
+            ),
+            Next::Stop(VmExit::PowerOff)
+        ));
+    }
+}

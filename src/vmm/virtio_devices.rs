@@ -1,0 +1,216 @@
+//! Wiring the configured virtio devices onto the MMIO bus: one window and one GSI each (from
+//! `layout`), the device's interrupt eventfd registered as an irqfd, and every queue's
+//! notification eventfd registered as an ioeventfd on the window's QueueNotify register.
+//!
+//! Order (and so the guest's names): the disks in configuration order (vda, vdb, ...), then
+//! vsock, then rng.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::acpi::VirtioMmioWindow;
+use super::config::VmConfig;
+use super::devices::bus::{Bus, BusError};
+use super::devices::virtio::block::{Block, BlockConfig, BlockError};
+use super::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use super::devices::virtio::rng::Rng;
+use super::devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
+use super::devices::virtio::{MmioTransport, VirtioDevice};
+use super::layout;
+use super::memory::GuestMemory;
+
+/// Why a virtio device could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    #[error("the vsock guest CID {0} does not fit in 32 bits")]
+    Cid(u64),
+    #[error("cannot set up a virtio transport: {0}")]
+    Transport(#[from] MmioError),
+    #[error("cannot create an eventfd for a virtio device: {0}")]
+    EventFd(std::io::Error),
+    #[error("KVM refused to {what} for virtio device {index}: {source}")]
+    Kvm {
+        what: &'static str,
+        index: usize,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("{0} virtio devices do not fit; at most {max}", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
+    TooMany(usize),
+}
+
+/// The attached devices; their windows go into the DSDT.
+#[derive(Default)]
+pub struct AttachedDevices {
+    windows: Vec<VirtioMmioWindow>,
+    /// Each device's transport, also reachable through the MMIO bus.
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+impl AttachedDevices {
+    pub fn windows(&self) -> &[VirtioMmioWindow] {
+        &self.windows
+    }
+
+    pub fn len(&self) -> usize {
+        self.transports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.transports.is_empty()
+    }
+}
+
+/// Builds the device models `config` asks for, in guest order.
+fn device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (i, disk) in config.disks.iter().enumerate() {
+        devices.push(Box::new(Block::new(BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            serial: format!("deskd-disk{i}"),
+        })?));
+    }
+    if let Some(vsock) = &config.vsock {
+        let guest_cid =
+            u32::try_from(vsock.guest_cid).map_err(|_| VirtioError::Cid(vsock.guest_cid))?;
+        devices.push(Box::new(Vsock::new(VsockConfig {
+            guest_cid,
+            uds_path: vsock.socket.clone(),
+        })?));
+    }
+    if config.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    Ok(devices)
+}
+
+/// Creates and attaches every virtio device `config` asks for.
+pub fn attach(
+    vm_fd: &VmFd,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    config: &VmConfig,
+) -> Result<AttachedDevices, VirtioError> {
+    let models = device_models(config)?;
+    if models.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
+        return Err(VirtioError::TooMany(models.len()));
+    }
+    let mut attached = AttachedDevices::default();
+    for (index, model) in models.into_iter().enumerate() {
+        let kvm = |what: &'static str| {
+            move |source| VirtioError::Kvm {
+                what,
+                index,
+                source,
+            }
+        };
+        let base = layout::virtio_mmio_base(index);
+        let gsi = layout::virtio_gsi(index);
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+        let transport = MmioTransport::new(
+            model,
+            mem.clone(),
+            irq.try_clone().map_err(VirtioError::EventFd)?,
+        )?;
+        vm_fd
+            .register_irqfd(&irq, gsi)
+            .map_err(kvm("register the interrupt"))?;
+        for (queue, evt) in transport.queue_evts().iter().enumerate() {
+            vm_fd
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                    queue as u32,
+                )
+                .map_err(kvm("register a queue notification"))?;
+        }
+        tracing::debug!(
+            "virtio device {index} (type {}) at {base:#x}, GSI {gsi}",
+            transport.device_type()
+        );
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(base, MMIO_WINDOW_SIZE, transport.clone())?;
+        attached.transports.push(transport);
+        attached.windows.push(VirtioMmioWindow {
+            base,
+            size: MMIO_WINDOW_SIZE,
+            gsi,
+        });
+    }
+    Ok(attached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::config::{DiskConfig, VmConfig};
+
+    fn config() -> VmConfig {
+        VmConfig {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            disks: Vec::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            vsock: None,
+            rng: true,
+            console_log: None,
+            console_stdout: false,
+            control_socket: None,
+            shutdown_timeout_secs: 1,
+        }
+    }
+
+    #[test]
+    fn models_follow_the_documented_order() {
+        let dir = std::env::temp_dir().join(format!("deskd-virtio-wiring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("d.img");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        let mut c = config();
+        c.disks = vec![
+            DiskConfig {
+                path: disk.clone(),
+                read_only: true,
+            },
+            DiskConfig {
+                path: disk,
+                read_only: false,
+            },
+        ];
+        c.vsock = Some(crate::vmm::config::VsockConfig {
+            socket: dir.join("v.sock"),
+            guest_cid: 3,
+        });
+        let types: Vec<u32> = device_models(&c)
+            .unwrap()
+            .iter()
+            .map(|d| d.device_type())
+            .collect();
+        // virtio ids: block 2, vsock 19, rng 4.
+        assert_eq!(types, vec![2, 2, 19, 4]);
+        c.vsock.as_mut().unwrap().guest_cid = 1 << 33;
+        assert!(matches!(device_models(&c), Err(VirtioError::Cid(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unreadable_disk_is_reported() {
+        let mut c = config();
+        c.disks = vec![DiskConfig {
+            path: "/nonexistent/disk.img".into(),
+            read_only: false,
+        }];
+        let err = device_models(&c).err().unwrap();
+        assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
+    }
+}
