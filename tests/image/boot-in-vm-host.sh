@@ -69,7 +69,9 @@ for case in "$@"; do
             echo "[$name] QEMU exited early: $(tail -3 "$dir/qemu.log")"
             break
         fi
-        if [ -z "$agent_ready" ] && http_get "$cid" /health "$dir/health.txt" && grep -Eq '^HTTP/1\.[01] 200' "$dir/health.txt"; then
+        # Ready means the agent answers and sees the display.
+        if [ -z "$agent_ready" ] && http_get "$cid" /health "$dir/health.txt" &&
+            grep -Eq '^HTTP/1\.[01] 200' "$dir/health.txt" && grep -q '"display":true' "$dir/health.txt"; then
             agent_ready=$(elapsed "$start")
             echo "[$name] agent answered /health after ${agent_ready}s"
         fi

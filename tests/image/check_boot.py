@@ -11,6 +11,7 @@ screenshot so a person can look at it. Standard library only: it runs on the hos
 """
 
 import argparse
+import json
 import os
 import re
 import struct
@@ -243,6 +244,14 @@ def main():
         body = open(args.agent_health, errors="replace").read() if os.path.exists(args.agent_health) else ""
         first = body.splitlines()[0] if body else "no answer"
         check(f"agent answers GET /health over vsock ({first})", re.match(r"HTTP/1\.[01] 200", body))
+        payload = body.split("\r\n\r\n", 1)[-1]
+        try:
+            health = json.loads(payload)
+        except ValueError:
+            health = {}
+        check(f"agent sees the display at the requested size ({payload.strip()[:120]})",
+              health.get("display") is True
+              and (health.get("width"), health.get("height")) == (args.width, args.height))
     if args.agent_screenshot:
         try:
             shot = read_png(args.agent_screenshot)
