@@ -20,7 +20,7 @@ unit:
 	$(CARGO) test --workspace
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
-e2e: build-debug rig-self-test image-boot-test
+e2e: build-debug rig-self-test
 
 rig-self-test:
 	tests/rig/run --self-test

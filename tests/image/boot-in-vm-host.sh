@@ -36,7 +36,8 @@ http_get() {
 }
 
 qemu_pid=""
-trap '[ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null; true' EXIT
+local_dir=$(mktemp -d /tmp/deskd-boot.XXXXXX)
+trap '[ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null; rm -rf "$local_dir"; true' EXIT
 
 cid=3
 rootfs_bytes=$(stat -c %s "$img/rootfs")
@@ -47,7 +48,10 @@ for case in "$@"; do
     rm -rf "$dir"
     mkdir -p "$dir"
     # The guest writes to a copy-on-write overlay one GiB larger than the image (its root fs must grow).
-    qemu-img create -q -f qcow2 -F raw -b "$img/rootfs" "$dir/disk.qcow2" "$((rootfs_bytes + (1 << 30)))"
+    # It lives in local memory (/tmp is a tmpfs in the rig): the shared output folder is 9p without
+    # caching, far too slow for a disk.
+    disk="$local_dir/$name.qcow2"
+    qemu-img create -q -f qcow2 -F raw -b "$img/rootfs" "$disk" "$((rootfs_bytes + (1 << 30)))"
     truncate -s 64M "$dir/probe.img"
     cmdline="console=ttyS0 root=/dev/vda rw quiet deskd.selftest=1 deskd.hostname=imgtest-$name"
     [ "$res" = default ] || cmdline="$cmdline deskd.resolution=$res"
@@ -56,7 +60,7 @@ for case in "$@"; do
     qemu-system-x86_64 -M microvm,acpi=on -enable-kvm -cpu host -m "$mem" -smp 2 \
         -nodefaults -no-user-config -display none -serial "file:$dir/console.log" \
         -kernel "$img/kernel" -initrd "$img/initrd" -append "$cmdline" \
-        -drive "id=root,file=$dir/disk.qcow2,format=qcow2,if=none" -device virtio-blk-device,drive=root \
+        -drive "id=root,file=$disk,format=qcow2,if=none" -device virtio-blk-device,drive=root \
         -drive "id=probe,file=$dir/probe.img,format=raw,if=none" -device virtio-blk-device,drive=probe \
         -device virtio-rng-device \
         -device "vhost-vsock-device,guest-cid=$cid" \
@@ -94,7 +98,7 @@ for case in "$@"; do
     kill "$qemu_pid" 2>/dev/null || true
     wait "$qemu_pid" 2>/dev/null || true
     qemu_pid=""
-    rm -f "$dir/disk.qcow2"
+    rm -f "$disk"
     {
         echo "agent_ready_s=${agent_ready}"
         echo "selftest_done_s=${selftest_done}"
