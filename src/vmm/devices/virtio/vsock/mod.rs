@@ -7,6 +7,7 @@
 //!   socket `<uds_path>_<P>`; no listener there means the guest gets a connection reset.
 
 pub mod connection;
+mod host;
 pub mod muxer;
 pub mod packet;
 
@@ -167,6 +168,7 @@ impl VirtioDevice for Vsock {
                     tx,
                     evts,
                     muxer,
+                    tx_stalled: false,
                 };
                 worker.run(event_loop)
             })
@@ -189,6 +191,8 @@ struct VsockWorker {
     tx: Queue,
     evts: [EventFd; 3],
     muxer: Muxer,
+    /// Tx processing paused because the muxer's answer backlog is full.
+    tx_stalled: bool,
 }
 
 impl VsockWorker {
@@ -234,11 +238,17 @@ impl VsockWorker {
                 continue;
             }
             let mut result = Ok(());
-            if tx_kicked {
+            if tx_kicked || self.tx_stalled {
                 result = self.process_tx(&event_loop);
             }
             if result.is_ok() {
                 result = self.process_rx();
+            }
+            // Rx buffers freed the backlog: take the tx packets that were left waiting.
+            if result.is_ok() && self.tx_stalled && !self.muxer.backlog_full() {
+                result = self
+                    .process_tx(&event_loop)
+                    .and_then(|()| self.process_rx());
             }
             if let Err(e) = result {
                 tracing::warn!("vsock: {e}; the device needs a reset by the driver");
@@ -253,6 +263,10 @@ impl VsockWorker {
         let mem = &self.mem;
         let mut used = false;
         let result = loop {
+            self.tx_stalled = self.muxer.backlog_full();
+            if self.tx_stalled {
+                break Ok(());
+            }
             let next = match self.tx.iter(mem) {
                 Ok(mut avail) => avail.next(),
                 Err(e) => break Err(QueueError::Queue(e)),
@@ -269,7 +283,7 @@ impl VsockWorker {
                 Ok((hdr, payload)) => self.muxer.handle_guest_packet(event_loop, &hdr, &payload),
                 Err(e) => {
                     // A bad packet is dropped (and its connection reset); the device goes on.
-                    tracing::warn!("vsock: dropped a guest packet: {e}");
+                    tracing::debug!("vsock: dropped a guest packet: {e}");
                     if let Some(hdr) = e.header() {
                         self.muxer.reject_packet(hdr);
                     }
