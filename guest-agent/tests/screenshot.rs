@@ -1,3 +1,4 @@
+#![cfg(feature = "agent")]
 //! Screenshots: a window painted with known colours comes back with those pixels.
 
 mod common;
