@@ -44,6 +44,8 @@
 
 pub mod block;
 pub mod chain;
+#[cfg(test)]
+mod hostile_guest_tests;
 pub mod mmio;
 pub mod rng;
 #[cfg(test)]

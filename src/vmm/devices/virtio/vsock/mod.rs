@@ -51,6 +51,8 @@ pub enum VsockError {
     ReservedCid(u32),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    #[error("{0} is in use by another process (it accepts connections); pick another path or stop that VM")]
+    InUse(PathBuf),
     #[error("cannot remove the stale socket {path}: {source}")]
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot listen on {path}: {source}; check that the directory exists and is writable")]
@@ -67,7 +69,8 @@ pub struct Vsock {
 
 impl Vsock {
     /// Binds the host socket now, so host clients can connect before the guest driver is up
-    /// (they wait in the listen backlog). A stale socket file at the path is replaced.
+    /// (they wait in the listen backlog). A stale socket file at the path (nobody accepting on it)
+    /// is replaced; a live one is an error.
     pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
         if config.guest_cid < 3 {
             return Err(VsockError::ReservedCid(config.guest_cid));
@@ -76,6 +79,9 @@ impl Vsock {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(VsockError::NotASocket(path.clone()));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(VsockError::InUse(path.clone()));
             }
             std::fs::remove_file(path).map_err(|source| VsockError::RemoveStale {
                 path: path.clone(),
