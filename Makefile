@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
+.PHONY: bench-agent bench-api
 .PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint image image-boot-test
 
 all: build
@@ -36,8 +37,14 @@ image:
 image-boot-test:
 	tests/image/boot-test --variant $(VARIANT)
 
-bench:
-	@echo "benchmarks: see benches/ (each prints its figures and what they were compared with)"
+## Benchmarks: each prints its figures next to what they were compared with in the same run.
+bench: bench-agent bench-api
+
+bench-agent:
+	$(CARGO) bench -p deskd-agent --bench agent_bench
+
+bench-api:
+	$(CARGO) bench --bench api
 
 lint:
 	$(CARGO) fmt --all -- --check
