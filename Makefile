@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint
+.PHONY: bench-agent bench-api
+.PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint image image-boot-test
 
 all: build
 
@@ -25,8 +26,25 @@ e2e: build-debug rig-self-test
 rig-self-test:
 	tests/rig/run --self-test
 
-bench:
-	@echo "benchmarks: see benches/ (each prints its figures and what they were compared with)"
+## The default guest image system/desktop, built from Debian packages and installed into
+## $(DATA_DIR)/images/ (images/README.md). VARIANT=minimal: the same without the browser.
+VARIANT ?= desktop
+DATA_DIR ?= /var/lib/deskd
+image:
+	images/build.sh --variant $(VARIANT) --install $(DATA_DIR)
+
+## Boots the image (in the rig where needed): agent /health, Xvfb resolutions, desktop screenshot.
+image-boot-test:
+	tests/image/boot-test --variant $(VARIANT)
+
+## Benchmarks: each prints its figures next to what they were compared with in the same run.
+bench: bench-agent bench-api
+
+bench-agent:
+	$(CARGO) bench -p deskd-agent --bench agent_bench
+
+bench-api:
+	$(CARGO) bench --bench api
 
 lint:
 	$(CARGO) fmt --all -- --check
