@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint
+.PHONY: all build build-debug test unit e2e rig-self-test vmm-e2e bench run deps lint
 
 all: build
 
@@ -20,7 +20,11 @@ unit:
 	$(CARGO) test --workspace
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
-e2e: build-debug rig-self-test
+e2e: build-debug rig-self-test vmm-e2e
+
+## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
+vmm-e2e:
+	tests/vmm/e2e
 
 rig-self-test:
 	tests/rig/run --self-test
