@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -116,11 +116,32 @@ impl From<run::RunError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Largest request body accepted (a long `type` text or `exec` program fits easily).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
 fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     if body.is_empty() {
         return Err(ApiError::bad("request body is empty; send a JSON object"));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// A JSON request body whose every failure (too large, unreadable, not JSON, wrong fields) is an
+/// `ApiError` with a JSON body, never a plain-text rejection.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError {
+                status: e.status(),
+                message: format!("could not read the request body: {}", e.body_text()),
+            })?;
+        parse(&bytes).map(JsonBody)
+    }
 }
 
 /// Runs blocking X11 work off the async threads, so a slow X call never stalls other requests.
@@ -175,6 +196,13 @@ pub fn router(agent: Shared) -> Router {
                 message: "no such route".into(),
             }
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                message: "method not allowed on this route".into(),
+            }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)
 }
 
@@ -234,8 +262,10 @@ async fn screenshot(
         .into_response())
 }
 
-async fn click(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
-    let req: ClickRequest = parse(&body)?;
+async fn click(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<ClickRequest>,
+) -> ApiResult<Json<ActionResponse>> {
     let button = parse_button(req.button.as_deref())?;
     let (x, y, double) = (req.x, req.y, req.double);
     on_desktop(&agent, move |s| {
@@ -250,8 +280,10 @@ async fn click(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<Actio
     ))
 }
 
-async fn move_pointer(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
-    let req: MoveRequest = parse(&body)?;
+async fn move_pointer(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<MoveRequest>,
+) -> ApiResult<Json<ActionResponse>> {
     let (x, y) = (req.x, req.y);
     on_desktop(&agent, move |s| {
         let (xi, yi) = input::check_on_screen(s, x, y)?;
@@ -261,8 +293,10 @@ async fn move_pointer(State(agent): State<Shared>, body: Bytes) -> ApiResult<Jso
     Ok(action("move", json!({"x": x, "y": y})))
 }
 
-async fn drag(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
-    let req: DragRequest = parse(&body)?;
+async fn drag(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<DragRequest>,
+) -> ApiResult<Json<ActionResponse>> {
     let button = parse_button(req.button.as_deref())?;
     let duration = req.duration.unwrap_or(0.5);
     if !duration.is_finite() || !(0.0..=60.0).contains(&duration) {
@@ -282,8 +316,10 @@ async fn drag(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<Action
     ))
 }
 
-async fn scroll(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
-    let req: ScrollRequest = parse(&body)?;
+async fn scroll(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<ScrollRequest>,
+) -> ApiResult<Json<ActionResponse>> {
     let direction = req.direction.to_ascii_lowercase();
     let wheel = match direction.as_str() {
         "up" => 4,
@@ -319,8 +355,10 @@ async fn scroll(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<Acti
     ))
 }
 
-async fn type_text(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
-    let req: TypeRequest = parse(&body)?;
+async fn type_text(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<TypeRequest>,
+) -> ApiResult<Json<ActionResponse>> {
     let delay = req.delay_ms.unwrap_or(12);
     if delay > 5000 {
         return Err(ApiError::bad("delay_ms must be at most 5000"));
@@ -334,8 +372,10 @@ async fn type_text(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<A
     Ok(action("type", json!({"text_length": n})))
 }
 
-async fn key(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ActionResponse>> {
-    let req: KeyRequest = parse(&body)?;
+async fn key(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<KeyRequest>,
+) -> ApiResult<Json<ActionResponse>> {
     let combo = keys::parse_combo(&req.key).map_err(|e| ApiError::bad(e.to_string()))?;
     on_desktop(&agent, move |s| input::press_combo(s, &combo)).await?;
     Ok(action("key_press", json!({"key": req.key})))
@@ -362,16 +402,20 @@ async fn wait(body: Bytes) -> ApiResult<Json<ActionResponse>> {
     }))
 }
 
-async fn bash(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<BashResponse>> {
-    let req: BashRequest = parse(&body)?;
+async fn bash(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<BashRequest>,
+) -> ApiResult<Json<BashResponse>> {
     let timeout = run::timeout_from(req.timeout, DEFAULT_BASH_TIMEOUT_S, 0.001, 86_400.0)
         .map_err(ApiError::bad)?;
     let out = run::bash::bash(&agent.user, &req.command, timeout, agent.output_cap).await?;
     Ok(Json(out))
 }
 
-async fn exec(State(agent): State<Shared>, body: Bytes) -> ApiResult<Json<ExecResponse>> {
-    let req: ExecRequest = parse(&body)?;
+async fn exec(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<ExecRequest>,
+) -> ApiResult<Json<ExecResponse>> {
     let timeout = run::timeout_from(req.timeout, 10.0, 1.0, 300.0).map_err(ApiError::bad)?;
     let out = run::python::exec(&agent.user, &req.code, timeout, agent.output_cap).await?;
     Ok(Json(out))

@@ -188,7 +188,7 @@ async fn typed_unicode_arrives_intact() {
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert_eq!(r.json()["details"]["text_length"], text.chars().count());
     let want = text.to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while win.typed_text() != want && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -198,7 +198,7 @@ async fn typed_unicode_arrives_intact() {
     win.take();
     let body = serde_json::json!({"text": "ÆØÅ→€ abc", "delay_ms": 0}).to_string();
     assert_eq!(post(&agent.socket, "/type", &body).await.status, 200);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while win.typed_text() != "ÆØÅ→€ abc" && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -308,6 +308,9 @@ async fn bad_input_is_a_400_with_a_message() {
     assert_eq!(r.status, 400);
     let r = common::request(&agent.socket, "GET", "/nope", None).await;
     assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+    let r = common::request(&agent.socket, "GET", "/click", None).await;
+    assert_eq!(r.status, 405);
     assert!(r.json()["error"].is_string());
     // wait takes `seconds` or `duration`.
     let r = post(&agent.socket, "/wait", r#"{"duration":0.05}"#).await;

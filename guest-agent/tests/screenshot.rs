@@ -180,3 +180,65 @@ async fn health_reports_the_screen() {
         (Some(800), Some(600))
     );
 }
+
+/// The guest listens on vsock; on a host with vsock loopback (CID 1) the same code path can be
+/// exercised end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_over_vsock_loopback() {
+    let Some(x) = xvfb(320, 240) else { return };
+    let port = 40_000 + std::process::id() % 20_000;
+    let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_LOCAL, port);
+    // Probe: can this kernel listen and connect over vsock loopback at all?
+    let probe = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+        tokio_vsock::VMADDR_CID_ANY,
+        port + 1,
+    ));
+    let reachable = match probe {
+        Ok(_l) => tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(
+            tokio_vsock::VMADDR_CID_LOCAL,
+            port + 1,
+        ))
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = reachable {
+        eprintln!("\n*** SKIPPED health_over_vsock_loopback: no vsock loopback on this kernel ({e}) ***\n");
+        return;
+    }
+    let cfg = deskd_agent::Config {
+        listen: deskd_agent::Listen::Vsock(port),
+        display: x.display.clone(),
+        user: None,
+        home: Some(std::env::temp_dir()),
+        output_cap: 1 << 20,
+        idle_after: std::time::Duration::from_secs(30),
+    };
+    let agent = deskd_agent::build(&cfg).unwrap();
+    let listen = cfg.listen.clone();
+    tokio::spawn(async move { deskd_agent::server::serve(&listen, agent).await });
+    let mut stream = None;
+    for _ in 0..100 {
+        if let Ok(s) = tokio_vsock::VsockStream::connect(addr).await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stream = stream.expect("connect to the agent over vsock");
+    use http_body_util::BodyExt;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/health")
+        .header("host", "agent")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["width"], 320);
+}

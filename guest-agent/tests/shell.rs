@@ -118,7 +118,7 @@ async fn screenshots_and_input_work_during_a_long_bash() {
     let Some(x) = xvfb(320, 240) else { return };
     let agent = start_agent(&x.display).await;
     let sock = agent.socket.clone();
-    let long = tokio::spawn(async move { bash(&sock, "sleep 3; echo done", None).await });
+    let long = tokio::spawn(async move { bash(&sock, "sleep 8; echo done", None).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     for _ in 0..3 {
@@ -192,11 +192,46 @@ async fn python_exec_output_errors_and_timeout() {
     let j = exec(
         &agent.socket,
         "import time\nprint('start', flush=True)\ntime.sleep(100)",
-        Some(1.0),
+        Some(5.0),
     )
     .await;
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
     assert_eq!(j["timeout"], true);
     assert_eq!(j["success"], false);
     assert_eq!(j["output"], "start\n");
+}
+
+/// As root (the agent in the guest), commands run as the configured desktop user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bash_and_exec_run_as_the_desktop_user() {
+    if !nix::unistd::Uid::current().is_root() {
+        eprintln!(
+            "\n*** SKIPPED bash_and_exec_run_as_the_desktop_user: needs root to switch users ***\n"
+        );
+        return;
+    }
+    let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
+        eprintln!("\n*** SKIPPED bash_and_exec_run_as_the_desktop_user: no user `nobody` ***\n");
+        return;
+    };
+    let Some(x) = xvfb(320, 240) else { return };
+    let home = common::TempDir::new("nobody-home");
+    std::fs::set_permissions(&home.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let home_path = home.0.clone();
+    let agent = start_agent_with(&x.display, |c| {
+        c.user = Some("nobody".into());
+        c.home = Some(home_path);
+    })
+    .await;
+    let j = bash(&agent.socket, "id -u; echo $USER; pwd", None).await;
+    assert_eq!(
+        j["output"],
+        format!("{}\nnobody\n{}\n", nobody.uid, home.0.display())
+    );
+    let j = exec(&agent.socket, "import os\nprint(os.getuid())", None).await;
+    assert_eq!(j["output"], format!("{}\n", nobody.uid));
 }

@@ -387,3 +387,100 @@ async fn events_idle_active_and_processes() {
         }
     }
 }
+
+/// Without a window manager (no EWMH properties), top-level maps, destroys and the X input focus
+/// stand in for window_open, window_close and window_focus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_windows_without_a_window_manager() {
+    let Some(x) = xvfb(320, 240) else { return };
+    let agent = start_agent(&x.display).await;
+    let mut ws = connect(&agent.socket, "/ws/events").await;
+    send(
+        &mut ws,
+        json!({"type":"subscribe","event_types":["window_open","window_focus","window_close"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws, 5).await["type"], "subscribed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (conn, n) = RustConnection::connect(Some(&x.display)).unwrap();
+    let screen = conn.setup().roots[n].clone();
+    let w = conn.generate_id().unwrap();
+    conn.create_window(
+        screen.root_depth,
+        w,
+        screen.root,
+        0,
+        0,
+        50,
+        50,
+        0,
+        WindowClass::INPUT_OUTPUT,
+        0,
+        &CreateWindowAux::new(),
+    )
+    .unwrap();
+    conn.change_property8(
+        PropMode::REPLACE,
+        w,
+        AtomEnum::WM_NAME,
+        AtomEnum::STRING,
+        b"plain title",
+    )
+    .unwrap();
+    conn.map_window(w).unwrap();
+    conn.flush().unwrap();
+    let d = next_event(&mut ws, "window_open").await;
+    assert_eq!(d["window_id"], w);
+    assert_eq!(d["title"], "plain title");
+
+    conn.set_input_focus(InputFocus::PARENT, w, x11rb::CURRENT_TIME)
+        .unwrap();
+    conn.flush().unwrap();
+    let d = next_event(&mut ws, "window_focus").await;
+    assert_eq!(d["window_id"], w);
+
+    conn.destroy_window(w).unwrap();
+    conn.flush().unwrap();
+    let d = next_event(&mut ws, "window_close").await;
+    assert_eq!(d["window_id"], w);
+}
+
+/// A RandR resize (what `xrandr --fb` does) is reported, and screenshots follow the new size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_screen_change_and_screenshot_follows() {
+    use x11rb::protocol::randr::ConnectionExt as _;
+    let Some(x) = xvfb(640, 480) else { return };
+    let agent = start_agent(&x.display).await;
+    let shot = common::request(&agent.socket, "GET", "/screenshot", None).await;
+    assert_eq!(shot.headers[deskd_agent::protocol::HEADER_WIDTH], "640");
+    let mut ws = connect(&agent.socket, "/ws/events").await;
+    send(
+        &mut ws,
+        json!({"type":"subscribe","event_types":["screen_change"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws, 5).await["type"], "subscribed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (conn, n) = RustConnection::connect(Some(&x.display)).unwrap();
+    let root = conn.setup().roots[n].root;
+    conn.randr_query_version(1, 3).unwrap().reply().unwrap();
+    let r = conn
+        .randr_set_screen_size(root, 800, 600, 211, 158)
+        .unwrap()
+        .check();
+    if let Err(e) = r {
+        eprintln!("\n*** SKIPPED events_screen_change_and_screenshot_follows: this Xvfb cannot resize ({e}) ***\n");
+        return;
+    }
+    let d = next_event(&mut ws, "screen_change").await;
+    assert_eq!(
+        (d["width"].as_u64(), d["height"].as_u64()),
+        (Some(800), Some(600))
+    );
+    let shot = common::request(&agent.socket, "GET", "/screenshot", None).await;
+    assert_eq!(shot.status, 200);
+    assert_eq!(shot.headers[deskd_agent::protocol::HEADER_WIDTH], "800");
+    assert_eq!(shot.headers[deskd_agent::protocol::HEADER_HEIGHT], "600");
+}

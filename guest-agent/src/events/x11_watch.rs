@@ -48,6 +48,7 @@ struct Atoms {
     utf8_string: Atom,
     clipboard: Atom,
     target_prop: Atom,
+    incr: Atom,
 }
 
 fn intern(conn: &RustConnection, name: &str) -> Result<Atom, WatchError> {
@@ -114,6 +115,7 @@ fn watch(hub: &EventHub, display: &str, idle_after: Duration) -> Result<(), Watc
         utf8_string: intern(&conn, "UTF8_STRING")?,
         clipboard: intern(&conn, "CLIPBOARD")?,
         target_prop: intern(&conn, "DESKD_CLIPBOARD")?,
+        incr: intern(&conn, "INCR")?,
     };
     conn.change_window_attributes(
         root,
@@ -244,8 +246,14 @@ impl Watcher {
                         CLIPBOARD_MAX_WORDS,
                     )?
                     .reply()?;
-                let content = String::from_utf8_lossy(&reply.value).into_owned();
-                self.hub.emit("clipboard", json!({"content": content}));
+                if reply.type_ == self.atoms.incr {
+                    // Owners send very large selections piecewise (INCR); those are not
+                    // reported rather than reported wrong.
+                    tracing::debug!("clipboard content too large for one transfer; skipped");
+                } else {
+                    let content = String::from_utf8_lossy(&reply.value).into_owned();
+                    self.hub.emit("clipboard", json!({"content": content}));
+                }
             }
             XEvent::RandrScreenChangeNotify(s) => {
                 let size = (s.width, s.height);

@@ -70,10 +70,12 @@ impl Xvfb {
     }
 }
 
-static NEXT_DISPLAY: AtomicU32 = AtomicU32::new(0);
-
-/// Starts Xvfb on a free display, or returns None (printing why) when Xvfb is not installed.
+/// Starts Xvfb on a display number it picks itself (`-displayfd`), or returns None (printing why)
+/// when Xvfb is not installed.
 pub fn xvfb(width: u16, height: u16) -> Option<Xvfb> {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     if Command::new("Xvfb")
         .arg("-help")
         .stderr(Stdio::null())
@@ -86,47 +88,46 @@ pub fn xvfb(width: u16, height: u16) -> Option<Xvfb> {
         );
         return None;
     }
-    let base = 200 + (std::process::id() % 300) * 10;
-    for _ in 0..40 {
-        let n = base + NEXT_DISPLAY.fetch_add(1, Ordering::SeqCst) % 2000;
-        if Path::new(&format!("/tmp/.X{n}-lock")).exists()
-            || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-        {
-            continue;
-        }
-        let display = format!(":{n}");
-        let child = Command::new("Xvfb")
-            .arg(&display)
-            .args([
-                "-screen",
-                "0",
-                &format!("{width}x{height}x24"),
-                "-nolisten",
-                "tcp",
-                "-noreset",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn Xvfb");
-        let mut x = Xvfb {
-            child,
-            display: display.clone(),
-            width,
-            height,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = x.child.try_wait() {
-                break; // lost a race for this display number; try another
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let w_raw = w.as_raw_fd();
+    let mut cmd = Command::new("Xvfb");
+    cmd.args([
+        "-displayfd",
+        "3",
+        "-screen",
+        "0",
+        &format!("{width}x{height}x24"),
+    ])
+    .args(["-nolisten", "tcp", "-noreset"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it gives the child the pipe as fd 3 without CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(w_raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            if RustConnection::connect(Some(&display)).is_ok() {
-                return Some(x);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Ok(())
+        });
     }
-    panic!("could not start Xvfb on any display");
+    let child = cmd.spawn().expect("spawn Xvfb");
+    drop(w);
+    let mut x = Xvfb {
+        child,
+        display: String::new(),
+        width,
+        height,
+    };
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(r))
+        .read_line(&mut line)
+        .expect("read display number");
+    let n: u32 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("Xvfb did not start (said {line:?})"));
+    x.display = format!(":{n}");
+    Some(x)
 }
 
 /// A running agent in this process.
@@ -391,7 +392,7 @@ impl TestWindow {
 
     /// Waits until `pred` holds on what was seen so far (events arrive asynchronously).
     pub fn wait_for(&self, what: &str, pred: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             {
                 let s = self.seen.lock().unwrap();

@@ -440,3 +440,43 @@ fn bulk_transfer_keeps_every_byte_in_order() {
     assert_eq!(reader.join().expect("reader"), upload);
     client.shutdown(std::net::Shutdown::Both).expect("shutdown");
 }
+
+#[test]
+fn full_listen_backlog_refuses_instead_of_blocking() {
+    use std::os::fd::AsRawFd;
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let mut port_path = g.path.clone().into_os_string();
+    port_path.push("_80");
+    let listener = UnixListener::bind(&port_path).expect("port listener");
+    // SAFETY: listen(2) on a socket we own; only changes its backlog to the minimum.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    // Nobody accepts: the queue fills after the first connection or two, and a blocking connect
+    // would then stall the device thread forever.
+    let mut resets = 0;
+    for port in 0..4 {
+        g.send(g.header(op::REQUEST, 7000 + port, 80, 0), &[]);
+        let (pkt, _) = g.recv();
+        if pkt.op == op::RST {
+            resets += 1;
+        }
+    }
+    assert!(resets > 0, "a full backlog must be refused");
+    // The device thread is still responsive.
+    let (_client, _) = g.host_connect(3);
+}
+
+#[test]
+fn device_reset_closes_host_connections() {
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let (client, req) = g.host_connect(1024);
+    g.send(g.header(op::RESPONSE, 1024, req.src_port, 0), &[]);
+    assert_eq!(read_line(&client), format!("OK {}\n", req.src_port));
+    write_reg(&mut g.t, 0x70, 0);
+    let mut rest = Vec::new();
+    (&client).read_to_end(&mut rest).expect("EOF after reset");
+    assert!(rest.is_empty());
+    // The host socket itself survives a reset: new clients wait for the driver to come back.
+    UnixStream::connect(&g.path).expect("listener still bound");
+}

@@ -1,0 +1,62 @@
+//! Loading the workspace or computer a request names, with the key's scope checked.
+
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::store::{ApiKey, Computer, Workspace};
+
+/// 403 `workspace_scope_mismatch` unless `key` may act on `workspace_id` (`None`: an action
+/// that is not about one workspace, such as creating one).
+pub fn check_scope(key: &ApiKey, workspace_id: Option<&str>) -> Result<(), ApiError> {
+    let Some(scope) = key.workspace_id.as_deref() else {
+        return Ok(());
+    };
+    if workspace_id == Some(scope) {
+        return Ok(());
+    }
+    let message = match workspace_id {
+        Some(target) => format!(
+            "This API key is scoped to workspace {scope} and cannot act on workspace {target}."
+        ),
+        None => format!(
+            "This API key is scoped to workspace {scope}; use an account-wide key for this."
+        ),
+    };
+    Err(ApiError::forbidden(message)
+        .with("code", "workspace_scope_mismatch")
+        .with("key_workspace_id", scope)
+        .with(
+            "target_workspace_id",
+            workspace_id.map_or(Value::Null, |t| Value::String(t.to_string())),
+        ))
+}
+
+/// The workspace `id` if it exists (404) and the key may use it (403).
+pub fn workspace(state: &AppState, key: &ApiKey, id: &str) -> Result<Workspace, ApiError> {
+    let ws = state
+        .store
+        .workspace(id)?
+        .ok_or_else(|| ApiError::not_found("Workspace not found"))?;
+    check_scope(key, Some(&ws.id))?;
+    Ok(ws)
+}
+
+/// The computer `id` if it exists (404) and the key may use its workspace (403).
+pub fn computer(state: &AppState, key: &ApiKey, id: &str) -> Result<Computer, ApiError> {
+    let c = state
+        .store
+        .computer(id)?
+        .ok_or_else(|| ApiError::not_found("Computer not found"))?;
+    check_scope(key, Some(&c.workspace_id))?;
+    Ok(c)
+}
+
+/// Name of a computer's workspace (for `project_name`).
+pub fn workspace_name(state: &AppState, workspace_id: &str) -> Result<String, ApiError> {
+    Ok(state
+        .store
+        .workspace(workspace_id)?
+        .map(|w| w.name)
+        .unwrap_or_default())
+}

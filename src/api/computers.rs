@@ -1,0 +1,760 @@
+//! Section 2: computers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde_json::{json, Map, Value};
+
+use super::access;
+use super::body::{
+    check_int, check_uuid, field, kind, optional_int, optional_string, required_name, JsonObject,
+};
+use super::error::ApiError;
+use super::middleware::AuthKey;
+use super::{views, AppState};
+use crate::computers::{new_vnc_password, Hotplug, LifecycleError};
+use crate::store::{Commitment, Computer, ComputerStatus, NewComputer};
+
+type Answer = Result<Json<Value>, ApiError>;
+
+/// Template used when a create names none.
+pub const DEFAULT_TEMPLATE: &str = "system/desktop@1.0.0";
+/// Smallest disk: the default desktop image fits in it.
+pub const MIN_DISK_GB: i64 = 8;
+const DEFAULT_RESOLUTION: &str = "1280x720x24";
+const CPU_CHOICES: [u32; 5] = [1, 2, 4, 8, 16];
+const RAM_CHOICES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
+const RESIZE_MEM_CHOICES: [u32; 4] = [4, 8, 16, 32];
+/// How long `ensure-running` waits for a VM to come up (the rig is slow).
+const ENSURE_RUNNING_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn show(state: &AppState, c: &Computer) -> Result<Value, ApiError> {
+    Ok(views::computer(
+        state,
+        c,
+        &access::workspace_name(state, &c.workspace_id)?,
+    ))
+}
+
+fn reload(state: &AppState, id: &str) -> Result<Computer, ApiError> {
+    state
+        .store
+        .computer(id)?
+        .ok_or_else(|| ApiError::not_found("Computer not found"))
+}
+
+/// `workspace_id` or its alias `project_id`.
+fn workspace_field(body: &Map<String, Value>, required: bool) -> Result<Option<String>, ApiError> {
+    let ws = field(body, "workspace_id")
+        .map(|v| check_uuid(v, "workspace_id"))
+        .transpose()?;
+    let pj = field(body, "project_id")
+        .map(|v| check_uuid(v, "project_id"))
+        .transpose()?;
+    match (ws, pj) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
+            "workspace_id and project_id name different workspaces; send one of them.",
+        )),
+        (Some(a), _) | (None, Some(a)) => Ok(Some(a)),
+        (None, None) if required => Err(ApiError::bad_request(
+            "workspace_id (or project_id) is required.",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_cpu(v: &Value) -> Result<u32, ApiError> {
+    let msg = "cpu must be one of 1, 2, 4, 8, 16 (vCPUs; 0.5 is taken as 1).";
+    let f = v
+        .as_f64()
+        .ok_or_else(|| ApiError::bad_request(format!("{msg} Got {}.", kind(v))))?;
+    if f == 0.5 {
+        return Ok(1);
+    }
+    CPU_CHOICES
+        .into_iter()
+        .find(|&c| f64::from(c) == f)
+        .ok_or_else(|| ApiError::bad_request(msg))
+}
+
+fn parse_ram(v: &Value, choices: &[u32], name: &str) -> Result<u32, ApiError> {
+    let list = choices
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let msg = format!("{name} must be one of {list} (GB).");
+    let f = v
+        .as_f64()
+        .ok_or_else(|| ApiError::bad_request(msg.clone()))?;
+    choices
+        .iter()
+        .copied()
+        .find(|&c| f64::from(c) == f)
+        .ok_or_else(|| ApiError::bad_request(msg))
+}
+
+/// `WIDTHxHEIGHTxDEPTH` (depth optional, default 24) within 640x480..3840x2160, depth 16 or 24.
+pub fn parse_resolution(v: &Value) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "resolution must look like WIDTHxHEIGHTxDEPTH, e.g. 1280x720x24 (width 640-3840, height 480-2160, depth 16 or 24).",
+        )
+    };
+    let s = v.as_str().ok_or_else(bad)?.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = s.split('x').collect();
+    if parts.len() < 2 || parts.len() > 3 {
+        return Err(bad());
+    }
+    let num = |p: &str| p.parse::<u32>().ok().filter(|_| p.len() <= 5);
+    let (w, h) = (
+        num(parts[0]).ok_or_else(bad)?,
+        num(parts[1]).ok_or_else(bad)?,
+    );
+    let d = match parts.get(2) {
+        Some(p) => num(p).ok_or_else(bad)?,
+        None => 24,
+    };
+    if !(640..=3840).contains(&w) || !(480..=2160).contains(&h) || !(d == 16 || d == 24) {
+        return Err(bad());
+    }
+    Ok(format!("{w}x{h}x{d}"))
+}
+
+/// `namespace/name@version`: lowercase kebab names, a version of digits, letters, `.`, `-`, `+`.
+pub fn is_template_ref(s: &str) -> bool {
+    let Some((path, version)) = s.split_once('@') else {
+        return false;
+    };
+    let Some((ns, name)) = path.split_once('/') else {
+        return false;
+    };
+    let kebab = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 64
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !p.starts_with('-')
+    };
+    kebab(ns)
+        && kebab(name)
+        && !version.is_empty()
+        && version.len() <= 64
+        && version.as_bytes()[0].is_ascii_digit()
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+}
+
+fn parse_auto_stop(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
+    Ok(optional_int(body, "auto_stop_minutes", 0, 525_600)?.map(|n| n as u32))
+}
+
+/// The quota check run inside the create transaction.
+fn admit(
+    state: &AppState,
+    cpu: u32,
+    ram_gb: u32,
+) -> impl FnOnce(&Commitment) -> Result<(), String> {
+    let q = state.config.quotas.clone();
+    let host = state.host;
+    move |now: &Commitment| {
+        if now.computers + 1 > q.max_computers {
+            return Err(format!(
+                "Quota exceeded: max_computers is {} and {} computers exist (quotas.max_computers in the config file). Delete a computer first.",
+                q.max_computers, now.computers
+            ));
+        }
+        let vcpu_limit = (q.vcpu_commit_ratio * f64::from(host.cpus)).floor() as u64;
+        if now.vcpus + u64::from(cpu) > vcpu_limit {
+            return Err(format!(
+                "Quota exceeded: vCPU commitment would be {} of {vcpu_limit} allowed (quotas.vcpu_commit_ratio {} x {} host CPUs).",
+                now.vcpus + u64::from(cpu),
+                q.vcpu_commit_ratio,
+                host.cpus
+            ));
+        }
+        let ram_limit = (q.ram_commit_ratio * host.mem_gb as f64).floor() as u64;
+        if now.ram_gb + u64::from(ram_gb) > ram_limit {
+            return Err(format!(
+                "Quota exceeded: RAM commitment would be {} GB of {ram_limit} GB allowed (quotas.ram_commit_ratio {} x {} GB host memory).",
+                now.ram_gb + u64::from(ram_gb),
+                q.ram_commit_ratio,
+                host.mem_gb
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_disk_quota(state: &AppState, disk_gb: u32) -> Result<(), ApiError> {
+    let max = state.config.quotas.max_disk_gb_per_computer;
+    if disk_gb > max {
+        return Err(ApiError::forbidden(format!(
+            "Quota exceeded: disk_size_gb {disk_gb} is over the {max} GB per computer allowed (quotas.max_disk_gb_per_computer)."
+        ))
+        .with("code", "quota_exceeded"));
+    }
+    Ok(())
+}
+
+/// Starts a computer just made; a failure leaves it in `error` with the reason (see
+/// `crate::computers`), which is what the create answer then shows.
+async fn start_new(state: &AppState, id: &str) -> Result<(), ApiError> {
+    match state.lifecycle.start(id).await {
+        Ok(_) | Err(LifecycleError::CannotStart(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /computers`.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    JsonObject(body): JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let workspace_id = workspace_field(&body, true)?.unwrap_or_default();
+    let name = required_name(&body, "name", 64)?;
+    let os =
+        match field(&body, "os") {
+            None => "linux".to_string(),
+            Some(Value::String(s)) if s == "linux" => s.clone(),
+            Some(Value::String(s)) if s == "windows" => return Err(ApiError::bad_request(
+                "os \"windows\" is not available: deskd runs Linux desktops only; use \"linux\".",
+            )),
+            Some(_) => return Err(ApiError::bad_request("os must be \"linux\".")),
+        };
+    let cpu = field(&body, "cpu").map(parse_cpu).transpose()?.unwrap_or(1);
+    let ram_gb = field(&body, "ram")
+        .map(|v| parse_ram(v, &RAM_CHOICES, "ram"))
+        .transpose()?
+        .unwrap_or(4);
+    let gpu = match field(&body, "gpu") {
+        None => "none".to_string(),
+        Some(Value::String(s)) if s == "none" => s.clone(),
+        Some(Value::String(s)) => {
+            return Err(ApiError::bad_request(format!(
+                "gpu {:?} is not available: this host has no GPUs to give computers; use \"none\".",
+                s.chars().take(40).collect::<String>()
+            )))
+        }
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "gpu must be the string \"none\", not {}.",
+                kind(v)
+            )))
+        }
+    };
+    let disk_size_gb =
+        optional_int(&body, "disk_size_gb", MIN_DISK_GB, 1_000_000)?.unwrap_or(MIN_DISK_GB) as u32;
+    let resolution = field(&body, "resolution")
+        .map(parse_resolution)
+        .transpose()?
+        .unwrap_or_else(|| DEFAULT_RESOLUTION.to_string());
+    let auto_stop_minutes = parse_auto_stop(&body)?;
+    let image = optional_string(&body, "image", 256)?;
+    let template_ref =
+        match optional_string(&body, "template_ref", 200)? {
+            Some(t) if is_template_ref(&t) => t,
+            Some(_) => return Err(ApiError::bad_request(
+                "template_ref must look like namespace/name@version, e.g. system/desktop@1.0.0.",
+            )),
+            // The legacy `image` may name a template; any other image name gets the default desktop.
+            None => match &image {
+                Some(i) if is_template_ref(i) => i.clone(),
+                _ => DEFAULT_TEMPLATE.to_string(),
+            },
+        };
+    check_disk_quota(&state, disk_size_gb)?;
+    let ws = access::workspace(&state, &key, &workspace_id)?;
+    let new = NewComputer {
+        workspace_id: ws.id.clone(),
+        name,
+        os,
+        cpu,
+        ram_gb,
+        gpu,
+        disk_size_gb,
+        resolution,
+        auto_stop_minutes,
+        template_ref,
+        image,
+        vnc_password: new_vnc_password(),
+    };
+    let c = state
+        .store
+        .insert_computer(&new, admit(&state, cpu, ram_gb))?;
+    start_new(&state, &c.id).await?;
+    let c = reload(&state, &c.id)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(views::computer(&state, &c, &ws.name)),
+    ))
+}
+
+/// `GET /computers?workspace_id=` (or `project_id=`; all the key may see without either).
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Answer {
+    let wanted = query
+        .get("workspace_id")
+        .or_else(|| query.get("project_id"));
+    let computers = match wanted {
+        Some(id) => {
+            let ws = access::workspace(&state, &key, id)?;
+            state.store.computers_in_workspace(&ws.id)?
+        }
+        None => match key.workspace_id.as_deref() {
+            Some(scope) => state.store.computers_in_workspace(scope)?,
+            None => state.store.all_computers()?,
+        },
+    };
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::with_capacity(computers.len());
+    for c in &computers {
+        if !names.contains_key(&c.workspace_id) {
+            names.insert(
+                c.workspace_id.clone(),
+                access::workspace_name(&state, &c.workspace_id)?,
+            );
+        }
+        out.push(views::computer(&state, c, &names[&c.workspace_id]));
+    }
+    Ok(Json(json!({ "computers": out })))
+}
+
+/// `GET /computers/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    Ok(Json(show(&state, &c)?))
+}
+
+/// `DELETE /computers/{id}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    state.lifecycle.destroy(&c.id).await?;
+    Ok(Json(json!({ "success": true })))
+}
+
+/// `GET /computers/{id}/vnc-password`.
+pub async fn vnc_password(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    Ok(Json(json!({ "password": c.vnc_password })))
+}
+
+fn transition_answer(c: &Computer) -> Json<Value> {
+    Json(json!({ "success": true, "status": c.status.as_str(), "id": c.id }))
+}
+
+/// `POST /computers/{id}/start`.
+pub async fn start(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(_): JsonObject,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    let c = state.lifecycle.start(&c.id).await?;
+    Ok(transition_answer(&c))
+}
+
+/// `POST /computers/{id}/stop`.
+pub async fn stop(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(_): JsonObject,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    let c = state.lifecycle.stop(&c.id).await?;
+    Ok(transition_answer(&c))
+}
+
+/// `POST /computers/{id}/restart`.
+pub async fn restart(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(_): JsonObject,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    let c = state.lifecycle.restart(&c.id).await?;
+    Ok(transition_answer(&c))
+}
+
+/// `POST /computers/{id}/ensure-running`: the computer, once it runs.
+pub async fn ensure_running(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(_): JsonObject,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    let c = state
+        .lifecycle
+        .ensure_running(&c.id, ENSURE_RUNNING_TIMEOUT)
+        .await?;
+    Ok(Json(show(&state, &c)?))
+}
+
+/// `GET /computers/{id}/auto-stop`.
+pub async fn auto_stop_get(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    Ok(Json(json!({
+        "auto_stop_minutes": c.auto_stop_minutes.unwrap_or(0),
+        "configurable": true,
+    })))
+}
+
+/// `PATCH /computers/{id}/auto-stop` `{"auto_stop_minutes": N}` (0 = never).
+pub async fn auto_stop_patch(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    let minutes = parse_auto_stop(&body)?.ok_or_else(|| {
+        ApiError::bad_request("auto_stop_minutes is required (a whole number >= 0; 0 = never).")
+    })?;
+    state.store.set_auto_stop(&c.id, Some(minutes))?;
+    Ok(Json(
+        json!({ "auto_stop_minutes": minutes, "configurable": true }),
+    ))
+}
+
+/// `PATCH /computers/{id}/move` `{"project_id"}` (or `workspace_id`).
+pub async fn move_to(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    let target = workspace_field(&body, false)?
+        .ok_or_else(|| ApiError::bad_request("project_id (or workspace_id) is required."))?;
+    if target == c.workspace_id {
+        return Err(ApiError::bad_request(format!(
+            "The computer is already in workspace {target}."
+        )));
+    }
+    let ws = access::workspace(&state, &key, &target)?;
+    state.store.move_computer(&c.id, &ws.id)?;
+    Ok(Json(
+        json!({ "success": true, "project_id": ws.id, "workspace_id": ws.id }),
+    ))
+}
+
+/// `POST /computers/{id}/clone`: a new computer with a copy of the disk, then started.
+pub async fn clone(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(_): JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let src = access::computer(&state, &key, &id)?;
+    if src.status.expects_vm() {
+        return Err(LifecycleError::Conflict(format!(
+            "Stop the computer before cloning it (it is {}): deskd cannot yet pause a running VM to copy its disk consistently.",
+            src.status.as_str()
+        ))
+        .into());
+    }
+    let taken = state
+        .store
+        .computer_names_like(&src.workspace_id, &format!("{} (clone", src.name))?;
+    let name = (1..)
+        .map(|n| {
+            if n == 1 {
+                format!("{} (clone)", src.name)
+            } else {
+                format!("{} (clone {n})", src.name)
+            }
+        })
+        .find(|n| !taken.contains(n))
+        .unwrap_or_default();
+    if name.chars().count() > 64 {
+        return Err(ApiError::bad_request(format!(
+            "The clone's name {name:?} would be over 64 characters; rename the computer first."
+        )));
+    }
+    let new = NewComputer {
+        workspace_id: src.workspace_id.clone(),
+        name,
+        os: src.os.clone(),
+        cpu: src.cpu,
+        ram_gb: src.ram_gb,
+        gpu: src.gpu.clone(),
+        disk_size_gb: src.disk_size_gb,
+        resolution: src.resolution.clone(),
+        auto_stop_minutes: src.auto_stop_minutes,
+        template_ref: src.template_ref.clone(),
+        image: src.image.clone(),
+        vnc_password: new_vnc_password(),
+    };
+    let c = state
+        .store
+        .insert_computer(&new, admit(&state, src.cpu, src.ram_gb))?;
+    if let Err(e) = state.lifecycle.clone_disk(&src, &c.id).await {
+        // No half-made clone: remove the record and whatever was copied.
+        let _ = state.lifecycle.destroy(&c.id).await;
+        return Err(e.into());
+    }
+    start_new(&state, &c.id).await?;
+    let c = reload(&state, &c.id)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": c.id,
+            "name": c.name,
+            "status": c.status.as_str(),
+            "status_reason": c.status_reason,
+            "source_id": src.id,
+        })),
+    ))
+}
+
+/// `PATCH /computers/{id}/resize`: reports what was applied, per dimension.
+pub async fn resize(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let c = access::computer(&state, &key, &id)?;
+    let vcpus = field(&body, "vcpus")
+        .map(|v| {
+            check_int(v, "vcpus", 1, 16).and_then(|n| {
+                CPU_CHOICES
+                    .contains(&(n as u32))
+                    .then_some(n as u32)
+                    .ok_or_else(|| ApiError::bad_request("vcpus must be one of 1, 2, 4, 8, 16."))
+            })
+        })
+        .transpose()?;
+    let mem_gb = field(&body, "mem_gb")
+        .map(|v| parse_ram(v, &RESIZE_MEM_CHOICES, "mem_gb"))
+        .transpose()?;
+    let disk_gb = optional_int(&body, "disk_size_gb", 1, 1_000_000)?.map(|n| n as u32);
+    if let Some(d) = disk_gb {
+        if d < c.disk_size_gb {
+            return Err(ApiError::bad_request(format!(
+                "disk_size_gb can only grow: the disk is {} GB, {d} GB would shrink it.",
+                c.disk_size_gb
+            )));
+        }
+        check_disk_quota(&state, d)?;
+    }
+    let bandwidth = optional_int(&body, "bandwidth_limit_mbps", 1, 100_000)?.map(|n| n as u32);
+    let auto_stop = parse_auto_stop(&body)?;
+    if vcpus.is_none()
+        && mem_gb.is_none()
+        && disk_gb.is_none()
+        && bandwidth.is_none()
+        && auto_stop.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "Nothing to resize: send any of vcpus, mem_gb, disk_size_gb, bandwidth_limit_mbps, auto_stop_minutes.",
+        ));
+    }
+    if c.status != ComputerStatus::Running {
+        return Err(ApiError::conflict(format!(
+            "The computer must be running to resize it (it is {}).",
+            c.status.as_str()
+        )));
+    }
+    let mut results = Map::new();
+    let (mut ok, mut failed) = (0, 0);
+    let mut apply = |name: &str,
+                     requested: u64,
+                     outcome: Result<u64, LifecycleError>,
+                     current: u64| {
+        let entry = match outcome {
+            Ok(applied) => {
+                ok += 1;
+                json!({ "requested": requested, "applied": applied, "ok": true })
+            }
+            Err(e) => {
+                failed += 1;
+                json!({ "requested": requested, "applied": current, "ok": false, "error": e.to_string() })
+            }
+        };
+        results.insert(name.to_string(), entry);
+    };
+    if let Some(n) = vcpus {
+        let r = state.lifecycle.hotplug(&c.id, Hotplug::Vcpus(n)).await;
+        apply("vcpus", n.into(), r, c.cpu.into());
+    }
+    if let Some(g) = mem_gb {
+        let mib = u64::from(g) * 1024;
+        let r = state.lifecycle.hotplug(&c.id, Hotplug::MemMib(mib)).await;
+        apply("mem_mb", mib, r, u64::from(c.ram_gb) * 1024);
+    }
+    if let Some(d) = disk_gb {
+        let r = state.lifecycle.hotplug(&c.id, Hotplug::DiskGb(d)).await;
+        apply("disk_gb", d.into(), r, c.disk_size_gb.into());
+    }
+    if let Some(b) = bandwidth {
+        let r = state
+            .lifecycle
+            .hotplug(&c.id, Hotplug::BandwidthMbps(b))
+            .await;
+        apply("bandwidth_limit_mbps", b.into(), r, 0);
+    }
+    if let Some(m) = auto_stop {
+        let r = state
+            .store
+            .set_auto_stop(&c.id, Some(m))
+            .map(|()| u64::from(m))
+            .map_err(LifecycleError::from);
+        apply(
+            "auto_stop_minutes",
+            m.into(),
+            r,
+            c.auto_stop_minutes.unwrap_or(0).into(),
+        );
+    }
+    let now = reload(&state, &c.id)?;
+    let status = match (ok, failed) {
+        (_, 0) => StatusCode::OK,
+        (0, _) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    Ok((
+        status,
+        Json(json!({
+            "vcpus": now.cpu,
+            "mem_gb": now.ram_gb,
+            "disk_size_gb": now.disk_size_gb,
+            "bandwidth_limit_mbps": Value::Null,
+            "auto_stop_minutes": now.auto_stop_minutes,
+            "results": results,
+            "partial": ok > 0 && failed > 0,
+        })),
+    ))
+}
+
+/// `GET /computers/{id}/events`: the catalogue of event types of the events WebSocket.
+pub async fn events(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+) -> Answer {
+    let c = access::computer(&state, &key, &id)?;
+    let catalogue = [
+        (
+            "window_focus",
+            json!({"window_id": "string", "title": "string"}),
+        ),
+        (
+            "window_open",
+            json!({"window_id": "string", "title": "string"}),
+        ),
+        ("window_close", json!({"window_id": "string"})),
+        ("clipboard", json!({"content": "string"})),
+        (
+            "file_change",
+            json!({"path": "string", "action": "created|modified|deleted"}),
+        ),
+        (
+            "screen_change",
+            json!({"width": "integer", "height": "integer"}),
+        ),
+        ("audio_stream_start", json!({})),
+        ("audio_stream_stop", json!({})),
+        ("process_start", json!({"pid": "integer", "name": "string"})),
+        ("process_stop", json!({"pid": "integer", "name": "string"})),
+        ("idle", json!({"idle_seconds": "integer"})),
+        ("active", json!({})),
+    ];
+    let types: Vec<Value> = catalogue
+        .iter()
+        .map(|(t, data)| json!({ "type": t, "data": data }))
+        .collect();
+    Ok(Json(json!({
+        "computer_id": c.id,
+        "websocket": format!("/desktops/{}/ws/events", c.instance_id),
+        "event_types": types,
+        "max_buffered_per_client": 256,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolutions() {
+        assert_eq!(
+            parse_resolution(&json!("1280x720x24")).unwrap(),
+            "1280x720x24"
+        );
+        assert_eq!(
+            parse_resolution(&json!("1920X1080")).unwrap(),
+            "1920x1080x24"
+        );
+        for bad in [
+            "",
+            "1280",
+            "100x100x24",
+            "1280x720x8",
+            "1280x720x24x1",
+            "axbxc",
+            "99999999x1x1",
+        ] {
+            assert!(parse_resolution(&json!(bad)).is_err(), "{bad}");
+        }
+        assert!(parse_resolution(&json!(5)).is_err());
+    }
+
+    #[test]
+    fn template_refs() {
+        assert!(is_template_ref("system/desktop@1.0.0"));
+        assert!(is_template_ref("default/my-app@2.1.0-rc.1"));
+        for bad in [
+            "desktop",
+            "system/desktop",
+            "System/desktop@1",
+            "a/b@",
+            "a/b@x1",
+            "../x@1",
+            "a/b/c@1",
+        ] {
+            assert!(!is_template_ref(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_and_ram_choices() {
+        assert_eq!(parse_cpu(&json!(0.5)).unwrap(), 1);
+        assert_eq!(parse_cpu(&json!(4)).unwrap(), 4);
+        assert!(parse_cpu(&json!(3)).is_err());
+        assert!(parse_cpu(&json!("2")).is_err());
+        assert_eq!(parse_ram(&json!(2), &RAM_CHOICES, "ram").unwrap(), 2);
+        assert!(parse_ram(&json!(3), &RAM_CHOICES, "ram")
+            .unwrap_err()
+            .message
+            .contains("1, 2, 4"));
+    }
+}

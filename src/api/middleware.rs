@@ -1,0 +1,152 @@
+//! Middleware around every request: request ids, error bodies, panic safety, access logs (the
+//! outermost, [`finish`]); API key check ([`authenticate`]); per-key rate limit ([`rate_limit`]).
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+
+use super::error::{default_message, ApiError};
+use super::AppState;
+use crate::store::ApiKey;
+
+/// The key that authenticated a request (request extension for handlers).
+#[derive(Debug, Clone)]
+pub struct AuthKey(pub ApiKey);
+
+/// Which key made the request, for the access log (response extension; the id, never the key).
+#[derive(Debug, Clone)]
+struct KeyIdForLog(String);
+
+/// Routes that need no key.
+fn is_public(path: &str) -> bool {
+    path == "/api/openapi.json"
+}
+
+/// Outermost layer: gives the request an id, turns panics into 500s, renders every error as the
+/// section 0 JSON body, and writes one access-log line (method, path without query, status, time,
+/// key id; never headers, query strings or bodies, so keys and tokens never reach the log).
+pub async fn finish(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+
+    let mut response = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%request_id, %method, %path, "handler panicked: {what}");
+            ApiError::internal(
+                "The daemon hit a bug handling this request; it is in the daemon's log.",
+            )
+            .into_response()
+        }
+    };
+
+    let status = response.status();
+    if let Some(err) = response.extensions_mut().remove::<ApiError>() {
+        response = json_error(err, &request_id, response);
+    } else if status.is_client_error() || status.is_server_error() {
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if !is_json {
+            let err = ApiError::new(status, default_message(status));
+            response = json_error(err, &request_id, response);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let key = response
+        .extensions()
+        .get::<KeyIdForLog>()
+        .map(|k| k.0.clone())
+        .unwrap_or_else(|| "-".into());
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status.is_server_error() {
+        tracing::warn!(%request_id, %method, %path, status = status.as_u16(), ms, key, "request");
+    } else {
+        tracing::info!(%request_id, %method, %path, status = status.as_u16(), ms, key, "request");
+    }
+    response
+}
+
+/// Replaces `old`'s body with the JSON error body, keeping its status and headers.
+fn json_error(err: ApiError, request_id: &str, old: Response) -> Response {
+    let (mut parts, _) = old.into_parts();
+    parts.status = err.status;
+    let body = serde_json::to_vec(&err.body(request_id)).unwrap_or_else(|_| b"{}".to_vec());
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Checks `Authorization: Bearer <key>`: 401 `Missing API key.` / `Invalid API key.`.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "Missing API key.").into_response();
+    };
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .unwrap_or("");
+    if secret.is_empty() {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "Missing API key.").into_response();
+    }
+    let key = match state.store.authenticate(secret) {
+        Ok(Some(key)) => key,
+        Ok(None) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "Invalid API key.").into_response()
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let key_id = key.id.clone();
+    // Nothing downstream needs the secret: drop the header before handlers see the request.
+    req.headers_mut().remove(header::AUTHORIZATION);
+    req.extensions_mut().insert(AuthKey(key));
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(KeyIdForLog(key_id));
+    response
+}
+
+/// Per-key token bucket: 429 with `Retry-After` when a key's bucket is empty.
+pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(AuthKey(key)) = req.extensions().get::<AuthKey>() {
+        if let Err(wait) = state.limiter.take(&key.id) {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let rl = &state.config.rate_limit;
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Rate limit exceeded: this key may make {} requests per second (bursts of {}). Retry after {secs} s.",
+                    rl.requests_per_second, rl.burst
+                ),
+            );
+            err.retry_after_secs = Some(secs);
+            return err.into_response();
+        }
+    }
+    next.run(req).await
+}

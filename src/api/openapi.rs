@@ -1,0 +1,635 @@
+//! `GET /api/openapi.json`: an OpenAPI 3.1 description of the routes in `routes.rs`, built from
+//! [`OPERATIONS`]. Tests keep the two in step (a scan of `routes.rs` here, live requests in
+//! `tests/api_openapi.rs`).
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+/// One documented operation.
+pub struct Operation {
+    pub method: &'static str,
+    /// Full path as clients use it, OpenAPI style (`{id}`).
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub success: u16,
+    pub request: Option<&'static str>,
+    pub response: &'static str,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    success: u16,
+    request: Option<&'static str>,
+    response: &'static str,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        summary,
+        success,
+        request,
+        response,
+    }
+}
+
+/// Every route of the router.
+pub const OPERATIONS: &[Operation] = &[
+    op(
+        "get",
+        "/api/openapi.json",
+        "This document (no key needed)",
+        200,
+        None,
+        "Any",
+    ),
+    op(
+        "get",
+        "/api/workspaces",
+        "List workspaces",
+        200,
+        None,
+        "WorkspaceList",
+    ),
+    op(
+        "post",
+        "/api/workspaces",
+        "Create a workspace",
+        201,
+        Some("WorkspaceCreate"),
+        "Workspace",
+    ),
+    op(
+        "get",
+        "/api/workspaces/{id}",
+        "Get a workspace with its computers (desktops)",
+        200,
+        None,
+        "Workspace",
+    ),
+    op(
+        "delete",
+        "/api/workspaces/{id}",
+        "Delete a workspace and its computers",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/workspaces/{id}/start",
+        "Start all its computers",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/workspaces/{id}/stop",
+        "Stop all its computers",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/workspaces/{id}/restart",
+        "Restart all its computers",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "get",
+        "/api/projects",
+        "List workspaces (old name; list key `projects`)",
+        200,
+        None,
+        "WorkspaceList",
+    ),
+    op(
+        "post",
+        "/api/projects",
+        "Create a workspace (old name)",
+        201,
+        Some("WorkspaceCreate"),
+        "Workspace",
+    ),
+    op(
+        "get",
+        "/api/projects/{id}",
+        "Get a workspace (old name)",
+        200,
+        None,
+        "Workspace",
+    ),
+    op(
+        "delete",
+        "/api/projects/{id}",
+        "Delete a workspace (old name)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/projects/{id}/start",
+        "Start all its computers (old name)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/projects/{id}/stop",
+        "Stop all its computers (old name)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "post",
+        "/api/projects/{id}/restart",
+        "Restart all its computers (old name)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "get",
+        "/api/computers",
+        "List computers (?workspace_id= or ?project_id=)",
+        200,
+        None,
+        "ComputerList",
+    ),
+    op(
+        "post",
+        "/api/computers",
+        "Create a computer (it starts at once)",
+        201,
+        Some("ComputerCreate"),
+        "Computer",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}",
+        "Get a computer",
+        200,
+        None,
+        "Computer",
+    ),
+    op(
+        "delete",
+        "/api/computers/{id}",
+        "Delete a computer (VM stopped, disk removed)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/vnc-password",
+        "The VNC/WebSocket token",
+        200,
+        None,
+        "VncPassword",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/start",
+        "Start (idempotent)",
+        200,
+        None,
+        "Transition",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/stop",
+        "Stop (409 if stopped)",
+        200,
+        None,
+        "Transition",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/restart",
+        "Restart",
+        200,
+        None,
+        "Transition",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/ensure-running",
+        "Start if needed and wait until running",
+        200,
+        None,
+        "Computer",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/auto-stop",
+        "Auto-stop setting",
+        200,
+        None,
+        "AutoStop",
+    ),
+    op(
+        "patch",
+        "/api/computers/{id}/auto-stop",
+        "Change auto-stop",
+        200,
+        Some("AutoStopPatch"),
+        "AutoStop",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/clone",
+        "Clone (stopped computers only for now)",
+        201,
+        None,
+        "Clone",
+    ),
+    op(
+        "patch",
+        "/api/computers/{id}/move",
+        "Move to another workspace",
+        200,
+        Some("Move"),
+        "MoveResult",
+    ),
+    op(
+        "patch",
+        "/api/computers/{id}/resize",
+        "Resize a running computer (200/207/422)",
+        200,
+        Some("Resize"),
+        "ResizeResult",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/events",
+        "The event catalogue of the events WebSocket",
+        200,
+        None,
+        "Any",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/move",
+        "Move the mouse pointer (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/click",
+        "Click (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/drag",
+        "Drag (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/scroll",
+        "Scroll (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/type",
+        "Type text (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/key",
+        "Press a key (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/wait",
+        "Wait (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/screenshot",
+        "Screenshot (needs a running computer)",
+        200,
+        None,
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/bash",
+        "Run a shell command (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/exec",
+        "Run Python (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/stream/start",
+        "Start RTMP streaming (needs a running computer)",
+        200,
+        Some("Any"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/stream/stop",
+        "Stop RTMP streaming (needs a running computer)",
+        200,
+        None,
+        "Action",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/stream/status",
+        "Streaming status (needs a running computer)",
+        200,
+        None,
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/desktops/{instance_id}/proxy/{endpoint}",
+        "Forward to the guest agent (needs a running computer)",
+        200,
+        Some("Any"),
+        "Any",
+    ),
+    op(
+        "post",
+        "/api/builds/create",
+        "Legacy Docker build (always 400: use templates)",
+        400,
+        None,
+        "Error",
+    ),
+    op(
+        "post",
+        "/api/builds/update",
+        "Legacy Docker build (always 400: use templates)",
+        400,
+        None,
+        "Error",
+    ),
+    op(
+        "get",
+        "/api/builds/latest",
+        "Legacy Docker build (always 400: use templates)",
+        400,
+        None,
+        "Error",
+    ),
+];
+
+/// `GET /api/openapi.json`.
+pub async fn serve() -> Json<Value> {
+    Json(document())
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for o in OPERATIONS {
+        paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
+        let mut params = Vec::new();
+        for name in ["id", "instance_id", "endpoint"] {
+            if o.path.contains(&format!("{{{name}}}")) {
+                params.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}));
+            }
+        }
+        let mut responses = Map::new();
+        responses.insert(
+            o.success.to_string(),
+            json!({"description": "success", "content": {"application/json": {"schema": schema_ref(o.response)}}}),
+        );
+        responses.insert(
+            "default".into(),
+            json!({"description": "error", "content": {"application/json": {"schema": schema_ref("Error")}}}),
+        );
+        let mut operation = json!({
+            "summary": o.summary,
+            "operationId": format!("{}_{}", o.method, o.path.trim_start_matches("/api/").replace(['/', '{', '}', '-', '.'], "_")),
+            "parameters": params,
+            "responses": responses,
+        });
+        if let Some(req) = o.request {
+            operation["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": schema_ref(req)}}});
+        }
+        if o.path != "/api/openapi.json" {
+            operation["security"] = json!([{"bearer": []}]);
+        }
+        if let Some(Value::Object(item)) = paths.get_mut(o.path) {
+            item.insert(o.method.to_string(), operation);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "deskd: the Orgo computer API, self-hosted",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Every non-2xx answer is {\"error\", \"request_id\"}. Keys: Authorization: Bearer sk_live_..."
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas(),
+        },
+    })
+}
+
+fn schemas() -> Value {
+    let s = |t: &str| json!({"type": t});
+    let ns = |t: &str| json!({"type": [t, "null"]});
+    json!({
+        "Any": {},
+        "Error": {
+            "type": "object",
+            "required": ["error", "request_id"],
+            "properties": {
+                "error": s("string"), "request_id": s("string"), "code": s("string"),
+                "key_workspace_id": s("string"), "target_workspace_id": ns("string"),
+                "upstream_status": s("integer")
+            }
+        },
+        "Success": {"type": "object", "required": ["success"], "properties": {"success": s("boolean")}},
+        "WorkspaceCreate": {
+            "type": "object", "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "icon_url": ns("string"),
+                "status": {"enum": ["active", "inactive"]}
+            }
+        },
+        "Workspace": {
+            "type": "object",
+            "properties": {
+                "id": s("string"), "name": s("string"), "user_id": s("string"), "status": s("string"),
+                "icon_url": ns("string"), "created_at": s("string"), "updated_at": s("string"),
+                "computer_count": s("integer"),
+                "desktops": {"type": "array", "items": schema_ref("Computer")}
+            }
+        },
+        "WorkspaceList": {
+            "type": "object",
+            "properties": {
+                "workspaces": {"type": "array", "items": schema_ref("Workspace")},
+                "projects": {"type": "array", "items": schema_ref("Workspace")}
+            }
+        },
+        "ComputerCreate": {
+            "type": "object", "required": ["name"],
+            "properties": {
+                "workspace_id": s("string"), "project_id": s("string"),
+                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "os": {"enum": ["linux"]},
+                "cpu": {"enum": [0.5, 1, 2, 4, 8, 16]},
+                "ram": {"enum": [1, 2, 4, 8, 16, 32, 64]},
+                "gpu": {"enum": ["none"]},
+                "disk_size_gb": {"type": "integer", "minimum": 8},
+                "resolution": {"type": "string", "pattern": "^[0-9]+x[0-9]+(x(16|24))?$"},
+                "auto_stop_minutes": {"type": ["integer", "null"], "minimum": 0},
+                "template_ref": s("string"), "image": s("string")
+            }
+        },
+        "Computer": {
+            "type": "object",
+            "properties": {
+                "id": s("string"), "name": s("string"), "workspace_id": s("string"),
+                "project_id": s("string"), "project_name": s("string"), "os": s("string"),
+                "ram": s("integer"), "cpu": s("integer"), "gpu": s("string"),
+                "disk_size_gb": s("integer"), "resolution": s("string"),
+                "status": {"enum": ["creating", "starting", "running", "stopping", "stopped", "restarting", "suspended", "deleting", "error"]},
+                "status_reason": ns("string"), "url": s("string"), "created_at": s("string"),
+                "updated_at": s("string"), "auto_stop_minutes": ns("integer"),
+                "instance_id": s("string"), "fly_instance_id": s("string"), "hostname": s("string"),
+                "connection_url": s("string"), "vnc_password": s("string"), "template_ref": s("string"),
+                "image": ns("string"),
+                "instance_details": {"type": "object", "properties": {"resolution": s("string")}}
+            }
+        },
+        "ComputerList": {"type": "object", "properties": {"computers": {"type": "array", "items": schema_ref("Computer")}}},
+        "VncPassword": {"type": "object", "properties": {"password": s("string")}},
+        "Transition": {"type": "object", "properties": {"success": s("boolean"), "status": s("string")}},
+        "AutoStop": {"type": "object", "properties": {"auto_stop_minutes": s("integer"), "configurable": s("boolean")}},
+        "AutoStopPatch": {"type": "object", "required": ["auto_stop_minutes"], "properties": {"auto_stop_minutes": {"type": "integer", "minimum": 0}}},
+        "Clone": {"type": "object", "properties": {"id": s("string"), "name": s("string"), "status": s("string")}},
+        "Move": {"type": "object", "properties": {"project_id": s("string"), "workspace_id": s("string")}},
+        "MoveResult": {"type": "object", "properties": {"success": s("boolean"), "project_id": s("string")}},
+        "Resize": {
+            "type": "object",
+            "properties": {
+                "vcpus": {"enum": [1, 2, 4, 8, 16]}, "mem_gb": {"enum": [4, 8, 16, 32]},
+                "disk_size_gb": s("integer"), "bandwidth_limit_mbps": s("integer"),
+                "auto_stop_minutes": s("integer")
+            }
+        },
+        "ResizeResult": {"type": "object", "properties": {"results": s("object"), "partial": s("boolean")}},
+        "Action": {"type": "object", "properties": {"success": s("boolean"), "action": s("string")}}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Every `.route("/path", get(..).post(..))` of routes.rs, as (method, OpenAPI path).
+    fn routes_in_source() -> BTreeSet<(String, String)> {
+        // Drop comments and whitespace so rustfmt's line breaks do not matter.
+        let src: String = include_str!("routes.rs")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .flat_map(|l| l.chars())
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let mut out = BTreeSet::new();
+        for chunk in src.split(".route(\"").skip(1) {
+            let Some((path, rest)) = chunk.split_once('"') else {
+                continue;
+            };
+            let call = rest.split(".fallback(").next().unwrap_or(rest);
+            let path = path.replace("{*endpoint}", "{endpoint}");
+            for m in ["get", "post", "patch", "delete", "put"] {
+                let pat = format!("{m}(");
+                let called = call.match_indices(&pat).any(|(i, _)| {
+                    i == 0 || !call[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                });
+                if called {
+                    out.insert((m.to_string(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn document_lists_exactly_the_router_routes() {
+        let documented: BTreeSet<(String, String)> = OPERATIONS
+            .iter()
+            .map(|o| (o.method.to_string(), o.path.to_string()))
+            .collect();
+        assert_eq!(OPERATIONS.len(), documented.len(), "duplicate operation");
+        let routed = routes_in_source();
+        assert!(routed.len() > 40, "route scan found only {}", routed.len());
+        assert_eq!(routed, documented);
+    }
+
+    #[test]
+    fn document_is_openapi_3_1_with_every_ref_defined() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let text = doc.to_string();
+        for piece in text.split("#/components/schemas/").skip(1) {
+            let name: String = piece.chars().take_while(|c| c.is_alphanumeric()).collect();
+            assert!(
+                doc["components"]["schemas"].get(&name).is_some(),
+                "undefined schema {name}"
+            );
+        }
+        let n: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum();
+        assert_eq!(n, OPERATIONS.len());
+    }
+}

@@ -1,0 +1,136 @@
+//! The router: every route of the API. `openapi::OPERATIONS` must list exactly these (checked by
+//! a unit test on this file and by the integration tests against a running daemon).
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::error::ApiError;
+use super::{actions, computers, middleware, openapi, workspaces, AppState};
+
+/// Builds the whole application.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/openapi.json", get(openapi::serve))
+        // Section 1, under both names.
+        .route(
+            "/api/workspaces",
+            get(workspaces::list).post(workspaces::create),
+        )
+        .route(
+            "/api/workspaces/{id}",
+            get(workspaces::get).delete(workspaces::delete),
+        )
+        .route("/api/workspaces/{id}/start", post(workspaces::start))
+        .route("/api/workspaces/{id}/stop", post(workspaces::stop))
+        .route("/api/workspaces/{id}/restart", post(workspaces::restart))
+        .route(
+            "/api/projects",
+            get(workspaces::list).post(workspaces::create),
+        )
+        .route(
+            "/api/projects/{id}",
+            get(workspaces::get).delete(workspaces::delete),
+        )
+        .route("/api/projects/{id}/start", post(workspaces::start))
+        .route("/api/projects/{id}/stop", post(workspaces::stop))
+        .route("/api/projects/{id}/restart", post(workspaces::restart))
+        // Section 2.
+        .route(
+            "/api/computers",
+            get(computers::list).post(computers::create),
+        )
+        .route(
+            "/api/computers/{id}",
+            get(computers::get).delete(computers::delete),
+        )
+        .route(
+            "/api/computers/{id}/vnc-password",
+            get(computers::vnc_password),
+        )
+        .route("/api/computers/{id}/start", post(computers::start))
+        .route("/api/computers/{id}/stop", post(computers::stop))
+        .route("/api/computers/{id}/restart", post(computers::restart))
+        .route(
+            "/api/computers/{id}/ensure-running",
+            post(computers::ensure_running),
+        )
+        .route(
+            "/api/computers/{id}/auto-stop",
+            get(computers::auto_stop_get).patch(computers::auto_stop_patch),
+        )
+        .route("/api/computers/{id}/clone", post(computers::clone))
+        // PATCH moves the computer to another workspace; POST is the mouse-move action.
+        .route(
+            "/api/computers/{id}/move",
+            post(actions::computer_action).patch(computers::move_to),
+        )
+        .route(
+            "/api/computers/{id}/resize",
+            axum::routing::patch(computers::resize),
+        )
+        .route("/api/computers/{id}/events", get(computers::events))
+        // Section 3 (gated on a running computer).
+        .route("/api/computers/{id}/click", post(actions::computer_action))
+        .route("/api/computers/{id}/drag", post(actions::computer_action))
+        .route("/api/computers/{id}/scroll", post(actions::computer_action))
+        .route("/api/computers/{id}/type", post(actions::computer_action))
+        .route("/api/computers/{id}/key", post(actions::computer_action))
+        .route("/api/computers/{id}/wait", post(actions::computer_action))
+        .route(
+            "/api/computers/{id}/screenshot",
+            get(actions::computer_action),
+        )
+        .route("/api/computers/{id}/bash", post(actions::computer_action))
+        .route("/api/computers/{id}/exec", post(actions::computer_action))
+        .route(
+            "/api/computers/{id}/stream/start",
+            post(actions::computer_action),
+        )
+        .route(
+            "/api/computers/{id}/stream/stop",
+            post(actions::computer_action),
+        )
+        .route(
+            "/api/computers/{id}/stream/status",
+            get(actions::computer_action),
+        )
+        .route(
+            "/api/desktops/{instance_id}/proxy/{*endpoint}",
+            post(actions::desktop_proxy),
+        )
+        // The SDK's legacy Docker build calls.
+        .route("/api/builds/create", post(actions::legacy_builds))
+        .route("/api/builds/update", post(actions::legacy_builds))
+        .route("/api/builds/latest", get(actions::legacy_builds))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method);
+
+    api.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::rate_limit,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::authenticate,
+    ))
+    // Bodies are limited by `JsonObject` with its own message; this only stops other readers.
+    .layer(DefaultBodyLimit::max(
+        state.config.limits.max_json_body_bytes,
+    ))
+    .layer(axum::middleware::from_fn(middleware::finish))
+    .with_state(state)
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::not_found("Not found: no such API route (see GET /api/openapi.json).")
+        .with("code", "route_not_found")
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed on this route (see GET /api/openapi.json).",
+    )
+    .with("code", "method_not_allowed")
+}

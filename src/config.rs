@@ -1,0 +1,227 @@
+//! The daemon's configuration file (`/etc/deskd/deskd.toml`): host quotas, the public URL, rate
+//! and upload limits. Every key is optional; a missing file means all defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where `deskd serve` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/deskd/deskd.toml";
+
+/// Errors reading the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message} (see the keys documented in systemd/deskd.toml.example)")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Base URL clients use to reach this daemon (through a reverse proxy); it is the prefix of a
+    /// computer's `url` and `connection_url`.
+    pub public_url: String,
+    pub quotas: Quotas,
+    pub rate_limit: RateLimit,
+    pub limits: Limits,
+}
+
+/// Host quotas: the self-hosted form of the service's plan limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Most computers that may exist at once (running or not).
+    pub max_computers: u32,
+    /// Sum of all computers' vCPUs may be at most this many times the host's CPU count.
+    pub vcpu_commit_ratio: f64,
+    /// Sum of all computers' RAM may be at most this many times the host's memory.
+    pub ram_commit_ratio: f64,
+    /// Largest disk one computer may have, in GB.
+    pub max_disk_gb_per_computer: u32,
+}
+
+/// Per-key token bucket.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tokens added per second (sustained requests per second per key).
+    pub requests_per_second: f64,
+    /// Bucket size (largest burst per key).
+    pub burst: u32,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest JSON body accepted, in bytes.
+    pub max_json_body_bytes: usize,
+    /// Largest file upload accepted, in bytes (the service's limit is 10 MB).
+    pub max_upload_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            public_url: "http://localhost".to_string(),
+            quotas: Quotas::default(),
+            rate_limit: RateLimit::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_computers: 32,
+            vcpu_commit_ratio: 4.0,
+            ram_commit_ratio: 1.5,
+            max_disk_gb_per_computer: 256,
+        }
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            requests_per_second: 50.0,
+            burst: 200,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_json_body_bytes: 1024 * 1024,
+            max_upload_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; `None` means the default path if that file exists, else all defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default())
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Config::parse(&text, &path)
+    }
+
+    /// Parses the TOML text of a config file and checks its values.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return Err(format!(
+                "public_url must start with http:// or https://, got {:?}",
+                self.public_url
+            ));
+        }
+        let q = &self.quotas;
+        if !(q.vcpu_commit_ratio > 0.0 && q.vcpu_commit_ratio.is_finite()) {
+            return Err("quotas.vcpu_commit_ratio must be a positive number".into());
+        }
+        if !(q.ram_commit_ratio > 0.0 && q.ram_commit_ratio.is_finite()) {
+            return Err("quotas.ram_commit_ratio must be a positive number".into());
+        }
+        let r = &self.rate_limit;
+        if !(r.requests_per_second > 0.0 && r.requests_per_second.is_finite()) {
+            return Err("rate_limit.requests_per_second must be a positive number".into());
+        }
+        if r.burst == 0 {
+            return Err("rate_limit.burst must be at least 1".into());
+        }
+        if self.limits.max_json_body_bytes < 1024 {
+            return Err("limits.max_json_body_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    /// `public_url` without a trailing slash.
+    pub fn public_base(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let text = r#"
+            public_url = "https://desk.example.org/"
+            [quotas]
+            max_computers = 3
+            vcpu_commit_ratio = 2.0
+            ram_commit_ratio = 1.0
+            max_disk_gb_per_computer = 40
+            [rate_limit]
+            requests_per_second = 5.0
+            burst = 10
+            [limits]
+            max_json_body_bytes = 4096
+            max_upload_bytes = 1000
+        "#;
+        let c = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.public_base(), "https://desk.example.org");
+        assert_eq!(c.quotas.max_computers, 3);
+        assert_eq!(c.rate_limit.burst, 10);
+        assert_eq!(c.limits.max_upload_bytes, 1000);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_and_documents_the_defaults() {
+        let text = include_str!("../systemd/deskd.toml.example");
+        let c = Config::parse(text, Path::new("deskd.toml.example")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        assert!(Config::parse("nope = 1", Path::new("x")).is_err());
+        assert!(Config::parse("[rate_limit]\nburst = 0", Path::new("x")).is_err());
+        assert!(Config::parse("public_url = \"ftp://x\"", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_named_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        assert!(Config::load(Some(&missing)).is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! Versioned schema migrations. `PRAGMA user_version` holds the number of migrations applied;
+//! each migration runs in its own transaction together with the version bump, so a crash leaves
+//! the schema either before or after a step, never half-way.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migrations in order. Never edit a released one: append a new step.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+
+    CREATE TABLE api_keys (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        prefix       TEXT NOT NULL,
+        hash         BLOB NOT NULL,
+        workspace_id TEXT,
+        created_at   TEXT NOT NULL,
+        revoked_at   TEXT
+    );
+    CREATE INDEX api_keys_by_prefix ON api_keys (prefix);
+
+    CREATE TABLE workspaces (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE,
+        status     TEXT NOT NULL,
+        icon_url   TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+
+    CREATE TABLE computers (
+        id                TEXT PRIMARY KEY,
+        instance_id       TEXT NOT NULL UNIQUE,
+        workspace_id      TEXT NOT NULL REFERENCES workspaces (id),
+        name              TEXT NOT NULL,
+        os                TEXT NOT NULL,
+        cpu               INTEGER NOT NULL,
+        ram_gb            INTEGER NOT NULL,
+        gpu               TEXT NOT NULL,
+        disk_size_gb      INTEGER NOT NULL,
+        resolution        TEXT NOT NULL,
+        status            TEXT NOT NULL,
+        status_reason     TEXT,
+        auto_stop_minutes INTEGER,
+        template_ref      TEXT NOT NULL,
+        image             TEXT,
+        vnc_password      TEXT NOT NULL,
+        created_at        TEXT NOT NULL,
+        updated_at        TEXT NOT NULL,
+        UNIQUE (workspace_id, name)
+    );
+    CREATE INDEX computers_by_workspace ON computers (workspace_id);
+    "#,
+];
+
+/// Brings the schema up to date.
+pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > known {
+        return Err(StoreError::TooNew {
+            found: current,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    // The account id is data, not schema: made once, kept for ever.
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('account_id', ?1)",
+        [uuid::Uuid::new_v4().to_string()],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applies_once_and_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn).unwrap();
+        apply(&mut conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let id: String = conn
+            .query_row("SELECT value FROM meta WHERE key='account_id'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        assert!(matches!(
+            apply(&mut conn),
+            Err(StoreError::TooNew { found: 999, .. })
+        ));
+    }
+}
