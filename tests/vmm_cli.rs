@@ -21,7 +21,10 @@ fn vmm(args: &[&str]) -> Output {
 fn assert_one_line_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("deskd vmm:")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("deskd vmm:"))
+        .collect();
     assert_eq!(lines.len(), 1, "stderr: {stderr}");
     assert!(lines[0].contains(needle), "want {needle:?} in {stderr}");
 }
