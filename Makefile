@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build build-debug test unit e2e rig-self-test vmm-e2e bench run deps lint
+.PHONY: all build build-debug test unit e2e rig-self-test vmm-e2e bench run deps lint image image-boot-test
 
 all: build
 
@@ -28,6 +28,17 @@ vmm-e2e:
 
 rig-self-test:
 	tests/rig/run --self-test
+
+## The default guest image system/desktop, built from Debian packages and installed into
+## $(DATA_DIR)/images/ (images/README.md). VARIANT=minimal: the same without the browser.
+VARIANT ?= desktop
+DATA_DIR ?= /var/lib/deskd
+image:
+	images/build.sh --variant $(VARIANT) --install $(DATA_DIR)
+
+## Boots the image (in the rig where needed): agent /health, Xvfb resolutions, desktop screenshot.
+image-boot-test:
+	tests/image/boot-test --variant $(VARIANT)
 
 bench:
 	@echo "benchmarks: see benches/ (each prints its figures and what they were compared with)"

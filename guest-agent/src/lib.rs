@@ -1,59 +1,27 @@
 //! deskd-agent: the HTTP server inside each computer's VM that does the desktop work (input,
 //! screenshots, shell, Python, terminal, events). Architecture decision 4.
 //!
-//! `protocol` holds the wire types; the daemon depends on this crate for them.
+//! `protocol` holds the wire types; the daemon depends on this crate for them, with
+//! `default-features = false` when it needs nothing else (the feature `agent` is the server).
 
-pub mod encode;
-pub mod events;
 pub mod protocol;
+
+#[cfg(feature = "agent")]
+pub mod encode;
+#[cfg(feature = "agent")]
+pub mod events;
+#[cfg(feature = "agent")]
 pub mod run;
+#[cfg(feature = "agent")]
 pub mod server;
+#[cfg(feature = "agent")]
 pub mod terminal;
+#[cfg(feature = "agent")]
 pub mod x11;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
-
+#[cfg(feature = "agent")]
+mod start;
+#[cfg(feature = "agent")]
 pub use server::{Agent, Listen};
-
-/// Everything the agent is configured with (the CLI fills it; tests build it directly).
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: Listen,
-    pub display: String,
-    /// Desktop user; `None` runs commands as the agent's own user.
-    pub user: Option<String>,
-    /// Overrides the user's home directory (commands' working directory, watched folders).
-    pub home: Option<PathBuf>,
-    pub output_cap: usize,
-    pub idle_after: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    User(#[from] run::RunError),
-    #[error("could not listen: {0}")]
-    Listen(#[from] std::io::Error),
-}
-
-/// Builds the shared state and starts the event sources (needs a tokio runtime).
-pub fn build(cfg: &Config) -> Result<Arc<Agent>, StartError> {
-    let user = run::DesktopUser::resolve(cfg.user.as_deref(), cfg.home.clone(), &cfg.display)?;
-    let events = events::EventHub::new();
-    events::start_sources(&events, &cfg.display, user.home.clone(), cfg.idle_after);
-    Ok(Arc::new(Agent {
-        desktop: x11::Desktop::new(&cfg.display),
-        user,
-        output_cap: cfg.output_cap,
-        events,
-    }))
-}
-
-/// Runs the agent until the listener fails.
-pub async fn run_agent(cfg: Config) -> Result<(), StartError> {
-    let agent = build(&cfg)?;
-    server::serve(&cfg.listen, agent).await?;
-    Ok(())
-}
+#[cfg(feature = "agent")]
+pub use start::{build, run_agent, Config, StartError};

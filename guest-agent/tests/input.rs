@@ -1,3 +1,4 @@
+#![cfg(feature = "agent")]
 //! Pointer and keyboard input through the agent's HTTP API, checked by a real X client window.
 
 mod common;

@@ -1,3 +1,4 @@
+#![cfg(feature = "agent")]
 //! bash and exec through the agent: exit codes, order, timeouts, caps, Python exceptions.
 
 mod common;

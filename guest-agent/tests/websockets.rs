@@ -1,3 +1,4 @@
+#![cfg(feature = "agent")]
 //! The terminal and events WebSockets.
 
 mod common;

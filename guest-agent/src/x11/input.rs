@@ -67,7 +67,9 @@ impl Keyboard {
     pub fn reload(&mut self, conn: &RustConnection) -> Result<(), X11Error> {
         let setup = x11rb::connection::Connection::setup(conn);
         let (min, max) = (setup.min_keycode, setup.max_keycode);
-        let reply = conn.get_keyboard_mapping(min, max - min + 1)?.reply()?;
+        let reply = conn
+            .get_keyboard_mapping(min, (max - min).saturating_add(1))?
+            .reply()?;
         self.min_keycode = min;
         self.per = usize::from(reply.keysyms_per_keycode);
         self.syms = reply.keysyms;

@@ -194,7 +194,7 @@ impl MmioTransport {
                     // Sizes must be powers of two no larger than the maximum (checked by the crate).
                     let valid = u16::try_from(value).is_ok_and(|size| q.try_set_size(size).is_ok());
                     if !valid {
-                        tracing::warn!("virtio-mmio: driver chose invalid queue size {value}");
+                        tracing::debug!("virtio-mmio: driver chose invalid queue size {value}");
                     }
                     outcome = Some(valid);
                 });
@@ -216,7 +216,7 @@ impl MmioTransport {
                     1 => {
                         q.set_ready(true);
                         if bad_size || !queue_is_usable(q, &mem) {
-                            tracing::warn!("virtio-mmio: queue refused: bad size or rings outside guest memory");
+                            tracing::debug!("virtio-mmio: queue refused: bad size or rings outside guest memory");
                             q.set_ready(false);
                         }
                     }
@@ -250,14 +250,14 @@ impl MmioTransport {
 
     fn with_queue_config<F: FnOnce(&mut Queue)>(&mut self, f: F) {
         if !self.queue_config_allowed() {
-            tracing::warn!(
+            tracing::debug!(
                 "virtio-mmio: queue register written outside FEATURES_OK state; ignored"
             );
             return;
         }
         match self.selected_queue() {
             Some(q) => f(q),
-            None => tracing::warn!(
+            None => tracing::debug!(
                 "virtio-mmio: queue register written for a queue that does not exist; ignored"
             ),
         }
@@ -268,7 +268,7 @@ impl MmioTransport {
             & (VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_FAILED)
             == VIRTIO_CONFIG_S_DRIVER;
         if !negotiating {
-            tracing::warn!("virtio-mmio: driver features written outside negotiation; ignored");
+            tracing::debug!("virtio-mmio: driver features written outside negotiation; ignored");
             return;
         }
         match self.driver_features_sel {
@@ -289,7 +289,7 @@ impl MmioTransport {
                     tracing::warn!("virtio-mmio: cannot signal queue {index}: {e}");
                 }
             }
-            None => tracing::warn!("virtio-mmio: notify for queue {index} that does not exist"),
+            None => tracing::debug!("virtio-mmio: notify for queue {index} that does not exist"),
         }
     }
 
@@ -303,7 +303,7 @@ impl MmioTransport {
         let old = self.status;
         // The driver only ever adds bits (except through reset).
         if value & old != old {
-            tracing::warn!("virtio-mmio: status {value:#x} clears bits of {old:#x}; ignored");
+            tracing::debug!("virtio-mmio: status {value:#x} clears bits of {old:#x}; ignored");
             return;
         }
         let added = value & !old;
@@ -324,7 +324,7 @@ impl MmioTransport {
                     self.status = v;
                 } else {
                     // Leaving FEATURES_OK unset tells the driver its choice was refused.
-                    tracing::warn!(
+                    tracing::debug!(
                         "virtio-mmio: driver features {:#x} not acceptable (offered {:#x})",
                         self.driver_features,
                         self.offered_features()
@@ -335,7 +335,7 @@ impl MmioTransport {
                 self.status = v;
                 self.activate();
             }
-            _ => tracing::warn!("virtio-mmio: status transition {old:#x} -> {value:#x} refused"),
+            _ => tracing::debug!("virtio-mmio: status transition {old:#x} -> {value:#x} refused"),
         }
     }
 
@@ -447,7 +447,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::warn!(
+            tracing::debug!(
                 "virtio-mmio: {}-byte register write at {offset:#x} ignored",
                 data.len()
             );

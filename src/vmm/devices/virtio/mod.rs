@@ -35,11 +35,17 @@
 //!   `DEVICE_NEEDS_RESET` in its status and raises a configuration-change interrupt; it stops
 //!   processing until the driver resets it. The VMM is never affected.
 //!
+//! - **Logging**: everything a guest can trigger over and over (bad requests, bad packets, register
+//!   misuse) is logged at `debug` so a guest cannot flood the host's logs; a device giving up
+//!   (`DEVICE_NEEDS_RESET`) is a `warn`.
+//!
 //! Devices: [`block::Block`] (virtio-blk, raw image), [`vsock::Vsock`] (virtio-vsock with the hybrid
 //! Unix-socket host side), [`rng::Rng`] (virtio-rng).
 
 pub mod block;
 pub mod chain;
+#[cfg(test)]
+mod hostile_guest_tests;
 pub mod mmio;
 pub mod rng;
 #[cfg(test)]

@@ -7,6 +7,9 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// Worker threads that ended in a panic (tests assert it stays zero; the VMM only logs it).
+pub static WORKER_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Token the stop `EventFd` is registered under in every worker's epoll set.
 pub const STOP_TOKEN: u64 = u64::MAX;
 
@@ -49,6 +52,7 @@ impl Worker {
                 tracing::error!("virtio: cannot wake a device worker to stop it: {e}");
             }
             if thread.join().is_err() {
+                WORKER_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::error!("virtio: a device worker thread panicked");
             }
         }

@@ -73,13 +73,13 @@ impl Disk {
     /// used length of 0: there is nowhere to report the error, and the driver never builds one.
     pub fn execute(&mut self, mem: &GuestMemory, chain: &Chain) -> u32 {
         let Some((data_out, status_at)) = split_status(&chain.writable) else {
-            tracing::warn!("virtio-blk: request without a status byte; returned unprocessed");
+            tracing::debug!("virtio-blk: request without a status byte; returned unprocessed");
             return 0;
         };
         let (status, written) = match self.run(mem, &chain.readable, &data_out) {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(e) => {
-                tracing::warn!("virtio-blk: {e}");
+                tracing::debug!("virtio-blk: {e}");
                 (e.status(), 0)
             }
         };

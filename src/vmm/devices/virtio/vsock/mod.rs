@@ -7,6 +7,7 @@
 //!   socket `<uds_path>_<P>`; no listener there means the guest gets a connection reset.
 
 pub mod connection;
+mod host;
 pub mod muxer;
 pub mod packet;
 
@@ -50,6 +51,8 @@ pub enum VsockError {
     ReservedCid(u32),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    #[error("{0} is in use by another process (it accepts connections); pick another path or stop that VM")]
+    InUse(PathBuf),
     #[error("cannot remove the stale socket {path}: {source}")]
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot listen on {path}: {source}; check that the directory exists and is writable")]
@@ -66,7 +69,8 @@ pub struct Vsock {
 
 impl Vsock {
     /// Binds the host socket now, so host clients can connect before the guest driver is up
-    /// (they wait in the listen backlog). A stale socket file at the path is replaced.
+    /// (they wait in the listen backlog). A stale socket file at the path (nobody accepting on it)
+    /// is replaced; a live one is an error.
     pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
         if config.guest_cid < 3 {
             return Err(VsockError::ReservedCid(config.guest_cid));
@@ -75,6 +79,9 @@ impl Vsock {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(VsockError::NotASocket(path.clone()));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(VsockError::InUse(path.clone()));
             }
             std::fs::remove_file(path).map_err(|source| VsockError::RemoveStale {
                 path: path.clone(),
@@ -167,6 +174,7 @@ impl VirtioDevice for Vsock {
                     tx,
                     evts,
                     muxer,
+                    tx_stalled: false,
                 };
                 worker.run(event_loop)
             })
@@ -189,6 +197,8 @@ struct VsockWorker {
     tx: Queue,
     evts: [EventFd; 3],
     muxer: Muxer,
+    /// Tx processing paused because the muxer's answer backlog is full.
+    tx_stalled: bool,
 }
 
 impl VsockWorker {
@@ -234,11 +244,17 @@ impl VsockWorker {
                 continue;
             }
             let mut result = Ok(());
-            if tx_kicked {
+            if tx_kicked || self.tx_stalled {
                 result = self.process_tx(&event_loop);
             }
             if result.is_ok() {
                 result = self.process_rx();
+            }
+            // Rx buffers freed the backlog: take the tx packets that were left waiting.
+            if result.is_ok() && self.tx_stalled && !self.muxer.backlog_full() {
+                result = self
+                    .process_tx(&event_loop)
+                    .and_then(|()| self.process_rx());
             }
             if let Err(e) = result {
                 tracing::warn!("vsock: {e}; the device needs a reset by the driver");
@@ -253,6 +269,10 @@ impl VsockWorker {
         let mem = &self.mem;
         let mut used = false;
         let result = loop {
+            self.tx_stalled = self.muxer.backlog_full();
+            if self.tx_stalled {
+                break Ok(());
+            }
             let next = match self.tx.iter(mem) {
                 Ok(mut avail) => avail.next(),
                 Err(e) => break Err(QueueError::Queue(e)),
@@ -269,7 +289,7 @@ impl VsockWorker {
                 Ok((hdr, payload)) => self.muxer.handle_guest_packet(event_loop, &hdr, &payload),
                 Err(e) => {
                     // A bad packet is dropped (and its connection reset); the device goes on.
-                    tracing::warn!("vsock: dropped a guest packet: {e}");
+                    tracing::debug!("vsock: dropped a guest packet: {e}");
                     if let Some(hdr) = e.header() {
                         self.muxer.reject_packet(hdr);
                     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use vmm_sys_util::epoll::EventSet;
 
 use super::connection::{ConnError, Connection, HostRead, Key, State};
+use super::host::{connect_nonblocking, parse_connect};
 use super::packet::{op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use crate::vmm::devices::virtio::worker::EventLoop;
 
@@ -26,6 +27,10 @@ const MAX_CONNECTIONS: usize = 1024;
 const MAX_HANDSHAKES: usize = 64;
 /// Longest accepted `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
+/// Most data-less packets waiting for guest rx buffers. Past it the device stops taking tx packets
+/// (which may need an answer) until the guest posts rx buffers: a guest cannot grow host memory by
+/// sending packets while never receiving.
+pub const MAX_CONTROL_BACKLOG: usize = 128;
 /// Host ports for host-initiated connections are taken from here up.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -92,6 +97,11 @@ impl Muxer {
     /// Number of live connections (for tests and logs).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Too many answers are waiting for rx buffers to take more guest packets.
+    pub fn backlog_full(&self) -> bool {
+        self.control.len() >= MAX_CONTROL_BACKLOG
     }
 
     /// Something is waiting to go to the guest.
@@ -291,7 +301,7 @@ impl Muxer {
     /// A packet the guest put on its tx queue.
     pub fn handle_guest_packet(&mut self, event_loop: &EventLoop, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid {
-            tracing::warn!(
+            tracing::debug!(
                 "vsock: packet with spoofed source CID {} dropped",
                 hdr.src_cid
             );
@@ -356,7 +366,7 @@ impl Muxer {
                         }
                     }
                     Err(ConnError::CreditExceeded { pending }) => {
-                        tracing::warn!("vsock: guest overran its credit ({pending} bytes); reset");
+                        tracing::debug!("vsock: guest overran its credit ({pending} bytes); reset");
                         self.reset(key);
                     }
                     Err(ConnError::Io(e)) => {
@@ -398,7 +408,7 @@ impl Muxer {
             })
         };
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!("vsock: connection limit reached; guest connection refused");
+            tracing::debug!("vsock: connection limit reached; guest connection refused");
             return refuse(self);
         }
         let mut path = self.uds_path.clone().into_os_string();
@@ -544,80 +554,5 @@ impl Muxer {
                 dst_port: key.peer_port,
             });
         }
-    }
-}
-
-/// Connects to a Unix stream socket without ever blocking: a listener whose backlog is full
-/// answers EAGAIN (treated like "nobody listens") instead of stalling the device thread.
-fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path longer than sun_path",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a freshly created socket that nothing else owns.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `addr` is a valid, initialised sockaddr_un of `len` bytes, alive during the call.
-    let rc = unsafe {
-        libc::connect(
-            stream.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stream)
-}
-
-/// Parses `CONNECT <port>` (the newline already stripped; a trailing `\r` is tolerated).
-fn parse_connect(line: &[u8]) -> Result<u32, &'static str> {
-    let text = std::str::from_utf8(line).map_err(|_| "line is not UTF-8")?;
-    let text = text.strip_suffix('\r').unwrap_or(text);
-    let port = text
-        .strip_prefix("CONNECT ")
-        .ok_or("line does not start with `CONNECT `")?;
-    port.trim()
-        .parse::<u32>()
-        .map_err(|_| "port is not a number")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_connect;
-
-    #[test]
-    fn connect_line_parsing() {
-        assert_eq!(parse_connect(b"CONNECT 1024"), Ok(1024));
-        assert_eq!(parse_connect(b"CONNECT 52\r"), Ok(52));
-        assert!(parse_connect(b"CONNECT").is_err());
-        assert!(parse_connect(b"CONNECT -1").is_err());
-        assert!(parse_connect(b"CONNECT 99999999999").is_err());
-        assert!(parse_connect(b"HELLO 5").is_err());
-        assert!(parse_connect(&[0xff, 0xfe]).is_err());
     }
 }
