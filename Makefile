@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build build-debug test unit e2e rig-self-test vmm-e2e bench run deps lint image image-boot-test
+.PHONY: bench-agent bench-api
+.PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint image image-boot-test
 
 all: build
 
@@ -23,6 +24,7 @@ unit:
 e2e: build-debug rig-self-test vmm-e2e
 
 ## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
+.PHONY: vmm-e2e
 vmm-e2e:
 	tests/vmm/e2e
 
@@ -40,8 +42,14 @@ image:
 image-boot-test:
 	tests/image/boot-test --variant $(VARIANT)
 
-bench:
-	@echo "benchmarks: see benches/ (each prints its figures and what they were compared with)"
+## Benchmarks: each prints its figures next to what they were compared with in the same run.
+bench: bench-agent bench-api
+
+bench-agent:
+	$(CARGO) bench -p deskd-agent --bench agent_bench
+
+bench-api:
+	$(CARGO) bench --bench api
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -44,6 +44,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod cursor;
 #[cfg(test)]
 mod hostile_guest_tests;
 pub mod mmio;

@@ -10,7 +10,8 @@ use virtio_bindings::bindings::virtio_blk::{
 use vm_memory::{Address, Bytes};
 
 use super::SECTOR_SIZE;
-use crate::vmm::devices::virtio::chain::{total_len, Buf, Chain, Cursor, CursorError};
+use crate::vmm::devices::virtio::chain::{total_len, Buf, Chain};
+use crate::vmm::devices::virtio::cursor::{Cursor, CursorError};
 use crate::vmm::devices::virtio::GuestMemory;
 
 /// Size of `struct virtio_blk_outhdr` (type, reserved, sector).

@@ -24,7 +24,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EpollEvent;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::{total_len, Chain, Cursor};
+use super::chain::{total_len, Chain};
+use super::cursor::Cursor;
 use super::worker::{drain, EventLoop, QueueError, Worker, STOP_TOKEN};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 use muxer::Muxer;
