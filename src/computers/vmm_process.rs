@@ -64,11 +64,18 @@ impl VmmProcessBackend {
 
     /// The guest image a template reference resolves to.
     fn image_for(&self, template_ref: &str) -> Result<GuestImage, BackendError> {
-        // `system/desktop@1.0.0` lives in `images/system/desktop/1.0.0/`.
+        // `images/install.sh` puts `system/desktop` in `images/system/desktop/` with a
+        // manifest.json naming its version; a `images/system/desktop/<version>/` folder, if
+        // present, wins (several versions side by side).
         let (path, version) = template_ref
             .rsplit_once('@')
             .unwrap_or((template_ref, "latest"));
-        let dir = self.images_dir.join(path).join(version);
+        let versioned = self.images_dir.join(path).join(version);
+        let dir = if versioned.join("kernel").is_file() {
+            versioned
+        } else {
+            self.images_dir.join(path)
+        };
         let image = GuestImage {
             kernel: dir.join("kernel"),
             initrd: dir.join("initrd"),
@@ -77,9 +84,20 @@ impl VmmProcessBackend {
         for file in [&image.kernel, &image.initrd, &image.rootfs] {
             if !file.is_file() {
                 return Err(BackendError::NotReady(format!(
-                    "the guest image for {template_ref} is not installed: {} is missing. Build it with \
-                     the scripts in images/ and install kernel, initrd and rootfs into {}.",
-                    file.display(),
+                    "the guest image for {template_ref} is not installed: {} is missing. Build and \
+                     install it with `make image` (images/build.sh --install DATA_DIR).",
+                    file.display()
+                )));
+            }
+        }
+        let manifest_version = std::fs::read(dir.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["version"].as_str().map(str::to_string));
+        if let Some(installed) = manifest_version {
+            if installed != version {
+                return Err(BackendError::NotReady(format!(
+                    "{template_ref} is not installed: {} holds version {installed}",
                     dir.display()
                 )));
             }
@@ -527,10 +545,22 @@ mod tests {
         let b = VmmProcessBackend::new("/bin/false".into(), data.path(), true);
         let err = b.image_for("system/desktop@1.0.0").unwrap_err();
         assert!(
-            err.to_string()
-                .contains("images/system/desktop/1.0.0/kernel"),
+            err.to_string().contains("images/system/desktop/kernel"),
             "{err}"
         );
+        // The layout of images/install.sh, with its manifest's version checked.
+        let dir = data.path().join("images/system/desktop");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["kernel", "initrd", "rootfs"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        std::fs::write(dir.join("manifest.json"), br#"{"version":"1.0.0"}"#).unwrap();
+        assert_eq!(
+            b.image_for("system/desktop@1.0.0").unwrap().kernel,
+            dir.join("kernel")
+        );
+        let err = b.image_for("system/desktop@2.0.0").unwrap_err();
+        assert!(err.to_string().contains("holds version 1.0.0"), "{err}");
     }
 
     /// Runs a real child process through the backend (a shell standing in for `deskd vmm` only so
