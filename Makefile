@@ -21,7 +21,12 @@ unit:
 	$(CARGO) test --workspace
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
-e2e: build-debug rig-self-test
+e2e: build-debug rig-self-test vmm-e2e
+
+## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
+.PHONY: vmm-e2e
+vmm-e2e:
+	tests/vmm/e2e
 
 rig-self-test:
 	tests/rig/run --self-test

@@ -59,6 +59,7 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
         console_stdout: false,
         control_socket: Some(spec.dir.join(files::CONTROL)),
         shutdown_timeout_secs: VMM_SHUTDOWN_TIMEOUT_SECS,
+        host_decompress: true,
     }
 }
 
