@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
+.PHONY: bench-agent bench-api
 .PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint image image-boot-test
 
 all: build
@@ -20,7 +21,12 @@ unit:
 	$(CARGO) test --workspace
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
-e2e: build-debug rig-self-test
+e2e: build-debug rig-self-test vmm-e2e
+
+## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
+.PHONY: vmm-e2e
+vmm-e2e:
+	tests/vmm/e2e
 
 rig-self-test:
 	tests/rig/run --self-test
@@ -36,8 +42,14 @@ image:
 image-boot-test:
 	tests/image/boot-test --variant $(VARIANT)
 
-bench:
-	@echo "benchmarks: see benches/ (each prints its figures and what they were compared with)"
+## Benchmarks: each prints its figures next to what they were compared with in the same run.
+bench: bench-agent bench-api
+
+bench-agent:
+	$(CARGO) bench -p deskd-agent --bench agent_bench
+
+bench-api:
+	$(CARGO) bench --bench api
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -276,6 +276,7 @@ async fn bench_resolution(w: u16, h: u16) {
         home: Some(dir.clone()),
         output_cap: deskd_agent::protocol::DEFAULT_OUTPUT_CAP,
         idle_after: Duration::from_secs(30),
+        x_call_limit: Duration::from_secs(30),
     };
     let agent = deskd_agent::build(&cfg).expect("agent");
     let desktop_probe = deskd_agent::x11::Desktop::new(&display);

@@ -28,6 +28,9 @@ struct Args {
     /// Seconds without input before an `idle` event.
     #[arg(long, default_value_t = 30)]
     idle_seconds: u64,
+    /// Seconds one X call may take before the request fails with 503 (a hung X server).
+    #[arg(long, default_value_t = 30)]
+    x_timeout: u64,
 }
 
 fn main() {
@@ -53,6 +56,7 @@ fn main() {
         home: args.home,
         output_cap: args.output_cap,
         idle_after: Duration::from_secs(args.idle_seconds.max(1)),
+        x_call_limit: Duration::from_secs(args.x_timeout.max(1)),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

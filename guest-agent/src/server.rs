@@ -54,6 +54,8 @@ pub struct Agent {
     pub user: DesktopUser,
     pub output_cap: usize,
     pub events: EventHub,
+    /// How long a plain X call may take before the server counts as hung.
+    pub x_call_limit: Duration,
 }
 
 type Shared = Arc<Agent>;
@@ -149,11 +151,31 @@ async fn on_desktop<T: Send + 'static>(
     agent: &Shared,
     f: impl Fn(&XSession) -> Result<T, X11Error> + Send + 'static,
 ) -> ApiResult<T> {
+    on_desktop_within(agent, agent.x_call_limit, f).await
+}
+
+/// Like `on_desktop`, with a time limit: an X server that stopped answering (but kept its
+/// socket open) gets a 503 instead of a request that never ends.
+async fn on_desktop_within<T: Send + 'static>(
+    agent: &Shared,
+    limit: Duration,
+    f: impl Fn(&XSession) -> Result<T, X11Error> + Send + 'static,
+) -> ApiResult<T> {
     let agent = agent.clone();
-    tokio::task::spawn_blocking(move || agent.desktop.with(f))
-        .await
-        .map_err(|e| ApiError::internal(format!("desktop task failed: {e}")))?
-        .map_err(ApiError::from)
+    let display = agent.desktop.display_name().to_string();
+    let task = tokio::task::spawn_blocking(move || agent.desktop.with(f));
+    match tokio::time::timeout(limit, task).await {
+        Ok(joined) => joined
+            .map_err(|e| ApiError::internal(format!("desktop task failed: {e}")))?
+            .map_err(ApiError::from),
+        Err(_) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "the X server on display {display} did not answer within {:.1} s; it may be hung",
+                limit.as_secs_f64()
+            ),
+        }),
+    }
 }
 
 fn parse_button(b: Option<&str>) -> ApiResult<Button> {
@@ -303,7 +325,8 @@ async fn drag(
         return Err(ApiError::bad("duration must be between 0 and 60 seconds"));
     }
     let r = req.clone();
-    on_desktop(&agent, move |s| {
+    let limit = agent.x_call_limit + Duration::from_secs_f64(duration);
+    on_desktop_within(&agent, limit, move |s| {
         let from = input::check_on_screen(s, r.start_x, r.start_y)?;
         let to = input::check_on_screen(s, r.end_x, r.end_y)?;
         input::drag(s, from, to, button, Duration::from_secs_f64(duration))
@@ -365,7 +388,9 @@ async fn type_text(
     }
     let n = req.text.chars().count();
     let text = req.text;
-    on_desktop(&agent, move |s| {
+    // Each character costs its delay plus a little X traffic.
+    let limit = agent.x_call_limit + Duration::from_millis((delay + 5).saturating_mul(n as u64));
+    on_desktop_within(&agent, limit, move |s| {
         input::type_text(s, &text, Duration::from_millis(delay))
     })
     .await?;

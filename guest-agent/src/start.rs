@@ -18,6 +18,8 @@ pub struct Config {
     pub home: Option<PathBuf>,
     pub output_cap: usize,
     pub idle_after: Duration,
+    /// How long one X call may take before the request fails with 503 (default 30 s).
+    pub x_call_limit: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,7 @@ pub fn build(cfg: &Config) -> Result<Arc<Agent>, StartError> {
         user,
         output_cap: cfg.output_cap,
         events,
+        x_call_limit: cfg.x_call_limit,
     }))
 }
 

@@ -214,6 +214,7 @@ async fn health_over_vsock_loopback() {
         home: Some(std::env::temp_dir()),
         output_cap: 1 << 20,
         idle_after: std::time::Duration::from_secs(30),
+        x_call_limit: std::time::Duration::from_secs(30),
     };
     let agent = deskd_agent::build(&cfg).unwrap();
     let listen = cfg.listen.clone();
@@ -242,4 +243,49 @@ async fn health_over_vsock_loopback() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(j["width"], 320);
+}
+
+/// An X server that stops answering (here: SIGSTOP) makes requests fail with 503 after the limit
+/// instead of hanging; once it answers again, so does the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_x_server_is_a_503_not_a_hang() {
+    let Some(x) = xvfb(320, 240) else { return };
+    let agent = common::start_agent_with(&x.display, |c| {
+        c.x_call_limit = std::time::Duration::from_millis(700)
+    })
+    .await;
+    assert_eq!(
+        request(&agent.socket, "GET", "/screenshot", None)
+            .await
+            .status,
+        200
+    );
+    let pid = nix::unistd::Pid::from_raw(x.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let t0 = std::time::Instant::now();
+    let r = common::post(&agent.socket, "/click", r#"{"x":1,"y":1}"#).await;
+    let shot = request(&agent.socket, "GET", "/screenshot", None).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("did not answer"));
+    assert_eq!(shot.status, 503);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    let bash = common::post(&agent.socket, "/bash", r#"{"command":"echo ok"}"#).await;
+    assert_eq!(bash.json()["output"], "ok\n");
+    let mut ok = false;
+    for _ in 0..50 {
+        if request(&agent.socket, "GET", "/screenshot", None)
+            .await
+            .status
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "screenshots work again after the X server resumes");
 }

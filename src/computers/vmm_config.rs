@@ -40,7 +40,7 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
         kernel: image.kernel.clone(),
         initrd: Some(image.initrd.clone()),
         cmdline: format!(
-            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw deskd.resolution={} deskd.instance={}",
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw deskd.resolution={} deskd.hostname=deskd-{}",
             spec.resolution, spec.instance_id
         ),
         disks: vec![DiskConfig {
@@ -59,6 +59,7 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
         console_stdout: false,
         control_socket: Some(spec.dir.join(files::CONTROL)),
         shutdown_timeout_secs: VMM_SHUTDOWN_TIMEOUT_SECS,
+        host_decompress: true,
     }
 }
 

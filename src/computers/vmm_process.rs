@@ -25,6 +25,9 @@ const RIG_HINT: &str =
     "Run deskd inside the emulated-virtualization rig instead: `tests/rig/serve` \
      (see shared/design/this-machine.md); the API itself keeps working here.";
 
+/// How long the readiness probe waits for the guest agent's vsock port to accept.
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A VMM process we know about.
 struct Tracked {
     pid: i32,
@@ -64,11 +67,18 @@ impl VmmProcessBackend {
 
     /// The guest image a template reference resolves to.
     fn image_for(&self, template_ref: &str) -> Result<GuestImage, BackendError> {
-        // `system/desktop@1.0.0` lives in `images/system/desktop/1.0.0/`.
+        // `images/install.sh` puts `system/desktop` in `images/system/desktop/` with a
+        // manifest.json naming its version; a `images/system/desktop/<version>/` folder, if
+        // present, wins (several versions side by side).
         let (path, version) = template_ref
             .rsplit_once('@')
             .unwrap_or((template_ref, "latest"));
-        let dir = self.images_dir.join(path).join(version);
+        let versioned = self.images_dir.join(path).join(version);
+        let dir = if versioned.join("kernel").is_file() {
+            versioned
+        } else {
+            self.images_dir.join(path)
+        };
         let image = GuestImage {
             kernel: dir.join("kernel"),
             initrd: dir.join("initrd"),
@@ -77,9 +87,20 @@ impl VmmProcessBackend {
         for file in [&image.kernel, &image.initrd, &image.rootfs] {
             if !file.is_file() {
                 return Err(BackendError::NotReady(format!(
-                    "the guest image for {template_ref} is not installed: {} is missing. Build it with \
-                     the scripts in images/ and install kernel, initrd and rootfs into {}.",
-                    file.display(),
+                    "the guest image for {template_ref} is not installed: {} is missing. Build and \
+                     install it with `make image` (images/build.sh --install DATA_DIR).",
+                    file.display()
+                )));
+            }
+        }
+        let manifest_version = std::fs::read(dir.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["version"].as_str().map(str::to_string));
+        if let Some(installed) = manifest_version {
+            if installed != version {
+                return Err(BackendError::NotReady(format!(
+                    "{template_ref} is not installed: {} holds version {installed}",
                     dir.display()
                 )));
             }
@@ -289,8 +310,16 @@ impl VmBackend for VmmProcessBackend {
             return VmState::Absent;
         };
         match Self::alive(tracked) {
-            Ok(true) if Self::guest_ready(&dir) => VmState::Running { pid: tracked.pid },
-            Ok(true) => VmState::Booting { pid: tracked.pid },
+            Ok(true) => {
+                let pid = tracked.pid;
+                // The probe can take seconds on a slow guest: not while holding the table.
+                drop(procs);
+                if Self::guest_ready(&dir) {
+                    VmState::Running { pid }
+                } else {
+                    VmState::Booting { pid }
+                }
+            }
             Ok(false) => {
                 procs.remove(computer_id);
                 VmState::Exited {
@@ -461,7 +490,7 @@ fn log_tail(path: &Path) -> String {
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(2048)));
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
+    let text = strip_ansi(&String::from_utf8_lossy(&bytes));
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
     if tail.is_empty() {
@@ -471,14 +500,35 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
+/// Removes terminal colour sequences (`ESC [ ... letter`) that loggers write to a log file.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip `[`, parameters, and the final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether the guest agent's vsock port accepts connections, through the hybrid vsock socket.
 fn agent_port_open(socket: &Path, port: u32) -> bool {
     use std::io::BufRead;
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
+    // The guest kernel must accept the connection before the VMM answers OK; in the rig (nested,
+    // emulated) that round trip can take a few seconds.
+    let _ = stream.set_read_timeout(Some(AGENT_PROBE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(AGENT_PROBE_TIMEOUT));
     if stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .is_err()
@@ -527,10 +577,22 @@ mod tests {
         let b = VmmProcessBackend::new("/bin/false".into(), data.path(), true);
         let err = b.image_for("system/desktop@1.0.0").unwrap_err();
         assert!(
-            err.to_string()
-                .contains("images/system/desktop/1.0.0/kernel"),
+            err.to_string().contains("images/system/desktop/kernel"),
             "{err}"
         );
+        // The layout of images/install.sh, with its manifest's version checked.
+        let dir = data.path().join("images/system/desktop");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["kernel", "initrd", "rootfs"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        std::fs::write(dir.join("manifest.json"), br#"{"version":"1.0.0"}"#).unwrap();
+        assert_eq!(
+            b.image_for("system/desktop@1.0.0").unwrap().kernel,
+            dir.join("kernel")
+        );
+        let err = b.image_for("system/desktop@2.0.0").unwrap_err();
+        assert!(err.to_string().contains("holds version 1.0.0"), "{err}");
     }
 
     /// Runs a real child process through the backend (a shell standing in for `deskd vmm` only so
@@ -579,6 +641,14 @@ mod tests {
         std::fs::write(&a, &data).unwrap();
         copy_sparse(&a, &d.path().join("b")).unwrap();
         assert_eq!(std::fs::read(d.path().join("b")).unwrap(), data);
+    }
+
+    #[test]
+    fn log_tails_lose_colour_codes() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m VM started"),
+            "2026  INFO VM started"
+        );
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub fn run(args: VmmArgs) -> ExitCode {
                 Err(e) => {
                     eprintln!("deskd vmm: {e}");
                     vm.force_stop();
+                    if !vm.stop_vcpus() {
+                        std::mem::forget(vm);
+                    }
                     return ExitCode::from(EXIT_START_FAILED);
                 }
             }
@@ -127,6 +130,12 @@ pub fn run(args: VmmArgs) -> ExitCode {
         None => None,
     };
     let how = wait_for_end(&vm, &signal_evt, &wake);
+    drop(_control);
+    if !vm.stop_vcpus() {
+        // A vCPU still runs guest code: unmapping guest memory under it would fault, so leave
+        // the VM to the process exit.
+        std::mem::forget(vm);
+    }
     tracing::info!(
         "VM ended: {} after {:?} (exit status {})",
         how.as_str(),

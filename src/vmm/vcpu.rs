@@ -157,6 +157,23 @@ impl VcpuThreads {
     pub fn count(&self) -> usize {
         self.threads.len()
     }
+
+    /// Once the VM's exit reason is set: kicks every vCPU out of the guest and waits up to
+    /// `timeout` for the threads to return. True if they all did.
+    pub fn stop(&self, timeout: Duration) -> bool {
+        self.gate.set_paused(false);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.threads.iter().all(|t| t.is_finished()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.kick_all();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 /// What the loop does after one exit.
@@ -181,6 +198,8 @@ fn run_vcpu(
         let next = match vcpu.run() {
             Ok(vcpu_exit) => handle_exit(index, vcpu_exit, pio, mmio),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
+            // The VM is being torn down (guest memory may already be gone): just stop.
+            Err(_) if exit.reason().is_some() => return,
             Err(e) => {
                 tracing::error!("vcpu{index}: KVM_RUN failed: {e}");
                 Next::Stop(VmExit::Failed)

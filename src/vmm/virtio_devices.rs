@@ -167,6 +167,7 @@ mod tests {
             console_stdout: false,
             control_socket: None,
             shutdown_timeout_secs: 1,
+            host_decompress: true,
         }
     }
 

@@ -97,10 +97,10 @@ impl Vm {
     /// Builds the VM described by `config` (already validated) and starts its vCPUs.
     pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
         let started = Instant::now();
+        memory::check_host_memory(config.memory_mib)?;
         if !crate::kvmprobe::cpu_has_hardware_virtualization() {
             return Err(VmError::NoHardwareVirtualization);
         }
-        memory::check_host_memory(config.memory_mib)?;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for (cap, what) in REQUIRED_CAPS {
             if !kvm.check_extension(cap) {
@@ -116,9 +116,11 @@ impl Vm {
             .set_tss_address(layout::KVM_TSS_START as usize)
             .map_err(kvm_err("set the TSS address"))?;
 
+        tracing::debug!("KVM VM created at {:?}", started.elapsed());
         let ram = RamLayout::new(config.memory_mib << 20);
         let mem = memory::allocate(&ram)?;
         memory::register(&vm_fd, &mem)?;
+        tracing::debug!("memory registered at {:?}", started.elapsed());
 
         vm_fd
             .create_irq_chip()
@@ -144,13 +146,16 @@ impl Vm {
         let windows: Vec<VirtioMmioWindow> = devices.windows().to_vec();
         acpi::build(config.vcpus, &windows)?.write_to(&mem)?;
 
-        let entry = boot::load(
+        tracing::debug!("devices and ACPI ready at {:?}", started.elapsed());
+        let (entry, format) = boot::load(
             &mem,
             &ram,
             &config.kernel,
             config.initrd.as_deref(),
             &config.cmdline,
+            config.host_decompress,
         )?;
+        tracing::debug!("kernel loaded ({format:?}) at {:?}", started.elapsed());
         regs::write_boot_tables(&mem)?;
         let vcpu_fds = create_vcpus(&kvm, &vm_fd, config.vcpus, entry.rip)?;
 
@@ -201,6 +206,13 @@ impl Vm {
         }
         // A paused guest cannot react to the button.
         self.vcpus.resume();
+    }
+
+    /// After the exit reason is set: gets the vCPU threads out of the guest. Returns false if some
+    /// did not return in time; then the VM must not be dropped (its memory is still in use) and
+    /// the process should just exit.
+    pub fn stop_vcpus(&self) -> bool {
+        self.vcpus.stop(Duration::from_millis(500))
     }
 
     /// Ends the VM now with a hard stop.

@@ -37,6 +37,10 @@ impl Drop for Xvfb {
 }
 
 impl Xvfb {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts another Xvfb on this one's display number (after this one was dropped).
     pub fn restart_on(display: &str, width: u16, height: u16) -> Xvfb {
         let child = Command::new("Xvfb")
@@ -177,6 +181,7 @@ pub async fn start_agent_with(display: &str, tweak: impl FnOnce(&mut Config)) ->
         home: Some(home.clone()),
         output_cap: deskd_agent::protocol::DEFAULT_OUTPUT_CAP,
         idle_after: Duration::from_secs(30),
+        x_call_limit: Duration::from_secs(30),
     };
     tweak(&mut cfg);
     let agent = deskd_agent::build(&cfg).expect("build agent");

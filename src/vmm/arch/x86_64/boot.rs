@@ -5,8 +5,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{boot_params, setup_header};
-use linux_loader::loader::{bzimage::BzImage, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, ReadVolatile};
+use std::io::Cursor;
+
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use vm_memory::{ByteValued, Bytes, GuestAddress, ReadVolatile};
+
+use super::payload;
 
 use crate::vmm::layout::{self, RamLayout};
 use crate::vmm::memory::GuestMemory;
@@ -21,6 +25,8 @@ const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 const XLF_KERNEL_64: u16 = 1 << 0;
 /// Boot protocol 2.12 introduced xloadflags.
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
+/// Offset of the setup header in a bzImage.
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
 /// Initrd placement alignment (the boot protocol asks for page alignment).
 const INITRD_ALIGN: u64 = 0x1000;
 
@@ -69,35 +75,83 @@ pub struct InitrdPlacement {
     pub size: u64,
 }
 
+/// How the kernel was put into guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// The bzImage's payload was decompressed on the host and its `vmlinux` ELF loaded; the
+    /// boot CPU starts at the ELF entry (`startup_64` of the real kernel).
+    HostDecompressed,
+    /// The bzImage was loaded as is; the guest runs its own decompressor first.
+    BzImage,
+}
+
 /// Puts kernel, initrd, command line and zero page into `mem`; returns the entry point.
+/// With `host_decompress`, a payload format the host can decompress skips the guest's
+/// decompressor (see [`super::payload`]).
 pub fn load(
     mem: &GuestMemory,
     ram: &RamLayout,
     kernel: &Path,
     initrd: Option<&Path>,
     cmdline: &str,
-) -> Result<BootEntry, BootError> {
-    let mut kernel_file = File::open(kernel).map_err(|source| BootError::OpenKernel {
+    host_decompress: bool,
+) -> Result<(BootEntry, KernelFormat), BootError> {
+    let image = std::fs::read(kernel).map_err(|source| BootError::OpenKernel {
         path: kernel.to_path_buf(),
         source,
     })?;
-    let loaded = BzImage::load(
-        mem,
-        Some(GuestAddress(layout::KERNEL_START)),
-        &mut kernel_file,
-        Some(GuestAddress(layout::HIMEM_START)),
-    )
-    .map_err(|e| BootError::NotBzImage {
+    let not_bzimage = |reason: &str| BootError::NotBzImage {
         path: kernel.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let header = loaded.setup_header.ok_or_else(|| BootError::NotBzImage {
-        path: kernel.to_path_buf(),
-        reason: "no setup header".into(),
-    })?;
+        reason: reason.to_string(),
+    };
+    let header_bytes = image
+        .get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>())
+        .ok_or_else(|| not_bzimage("file too short"))?;
+    let header = *setup_header::from_slice(header_bytes).ok_or_else(|| not_bzimage("header"))?;
+    if header.header != HEADER_MAGIC {
+        return Err(not_bzimage("no HdrS signature"));
+    }
     check_header(&header, kernel)?;
 
-    let kernel_end = kernel_footprint_end(&header, loaded.kernel_end);
+    let vmlinux = if host_decompress {
+        match payload::extract_vmlinux(&image) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("cannot decompress the kernel on the host ({e}); the guest will");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (rip, kernel_end, format) = match vmlinux {
+        Some(vmlinux) => {
+            let loaded = Elf::load(
+                mem,
+                None,
+                &mut Cursor::new(&vmlinux),
+                Some(GuestAddress(layout::HIMEM_START)),
+            )
+            .map_err(|e| not_bzimage(&format!("its vmlinux does not load: {e}")))?;
+            let end = kernel_footprint_end(&header, loaded.kernel_end);
+            (loaded.kernel_load.0, end, KernelFormat::HostDecompressed)
+        }
+        None => {
+            let loaded = BzImage::load(
+                mem,
+                Some(GuestAddress(layout::KERNEL_START)),
+                &mut Cursor::new(&image),
+                Some(GuestAddress(layout::HIMEM_START)),
+            )
+            .map_err(|e| not_bzimage(&e.to_string()))?;
+            let end = kernel_footprint_end(&header, loaded.kernel_end);
+            (
+                layout::KERNEL_START + layout::KERNEL_64BIT_ENTRY_OFFSET,
+                end,
+                KernelFormat::BzImage,
+            )
+        }
+    };
     if kernel_end > ram.low_end() {
         return Err(BootError::KernelTooBig {
             needed_mib: kernel_end.div_ceil(1 << 20),
@@ -116,9 +170,7 @@ pub fn load(
             what: "the zero page",
             reason: e.to_string(),
         })?;
-    Ok(BootEntry {
-        rip: layout::KERNEL_START + layout::KERNEL_64BIT_ENTRY_OFFSET,
-    })
+    Ok((BootEntry { rip }, format))
 }
 
 fn check_header(header: &setup_header, path: &Path) -> Result<(), BootError> {
@@ -133,11 +185,11 @@ fn check_header(header: &setup_header, path: &Path) -> Result<(), BootError> {
     Ok(())
 }
 
-/// End of the memory the kernel occupies while decompressing: `init_size` bytes from the load
-/// address (or the image itself if larger).
-fn kernel_footprint_end(header: &setup_header, image_end: u64) -> u64 {
+/// End of the memory the kernel may occupy early on: `init_size` bytes from the bzImage load
+/// address (room for decompressing), or the end of what was loaded if that is further.
+fn kernel_footprint_end(header: &setup_header, loaded_end: u64) -> u64 {
     let init_size = u64::from(header.init_size);
-    (layout::KERNEL_START + init_size).max(image_end)
+    (layout::KERNEL_START + init_size).max(loaded_end)
 }
 
 /// Highest page-aligned address at which `size` bytes end below both the end of low RAM and the
@@ -346,9 +398,55 @@ mod tests {
         std::fs::write(&fake, vec![0u8; 8192]).unwrap();
         let ram = RamLayout::new(128 << 20);
         let mem = memory::allocate(&ram).unwrap();
-        let err = load(&mem, &ram, &fake, None, "").unwrap_err();
+        let err = load(&mem, &ram, &fake, None, "", true).unwrap_err();
         assert!(matches!(err, BootError::NotBzImage { .. }), "{err}");
-        let err = load(&mem, &ram, &dir.join("missing"), None, "").unwrap_err();
+        let err = load(&mem, &ram, &dir.join("missing"), None, "", true).unwrap_err();
         assert!(matches!(err, BootError::OpenKernel { .. }), "{err}");
+    }
+
+    /// Debian's cloud kernel (fetched by `tests/rig/kernel cloud`), loaded both ways.
+    #[test]
+    fn debian_cloud_kernel_loads_both_ways() {
+        let Some(kernel) = cached_cloud_kernel() else {
+            eprintln!("SKIPPED debian_cloud_kernel_loads_both_ways: no kernel under /var/cache/deskd/kernels (run tests/rig/kernel cloud)");
+            return;
+        };
+        let ram = RamLayout::new(256 << 20);
+        let mem = memory::allocate(&ram).unwrap();
+        let (entry, format) = load(&mem, &ram, &kernel, None, "console=ttyS0", true).unwrap();
+        assert_eq!(format, KernelFormat::HostDecompressed);
+        // vmlinux's entry is startup_64 at the kernel's physical start (16 MiB on Debian).
+        assert_eq!(entry.rip, 0x100_0000);
+        let code: [u8; 16] = mem.read_obj(GuestAddress(entry.rip)).unwrap();
+        assert_ne!(code, [0u8; 16]);
+        let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        assert_eq!({ params.hdr.header }, HEADER_MAGIC);
+
+        let mem = memory::allocate(&ram).unwrap();
+        let (entry, format) = load(&mem, &ram, &kernel, None, "console=ttyS0", false).unwrap();
+        assert_eq!(format, KernelFormat::BzImage);
+        assert_eq!(entry.rip, 0x10_0200);
+        // Too little memory for this kernel is a clear error.
+        let small = RamLayout::new(32 << 20);
+        let mem = memory::allocate(&small).unwrap();
+        let err = load(&mem, &small, &kernel, None, "", false).unwrap_err();
+        assert!(matches!(err, BootError::KernelTooBig { .. }), "{err}");
+    }
+
+    fn cached_cloud_kernel() -> Option<std::path::PathBuf> {
+        let dirs = std::fs::read_dir("/var/cache/deskd/kernels").ok()?;
+        dirs.flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("cloud-amd64"))
+            .flat_map(|e| {
+                std::fs::read_dir(e.path().join("boot"))
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .map(|f| f.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
     }
 }

@@ -7,7 +7,8 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::{Chain, Cursor};
+use super::chain::Chain;
+use super::cursor::Cursor;
 use super::worker::{serve_single_queue, QueueError, Worker};
 use super::{ActivateError, GuestMemory, Interrupt, VirtioDevice};
 

@@ -24,8 +24,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EpollEvent;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::{total_len, Chain, Cursor};
-use super::worker::{drain, EventLoop, QueueError, Worker, STOP_TOKEN};
+use super::chain::{total_len, Chain};
+use super::cursor::Cursor;
+use super::worker::{drain, signal_used, EventLoop, QueueError, Worker, STOP_TOKEN};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 use muxer::Muxer;
 use packet::{read_packet, HEADER_LEN, MAX_PAYLOAD};
@@ -51,6 +52,8 @@ pub enum VsockError {
     ReservedCid(u32),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    #[error("{0} is in use by another process (it accepts connections); pick another path or stop that VM")]
+    InUse(PathBuf),
     #[error("cannot remove the stale socket {path}: {source}")]
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("cannot listen on {path}: {source}; check that the directory exists and is writable")]
@@ -67,7 +70,8 @@ pub struct Vsock {
 
 impl Vsock {
     /// Binds the host socket now, so host clients can connect before the guest driver is up
-    /// (they wait in the listen backlog). A stale socket file at the path is replaced.
+    /// (they wait in the listen backlog). A stale socket file at the path (nobody accepting on it)
+    /// is replaced; a live one is an error.
     pub fn new(config: VsockConfig) -> Result<Self, VsockError> {
         if config.guest_cid < 3 {
             return Err(VsockError::ReservedCid(config.guest_cid));
@@ -76,6 +80,9 @@ impl Vsock {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(VsockError::NotASocket(path.clone()));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(VsockError::InUse(path.clone()));
             }
             std::fs::remove_file(path).map_err(|source| VsockError::RemoveStale {
                 path: path.clone(),
@@ -262,6 +269,7 @@ impl VsockWorker {
     fn process_tx(&mut self, event_loop: &EventLoop) -> Result<(), QueueError> {
         let mem = &self.mem;
         let mut used = false;
+        let mut rearmed = false;
         let result = loop {
             self.tx_stalled = self.muxer.backlog_full();
             if self.tx_stalled {
@@ -272,8 +280,17 @@ impl VsockWorker {
                 Err(e) => break Err(QueueError::Queue(e)),
             };
             let Some(desc_chain) = next else {
-                break Ok(());
+                // Re-arm the guest's kick (EVENT_IDX); look once more for chains that raced in.
+                match self.tx.enable_notification(mem) {
+                    Ok(true) if !rearmed => {
+                        rearmed = true;
+                        continue;
+                    }
+                    Ok(_) => break Ok(()),
+                    Err(e) => break Err(QueueError::Queue(e)),
+                }
             };
+            rearmed = false;
             let head = desc_chain.head_index();
             let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
                 Ok(c) => c,
@@ -294,9 +311,7 @@ impl VsockWorker {
             }
             used = true;
         };
-        if used {
-            self.interrupt.signal_used_queue();
-        }
+        signal_used(mem, &mut self.tx, &self.interrupt, used)?;
         result
     }
 
@@ -304,6 +319,7 @@ impl VsockWorker {
     fn process_rx(&mut self) -> Result<(), QueueError> {
         let mem = &self.mem;
         let mut used = false;
+        let mut rearmed = false;
         let result = loop {
             if !self.muxer.has_rx() {
                 break Ok(());
@@ -314,8 +330,17 @@ impl VsockWorker {
             };
             // No buffer: the guest's next rx notification brings us back here.
             let Some(desc_chain) = next else {
-                break Ok(());
+                // Re-arm the guest's kick (EVENT_IDX); look once more for chains that raced in.
+                match self.rx.enable_notification(mem) {
+                    Ok(true) if !rearmed => {
+                        rearmed = true;
+                        continue;
+                    }
+                    Ok(_) => break Ok(()),
+                    Err(e) => break Err(QueueError::Queue(e)),
+                }
             };
+            rearmed = false;
             let head = desc_chain.head_index();
             let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
                 Ok(c) => c,
@@ -347,9 +372,7 @@ impl VsockWorker {
             }
             used = true;
         };
-        if used {
-            self.interrupt.signal_used_queue();
-        }
+        signal_used(mem, &mut self.rx, &self.interrupt, used)?;
         result
     }
 }

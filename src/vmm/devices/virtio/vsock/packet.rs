@@ -1,7 +1,8 @@
 //! The virtio-vsock packet header (`struct virtio_vsock_hdr`, virtio 1.2 5.10.6) and reading a
 //! whole packet out of a guest descriptor chain with its lengths checked.
 
-use super::super::chain::{Buf, Cursor};
+use super::super::chain::Buf;
+use super::super::cursor::Cursor;
 use super::super::GuestMemory;
 
 /// Size of the little-endian, packed header.

@@ -513,3 +513,27 @@ fn guest_that_never_receives_is_throttled_not_buffered() {
     assert!(wait_used(&mem, &g.txq, start + total), "tx resumed");
     assert_eq!(read_reg(&mut g.t, 0x70) & 0x40, 0, "not marked broken");
 }
+
+#[test]
+fn socket_path_rules() {
+    let dir = TempDir::new_with_prefix("/tmp/deskd-vsock-path-").expect("dir");
+    let path = dir.as_path().join("v.sock");
+    let config = VsockConfig {
+        guest_cid: 3,
+        uds_path: path.clone(),
+    };
+    // A stale socket file (its listener gone) is replaced.
+    drop(UnixListener::bind(&path).expect("stale"));
+    assert!(path.exists());
+    let first = Vsock::new(config.clone()).expect("stale socket replaced");
+    // A live one is not taken over.
+    assert!(matches!(
+        Vsock::new(config.clone()),
+        Err(VsockError::InUse(_))
+    ));
+    drop(first);
+    assert!(!path.exists(), "the socket file is removed with the device");
+    // Nor is a regular file.
+    std::fs::write(&path, b"data").expect("file");
+    assert!(matches!(Vsock::new(config), Err(VsockError::NotASocket(_))));
+}
