@@ -9,10 +9,13 @@ use vmm_sys_util::write_zeroes::{PunchHole, WriteZeroesAt};
 use super::SECTOR_SIZE;
 use crate::vmm::devices::virtio::cursor::{Cursor, CursorError};
 
-/// Largest segment accepted (advertised as max_discard_sectors / max_write_zeroes_sectors).
-pub const MAX_SECTORS: u32 = 1 << 22;
+/// Largest segment accepted (advertised as max_discard_sectors / max_write_zeroes_sectors): 32 MiB.
+/// With [`MAX_SEGMENTS`] one request covers at most 512 MiB, which bounds how long the worker is
+/// busy (and a driver reset waits) when zeroes have to be written because the host filesystem
+/// cannot zero or punch ranges.
+pub const MAX_SECTORS: u32 = 1 << 16;
 /// Most segments in one request (max_discard_seg / max_write_zeroes_seg).
-pub const MAX_SEGMENTS: u32 = 32;
+pub const MAX_SEGMENTS: u32 = 16;
 /// Advertised discard granularity in sectors: 4 KiB, the usual host filesystem block.
 pub const ALIGNMENT_SECTORS: u32 = 8;
 /// `struct virtio_blk_discard_write_zeroes`: le64 sector, le32 num_sectors, le32 flags.
@@ -132,7 +135,7 @@ pub fn execute(
         if seg.flags & FLAG_UNMAP != 0 && file.punch_hole(offset, len).is_ok() {
             continue;
         }
-        // len <= MAX_SECTORS * 512 = 2 GiB, which fits in usize on 64-bit hosts.
+        // len <= MAX_SECTORS * 512 = 32 MiB.
         file.write_all_zeroes_at(offset, len as usize)?;
     }
     Ok(())
