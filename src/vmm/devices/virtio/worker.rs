@@ -121,6 +121,24 @@ pub enum QueueError {
     Device(String),
 }
 
+/// The next chain the driver made available, or `None` when there is none. Before answering
+/// `None` it asks for a kick at the next new chain (with EVENT_IDX the driver only kicks when
+/// asked) and looks once more, so a chain that raced in is not left waiting for a kick that will
+/// not come. Two looks at most: it never spins.
+pub fn pop_chain<'m>(
+    queue: &mut virtio_queue::Queue,
+    mem: &'m super::GuestMemory,
+) -> Result<Option<virtio_queue::DescriptorChain<&'m super::GuestMemory>>, QueueError> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+    if let Some(chain) = queue.iter(mem)?.next() {
+        return Ok(Some(chain));
+    }
+    if queue.enable_notification(mem)? {
+        return Ok(queue.iter(mem)?.next());
+    }
+    Ok(None)
+}
+
 /// Takes every available chain of `queue`, validates it (total length at most `max_len`), lets
 /// `handle` process it (returning the number of bytes written for the used ring), and returns it.
 /// Raises one used-ring interrupt per batch. An error leaves the queue where it failed.
@@ -134,28 +152,14 @@ pub fn process_queue<F>(
 where
     F: FnMut(&super::chain::Chain) -> Result<u32, QueueError>,
 {
-    use virtio_queue::{QueueOwnedT, QueueT};
+    use virtio_queue::QueueT;
     let mut used_any = false;
-    let mut rearmed = false;
     let result = loop {
-        let next = match queue.iter(mem) {
-            Ok(mut avail) => avail.next(),
-            Err(e) => break Err(QueueError::Queue(e)),
+        let desc_chain = match pop_chain(queue, mem) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
-        let Some(desc_chain) = next else {
-            // With EVENT_IDX this asks for a kick at the next new chain; it reports chains that
-            // arrived meanwhile so none is left waiting for a kick that will not come. Looking
-            // again once is enough: a second empty look means there is nothing (never spin).
-            match queue.enable_notification(mem) {
-                Ok(true) if !rearmed => {
-                    rearmed = true;
-                    continue;
-                }
-                Ok(_) => break Ok(()),
-                Err(e) => break Err(QueueError::Queue(e)),
-            }
-        };
-        rearmed = false;
         let head = desc_chain.head_index();
         let outcome = super::chain::Chain::parse(desc_chain, mem, max_len)
             .map_err(QueueError::from)
