@@ -192,11 +192,40 @@ pub fn signal_used(
     Ok(())
 }
 
+/// Starts the worker of a one-queue device (block, rng): checks that the transport handed over
+/// exactly one queue, then runs [`serve_single_queue`] on a thread named `name`.
+pub fn spawn_single_queue<F>(
+    name: &'static str,
+    mem: super::GuestMemory,
+    interrupt: std::sync::Arc<super::Interrupt>,
+    queues: Vec<virtio_queue::Queue>,
+    queue_evts: Vec<EventFd>,
+    max_len: u64,
+    handle: F,
+) -> Result<Worker, super::ActivateError>
+where
+    F: FnMut(&super::GuestMemory, &super::chain::Chain) -> Result<u32, QueueError> + Send + 'static,
+{
+    let got = queues.len();
+    let (Ok([queue]), Ok([evt])) = (
+        <[virtio_queue::Queue; 1]>::try_from(queues),
+        <[EventFd; 1]>::try_from(queue_evts),
+    ) else {
+        return Err(super::ActivateError::QueueCount { want: 1, got });
+    };
+    Worker::spawn(name, move |event_loop| {
+        serve_single_queue(
+            name, event_loop, &mem, &interrupt, queue, &evt, max_len, handle,
+        )
+    })
+    .map_err(super::ActivateError::Worker)
+}
+
 /// The whole life of a one-queue device's worker: sleep until the queue is notified, process it
 /// with `handle`, repeat until stopped. A queue error marks the device `DEVICE_NEEDS_RESET` and
 /// further notifications are ignored until the driver resets it (which stops this thread).
 #[allow(clippy::too_many_arguments)]
-pub fn serve_single_queue<F>(
+fn serve_single_queue<F>(
     name: &str,
     event_loop: EventLoop,
     mem: &super::GuestMemory,
@@ -206,7 +235,7 @@ pub fn serve_single_queue<F>(
     max_len: u64,
     mut handle: F,
 ) where
-    F: FnMut(&super::chain::Chain) -> Result<u32, QueueError>,
+    F: FnMut(&super::GuestMemory, &super::chain::Chain) -> Result<u32, QueueError>,
 {
     const QUEUE_TOKEN: u64 = 0;
     if let Err(e) = event_loop.add(evt.as_raw_fd(), QUEUE_TOKEN, EventSet::IN) {
@@ -233,7 +262,8 @@ pub fn serve_single_queue<F>(
             if broken {
                 continue;
             }
-            if let Err(e) = process_queue(mem, &mut queue, interrupt, max_len, &mut handle) {
+            let handle = |chain: &super::chain::Chain| handle(mem, chain);
+            if let Err(e) = process_queue(mem, &mut queue, interrupt, max_len, handle) {
                 tracing::warn!("{name}: {e}; the device needs a reset by the driver");
                 broken = true;
                 interrupt.set_needs_reset();
