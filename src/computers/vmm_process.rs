@@ -26,7 +26,7 @@ const RIG_HINT: &str =
      (see shared/design/this-machine.md); the API itself keeps working here.";
 
 /// How long the readiness probe waits for the guest agent's vsock port to accept.
-const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A VMM process we know about.
 struct Tracked {
@@ -519,7 +519,8 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// Whether the guest agent's vsock port accepts connections, through the hybrid vsock socket.
+/// Whether the guest agent answers `GET /health` with 200, through the hybrid vsock socket (a port
+/// that merely accepts is not enough: the agent may accept before its routes are up).
 fn agent_port_open(socket: &Path, port: u32) -> bool {
     use std::io::BufRead;
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
@@ -535,9 +536,28 @@ fn agent_port_open(socket: &Path, port: u32) -> bool {
     {
         return false;
     }
+    let Ok(probe) = stream.try_clone() else {
+        return false;
+    };
+    let mut reader = std::io::BufReader::new(probe.take(4096));
     let mut line = String::new();
-    let mut reader = std::io::BufReader::new(stream.take(64));
-    reader.read_line(&mut line).is_ok() && line.starts_with("OK ")
+    if reader.read_line(&mut line).is_err() || !line.starts_with("OK ") {
+        return false;
+    }
+    if stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: deskd-agent\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    line.clear();
+    reader.read_line(&mut line).is_ok() && health_status_ok(&line)
+}
+
+/// Whether an HTTP status line says 200.
+fn health_status_ok(status_line: &str) -> bool {
+    let mut parts = status_line.split_whitespace();
+    matches!(parts.next(), Some(v) if v.starts_with("HTTP/1.")) && parts.next() == Some("200")
 }
 
 #[cfg(test)]
@@ -641,6 +661,14 @@ mod tests {
         std::fs::write(&a, &data).unwrap();
         copy_sparse(&a, &d.path().join("b")).unwrap();
         assert_eq!(std::fs::read(d.path().join("b")).unwrap(), data);
+    }
+
+    #[test]
+    fn only_a_200_status_line_is_healthy() {
+        assert!(health_status_ok("HTTP/1.1 200 OK\r\n"));
+        assert!(!health_status_ok("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(!health_status_ok("OK 1024\n"));
+        assert!(!health_status_ok(""));
     }
 
     #[test]
