@@ -32,7 +32,7 @@ rig-self-test:
 	tests/rig/run --self-test
 
 ## The default guest image system/desktop, built from Debian packages and installed into
-## $(DATA_DIR)/images/ (images/README.md). VARIANT=minimal: the same without the browser.
+## $(DATA_DIR)/images/system/desktop/1.0.0/ (images/README.md). VARIANT=minimal: the same without the browser.
 VARIANT ?= desktop
 DATA_DIR ?= /var/lib/deskd
 image:

@@ -199,6 +199,8 @@ def main():
     if facts:
         check(f"hostname from the kernel command line ({facts.get('hostname')!r})",
               facts.get("hostname") == args.hostname)
+        check(f"the guest booted once, no reboot on the way (boots in the journal: {facts.get('boots')})",
+              facts.get("boots") == "1")
         for unit in ("deskd-xvfb", "deskd-session", "deskd-agent", "deskd-hostname"):
             check(f"{unit}.service is active ({facts.get('unit_' + unit)})",
                   facts.get("unit_" + unit) == "active")
