@@ -416,12 +416,21 @@ impl VmmProcessBackend {
     }
 }
 
-/// Copies a file keeping holes: reads in 1 MiB blocks and seeks over all-zero ones. (The kernel's
-/// copy_file_range may reflink on filesystems that can, but does not keep holes everywhere.)
+/// Copies a file copy-on-write where the filesystem can (FICLONE: btrfs, XFS with reflink), which
+/// is instant and shares blocks until the guest writes; otherwise keeping holes: reads in 1 MiB
+/// blocks and seeks over all-zero ones. (The kernel's copy_file_range does not keep holes
+/// everywhere.)
 fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     let mut src = std::fs::File::open(from)?;
     let len = src.metadata()?.len();
     let mut dst = std::fs::File::create(to)?;
+    // SAFETY: FICLONE takes the source descriptor as its argument and only reads both open
+    // descriptors we own; it touches none of our memory.
+    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+    if cloned {
+        return dst.sync_all();
+    }
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = src.read(&mut buf)?;
