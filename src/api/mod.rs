@@ -10,6 +10,7 @@ mod actions;
 mod body;
 mod computers;
 mod console;
+mod desktop_ws;
 mod error;
 mod listen;
 mod middleware;

@@ -6,7 +6,9 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::error::ApiError;
-use super::{actions, computers, console, middleware, openapi, storage, workspaces, AppState};
+use super::{
+    actions, computers, console, desktop_ws, middleware, openapi, storage, workspaces, AppState,
+};
 
 /// Builds the whole application.
 pub fn router(state: AppState) -> Router {
@@ -97,6 +99,8 @@ pub fn router(state: AppState) -> Router {
             "/api/desktops/{instance_id}/proxy/{*endpoint}",
             get(actions::desktop_proxy).post(actions::desktop_proxy),
         )
+        // Section 4: token (vnc_password) auth, not the API key (see middleware::is_public).
+        .route("/desktops/{id}/ws/{kind}", get(desktop_ws::connect))
         .route("/api/storage/screenshots/{file}", get(storage::screenshot))
         // The SDK's legacy Docker build calls.
         .route("/api/builds/create", post(actions::legacy_builds))
