@@ -21,7 +21,7 @@ unit:
 	$(CARGO) test --workspace
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
-e2e: build-debug rig-self-test vmm-e2e
+e2e: build-debug rig-self-test vmm-e2e image-boot-test
 
 ## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
 .PHONY: vmm-e2e
