@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: bench-agent bench-api
+.PHONY: bench-agent bench-api sdk-venv
 .PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint image image-boot-test
 
 all: build
@@ -17,8 +17,12 @@ build-debug:
 test: unit e2e
 
 ## Unit tests, agent tests against Xvfb, API tests against a daemon on a temporary socket.
-unit:
+unit: sdk-venv
 	$(CARGO) test --workspace
+
+## The official orgo Python SDK from PyPI in target/sdk-venv, the client of the SDK tests.
+sdk-venv:
+	bash tests/sdk/setup.sh
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
 e2e: build-debug rig-self-test vmm-e2e image-boot-test
