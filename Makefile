@@ -25,7 +25,7 @@ sdk-venv:
 	bash tests/sdk/setup.sh
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
-e2e: build-debug rig-self-test vmm-e2e sdk-e2e
+e2e: build-debug rig-self-test vmm-e2e image-boot-test sdk-e2e
 
 ## A computer from POST /computers driven by curl and the official orgo SDK (PyPI), in the rig
 ## (issue 7). E2E_VARIANT=minimal runs the minimal image as the default template.
