@@ -56,6 +56,11 @@ image-boot-test:
 ## Benchmarks: each prints its figures next to what they were compared with in the same run.
 bench: bench-agent bench-api
 
+## Create-to-running and the daemon's overhead on screenshot/click/bash against a real VM, in the rig.
+.PHONY: bench-computer
+bench-computer: build-debug
+	benches/computer-rig --variant $(E2E_VARIANT)
+
 bench-agent:
 	$(CARGO) bench -p deskd-agent --bench agent_bench
 

@@ -173,6 +173,9 @@ impl Lifecycle {
     ) -> Result<Option<VmSpec>, LifecycleError> {
         let c = self.load(id)?;
         match c.status {
+            // A restart's own second half: its VM is stopped, the status stays `restarting` so
+            // that actions waiting for the computer never see a `stopped` in between.
+            ComputerStatus::Restarting if transitional == ComputerStatus::Restarting => {}
             ComputerStatus::Running | ComputerStatus::Starting | ComputerStatus::Restarting => {
                 return Ok(None)
             }
@@ -315,12 +318,6 @@ impl Lifecycle {
             let stopped = this.blocking(move |b| b.stop(&id2, STOP_GRACE)).await;
             let failure = match stopped {
                 Ok(Ok(())) => {
-                    if let Err(e) =
-                        this.store
-                            .set_computer_status(&cid, ComputerStatus::Stopped, None)
-                    {
-                        tracing::error!(computer = %cid, "cannot record a restart: {e}");
-                    }
                     match this.prepare_start(&cid, ComputerStatus::Restarting) {
                         Ok(Some(spec)) => {
                             this.boot(spec).await;
