@@ -7,6 +7,7 @@ daemon's overhead (difference of medians). Every call opens what the daemon open
 fresh vsock connection; the daemon side reuses one keep-alive HTTP connection, as clients do.
 """
 
+import base64
 import http.client
 import json
 import os
@@ -119,5 +120,83 @@ for name, via_daemon, direct in cases:
     a = timed(direct)
     fmt = lambda xs: f"{statistics.median(xs):8.1f} /{statistics.mean(xs):8.1f} /{max(xs):8.1f}"
     print(f"{name:28} {fmt(d):>28} {fmt(a):>28} {statistics.median(d) - statistics.median(a):20.1f} ms")
+
+
+def ws_open(path):
+    """A WebSocket over the daemon's Unix socket (stdlib only); returns the socket after the 101."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(300)
+    s.connect(SOCK)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = s.recv(1)
+        if not b:
+            sys.exit(f"bench: no WebSocket answer for {path}")
+        head += b
+    if b" 101 " not in head.split(b"\r\n")[0]:
+        sys.exit(f"bench: WebSocket {path} answered {head[:200]!r}")
+    return s
+
+
+def ws_send(s, text):
+    data = text.encode()
+    mask = os.urandom(4)
+    n = len(data)
+    header = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    s.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+
+def recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        b = s.recv(n - len(out))
+        if not b:
+            raise EOFError
+        out += b
+    return out
+
+
+def ws_recv(s):
+    """(opcode, payload) of the next frame."""
+    b0, b1 = recv_exact(s, 2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(recv_exact(s, 2), "big")
+    elif n == 127:
+        n = int.from_bytes(recv_exact(s, 8), "big")
+    return b0 & 0x0F, recv_exact(s, n)
+
+
+def ws_close_code(path):
+    s = ws_open(path)
+    op, payload = ws_recv(s)
+    s.close()
+    return int.from_bytes(payload[:2], "big") if op == 8 else None
+
+
+token = api("GET", f"/api/computers/{cid}/vnc-password")["password"]
+inst = api("GET", f"/api/computers/{cid}")["instance_id"]
+assert ws_close_code(f"/desktops/{cid}/ws/terminal?token=wrong") == 4401
+assert ws_close_code(f"/desktops/00000000/ws/terminal?token={token}") == 4404
+s = ws_open(f"/desktops/{inst}/ws/terminal?token={token}&cols=80&rows=24")
+ws_send(s, json.dumps({"type": "input", "data": "echo ws-$((40+2))\n"}))
+seen, deadline = "", time.monotonic() + 300
+while "ws-42" not in seen and time.monotonic() < deadline:
+    op, payload = ws_recv(s)
+    if op == 1:
+        msg = json.loads(payload)
+        seen += msg.get("data", "")
+assert "ws-42" in seen, seen[-300:]
+s.close()
+s = ws_open(f"/desktops/{cid}/ws/events?token={token}")
+ws_send(s, json.dumps({"type": "subscribe", "event_types": ["window_open"]}))
+op, payload = ws_recv(s)
+assert json.loads(payload)["type"] == "subscribed", payload
+s.close()
+print("bench: WebSockets: terminal relays a shell (echo ws-42), events subscribe; bad token 4401, unknown computer 4404")
 api("DELETE", f"/api/computers/{cid}")
 print("bench: done")
