@@ -126,7 +126,7 @@ fi
 phase 6 "install"
 if [ -n "$INSTALL_DATA_DIR" ]; then
     step "install into $INSTALL_DATA_DIR" "$IMAGES_DIR/install.sh" "$OUT_DIR" "$INSTALL_DATA_DIR"
-    info "installed as $INSTALL_DATA_DIR/images/$IMAGE_NAME"
+    info "installed as $INSTALL_DATA_DIR/images/$IMAGE_NAME/$IMAGE_VERSION"
 else
     info "not installed (use --install DATA_DIR, or: images/install.sh $OUT_DIR /var/lib/deskd)"
 fi

@@ -3,7 +3,8 @@
 #
 #   images/install.sh IMAGE_DIR [DATA_DIR]      (DATA_DIR defaults to /var/lib/deskd)
 #
-# The image lands in DATA_DIR/images/<name>/ (for system/desktop: DATA_DIR/images/system/desktop/)
+# The image lands in DATA_DIR/images/<name>/<version>/ (system/desktop@1.0.0:
+# DATA_DIR/images/system/desktop/1.0.0/, where the daemon looks for it)
 # with kernel, initrd, rootfs and manifest.json. The swap is atomic for readers: a new folder is
 # filled next to the old one and renamed over it. Computers already created keep their own disks.
 set -euo pipefail
@@ -13,15 +14,18 @@ data_dir=${2:-/var/lib/deskd}
 for f in kernel initrd rootfs manifest.json; do
     [ -f "$src/$f" ] || { echo "images/install.sh: $src/$f is missing: is $src a built image folder?" >&2; exit 1; }
 done
-read -r name key < <(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["name"], m["key"])' "$src/manifest.json")
+read -r name version key < <(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["name"], m["version"], m["key"])' "$src/manifest.json")
 case "$name" in
     */*) ;;
     *) echo "images/install.sh: image name '$name' is not namespace/name" >&2; exit 1 ;;
 esac
-dest="$data_dir/images/$name"
+case "$version" in
+    ''|*/*|.*) echo "images/install.sh: image version '$version' is not a plain version" >&2; exit 1 ;;
+esac
+dest="$data_dir/images/$name/$version"
 if [ -f "$dest/manifest.json" ] &&
     [ "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$dest/manifest.json")" = "$key" ]; then
-    echo "$name (key $key) is already installed in $dest"
+    echo "$name@$version (key $key) is already installed in $dest"
     exit 0
 fi
 mkdir -p "$(dirname "$dest")"
@@ -34,4 +38,4 @@ cp --sparse=always --reflink=auto "$src/kernel" "$src/initrd" "$src/rootfs" "$sr
 chmod 0644 "$tmp"/*
 if [ -e "$dest" ]; then mv "$dest" "$old"; fi
 mv "$tmp" "$dest"
-echo "installed $name (key $key) in $dest"
+echo "installed $name@$version (key $key) in $dest"

@@ -40,7 +40,7 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
         kernel: image.kernel.clone(),
         initrd: Some(image.initrd.clone()),
         cmdline: format!(
-            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw deskd.resolution={} deskd.instance={}",
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw deskd.resolution={} deskd.hostname=deskd-{}",
             spec.resolution, spec.instance_id
         ),
         disks: vec![DiskConfig {

@@ -25,6 +25,9 @@ const RIG_HINT: &str =
     "Run deskd inside the emulated-virtualization rig instead: `tests/rig/serve` \
      (see shared/design/this-machine.md); the API itself keeps working here.";
 
+/// How long the readiness probe waits for the guest agent's vsock port to accept.
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A VMM process we know about.
 struct Tracked {
     pid: i32,
@@ -64,11 +67,18 @@ impl VmmProcessBackend {
 
     /// The guest image a template reference resolves to.
     fn image_for(&self, template_ref: &str) -> Result<GuestImage, BackendError> {
-        // `system/desktop@1.0.0` lives in `images/system/desktop/1.0.0/`.
+        // `images/install.sh` puts `system/desktop` in `images/system/desktop/` with a
+        // manifest.json naming its version; a `images/system/desktop/<version>/` folder, if
+        // present, wins (several versions side by side).
         let (path, version) = template_ref
             .rsplit_once('@')
             .unwrap_or((template_ref, "latest"));
-        let dir = self.images_dir.join(path).join(version);
+        let versioned = self.images_dir.join(path).join(version);
+        let dir = if versioned.join("kernel").is_file() {
+            versioned
+        } else {
+            self.images_dir.join(path)
+        };
         let image = GuestImage {
             kernel: dir.join("kernel"),
             initrd: dir.join("initrd"),
@@ -77,9 +87,20 @@ impl VmmProcessBackend {
         for file in [&image.kernel, &image.initrd, &image.rootfs] {
             if !file.is_file() {
                 return Err(BackendError::NotReady(format!(
-                    "the guest image for {template_ref} is not installed: {} is missing. Build it with \
-                     the scripts in images/ and install kernel, initrd and rootfs into {}.",
-                    file.display(),
+                    "the guest image for {template_ref} is not installed: {} is missing. Build and \
+                     install it with `make image` (images/build.sh --install DATA_DIR).",
+                    file.display()
+                )));
+            }
+        }
+        let manifest_version = std::fs::read(dir.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["version"].as_str().map(str::to_string));
+        if let Some(installed) = manifest_version {
+            if installed != version {
+                return Err(BackendError::NotReady(format!(
+                    "{template_ref} is not installed: {} holds version {installed}",
                     dir.display()
                 )));
             }
@@ -289,8 +310,16 @@ impl VmBackend for VmmProcessBackend {
             return VmState::Absent;
         };
         match Self::alive(tracked) {
-            Ok(true) if Self::guest_ready(&dir) => VmState::Running { pid: tracked.pid },
-            Ok(true) => VmState::Booting { pid: tracked.pid },
+            Ok(true) => {
+                let pid = tracked.pid;
+                // The probe can take seconds on a slow guest: not while holding the table.
+                drop(procs);
+                if Self::guest_ready(&dir) {
+                    VmState::Running { pid }
+                } else {
+                    VmState::Booting { pid }
+                }
+            }
             Ok(false) => {
                 procs.remove(computer_id);
                 VmState::Exited {
@@ -387,12 +416,21 @@ impl VmmProcessBackend {
     }
 }
 
-/// Copies a file keeping holes: reads in 1 MiB blocks and seeks over all-zero ones. (The kernel's
-/// copy_file_range may reflink on filesystems that can, but does not keep holes everywhere.)
+/// Copies a file copy-on-write where the filesystem can (FICLONE: btrfs, XFS with reflink), which
+/// is instant and shares blocks until the guest writes; otherwise keeping holes: reads in 1 MiB
+/// blocks and seeks over all-zero ones. (The kernel's copy_file_range does not keep holes
+/// everywhere.)
 fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     let mut src = std::fs::File::open(from)?;
     let len = src.metadata()?.len();
     let mut dst = std::fs::File::create(to)?;
+    // SAFETY: FICLONE takes the source descriptor as its argument and only reads both open
+    // descriptors we own; it touches none of our memory.
+    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+    if cloned {
+        return dst.sync_all();
+    }
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = src.read(&mut buf)?;
@@ -461,7 +499,7 @@ fn log_tail(path: &Path) -> String {
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(2048)));
     let mut bytes = Vec::new();
     let _ = file.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
+    let text = strip_ansi(&String::from_utf8_lossy(&bytes));
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
     if tail.is_empty() {
@@ -471,23 +509,64 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
-/// Whether the guest agent's vsock port accepts connections, through the hybrid vsock socket.
+/// Removes terminal colour sequences (`ESC [ ... letter`) that loggers write to a log file.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip `[`, parameters, and the final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether the guest agent answers `GET /health` with 200, through the hybrid vsock socket (a port
+/// that merely accepts is not enough: the agent may accept before its routes are up).
 fn agent_port_open(socket: &Path, port: u32) -> bool {
     use std::io::BufRead;
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
+    // The guest kernel must accept the connection before the VMM answers OK; in the rig (nested,
+    // emulated) that round trip can take a few seconds.
+    let _ = stream.set_read_timeout(Some(AGENT_PROBE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(AGENT_PROBE_TIMEOUT));
     if stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .is_err()
     {
         return false;
     }
+    let Ok(probe) = stream.try_clone() else {
+        return false;
+    };
+    let mut reader = std::io::BufReader::new(probe.take(4096));
     let mut line = String::new();
-    let mut reader = std::io::BufReader::new(stream.take(64));
-    reader.read_line(&mut line).is_ok() && line.starts_with("OK ")
+    if reader.read_line(&mut line).is_err() || !line.starts_with("OK ") {
+        return false;
+    }
+    if stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: deskd-agent\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    line.clear();
+    reader.read_line(&mut line).is_ok() && health_status_ok(&line)
+}
+
+/// Whether an HTTP status line says 200.
+fn health_status_ok(status_line: &str) -> bool {
+    let mut parts = status_line.split_whitespace();
+    matches!(parts.next(), Some(v) if v.starts_with("HTTP/1.")) && parts.next() == Some("200")
 }
 
 #[cfg(test)]
@@ -527,10 +606,22 @@ mod tests {
         let b = VmmProcessBackend::new("/bin/false".into(), data.path(), true);
         let err = b.image_for("system/desktop@1.0.0").unwrap_err();
         assert!(
-            err.to_string()
-                .contains("images/system/desktop/1.0.0/kernel"),
+            err.to_string().contains("images/system/desktop/kernel"),
             "{err}"
         );
+        // The layout of images/install.sh, with its manifest's version checked.
+        let dir = data.path().join("images/system/desktop");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["kernel", "initrd", "rootfs"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        std::fs::write(dir.join("manifest.json"), br#"{"version":"1.0.0"}"#).unwrap();
+        assert_eq!(
+            b.image_for("system/desktop@1.0.0").unwrap().kernel,
+            dir.join("kernel")
+        );
+        let err = b.image_for("system/desktop@2.0.0").unwrap_err();
+        assert!(err.to_string().contains("holds version 1.0.0"), "{err}");
     }
 
     /// Runs a real child process through the backend (a shell standing in for `deskd vmm` only so
@@ -579,6 +670,22 @@ mod tests {
         std::fs::write(&a, &data).unwrap();
         copy_sparse(&a, &d.path().join("b")).unwrap();
         assert_eq!(std::fs::read(d.path().join("b")).unwrap(), data);
+    }
+
+    #[test]
+    fn only_a_200_status_line_is_healthy() {
+        assert!(health_status_ok("HTTP/1.1 200 OK\r\n"));
+        assert!(!health_status_ok("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(!health_status_ok("OK 1024\n"));
+        assert!(!health_status_ok(""));
+    }
+
+    #[test]
+    fn log_tails_lose_colour_codes() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m VM started"),
+            "2026  INFO VM started"
+        );
     }
 
     #[test]

@@ -87,12 +87,12 @@ fn run(cmd: KeysCommand) -> Result<(), StoreError> {
                 );
             } else {
                 println!(
-                    "{:<36}  {:<20}  {:<16}  {:<36}  {:<24}  STATE",
+                    "{:<36}  {:<23}  {:<16}  {:<36}  {:<24}  STATE",
                     "ID", "PREFIX", "NAME", "WORKSPACE", "CREATED"
                 );
                 for k in keys {
                     println!(
-                        "{:<36}  {:<20}  {:<16}  {:<36}  {:<24}  {}",
+                        "{:<36}  {:<23}  {:<16}  {:<36}  {:<24}  {}",
                         k.id,
                         format!("{}...", k.prefix),
                         k.name,

@@ -21,6 +21,8 @@ pub struct Daemon {
     pub config: PathBuf,
     pub log: PathBuf,
     pub key: String,
+    /// Extra arguments of `deskd serve` (e.g. `--listen`).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -84,6 +86,10 @@ impl Daemon {
     }
 
     pub fn start_with_config(config: &str) -> Daemon {
+        Daemon::start_with_args(config, &[])
+    }
+
+    pub fn start_with_args(config: &str, extra_args: &[String]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run/deskd.sock");
         let data = dir.path().join("data");
@@ -96,6 +102,7 @@ impl Daemon {
             config: config_path,
             log,
             key: String::new(),
+            extra_args: extra_args.to_vec(),
             child: None,
             dir,
         };
@@ -121,6 +128,7 @@ impl Daemon {
             .arg(&self.data)
             .arg("--config")
             .arg(&self.config)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

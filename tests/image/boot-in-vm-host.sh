@@ -28,11 +28,13 @@ done
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# http_get PORT_CID PATH FILE: one HTTP/1.0 request to the agent over vsock (1.0: no chunking).
+# http_get CID PATH FILE: one HTTP/1.0 request to the agent over vsock (1.0: no chunking). shut-none:
+# socat must not half-close the connection after sending the request, or the server may take the
+# client for gone and drop a slow answer.
 http_get() {
     local cid=$1 path=$2 file=$3
     printf 'GET %s HTTP/1.0\r\nHost: agent\r\n\r\n' "$path" \
-        | timeout 120 socat -t 60 - "VSOCK-CONNECT:$cid:1024" > "$file" 2>/dev/null
+        | timeout 180 socat -t 120 - "VSOCK-CONNECT:$cid:1024,shut-none" > "$file" 2>"$file.err"
 }
 
 qemu_pid=""

@@ -199,6 +199,8 @@ def main():
     if facts:
         check(f"hostname from the kernel command line ({facts.get('hostname')!r})",
               facts.get("hostname") == args.hostname)
+        check(f"the guest booted once, no reboot on the way (boots in the journal: {facts.get('boots')})",
+              facts.get("boots") == "1")
         for unit in ("deskd-xvfb", "deskd-session", "deskd-agent", "deskd-hostname"):
             check(f"{unit}.service is active ({facts.get('unit_' + unit)})",
                   facts.get("unit_" + unit) == "active")
@@ -244,7 +246,7 @@ def main():
         body = open(args.agent_health, errors="replace").read() if os.path.exists(args.agent_health) else ""
         first = body.splitlines()[0] if body else "no answer"
         check(f"agent answers GET /health over vsock ({first})", re.match(r"HTTP/1\.[01] 200", body))
-        payload = body.split("\r\n\r\n", 1)[-1]
+        payload = re.split(r"\r?\n\r?\n", body, maxsplit=1)[-1]
         try:
             health = json.loads(payload)
         except ValueError:

@@ -107,7 +107,7 @@ fn scribble(mem: &GuestMemory, vq: &MockSplitQueue<'_, GuestMemory>, r: &mut Prn
         }
         if r.below(2) == 0 && cid == 0 {
             // virtio-blk: type, reserved, sector near the 64-sector disk.
-            b[..4].copy_from_slice(&(r.pick(&[0u32, 1, 4, 8, 99])).to_le_bytes());
+            b[..4].copy_from_slice(&(r.pick(&[0u32, 1, 4, 8, 11, 13, 99])).to_le_bytes());
             b[8..16].copy_from_slice(&r.below(80).to_le_bytes());
         } else if r.below(2) == 0 {
             // virtio-vsock: our CID as source, host as destination, stream, any op, short length.

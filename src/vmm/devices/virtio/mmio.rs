@@ -8,6 +8,7 @@ use virtio_bindings::bindings::virtio_config::{
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
 };
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -177,9 +178,10 @@ impl MmioTransport {
         }
     }
 
-    /// Version 2 of the transport requires VIRTIO_F_VERSION_1; the transport adds it.
+    /// Version 2 of the transport requires VIRTIO_F_VERSION_1; the transport adds it, and
+    /// VIRTIO_RING_F_EVENT_IDX, which every device's queue processing honours (see `worker`).
     fn offered_features(&self) -> u64 {
-        self.device.features() | (1u64 << VIRTIO_F_VERSION_1)
+        self.device.features() | (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_EVENT_IDX)
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
@@ -357,13 +359,15 @@ impl MmioTransport {
             self.interrupt.set_needs_reset();
             return;
         }
+        let event_idx = self.driver_features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         let mut evts = Vec::with_capacity(self.queue_evts.len());
         for (q, evt) in self.queues.iter().zip(&self.queue_evts) {
             let copy = Queue::try_from(q.state());
             let evt = evt.try_clone();
             match (copy, evt) {
-                (Ok(q), Ok(e)) => {
+                (Ok(mut q), Ok(e)) => {
+                    q.set_event_idx(event_idx);
                     queues.push(q);
                     evts.push(e);
                 }

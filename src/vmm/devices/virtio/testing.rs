@@ -26,6 +26,13 @@ pub fn mock_queue(mem: &GuestMemory, index: u64, size: u16) -> MockSplitQueue<'_
     MockSplitQueue::create(mem, GuestAddress(index * 0x1_0000), size)
 }
 
+/// Where the tests put a queue's used ring. Not `MockSplitQueue::used_addr()`: the mock measures
+/// the available ring in elements instead of bytes, so its used ring overlaps the available ring
+/// (and its `used_event` field) for any queue size above a handful.
+pub fn used_ring(vq: &MockSplitQueue<'_, GuestMemory>) -> GuestAddress {
+    vq.desc_table_addr().unchecked_add(0x8000)
+}
+
 pub fn read_reg(t: &mut MmioTransport, offset: u64) -> u32 {
     let mut data = [0u8; 4];
     t.read(offset, &mut data);
@@ -67,7 +74,7 @@ pub fn setup_queue(
     let (lo, hi) = split(vq.avail_addr());
     write_reg(t, 0x90, lo);
     write_reg(t, 0x94, hi);
-    let (lo, hi) = split(vq.used_addr());
+    let (lo, hi) = split(used_ring(vq));
     write_reg(t, 0xa0, lo);
     write_reg(t, 0xa4, hi);
     write_reg(t, 0x44, 1);
@@ -128,13 +135,13 @@ pub fn wait_used(mem: &GuestMemory, vq: &MockSplitQueue<'_, GuestMemory>, count:
 }
 
 pub fn used_idx(mem: &GuestMemory, vq: &MockSplitQueue<'_, GuestMemory>) -> u16 {
-    mem.read_obj::<u16>(vq.used_addr().unchecked_add(2))
+    mem.read_obj::<u16>(used_ring(vq).unchecked_add(2))
         .expect("used idx")
 }
 
 /// The (descriptor id, length) of used element `i`.
 pub fn used_elem(mem: &GuestMemory, vq: &MockSplitQueue<'_, GuestMemory>, i: u16) -> (u32, u32) {
-    let at = vq.used_addr().unchecked_add(4 + 8 * u64::from(i));
+    let at = used_ring(vq).unchecked_add(4 + 8 * u64::from(i));
     let id: u32 = mem.read_obj(at).expect("used id");
     let len: u32 = mem.read_obj(at.unchecked_add(4)).expect("used len");
     (id, len)

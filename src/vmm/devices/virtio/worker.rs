@@ -136,14 +136,26 @@ where
 {
     use virtio_queue::{QueueOwnedT, QueueT};
     let mut used_any = false;
+    let mut rearmed = false;
     let result = loop {
         let next = match queue.iter(mem) {
             Ok(mut avail) => avail.next(),
             Err(e) => break Err(QueueError::Queue(e)),
         };
         let Some(desc_chain) = next else {
-            break Ok(());
+            // With EVENT_IDX this asks for a kick at the next new chain; it reports chains that
+            // arrived meanwhile so none is left waiting for a kick that will not come. Looking
+            // again once is enough: a second empty look means there is nothing (never spin).
+            match queue.enable_notification(mem) {
+                Ok(true) if !rearmed => {
+                    rearmed = true;
+                    continue;
+                }
+                Ok(_) => break Ok(()),
+                Err(e) => break Err(QueueError::Queue(e)),
+            }
         };
+        rearmed = false;
         let head = desc_chain.head_index();
         let outcome = super::chain::Chain::parse(desc_chain, mem, max_len)
             .map_err(QueueError::from)
@@ -157,10 +169,23 @@ where
         }
         used_any = true;
     };
-    if used_any {
+    signal_used(mem, queue, interrupt, used_any)?;
+    result
+}
+
+/// Raises the used-ring interrupt after a batch, unless the driver (EVENT_IDX `used_event`) said
+/// it does not need one yet.
+pub fn signal_used(
+    mem: &super::GuestMemory,
+    queue: &mut virtio_queue::Queue,
+    interrupt: &super::Interrupt,
+    used_any: bool,
+) -> Result<(), QueueError> {
+    use virtio_queue::QueueT;
+    if used_any && queue.needs_notification(mem)? {
         interrupt.signal_used_queue();
     }
-    result
+    Ok(())
 }
 
 /// The whole life of a one-queue device's worker: sleep until the queue is notified, process it

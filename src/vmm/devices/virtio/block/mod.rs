@@ -1,5 +1,7 @@
-//! virtio-blk backed by a raw image file: read, write, flush (fdatasync), get-id, read-only mode.
+//! virtio-blk backed by a raw image file: read, write, flush (fdatasync), get-id, discard and
+//! write-zeroes (hole punching), read-only mode.
 
+mod discard;
 mod request;
 
 use std::fs::{File, OpenOptions};
@@ -8,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
 };
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -100,11 +103,7 @@ impl Block {
         }
         let mut serial = config.serial.into_bytes();
         serial.truncate(VIRTIO_BLK_ID_BYTES as usize);
-        // struct virtio_blk_config: capacity (le64) at 0, size_max at 8, seg_max at 12.
-        let mut config_space = Vec::with_capacity(16);
-        config_space.extend_from_slice(&capacity.to_le_bytes());
-        config_space.extend_from_slice(&0u32.to_le_bytes());
-        config_space.extend_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        let config_space = config_space(capacity);
         Ok(Block {
             disk: Disk {
                 file,
@@ -123,6 +122,24 @@ impl Block {
     }
 }
 
+/// `struct virtio_blk_config` up to `write_zeroes_may_unmap` (fields of features not offered
+/// stay zero).
+fn config_space(capacity: u64) -> Vec<u8> {
+    fn put_u32(c: &mut [u8], at: usize, v: u32) {
+        c[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    let mut c = vec![0u8; 60];
+    c[0..8].copy_from_slice(&capacity.to_le_bytes());
+    put_u32(&mut c, 12, u32::from(QUEUE_SIZE - 2)); // seg_max
+    put_u32(&mut c, 36, discard::MAX_SECTORS); // max_discard_sectors
+    put_u32(&mut c, 40, discard::MAX_SEGMENTS); // max_discard_seg
+    put_u32(&mut c, 44, discard::ALIGNMENT_SECTORS); // discard_sector_alignment
+    put_u32(&mut c, 48, discard::MAX_SECTORS); // max_write_zeroes_sectors
+    put_u32(&mut c, 52, discard::MAX_SEGMENTS); // max_write_zeroes_seg
+    c[56] = 1; // write_zeroes_may_unmap
+    c
+}
+
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
@@ -138,6 +155,8 @@ impl VirtioDevice for Block {
             | (1u64 << VIRTIO_BLK_F_SEG_MAX);
         if self.disk.read_only {
             features |= 1u64 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= (1u64 << VIRTIO_BLK_F_DISCARD) | (1u64 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
         features
     }

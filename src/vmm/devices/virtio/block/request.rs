@@ -4,11 +4,13 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 
 use virtio_bindings::bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use vm_memory::{Address, Bytes};
 
+use super::discard::{self, DiscardError};
 use super::SECTOR_SIZE;
 use crate::vmm::devices::virtio::chain::{total_len, Buf, Chain};
 use crate::vmm::devices::virtio::cursor::{Cursor, CursorError};
@@ -38,12 +40,15 @@ pub enum RequestError {
     Io(#[from] io::Error),
     #[error("moving data to or from the guest failed: {0}")]
     Transfer(#[from] CursorError),
+    #[error("{0}")]
+    Discard(#[from] DiscardError),
 }
 
 impl RequestError {
     fn status(&self) -> u8 {
         match self {
             RequestError::Unsupported(_) => VIRTIO_BLK_S_UNSUPP as u8,
+            RequestError::Discard(e) if e.is_unsupported() => VIRTIO_BLK_S_UNSUPP as u8,
             _ => VIRTIO_BLK_S_IOERR as u8,
         }
     }
@@ -135,6 +140,14 @@ impl Disk {
                 let n = (out.remaining() as usize).min(id.len());
                 out.write_all(&id[..n])?;
                 Ok(n as u64)
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                if self.read_only {
+                    return Err(RequestError::ReadOnly);
+                }
+                let write_zeroes = kind == VIRTIO_BLK_T_WRITE_ZEROES;
+                discard::execute(&mut self.file, self.capacity, &mut input, write_zeroes)?;
+                Ok(0)
             }
             other => Err(RequestError::Unsupported(other)),
         }

@@ -291,3 +291,147 @@ fn open_errors_are_clear() {
     .unwrap_err();
     assert!(matches!(err, BlockError::TooSmall { .. }));
 }
+
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+
+fn segments(mem: &GuestMemory, segs: &[(u64, u32, u32)]) -> u32 {
+    let mut raw = Vec::new();
+    for &(sector, count, flags) in segs {
+        raw.extend_from_slice(&sector.to_le_bytes());
+        raw.extend_from_slice(&count.to_le_bytes());
+        raw.extend_from_slice(&flags.to_le_bytes());
+    }
+    mem.write_slice(&raw, GuestAddress(DATA)).expect("segments");
+    raw.len() as u32
+}
+
+fn sectors_of(tmp: &TempFile, first: u64, count: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; (count * 512) as usize];
+    let mut f = tmp.as_file();
+    f.seek(SeekFrom::Start(first * 512)).expect("seek");
+    f.read_exact(&mut buf).expect("read");
+    buf
+}
+
+fn pattern(first: u64, count: u64) -> Vec<u8> {
+    (first..first + count)
+        .flat_map(|s| (0..512u64).map(move |i| ((s + i) % 251) as u8))
+        .collect()
+}
+
+#[test]
+fn discard_punches_a_hole_that_reads_back_as_zeroes() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = image();
+    let blocks_before = tmp.as_file().metadata().expect("meta").blocks();
+    let mem = memory();
+    let mut rig = Rig::new(&mem, block(&tmp, false));
+    let len = segments(&mem, &[(8, 8, 0)]);
+    assert_eq!(
+        rig.request(T_DISCARD, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_OK
+    );
+    assert_eq!(sectors_of(&tmp, 8, 8), vec![0u8; 8 * 512]);
+    assert_eq!(
+        sectors_of(&tmp, 7, 1),
+        pattern(7, 1),
+        "neighbours untouched"
+    );
+    assert_eq!(sectors_of(&tmp, 16, 1), pattern(16, 1));
+    let blocks_after = tmp.as_file().metadata().expect("meta").blocks();
+    assert!(
+        blocks_after < blocks_before,
+        "space given back: {blocks_before} -> {blocks_after}"
+    );
+}
+
+#[test]
+fn write_zeroes_with_and_without_unmap() {
+    let tmp = image();
+    let mem = memory();
+    let mut rig = Rig::new(&mem, block(&tmp, false));
+    let len = segments(&mem, &[(20, 3, 0), (30, 2, 1)]);
+    assert_eq!(
+        rig.request(T_WRITE_ZEROES, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_OK
+    );
+    assert_eq!(sectors_of(&tmp, 20, 3), vec![0u8; 3 * 512]);
+    assert_eq!(sectors_of(&tmp, 30, 2), vec![0u8; 2 * 512]);
+    assert_eq!(sectors_of(&tmp, 19, 1), pattern(19, 1));
+    assert_eq!(sectors_of(&tmp, 23, 7), pattern(23, 7));
+    assert_eq!(sectors_of(&tmp, 32, 1), pattern(32, 1));
+}
+
+#[test]
+fn bad_discard_requests_change_nothing() {
+    let tmp = image();
+    let mem = memory();
+    let mut rig = Rig::new(&mem, block(&tmp, false));
+    // The first segment is fine, the second runs past the end: nothing may be applied.
+    let len = segments(&mem, &[(0, 4, 0), (62, 4, 0)]);
+    assert_eq!(
+        rig.request(T_DISCARD, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_IOERR
+    );
+    let len = segments(&mem, &[(0, 4, 0), (u64::MAX, 2, 0)]);
+    assert_eq!(
+        rig.request(T_WRITE_ZEROES, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_IOERR
+    );
+    // The unmap flag is for write-zeroes only; unknown flags are unsupported.
+    let len = segments(&mem, &[(0, 4, 1)]);
+    assert_eq!(
+        rig.request(T_DISCARD, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_UNSUPP
+    );
+    let len = segments(&mem, &[(0, 4, 2)]);
+    assert_eq!(
+        rig.request(T_WRITE_ZEROES, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_UNSUPP
+    );
+    // Payloads that are not whole segments, too many segments, a huge segment.
+    assert_eq!(
+        rig.request(T_DISCARD, 0, Some((15, false))).0,
+        VIRTIO_BLK_S_IOERR
+    );
+    let many: Vec<(u64, u32, u32)> = (0..17).map(|i| (i, 1, 0)).collect();
+    let len = segments(&mem, &many);
+    assert_eq!(
+        rig.request(T_DISCARD, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_IOERR
+    );
+    let len = segments(&mem, &[(0, u32::MAX, 0)]);
+    assert_eq!(
+        rig.request(T_DISCARD, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_IOERR
+    );
+    assert_eq!(sectors_of(&tmp, 0, 64), pattern(0, 64), "image unchanged");
+}
+
+#[test]
+fn read_only_disk_refuses_discard_and_does_not_offer_it() {
+    let tmp = image();
+    assert_eq!(block(&tmp, true).features() & (3 << 13), 0);
+    let rw = block(&tmp, false);
+    assert_eq!(
+        rw.features() & (3 << 13),
+        3 << 13,
+        "DISCARD and WRITE_ZEROES offered"
+    );
+    let mut max_discard = [0u8; 4];
+    rw.read_config(36, &mut max_discard);
+    assert_eq!(u32::from_le_bytes(max_discard), 1 << 16);
+    let mem = memory();
+    let mut rig = Rig::new(&mem, block(&tmp, true));
+    let len = segments(&mem, &[(0, 4, 0)]);
+    assert_eq!(
+        rig.request(T_DISCARD, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_IOERR
+    );
+    assert_eq!(
+        rig.request(T_WRITE_ZEROES, 0, Some((len, false))).0,
+        VIRTIO_BLK_S_IOERR
+    );
+    assert_eq!(sectors_of(&tmp, 0, 4), pattern(0, 4));
+}

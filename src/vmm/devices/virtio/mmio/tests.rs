@@ -192,3 +192,79 @@ fn queue_eventfd_alone_triggers_processing() {
     t.queue_evts()[0].write(1).expect("ioeventfd");
     assert!(wait_used(&mem, &vq, 1));
 }
+
+fn wait_irq_status(t: &mut MmioTransport) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if read_reg(t, 0x60) & 1 != 0 {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    false
+}
+
+#[test]
+fn event_idx_lets_the_driver_suppress_interrupts_and_kicks() {
+    use vm_memory::{Address, Bytes};
+    let mem = memory();
+    let vq = mock_queue(&mem, 0, 16);
+    let (mut t, irq) = activate(Box::new(Rng::new()), &mem, &[&vq], 16);
+    write_reg(&mut t, 0x14, 0);
+    assert_ne!(
+        read_reg(&mut t, 0x10) & (1 << 29),
+        0,
+        "VIRTIO_RING_F_EVENT_IDX offered"
+    );
+    // used_event = 1: "interrupt me once used.idx moves past 1", i.e. not for the first chain.
+    let used_event = vq.avail_addr().unchecked_add(4 + 2 * 16);
+    mem.write_obj(1u16, used_event).expect("used_event");
+    add_chain(&vq, 0, &[(DATA_BASE, 16, true)]);
+    write_reg(&mut t, QUEUE_NOTIFY_OFFSET, 0);
+    assert!(wait_used(&mem, &vq, 1));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(read_reg(&mut t, 0x60) & 1, 0, "first chain: no interrupt");
+    assert!(irq.read().is_err(), "irqfd not written");
+    add_chain(&vq, 1, &[(DATA_BASE + 0x100, 16, true)]);
+    write_reg(&mut t, QUEUE_NOTIFY_OFFSET, 0);
+    assert!(wait_used(&mem, &vq, 2));
+    assert!(
+        wait_irq_status(&mut t),
+        "second chain crosses used_event: interrupt"
+    );
+    // The device asked to be kicked for the next chain after the two it consumed.
+    let avail_event = used_ring(&vq).unchecked_add(4 + 8 * 16);
+    assert_eq!(mem.read_obj::<u16>(avail_event).expect("avail_event"), 2);
+}
+
+#[test]
+fn without_event_idx_every_batch_interrupts() {
+    use vm_memory::{Address, Bytes};
+    let mem = memory();
+    let vq = mock_queue(&mem, 0, 16);
+    let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    let mut t = MmioTransport::new(
+        Box::new(Rng::new()),
+        mem.clone(),
+        irq.try_clone().expect("clone"),
+    )
+    .expect("transport");
+    write_reg(&mut t, 0x70, 1);
+    write_reg(&mut t, 0x70, 3);
+    write_reg(&mut t, 0x24, 1);
+    write_reg(&mut t, 0x20, 1); // VERSION_1 only
+    write_reg(&mut t, 0x70, 0xb);
+    setup_queue(&mut t, 0, &vq, 16);
+    write_reg(&mut t, 0x70, 0xf);
+    assert_eq!(read_reg(&mut t, 0x70), 0xf);
+    // A stale used_event must not matter when EVENT_IDX was not negotiated.
+    mem.write_obj(7u16, vq.avail_addr().unchecked_add(4 + 2 * 16))
+        .expect("used_event");
+    for i in 0..2u16 {
+        add_chain(&vq, i, &[(DATA_BASE + 0x100 * u64::from(i), 16, true)]);
+        write_reg(&mut t, QUEUE_NOTIFY_OFFSET, 0);
+        assert!(wait_used(&mem, &vq, i + 1));
+        assert!(wait_irq_status(&mut t), "batch {i} interrupts");
+        write_reg(&mut t, 0x64, 1);
+    }
+}

@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{total_len, Chain};
 use super::cursor::Cursor;
-use super::worker::{drain, EventLoop, QueueError, Worker, STOP_TOKEN};
+use super::worker::{drain, signal_used, EventLoop, QueueError, Worker, STOP_TOKEN};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 use muxer::Muxer;
 use packet::{read_packet, HEADER_LEN, MAX_PAYLOAD};
@@ -269,6 +269,7 @@ impl VsockWorker {
     fn process_tx(&mut self, event_loop: &EventLoop) -> Result<(), QueueError> {
         let mem = &self.mem;
         let mut used = false;
+        let mut rearmed = false;
         let result = loop {
             self.tx_stalled = self.muxer.backlog_full();
             if self.tx_stalled {
@@ -279,8 +280,17 @@ impl VsockWorker {
                 Err(e) => break Err(QueueError::Queue(e)),
             };
             let Some(desc_chain) = next else {
-                break Ok(());
+                // Re-arm the guest's kick (EVENT_IDX); look once more for chains that raced in.
+                match self.tx.enable_notification(mem) {
+                    Ok(true) if !rearmed => {
+                        rearmed = true;
+                        continue;
+                    }
+                    Ok(_) => break Ok(()),
+                    Err(e) => break Err(QueueError::Queue(e)),
+                }
             };
+            rearmed = false;
             let head = desc_chain.head_index();
             let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
                 Ok(c) => c,
@@ -301,9 +311,7 @@ impl VsockWorker {
             }
             used = true;
         };
-        if used {
-            self.interrupt.signal_used_queue();
-        }
+        signal_used(mem, &mut self.tx, &self.interrupt, used)?;
         result
     }
 
@@ -311,6 +319,7 @@ impl VsockWorker {
     fn process_rx(&mut self) -> Result<(), QueueError> {
         let mem = &self.mem;
         let mut used = false;
+        let mut rearmed = false;
         let result = loop {
             if !self.muxer.has_rx() {
                 break Ok(());
@@ -321,8 +330,17 @@ impl VsockWorker {
             };
             // No buffer: the guest's next rx notification brings us back here.
             let Some(desc_chain) = next else {
-                break Ok(());
+                // Re-arm the guest's kick (EVENT_IDX); look once more for chains that raced in.
+                match self.rx.enable_notification(mem) {
+                    Ok(true) if !rearmed => {
+                        rearmed = true;
+                        continue;
+                    }
+                    Ok(_) => break Ok(()),
+                    Err(e) => break Err(QueueError::Queue(e)),
+                }
             };
+            rearmed = false;
             let head = desc_chain.head_index();
             let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
                 Ok(c) => c,
@@ -354,9 +372,7 @@ impl VsockWorker {
             }
             used = true;
         };
-        if used {
-            self.interrupt.signal_used_queue();
-        }
+        signal_used(mem, &mut self.rx, &self.interrupt, used)?;
         result
     }
 }

@@ -1,0 +1,74 @@
+"""The official `orgo` Python SDK, unmodified, against a running deskd (sections 1 and 2).
+
+Run by tests/api_sdk.rs with DESKD_BASE (http://127.0.0.1:PORT/api) and DESKD_KEY set.
+Prints one line per step; exits non-zero on the first mismatch.
+"""
+
+import os
+import sys
+
+from orgo import Computer, Project
+
+BASE = os.environ["DESKD_BASE"]
+KEY = os.environ["DESKD_KEY"]
+HW = os.environ.get("DESKD_HW") == "1"
+
+
+def step(name):
+    print(f"sdk: {name}", flush=True)
+
+
+step("Project(name) creates the project through POST /projects")
+project = Project("sdk-project", api_key=KEY, base_api_url=BASE)
+assert project.id, "no project id"
+
+step("Project(name) again finds it through GET /projects (list key 'projects')")
+again = Project("sdk-project", api_key=KEY, base_api_url=BASE)
+assert again.id == project.id, (again.id, project.id)
+
+step("Computer(project=name) creates a computer (201, id/ram/cpu/os/resolution)")
+computer = Computer(project="sdk-project", api_key=KEY, base_api_url=BASE, verbose=False, ram=8, cpu=2)
+assert computer.computer_id, "no computer id"
+assert computer.ram == 8 and computer.cpu == 2, (computer.ram, computer.cpu)
+
+step("status() reads GET /computers/{id}")
+info = computer.status()
+assert info["id"] == computer.computer_id
+assert info["instance_details"]["resolution"] == "1280x720x24"
+assert info["status"] != "running" or HW, info["status"]
+if not HW:
+    assert info["status"] == "error" and "tests/rig/serve" in info["status_reason"], info
+
+step("Project.list_computers() reads `desktops` of GET /projects/{id}")
+listed = project.list_computers()
+assert [c["id"] for c in listed] == [computer.computer_id], listed
+assert project.get_computer("nope") is None
+
+step("actions on a computer that is not running fail with the contract's message")
+if info["status"] != "running":
+    try:
+        computer.bash("echo hi")
+    except Exception as e:  # the SDK raises Exception(error message)
+        assert "Desktop instance not available" in str(e), str(e)
+    else:
+        sys.exit("bash on a stopped computer did not fail")
+
+step("Computer(template=...) survives the legacy builds/latest lookup failing")
+templated = Computer(project=project, api_key=KEY, base_api_url=BASE, verbose=False, template="my-template")
+assert templated.computer_id
+
+step("restart() and destroy()")
+if not HW:
+    try:
+        computer.restart()
+    except Exception as e:
+        assert "tests/rig/serve" in str(e), str(e)
+    else:
+        sys.exit("restart on a host without vmx/svm did not fail")
+computer.destroy()
+templated.destroy()
+assert project.list_computers() == []
+
+step("Project.destroy() deletes through DELETE /projects/{id}")
+project.destroy()
+print("sdk: all steps passed", flush=True)
