@@ -25,7 +25,14 @@ sdk-venv:
 	bash tests/sdk/setup.sh
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
-e2e: build-debug rig-self-test vmm-e2e image-boot-test
+e2e: build-debug rig-self-test vmm-e2e image-boot-test sdk-e2e
+
+## A computer from POST /computers driven by curl and the official orgo SDK (PyPI), in the rig
+## (issue 7). E2E_VARIANT=minimal runs the minimal image as the default template.
+E2E_VARIANT ?= desktop
+.PHONY: sdk-e2e
+sdk-e2e: build-debug
+	tests/sdk-rig-e2e --variant $(E2E_VARIANT)
 
 ## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
 .PHONY: vmm-e2e
@@ -49,6 +56,11 @@ image-boot-test:
 ## Benchmarks: each prints its figures next to what they were compared with in the same run.
 bench: bench-agent bench-api
 
+## Create-to-running and the daemon's overhead on screenshot/click/bash against a real VM, in the rig.
+.PHONY: bench-computer
+bench-computer: build-debug
+	benches/computer-rig --variant $(E2E_VARIANT)
+
 bench-agent:
 	$(CARGO) bench -p deskd-agent --bench agent_bench
 
@@ -59,12 +71,21 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Run deskd: on this host if it has hardware virtualization, otherwise inside the rig.
+## Run deskd: on this host if it has hardware virtualization, otherwise inside the rig. Builds the
+## default image first (or reuses it: images/build.sh keys it by its inputs).
 run: build
-	@if grep -qwE 'vmx|svm' /proc/cpuinfo; then \
+	@img=$$(images/build.sh --variant $(VARIANT) --print-dir | tail -1) || exit 1; \
+	if grep -qwE 'vmx|svm' /proc/cpuinfo; then \
 		echo "make run: hardware virtualization present: running deskd serve here"; \
-		target/release/deskd serve; \
+		images/install.sh "$$img" $(DATA_DIR) >/dev/null || exit 1; \
+		target/release/deskd serve --data-dir $(DATA_DIR) & pid=$$!; \
+		for i in $$(seq 1 100); do [ -S /run/deskd/deskd.sock ] && break; sleep 0.1; done; \
+		echo "  socket:  /run/deskd/deskd.sock"; \
+		echo "  URL:     http://localhost/api (over the socket; --listen 127.0.0.1:PORT for TCP)"; \
+		if [ -f $(DATA_DIR)/initial-api-key ]; then echo "  API key: $$(cat $(DATA_DIR)/initial-api-key)"; \
+		else echo "  API key: make one with: target/release/deskd keys create --name NAME --data-dir $(DATA_DIR)"; fi; \
+		wait $$pid; \
 	else \
 		echo "make run: no vmx/svm on this host: running deskd inside the rig (tests/rig/README.md)"; \
-		tests/rig/serve --deskd target/release/deskd; \
+		tests/rig/serve --deskd target/release/deskd --image "$$img"; \
 	fi

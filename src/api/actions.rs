@@ -1,52 +1,364 @@
-//! Section 3 action routes and the desktop proxy, as far as the daemon can answer them without a
-//! guest agent: a computer that is not running gets the contract's 400 "Desktop instance not
-//! available"; a running one gets 501 until forwarding to the agent exists (issue 7). Also the
-//! SDK's legacy Docker build calls, answered with a 400 that points to templates.
+//! Section 3 actions, forwarded to the computer's guest agent (whose routes mirror them), and
+//! the desktop proxy. Also the SDK's legacy Docker build calls, answered with a 400 that points to
+//! templates.
+//!
+//! Actions sent while the computer is still on its way up (`creating`, `starting`, `restarting`)
+//! wait for it, at most [`BOOT_WAIT`]: the SDK acts right after create without polling the
+//! status, and an answer once the desktop is up is what such a client expects. A computer that is
+//! not running (or not up within that time) gets the contract's 400 "Desktop instance not
+//! available". Agent unreachable: 503; agent too slow: 504 with `upstream_status`; an agent error
+//! keeps its status (400 rejected input, 503 display unavailable, 500 failed) with
+//! `upstream_status`.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde_json::Value;
+use base64::Engine;
+use serde_json::{json, Map, Value};
 
 use super::access;
+use super::body::JsonObject;
 use super::error::ApiError;
 use super::middleware::AuthKey;
+use super::storage;
 use super::AppState;
-use crate::store::{Computer, ComputerStatus};
+use crate::computers::agent_client::{self, AgentError, AgentReply};
+use crate::store::{ApiKey, Computer, ComputerStatus};
 
-fn gate(c: &Computer) -> ApiError {
-    if c.status != ComputerStatus::Running {
-        return ApiError::bad_request("Desktop instance not available")
-            .with("status", c.status.as_str());
+/// How long an action waits for a computer that is still booting. The rig runs guests 50-100x
+/// slower than hardware; a desktop boots there in a few minutes.
+pub const BOOT_WAIT: Duration = Duration::from_secs(600);
+/// Time the agent gets for a call on top of what the call itself asks for (a bash timeout, a
+/// wait, typing at a given speed).
+const AGENT_MARGIN: Duration = Duration::from_secs(60);
+/// Longest time any call may ask for.
+const MAX_ASKED_SECS: f64 = 3600.0;
+
+fn not_available(c: &Computer) -> ApiError {
+    let mut e =
+        ApiError::bad_request("Desktop instance not available").with("status", c.status.as_str());
+    if let Some(reason) = &c.status_reason {
+        e = e.with("status_reason", reason.as_str());
     }
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "This deskd cannot forward actions to the guest agent yet.",
-    )
+    e
 }
 
-/// Any `/computers/{id}/<action>` of section 3.
-pub async fn computer_action(
+/// The computer `id`, once it runs (waiting while it boots).
+async fn running(state: &AppState, key: &ApiKey, id: &str) -> Result<Computer, ApiError> {
+    let c = access::computer(state, key, id)?;
+    let c = state.lifecycle.wait_while_booting(&c.id, BOOT_WAIT).await?;
+    if c.status != ComputerStatus::Running {
+        return Err(not_available(&c));
+    }
+    Ok(c)
+}
+
+/// The API error for an agent that gave no answer.
+pub fn agent_error(e: AgentError) -> ApiError {
+    match e {
+        AgentError::Unreachable(why) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Could not reach the desktop. Try again in a moment.",
+        )
+        .with("reason", why),
+        e @ AgentError::TimedOut(_) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()).with("upstream_status", 504)
+        }
+    }
+}
+
+/// The API error for an agent answer that is not a success.
+fn upstream_error(reply: &AgentReply) -> ApiError {
+    let message = serde_json::from_slice::<Value>(&reply.body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| {
+            format!(
+                "The desktop's agent answered {} without an explanation.",
+                reply.status
+            )
+        });
+    let status = match reply.status.as_u16() {
+        400..=499 if reply.status != StatusCode::REQUEST_TIMEOUT => reply.status,
+        408 | 504 => StatusCode::GATEWAY_TIMEOUT,
+        503 => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, message).with("upstream_status", reply.status.as_u16())
+}
+
+/// Seconds a call asks for in `field` (missing or nonsense: `default`), bounded.
+fn asked_secs(body: &Map<String, Value>, fields: &[&str], default: f64) -> f64 {
+    fields
+        .iter()
+        .find_map(|f| body.get(*f).and_then(Value::as_f64))
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(default)
+        .min(MAX_ASKED_SECS)
+}
+
+/// How long the agent may take for `action` with this body.
+fn agent_timeout(action: &str, body: &Map<String, Value>) -> Duration {
+    let asked = match action {
+        "bash" => asked_secs(body, &["timeout"], 200.0),
+        "exec" => asked_secs(body, &["timeout"], 10.0),
+        "wait" => asked_secs(body, &["seconds", "duration"], 0.0),
+        "drag" => asked_secs(body, &["duration"], 0.5),
+        "type" => {
+            let chars = body
+                .get("text")
+                .and_then(Value::as_str)
+                .map_or(0, |t| t.chars().count()) as f64;
+            let delay_ms = asked_secs(body, &["delay_ms"], 12.0);
+            (chars * delay_ms / 1000.0).min(MAX_ASKED_SECS)
+        }
+        _ => 0.0,
+    };
+    AGENT_MARGIN + Duration::from_secs_f64(asked)
+}
+
+/// Forwards a JSON action to the agent and returns its JSON answer as the public answer (the
+/// agent's answers already have the public shapes).
+async fn forward_json(
+    state: &AppState,
+    key: &ApiKey,
+    id: &str,
+    action: &str,
+    body: Map<String, Value>,
+) -> Result<Json<Value>, ApiError> {
+    let c = running(state, key, id).await?;
+    let timeout = agent_timeout(action, &body);
+    let bytes = serde_json::to_vec(&Value::Object(body))
+        .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
+    let reply = agent_client::request(
+        &state.lifecycle.agent_socket(&c.id),
+        Method::POST,
+        &format!("/{action}"),
+        Some(Bytes::from(bytes)),
+        timeout,
+    )
+    .await
+    .map_err(agent_error)?;
+    if !reply.status.is_success() {
+        return Err(upstream_error(&reply));
+    }
+    let answer: Value = serde_json::from_slice(&reply.body).map_err(|e| {
+        ApiError::internal(format!(
+            "The desktop's agent sent an answer that is not JSON: {e}"
+        ))
+        .with("upstream_status", reply.status.as_u16())
+    })?;
+    Ok(Json(answer))
+}
+
+macro_rules! json_action {
+    ($name:ident, $action:literal) => {
+        #[doc = concat!("`POST /computers/{id}/", $action, "`, forwarded to the agent.")]
+        pub async fn $name(
+            State(state): State<AppState>,
+            Extension(AuthKey(key)): Extension<AuthKey>,
+            Path(id): Path<String>,
+            JsonObject(body): JsonObject,
+        ) -> Result<Json<Value>, ApiError> {
+            forward_json(&state, &key, &id, $action, body).await
+        }
+    };
+}
+
+json_action!(click, "click");
+json_action!(drag, "drag");
+json_action!(move_pointer, "move");
+json_action!(scroll, "scroll");
+json_action!(type_text, "type");
+json_action!(key, "key");
+json_action!(wait, "wait");
+json_action!(bash, "bash");
+json_action!(exec, "exec");
+
+/// `GET /computers/{id}/screenshot?response_format=base64|url&format=png|jpeg&quality=N`.
+pub async fn screenshot(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let as_url = match query.get("response_format").map(String::as_str) {
+        None | Some("base64") => false,
+        Some("url") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "response_format must be base64 or url (got {:?}).",
+                other.chars().take(40).collect::<String>()
+            )))
+        }
+    };
+    let mut agent_query = Vec::new();
+    if let Some(f) = query.get("format") {
+        match f.as_str() {
+            "png" | "jpeg" | "jpg" => agent_query.push(format!("format={f}")),
+            _ => return Err(ApiError::bad_request("format must be png or jpeg.")),
+        }
+    }
+    if let Some(q) = query.get("quality") {
+        match q.parse::<u8>() {
+            Ok(n) if (1..=100).contains(&n) => agent_query.push(format!("quality={n}")),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "quality must be a whole number from 1 to 100.",
+                ))
+            }
+        }
+    }
+    let c = running(&state, &key, &id).await?;
+    let path = if agent_query.is_empty() {
+        "/screenshot".to_string()
+    } else {
+        format!("/screenshot?{}", agent_query.join("&"))
+    };
+    let reply = agent_client::request(
+        &state.lifecycle.agent_socket(&c.id),
+        Method::GET,
+        &path,
+        None,
+        AGENT_MARGIN,
+    )
+    .await
+    .map_err(agent_error)?;
+    if !reply.status.is_success() {
+        return Err(upstream_error(&reply));
+    }
+    let mime = reply
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("image/png")
+        .to_string();
+    let dimension = |name: &str| -> Option<u32> {
+        reply
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    };
+    let (Some(width), Some(height)) = (
+        dimension(deskd_agent::protocol::HEADER_WIDTH),
+        dimension(deskd_agent::protocol::HEADER_HEIGHT),
+    ) else {
+        return Err(ApiError::internal(
+            "The desktop's agent sent a screenshot without its size headers.",
+        )
+        .with("upstream_status", reply.status.as_u16()));
+    };
+    if as_url {
+        let stored = storage::store_screenshot(&state, &c, &mime, &reply.body)?;
+        return Ok(Json(json!({
+            "success": true,
+            "image": stored.url,
+            "mime_type": mime,
+            "width": width,
+            "height": height,
+            "metadata": {
+                "id": stored.id,
+                "timestamp": stored.timestamp,
+                "size": reply.body.len(),
+                "storage_path": stored.storage_path,
+            },
+        })));
+    }
+    Ok(Json(json!({
+        "success": true,
+        "image": base64::engine::general_purpose::STANDARD.encode(&reply.body),
+        "mime_type": mime,
+        "width": width,
+        "height": height,
+    })))
+}
+
+/// Section 5 streaming: not built yet. A computer that is not running gets the contract's 400.
+pub async fn stream_action(
     State(state): State<AppState>,
     Extension(AuthKey(key)): Extension<AuthKey>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let c = access::computer(&state, &key, &id)?;
-    Err(gate(&c))
+    if c.status != ComputerStatus::Running {
+        return Err(not_available(&c));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "RTMP streaming is not available in this deskd yet.",
+    ))
 }
 
-/// `/desktops/{instance_id}/proxy/{endpoint}`.
+/// `GET|POST /desktops/{instance_id}/proxy/{endpoint}`: the agent's own HTTP API, same auth. No
+/// waiting here: `/proxy/health` is the readiness probe, so it answers at once.
 pub async fn desktop_proxy(
     State(state): State<AppState>,
     Extension(AuthKey(key)): Extension<AuthKey>,
-    Path((instance, _endpoint)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+    Path((instance, endpoint)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let c = state
         .store
         .computer_by_id_or_instance(&instance)?
         .ok_or_else(|| ApiError::not_found("Computer not found"))?;
     access::check_scope(&key, Some(&c.workspace_id))?;
-    Err(gate(&c))
+    if c.status != ComputerStatus::Running {
+        return Err(not_available(&c));
+    }
+    if endpoint.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(ApiError::bad_request(
+            "The proxied path may not contain . or .. segments.",
+        ));
+    }
+    if headers.get(header::UPGRADE).is_some() {
+        return Err(ApiError::bad_request(
+            "WebSockets are served at /desktops/{id}/ws/..., not through the proxy.",
+        ));
+    }
+    let path = match query {
+        Some(q) => format!("/{endpoint}?{q}"),
+        None => format!("/{endpoint}"),
+    };
+    let parsed: Map<String, Value> = serde_json::from_slice(&body).unwrap_or_default();
+    let action = endpoint.trim_matches('/');
+    let reply = agent_client::request(
+        &state.lifecycle.agent_socket(&c.id),
+        method,
+        &path,
+        (!body.is_empty()).then_some(body),
+        agent_timeout(action, &parsed),
+    )
+    .await
+    .map_err(agent_error)?;
+    if !reply.status.is_success() {
+        return Err(upstream_error(&reply));
+    }
+    let mut response = Response::new(Body::from(reply.body));
+    *response.status_mut() = reply.status;
+    for name in [
+        header::CONTENT_TYPE,
+        axum::http::HeaderName::from_static(deskd_agent::protocol::HEADER_WIDTH),
+        axum::http::HeaderName::from_static(deskd_agent::protocol::HEADER_HEIGHT),
+    ] {
+        if let Some(v) = reply.headers.get(&name) {
+            response.headers_mut().insert(name, v.clone());
+        }
+    }
+    if !response.headers().contains_key(header::CONTENT_TYPE) {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    Ok(response.into_response())
 }
 
 /// `POST /builds/create`, `POST /builds/update`, `GET /builds/latest` (old SDK, Docker builds).
@@ -55,4 +367,73 @@ pub async fn legacy_builds() -> Result<Json<Value>, ApiError> {
         "Docker-based builds are not supported by deskd: describe the computer as an orgo.ai/v1 \
          template (POST /api/templates) and create computers with template_ref.",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn timeouts_cover_what_the_call_asks_for() {
+        assert_eq!(
+            agent_timeout("bash", &body(json!({"command": "x"}))),
+            AGENT_MARGIN + Duration::from_secs(200)
+        );
+        assert_eq!(
+            agent_timeout("bash", &body(json!({"command": "x", "timeout": 5}))),
+            AGENT_MARGIN + Duration::from_secs(5)
+        );
+        assert_eq!(
+            agent_timeout("wait", &body(json!({"duration": 2}))),
+            AGENT_MARGIN + Duration::from_secs(2)
+        );
+        // 1000 characters at 12 ms.
+        let text = "a".repeat(1000);
+        assert_eq!(
+            agent_timeout("type", &body(json!({"text": text}))),
+            AGENT_MARGIN + Duration::from_secs(12)
+        );
+        // Nonsense is bounded, never a panic.
+        assert_eq!(
+            agent_timeout("bash", &body(json!({"timeout": -1}))),
+            AGENT_MARGIN + Duration::from_secs(200)
+        );
+        assert_eq!(
+            agent_timeout("bash", &body(json!({"timeout": 1e300}))),
+            AGENT_MARGIN + Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
+    fn agent_errors_keep_their_meaning() {
+        let reply = |status: u16, body: &'static str| AgentReply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: Default::default(),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        let e = upstream_error(&reply(400, r#"{"error":"x must be >= 0"}"#));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.message, "x must be >= 0");
+        assert_eq!(e.body("r")["upstream_status"], 400);
+        let e = upstream_error(&reply(503, r#"{"error":"no display"}"#));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let e = upstream_error(&reply(408, ""));
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.body("r")["upstream_status"], 408);
+        let e = upstream_error(&reply(500, "not json"));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let e = agent_error(AgentError::TimedOut(60));
+        assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.body("r")["upstream_status"], 504);
+        let e = agent_error(AgentError::Unreachable("closed".into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            e.message,
+            "Could not reach the desktop. Try again in a moment."
+        );
+    }
 }

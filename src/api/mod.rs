@@ -9,12 +9,15 @@ mod access;
 mod actions;
 mod body;
 mod computers;
+mod console;
+mod desktop_ws;
 mod error;
 mod listen;
 mod middleware;
 pub mod openapi;
 mod rate_limit;
 mod routes;
+mod storage;
 mod views;
 mod workspaces;
 

@@ -381,6 +381,38 @@ pub const OPERATIONS: &[Operation] = &[
         "Action",
     ),
     op(
+        "get",
+        "/api/computers/{id}/console",
+        "The guest's serial console log ({id, log, size, truncated}; ?format=text, ?bytes=N)",
+        200,
+        None,
+        "Any",
+    ),
+    op(
+        "get",
+        "/desktops/{id}/ws/{kind}",
+        "WebSocket terminal|events (?token=vnc_password; close codes 4401/4404/4500)",
+        101,
+        None,
+        "Any",
+    ),
+    op(
+        "get",
+        "/api/storage/screenshots/{file}",
+        "A screenshot stored by response_format=url (same key)",
+        200,
+        None,
+        "Any",
+    ),
+    op(
+        "get",
+        "/api/desktops/{instance_id}/proxy/{endpoint}",
+        "Forward a GET to the guest agent (needs a running computer)",
+        200,
+        None,
+        "Any",
+    ),
+    op(
         "post",
         "/api/desktops/{instance_id}/proxy/{endpoint}",
         "Forward to the guest agent (needs a running computer)",
@@ -429,7 +461,7 @@ pub fn document() -> Value {
     for o in OPERATIONS {
         paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
         let mut params = Vec::new();
-        for name in ["id", "instance_id", "endpoint"] {
+        for name in ["id", "instance_id", "endpoint", "file", "kind"] {
             if o.path.contains(&format!("{{{name}}}")) {
                 params.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}));
             }

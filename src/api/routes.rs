@@ -6,7 +6,9 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::error::ApiError;
-use super::{actions, computers, middleware, openapi, workspaces, AppState};
+use super::{
+    actions, computers, console, desktop_ws, middleware, openapi, storage, workspaces, AppState,
+};
 
 /// Builds the whole application.
 pub fn router(state: AppState) -> Router {
@@ -63,42 +65,43 @@ pub fn router(state: AppState) -> Router {
         // PATCH moves the computer to another workspace; POST is the mouse-move action.
         .route(
             "/api/computers/{id}/move",
-            post(actions::computer_action).patch(computers::move_to),
+            post(actions::move_pointer).patch(computers::move_to),
         )
         .route(
             "/api/computers/{id}/resize",
             axum::routing::patch(computers::resize),
         )
         .route("/api/computers/{id}/events", get(computers::events))
-        // Section 3 (gated on a running computer).
-        .route("/api/computers/{id}/click", post(actions::computer_action))
-        .route("/api/computers/{id}/drag", post(actions::computer_action))
-        .route("/api/computers/{id}/scroll", post(actions::computer_action))
-        .route("/api/computers/{id}/type", post(actions::computer_action))
-        .route("/api/computers/{id}/key", post(actions::computer_action))
-        .route("/api/computers/{id}/wait", post(actions::computer_action))
-        .route(
-            "/api/computers/{id}/screenshot",
-            get(actions::computer_action),
-        )
-        .route("/api/computers/{id}/bash", post(actions::computer_action))
-        .route("/api/computers/{id}/exec", post(actions::computer_action))
+        .route("/api/computers/{id}/console", get(console::serial_log))
+        // Section 3: forwarded to the guest agent (waiting while the computer boots).
+        .route("/api/computers/{id}/click", post(actions::click))
+        .route("/api/computers/{id}/drag", post(actions::drag))
+        .route("/api/computers/{id}/scroll", post(actions::scroll))
+        .route("/api/computers/{id}/type", post(actions::type_text))
+        .route("/api/computers/{id}/key", post(actions::key))
+        .route("/api/computers/{id}/wait", post(actions::wait))
+        .route("/api/computers/{id}/screenshot", get(actions::screenshot))
+        .route("/api/computers/{id}/bash", post(actions::bash))
+        .route("/api/computers/{id}/exec", post(actions::exec))
         .route(
             "/api/computers/{id}/stream/start",
-            post(actions::computer_action),
+            post(actions::stream_action),
         )
         .route(
             "/api/computers/{id}/stream/stop",
-            post(actions::computer_action),
+            post(actions::stream_action),
         )
         .route(
             "/api/computers/{id}/stream/status",
-            get(actions::computer_action),
+            get(actions::stream_action),
         )
         .route(
             "/api/desktops/{instance_id}/proxy/{*endpoint}",
-            post(actions::desktop_proxy),
+            get(actions::desktop_proxy).post(actions::desktop_proxy),
         )
+        // Section 4: token (vnc_password) auth, not the API key (see middleware::is_public).
+        .route("/desktops/{id}/ws/{kind}", get(desktop_ws::connect))
+        .route("/api/storage/screenshots/{file}", get(storage::screenshot))
         // The SDK's legacy Docker build calls.
         .route("/api/builds/create", post(actions::legacy_builds))
         .route("/api/builds/update", post(actions::legacy_builds))

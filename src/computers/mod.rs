@@ -12,6 +12,7 @@
 //!   agent is briefly slow to answer stays `running` (its VM does run; the rig is 50-100x slower
 //!   than hardware); actions then report the agent as unreachable.
 
+pub mod agent_client;
 mod backend;
 mod vmm_config;
 mod vmm_process;
@@ -52,6 +53,7 @@ pub enum LifecycleError {
 pub struct Lifecycle {
     store: Arc<Store>,
     backend: Arc<dyn VmBackend>,
+    data_dir: PathBuf,
     computers_dir: PathBuf,
     /// One async lock per computer so concurrent start/stop/delete calls serialise.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -63,7 +65,45 @@ impl Lifecycle {
             store,
             backend,
             computers_dir: data_dir.join("computers"),
+            data_dir,
             locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The daemon's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// The hybrid vsock socket of a computer's VM (where its guest agent is reached).
+    pub fn agent_socket(&self, id: &str) -> PathBuf {
+        self.computers_dir.join(id).join(files::VSOCK)
+    }
+
+    /// The guest's serial console log.
+    pub fn console_log(&self, id: &str) -> PathBuf {
+        self.computers_dir.join(id).join(files::CONSOLE_LOG)
+    }
+
+    /// Waits while a computer is on its way up (`creating`, `starting`, `restarting`), at most
+    /// `timeout`; returns it as it then is. Actions call this so that a client that acts right
+    /// after create (the SDK does, without polling) gets its answer once the desktop is up.
+    pub async fn wait_while_booting(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Computer, LifecycleError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let c = self.load(id)?;
+            let booting = matches!(
+                c.status,
+                ComputerStatus::Creating | ComputerStatus::Starting | ComputerStatus::Restarting
+            );
+            if !booting || tokio::time::Instant::now() >= deadline {
+                return Ok(c);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -133,6 +173,9 @@ impl Lifecycle {
     ) -> Result<Option<VmSpec>, LifecycleError> {
         let c = self.load(id)?;
         match c.status {
+            // A restart's own second half: its VM is stopped, the status stays `restarting` so
+            // that actions waiting for the computer never see a `stopped` in between.
+            ComputerStatus::Restarting if transitional == ComputerStatus::Restarting => {}
             ComputerStatus::Running | ComputerStatus::Starting | ComputerStatus::Restarting => {
                 return Ok(None)
             }
@@ -275,12 +318,6 @@ impl Lifecycle {
             let stopped = this.blocking(move |b| b.stop(&id2, STOP_GRACE)).await;
             let failure = match stopped {
                 Ok(Ok(())) => {
-                    if let Err(e) =
-                        this.store
-                            .set_computer_status(&cid, ComputerStatus::Stopped, None)
-                    {
-                        tracing::error!(computer = %cid, "cannot record a restart: {e}");
-                    }
                     match this.prepare_start(&cid, ComputerStatus::Restarting) {
                         Ok(Some(spec)) => {
                             this.boot(spec).await;

@@ -26,7 +26,7 @@ const RIG_HINT: &str =
      (see shared/design/this-machine.md); the API itself keeps working here.";
 
 /// How long the readiness probe waits for the guest agent's vsock port to accept.
-const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A VMM process we know about.
 struct Tracked {
@@ -416,12 +416,21 @@ impl VmmProcessBackend {
     }
 }
 
-/// Copies a file keeping holes: reads in 1 MiB blocks and seeks over all-zero ones. (The kernel's
-/// copy_file_range may reflink on filesystems that can, but does not keep holes everywhere.)
+/// Copies a file copy-on-write where the filesystem can (FICLONE: btrfs, XFS with reflink), which
+/// is instant and shares blocks until the guest writes; otherwise keeping holes: reads in 1 MiB
+/// blocks and seeks over all-zero ones. (The kernel's copy_file_range does not keep holes
+/// everywhere.)
 fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     let mut src = std::fs::File::open(from)?;
     let len = src.metadata()?.len();
     let mut dst = std::fs::File::create(to)?;
+    // SAFETY: FICLONE takes the source descriptor as its argument and only reads both open
+    // descriptors we own; it touches none of our memory.
+    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+    if cloned {
+        return dst.sync_all();
+    }
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = src.read(&mut buf)?;
@@ -519,7 +528,8 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// Whether the guest agent's vsock port accepts connections, through the hybrid vsock socket.
+/// Whether the guest agent answers `GET /health` with 200, through the hybrid vsock socket (a port
+/// that merely accepts is not enough: the agent may accept before its routes are up).
 fn agent_port_open(socket: &Path, port: u32) -> bool {
     use std::io::BufRead;
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
@@ -535,9 +545,28 @@ fn agent_port_open(socket: &Path, port: u32) -> bool {
     {
         return false;
     }
+    let Ok(probe) = stream.try_clone() else {
+        return false;
+    };
+    let mut reader = std::io::BufReader::new(probe.take(4096));
     let mut line = String::new();
-    let mut reader = std::io::BufReader::new(stream.take(64));
-    reader.read_line(&mut line).is_ok() && line.starts_with("OK ")
+    if reader.read_line(&mut line).is_err() || !line.starts_with("OK ") {
+        return false;
+    }
+    if stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: deskd-agent\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    line.clear();
+    reader.read_line(&mut line).is_ok() && health_status_ok(&line)
+}
+
+/// Whether an HTTP status line says 200.
+fn health_status_ok(status_line: &str) -> bool {
+    let mut parts = status_line.split_whitespace();
+    matches!(parts.next(), Some(v) if v.starts_with("HTTP/1.")) && parts.next() == Some("200")
 }
 
 #[cfg(test)]
@@ -641,6 +670,14 @@ mod tests {
         std::fs::write(&a, &data).unwrap();
         copy_sparse(&a, &d.path().join("b")).unwrap();
         assert_eq!(std::fs::read(d.path().join("b")).unwrap(), data);
+    }
+
+    #[test]
+    fn only_a_200_status_line_is_healthy() {
+        assert!(health_status_ok("HTTP/1.1 200 OK\r\n"));
+        assert!(!health_status_ok("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(!health_status_ok("OK 1024\n"));
+        assert!(!health_status_ok(""));
     }
 
     #[test]
