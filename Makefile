@@ -39,6 +39,12 @@ sdk-e2e: build-debug
 vmm-e2e:
 	tests/vmm/e2e
 
+## deskd's VMM against QEMU -M microvm in the rig: boot to userspace, VMM memory (issue 6).
+.PHONY: bench-vmm
+bench: bench-vmm
+bench-vmm: build
+	benches/vmm-boot
+
 rig-self-test:
 	tests/rig/run --self-test
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Boot a deskd image under QEMU/KVM once per case and collect what the guest and its agent show.
 # Runs where /dev/kvm is real KVM: inside the rig (tests/rig/run), or on a host with VMX/SVM.
-# QEMU is only a probe VMM here (microvm with ACPI, virtio-mmio disks, vhost-vsock), standing in
-# for deskd's own VMM until that boots kernels.
+# By default QEMU is the VMM here (microvm with ACPI, virtio-mmio disks, vhost-vsock), a probe
+# standing in for deskd's own VMM; DESKD_VMM=/path/to/deskd boots with `deskd vmm` instead (raw disk
+# copy, hybrid vsock socket).
 #
 #   boot-in-vm-host.sh IMAGE_DIR OUT_DIR CASE...     CASE = NAME:RESOLUTION (RESOLUTION "default": omit
 #                                                     deskd.resolution, the image's default applies)
@@ -33,6 +34,31 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 # client for gone and drop a slow answer.
 http_get() {
     local cid=$1 path=$2 file=$3
+    if [ -n "${DESKD_VMM:-}" ]; then
+        # deskd's vsock device: connect to its Unix socket, say "CONNECT 1024", read "OK ...".
+        timeout 180 python3 - "$local_dir/vsock" "$path" > "$file" 2>"$file.err" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(120)
+s.connect(sys.argv[1])
+s.sendall(b"CONNECT 1024\n")
+line = b""
+while not line.endswith(b"\n"):
+    c = s.recv(1)
+    if not c:
+        sys.exit("vsock socket closed during CONNECT")
+    line += c
+if not line.startswith(b"OK"):
+    sys.exit(f"CONNECT refused: {line!r}")
+s.sendall(f"GET {sys.argv[2]} HTTP/1.0\r\nHost: agent\r\n\r\n".encode())
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    sys.stdout.buffer.write(chunk)
+PY
+        return
+    fi
     printf 'GET %s HTTP/1.0\r\nHost: agent\r\n\r\n' "$path" \
         | timeout 180 socat -t 120 - "VSOCK-CONNECT:$cid:1024,shut-none" > "$file" 2>"$file.err"
 }
@@ -52,13 +78,26 @@ for case in "$@"; do
     # The guest writes to a copy-on-write overlay one GiB larger than the image (its root fs must grow).
     # It lives in local memory (/tmp is a tmpfs in the rig): the shared output folder is 9p without
     # caching, far too slow for a disk.
-    disk="$local_dir/$name.qcow2"
-    qemu-img create -q -f qcow2 -F raw -b "$img/rootfs" "$disk" "$((rootfs_bytes + (1 << 30)))"
+    if [ -n "${DESKD_VMM:-}" ]; then
+        disk="$local_dir/$name.raw"
+        cp --sparse=always "$img/rootfs" "$disk"
+        truncate -s "$((rootfs_bytes + (1 << 30)))" "$disk"
+    else
+        disk="$local_dir/$name.qcow2"
+        qemu-img create -q -f qcow2 -F raw -b "$img/rootfs" "$disk" "$((rootfs_bytes + (1 << 30)))"
+    fi
     truncate -s 64M "$dir/probe.img"
     cmdline="console=ttyS0 root=/dev/vda rw quiet deskd.selftest=1 deskd.hostname=imgtest-$name"
     [ "$res" = default ] || cmdline="$cmdline deskd.resolution=$res"
     echo "[$name] booting $(basename "$img") with: $cmdline"
     start=$(now)
+    if [ -n "${DESKD_VMM:-}" ]; then
+        rm -f "$local_dir/vsock"
+        "$DESKD_VMM" vmm --kernel "$img/kernel" --initrd "$img/initrd" --cmdline "$cmdline" \
+            --disk "$disk" --disk "$dir/probe.img" --vcpus 2 --memory "$mem" \
+            --vsock-socket "$local_dir/vsock" --vsock-cid "$cid" --console-log "$dir/console.log" \
+            > "$dir/qemu.log" 2>&1 &
+    else
     qemu-system-x86_64 -M microvm,acpi=on -enable-kvm -cpu host -m "$mem" -smp 2 \
         -nodefaults -no-user-config -display none -serial "file:$dir/console.log" \
         -kernel "$img/kernel" -initrd "$img/initrd" -append "$cmdline" \
@@ -67,12 +106,13 @@ for case in "$@"; do
         -device virtio-rng-device \
         -device "vhost-vsock-device,guest-cid=$cid" \
         > "$dir/qemu.log" 2>&1 &
+    fi
     qemu_pid=$!
 
     agent_ready="" selftest_done=""
     while :; do
         if ! kill -0 "$qemu_pid" 2>/dev/null; then
-            echo "[$name] QEMU exited early: $(tail -3 "$dir/qemu.log")"
+            echo "[$name] the VMM exited early: $(tail -3 "$dir/qemu.log")"
             break
         fi
         # Ready means the agent answers and sees the display.

@@ -9,7 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::Chain;
 use super::cursor::Cursor;
-use super::worker::{serve_single_queue, QueueError, Worker};
+use super::worker::{spawn_single_queue, QueueError, Worker};
 use super::{ActivateError, GuestMemory, Interrupt, VirtioDevice};
 
 const QUEUE_SIZES: [u16; 1] = [256];
@@ -88,29 +88,19 @@ impl VirtioDevice for Rng {
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
-        mut queues: Vec<Queue>,
-        mut queue_evts: Vec<EventFd>,
+        queues: Vec<Queue>,
+        queue_evts: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
-        let (Some(queue), Some(evt)) = (queues.pop(), queue_evts.pop()) else {
-            return Err(ActivateError::QueueCount { want: 1, got: 0 });
-        };
-        self.worker = Some(
-            Worker::spawn("virtio-rng", move |el| {
-                // serve() never writes past MAX_FILL, so chain length needs no cap of its own.
-                let handler = |chain: &Chain| serve(&mem, chain);
-                serve_single_queue(
-                    "virtio-rng",
-                    el,
-                    &mem,
-                    &interrupt,
-                    queue,
-                    &evt,
-                    u64::MAX,
-                    handler,
-                )
-            })
-            .map_err(ActivateError::Worker)?,
-        );
+        // serve() never writes past MAX_FILL, so the chain length needs no cap of its own.
+        self.worker = Some(spawn_single_queue(
+            "virtio-rng",
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            u64::MAX,
+            serve,
+        )?);
         Ok(())
     }
 

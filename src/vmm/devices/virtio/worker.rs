@@ -121,6 +121,24 @@ pub enum QueueError {
     Device(String),
 }
 
+/// The next chain the driver made available, or `None` when there is none. Before answering
+/// `None` it asks for a kick at the next new chain (with EVENT_IDX the driver only kicks when
+/// asked) and looks once more, so a chain that raced in is not left waiting for a kick that will
+/// not come. Two looks at most: it never spins.
+pub fn pop_chain<'m>(
+    queue: &mut virtio_queue::Queue,
+    mem: &'m super::GuestMemory,
+) -> Result<Option<virtio_queue::DescriptorChain<&'m super::GuestMemory>>, QueueError> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+    if let Some(chain) = queue.iter(mem)?.next() {
+        return Ok(Some(chain));
+    }
+    if queue.enable_notification(mem)? {
+        return Ok(queue.iter(mem)?.next());
+    }
+    Ok(None)
+}
+
 /// Takes every available chain of `queue`, validates it (total length at most `max_len`), lets
 /// `handle` process it (returning the number of bytes written for the used ring), and returns it.
 /// Raises one used-ring interrupt per batch. An error leaves the queue where it failed.
@@ -134,28 +152,14 @@ pub fn process_queue<F>(
 where
     F: FnMut(&super::chain::Chain) -> Result<u32, QueueError>,
 {
-    use virtio_queue::{QueueOwnedT, QueueT};
+    use virtio_queue::QueueT;
     let mut used_any = false;
-    let mut rearmed = false;
     let result = loop {
-        let next = match queue.iter(mem) {
-            Ok(mut avail) => avail.next(),
-            Err(e) => break Err(QueueError::Queue(e)),
+        let desc_chain = match pop_chain(queue, mem) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         };
-        let Some(desc_chain) = next else {
-            // With EVENT_IDX this asks for a kick at the next new chain; it reports chains that
-            // arrived meanwhile so none is left waiting for a kick that will not come. Looking
-            // again once is enough: a second empty look means there is nothing (never spin).
-            match queue.enable_notification(mem) {
-                Ok(true) if !rearmed => {
-                    rearmed = true;
-                    continue;
-                }
-                Ok(_) => break Ok(()),
-                Err(e) => break Err(QueueError::Queue(e)),
-            }
-        };
-        rearmed = false;
         let head = desc_chain.head_index();
         let outcome = super::chain::Chain::parse(desc_chain, mem, max_len)
             .map_err(QueueError::from)
@@ -188,11 +192,40 @@ pub fn signal_used(
     Ok(())
 }
 
+/// Starts the worker of a one-queue device (block, rng): checks that the transport handed over
+/// exactly one queue, then runs [`serve_single_queue`] on a thread named `name`.
+pub fn spawn_single_queue<F>(
+    name: &'static str,
+    mem: super::GuestMemory,
+    interrupt: std::sync::Arc<super::Interrupt>,
+    queues: Vec<virtio_queue::Queue>,
+    queue_evts: Vec<EventFd>,
+    max_len: u64,
+    handle: F,
+) -> Result<Worker, super::ActivateError>
+where
+    F: FnMut(&super::GuestMemory, &super::chain::Chain) -> Result<u32, QueueError> + Send + 'static,
+{
+    let got = queues.len();
+    let (Ok([queue]), Ok([evt])) = (
+        <[virtio_queue::Queue; 1]>::try_from(queues),
+        <[EventFd; 1]>::try_from(queue_evts),
+    ) else {
+        return Err(super::ActivateError::QueueCount { want: 1, got });
+    };
+    Worker::spawn(name, move |event_loop| {
+        serve_single_queue(
+            name, event_loop, &mem, &interrupt, queue, &evt, max_len, handle,
+        )
+    })
+    .map_err(super::ActivateError::Worker)
+}
+
 /// The whole life of a one-queue device's worker: sleep until the queue is notified, process it
 /// with `handle`, repeat until stopped. A queue error marks the device `DEVICE_NEEDS_RESET` and
 /// further notifications are ignored until the driver resets it (which stops this thread).
 #[allow(clippy::too_many_arguments)]
-pub fn serve_single_queue<F>(
+fn serve_single_queue<F>(
     name: &str,
     event_loop: EventLoop,
     mem: &super::GuestMemory,
@@ -202,7 +235,7 @@ pub fn serve_single_queue<F>(
     max_len: u64,
     mut handle: F,
 ) where
-    F: FnMut(&super::chain::Chain) -> Result<u32, QueueError>,
+    F: FnMut(&super::GuestMemory, &super::chain::Chain) -> Result<u32, QueueError>,
 {
     const QUEUE_TOKEN: u64 = 0;
     if let Err(e) = event_loop.add(evt.as_raw_fd(), QUEUE_TOKEN, EventSet::IN) {
@@ -229,7 +262,8 @@ pub fn serve_single_queue<F>(
             if broken {
                 continue;
             }
-            if let Err(e) = process_queue(mem, &mut queue, interrupt, max_len, &mut handle) {
+            let handle = |chain: &super::chain::Chain| handle(mem, chain);
+            if let Err(e) = process_queue(mem, &mut queue, interrupt, max_len, handle) {
                 tracing::warn!("{name}: {e}; the device needs a reset by the driver");
                 broken = true;
                 interrupt.set_needs_reset();

@@ -18,7 +18,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{serve_single_queue, Worker};
+use super::worker::{spawn_single_queue, Worker};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 pub use request::Disk;
 
@@ -176,33 +176,22 @@ impl VirtioDevice for Block {
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
-        mut queues: Vec<Queue>,
-        mut queue_evts: Vec<EventFd>,
+        queues: Vec<Queue>,
+        queue_evts: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let (Some(queue), Some(evt)) = (queues.pop(), queue_evts.pop()) else {
-            return Err(ActivateError::QueueCount { want: 1, got });
-        };
         let mut disk = self
             .disk
             .try_clone()
             .map_err(|e| ActivateError::Backend(BlockError::Clone(e).to_string()))?;
-        self.worker = Some(
-            Worker::spawn("virtio-blk", move |el| {
-                let handler = |chain: &super::chain::Chain| Ok(disk.execute(&mem, chain));
-                serve_single_queue(
-                    "virtio-blk",
-                    el,
-                    &mem,
-                    &interrupt,
-                    queue,
-                    &evt,
-                    MAX_REQUEST_LEN,
-                    handler,
-                )
-            })
-            .map_err(ActivateError::Worker)?,
-        );
+        self.worker = Some(spawn_single_queue(
+            "virtio-blk",
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            MAX_REQUEST_LEN,
+            move |mem, chain| Ok(disk.execute(mem, chain)),
+        )?);
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::vmm::devices::virtio::testing::*;
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 #[test]
@@ -48,4 +49,26 @@ fn chain_outside_memory_marks_device_broken() {
     write_reg(&mut t, 0x50, 0);
     assert!(wait_needs_reset(&mut t));
     assert_eq!(used_idx(&mem, &vq), 0);
+}
+
+#[test]
+fn wrong_queue_count_is_refused_with_the_real_count() {
+    let mem = memory();
+    let irq = Arc::new(Interrupt::new(
+        EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd"),
+    ));
+    let queues = || (0..2).map(|_| Queue::new(16).expect("queue")).collect();
+    let evts = || {
+        (0..2)
+            .map(|_| EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).expect("eventfd"))
+            .collect()
+    };
+    let err = Rng::new()
+        .activate(mem.clone(), irq.clone(), queues(), evts())
+        .unwrap_err();
+    assert!(matches!(err, ActivateError::QueueCount { want: 1, got: 2 }));
+    let err = Rng::new()
+        .activate(mem, irq, Vec::new(), Vec::new())
+        .unwrap_err();
+    assert!(matches!(err, ActivateError::QueueCount { want: 1, got: 0 }));
 }

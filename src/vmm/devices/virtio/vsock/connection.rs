@@ -150,25 +150,21 @@ impl Connection {
         if pending > TX_BUF_SIZE as usize {
             return Err(ConnError::CreditExceeded { pending });
         }
-        self.pending_out.extend_from_slice(data);
-        self.flush()
+        if !self.pending_out.is_empty() {
+            self.pending_out.extend_from_slice(data);
+            return self.flush();
+        }
+        // Nothing is queued ahead of it, so the packet goes straight to the socket; only what
+        // the socket does not take now is copied.
+        let n = write_now(&mut self.stream, &mut self.fwd_cnt, data)?;
+        self.pending_out.extend_from_slice(&data[n..]);
+        Ok(())
     }
 
     /// Writes as much pending data as the host socket takes.
     pub fn flush(&mut self) -> Result<(), ConnError> {
-        while !self.pending_out.is_empty() {
-            match self.stream.write(&self.pending_out) {
-                Ok(0) => return Err(ConnError::Io(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    self.pending_out.drain(..n);
-                    // n <= TX_BUF_SIZE, so it fits in u32.
-                    self.fwd_cnt += Wrapping(n as u32);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let n = write_now(&mut self.stream, &mut self.fwd_cnt, &self.pending_out)?;
+        self.pending_out.drain(..n);
         Ok(())
     }
 
@@ -195,6 +191,30 @@ impl Connection {
             }
         }
     }
+}
+
+/// Writes as much of `data` as `stream` takes without blocking and counts it in `fwd_cnt`;
+/// returns how many bytes that was.
+fn write_now(
+    stream: &mut UnixStream,
+    fwd_cnt: &mut Wrapping<u32>,
+    data: &[u8],
+) -> Result<usize, ConnError> {
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]) {
+            Ok(0) => return Err(ConnError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                written += n;
+                // n <= data.len() <= TX_BUF_SIZE, so it fits in u32.
+                *fwd_cnt += Wrapping(n as u32);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

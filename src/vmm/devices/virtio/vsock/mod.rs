@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{total_len, Chain};
 use super::cursor::Cursor;
-use super::worker::{drain, signal_used, EventLoop, QueueError, Worker, STOP_TOKEN};
+use super::worker::{drain, pop_chain, signal_used, EventLoop, QueueError, Worker, STOP_TOKEN};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 use muxer::Muxer;
 use packet::{read_packet, HEADER_LEN, MAX_PAYLOAD};
@@ -269,28 +269,16 @@ impl VsockWorker {
     fn process_tx(&mut self, event_loop: &EventLoop) -> Result<(), QueueError> {
         let mem = &self.mem;
         let mut used = false;
-        let mut rearmed = false;
         let result = loop {
             self.tx_stalled = self.muxer.backlog_full();
             if self.tx_stalled {
                 break Ok(());
             }
-            let next = match self.tx.iter(mem) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => break Err(QueueError::Queue(e)),
+            let desc_chain = match pop_chain(&mut self.tx, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             };
-            let Some(desc_chain) = next else {
-                // Re-arm the guest's kick (EVENT_IDX); look once more for chains that raced in.
-                match self.tx.enable_notification(mem) {
-                    Ok(true) if !rearmed => {
-                        rearmed = true;
-                        continue;
-                    }
-                    Ok(_) => break Ok(()),
-                    Err(e) => break Err(QueueError::Queue(e)),
-                }
-            };
-            rearmed = false;
             let head = desc_chain.head_index();
             let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
                 Ok(c) => c,
@@ -319,28 +307,16 @@ impl VsockWorker {
     fn process_rx(&mut self) -> Result<(), QueueError> {
         let mem = &self.mem;
         let mut used = false;
-        let mut rearmed = false;
         let result = loop {
             if !self.muxer.has_rx() {
                 break Ok(());
             }
-            let next = match self.rx.iter(mem) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => break Err(QueueError::Queue(e)),
-            };
             // No buffer: the guest's next rx notification brings us back here.
-            let Some(desc_chain) = next else {
-                // Re-arm the guest's kick (EVENT_IDX); look once more for chains that raced in.
-                match self.rx.enable_notification(mem) {
-                    Ok(true) if !rearmed => {
-                        rearmed = true;
-                        continue;
-                    }
-                    Ok(_) => break Ok(()),
-                    Err(e) => break Err(QueueError::Queue(e)),
-                }
+            let desc_chain = match pop_chain(&mut self.rx, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             };
-            rearmed = false;
             let head = desc_chain.head_index();
             let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
                 Ok(c) => c,

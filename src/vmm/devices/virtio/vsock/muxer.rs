@@ -45,7 +45,7 @@ struct Handshake {
 #[derive(Debug, Clone, Copy)]
 enum Control {
     /// For a connection in the table (skipped if it is gone by then).
-    Conn { key: Key, op: u16, flags: u32 },
+    Conn { key: Key, op: u16 },
     /// A reset answering a packet of a connection we do not have.
     Rst {
         src_cid: u64,
@@ -65,6 +65,19 @@ pub struct Muxer {
     control: VecDeque<Control>,
     rx_ready: VecDeque<Key>,
     next_local_port: u32,
+}
+
+/// A reset packet for the guest; RST carries no credit information.
+fn rst_header(src_cid: u64, guest_cid: u64, src_port: u32, dst_port: u32) -> Header {
+    Header {
+        src_cid,
+        dst_cid: guest_cid,
+        src_port,
+        dst_port,
+        kind: TYPE_STREAM,
+        op: op::RST,
+        ..Header::default()
+    }
 }
 
 fn stream_events() -> EventSet {
@@ -223,11 +236,7 @@ impl Muxer {
         self.fd_keys.insert(fd, key);
         self.conns
             .insert(key, Connection::new(hs.stream, key, State::LocalInit));
-        self.control.push_back(Control::Conn {
-            key,
-            op: op::REQUEST,
-            flags: 0,
-        });
+        self.queue_conn(key, op::REQUEST);
     }
 
     fn allocate_local_port(&mut self) -> Option<u32> {
@@ -256,6 +265,17 @@ impl Muxer {
     /// Drops a connection (closing its host socket) and tells the guest with RST.
     fn reset(&mut self, key: Key) {
         self.remove(key);
+        self.queue_rst(key);
+    }
+
+    /// Queues a data-less packet of connection `key` for the guest.
+    fn queue_conn(&mut self, key: Key, op: u16) {
+        self.control.push_back(Control::Conn { key, op });
+    }
+
+    /// Queues a reset from host port `key.local_port` to guest port `key.peer_port`, for a
+    /// connection that is gone or was never made.
+    fn queue_rst(&mut self, key: Key) {
         self.control.push_back(Control::Rst {
             src_cid: HOST_CID,
             src_port: key.local_port,
@@ -290,11 +310,7 @@ impl Muxer {
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
         if conn.needs_credit_update() {
-            self.control.push_back(Control::Conn {
-                key,
-                op: op::CREDIT_UPDATE,
-                flags: 0,
-            });
+            self.queue_conn(key, op::CREDIT_UPDATE);
         }
     }
 
@@ -325,11 +341,7 @@ impl Muxer {
             match hdr.op {
                 op::REQUEST => self.connect_for_guest(event_loop, key, hdr),
                 op::RST => {}
-                _ => self.control.push_back(Control::Rst {
-                    src_cid: HOST_CID,
-                    src_port: key.local_port,
-                    dst_port: key.peer_port,
-                }),
+                _ => self.queue_rst(key),
             }
             return;
         };
@@ -358,11 +370,7 @@ impl Muxer {
                 match conn.send_to_host(payload) {
                     Ok(()) => {
                         if conn.needs_credit_update() {
-                            self.control.push_back(Control::Conn {
-                                key,
-                                op: op::CREDIT_UPDATE,
-                                flags: 0,
-                            });
+                            self.queue_conn(key, op::CREDIT_UPDATE);
                         }
                     }
                     Err(ConnError::CreditExceeded { pending }) => {
@@ -376,11 +384,7 @@ impl Muxer {
                 }
             }
             (op::CREDIT_UPDATE, _) => {}
-            (op::CREDIT_REQUEST, _) => self.control.push_back(Control::Conn {
-                key,
-                op: op::CREDIT_UPDATE,
-                flags: 0,
-            }),
+            (op::CREDIT_REQUEST, _) => self.queue_conn(key, op::CREDIT_UPDATE),
             (op::SHUTDOWN, State::Established | State::Closing) => {
                 conn.peer_shut_send |= hdr.flags & SHUTDOWN_SEND != 0;
                 conn.peer_shut_rcv |= hdr.flags & SHUTDOWN_RCV != 0;
@@ -400,16 +404,9 @@ impl Muxer {
 
     /// The guest opens a connection to host port `key.local_port`: connect to `<path>_<port>`.
     fn connect_for_guest(&mut self, event_loop: &EventLoop, key: Key, hdr: &Header) {
-        let refuse = |m: &mut Muxer| {
-            m.control.push_back(Control::Rst {
-                src_cid: HOST_CID,
-                src_port: key.local_port,
-                dst_port: key.peer_port,
-            })
-        };
         if self.conns.len() >= MAX_CONNECTIONS {
             tracing::debug!("vsock: connection limit reached; guest connection refused");
-            return refuse(self);
+            return self.queue_rst(key);
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", key.local_port));
@@ -417,24 +414,20 @@ impl Muxer {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("vsock: guest connect to {path:?}: {e}");
-                return refuse(self);
+                return self.queue_rst(key);
             }
         };
         let fd = stream.as_raw_fd();
         let registered = event_loop.add(fd, STREAM_TOKEN_BASE + fd as u64, stream_events());
         if let Err(e) = registered {
             tracing::warn!("vsock: cannot watch host socket {path:?}: {e}");
-            return refuse(self);
+            return self.queue_rst(key);
         }
         let mut conn = Connection::new(stream, key, State::Established);
         conn.update_peer_credit(hdr);
         self.fd_keys.insert(fd, key);
         self.conns.insert(key, conn);
-        self.control.push_back(Control::Conn {
-            key,
-            op: op::RESPONSE,
-            flags: 0,
-        });
+        self.queue_conn(key, op::RESPONSE);
     }
 
     /// The next packet for the guest, with at most `max_payload` payload bytes; `None` when there
@@ -447,20 +440,12 @@ impl Muxer {
                     src_port,
                     dst_port,
                 } => {
-                    let hdr = Header {
-                        src_cid,
-                        dst_cid: self.guest_cid,
-                        src_port,
-                        dst_port,
-                        kind: TYPE_STREAM,
-                        op: op::RST,
-                        ..Header::default()
-                    };
+                    let hdr = rst_header(src_cid, self.guest_cid, src_port, dst_port);
                     return Some((hdr, Vec::new()));
                 }
-                Control::Conn { key, op, flags } => {
+                Control::Conn { key, op } => {
                     if let Some(conn) = self.conns.get_mut(&key) {
-                        return Some((conn.header(self.guest_cid, op, flags, 0), Vec::new()));
+                        return Some((conn.header(self.guest_cid, op, 0, 0), Vec::new()));
                     }
                 }
             }
@@ -522,15 +507,7 @@ impl Muxer {
             Err(e) => {
                 tracing::debug!("vsock: host socket read failed: {e}; reset");
                 self.remove(key);
-                let hdr = Header {
-                    src_cid: HOST_CID,
-                    dst_cid: guest_cid,
-                    src_port: key.local_port,
-                    dst_port: key.peer_port,
-                    kind: TYPE_STREAM,
-                    op: op::RST,
-                    ..Header::default()
-                };
+                let hdr = rst_header(HOST_CID, guest_cid, key.local_port, key.peer_port);
                 Some((hdr, Vec::new()))
             }
         }
@@ -548,11 +525,7 @@ impl Muxer {
         if self.conns.contains_key(&key) {
             self.reset(key);
         } else if hdr.op != op::RST {
-            self.control.push_back(Control::Rst {
-                src_cid: HOST_CID,
-                src_port: key.local_port,
-                dst_port: key.peer_port,
-            });
+            self.queue_rst(key);
         }
     }
 }
