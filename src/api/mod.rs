@@ -1,9 +1,11 @@
-//! The public Orgo API served by `deskd serve` (contract: shared/spec/api.md sections 0-2).
+//! The public Orgo API served by `deskd serve` (contract: shared/spec/api.md sections 0-4).
 //!
 //! Layout: `routes` (the router), `middleware` (request ids, error bodies, auth, rate limit),
 //! `body` (JSON bodies and field checks), `error` (the error model), `access` (scope checks),
-//! `views` (JSON shapes), `workspaces`/`computers`/`actions` (handlers), `openapi`, `listen`
-//! (sockets, sd_notify), `rate_limit` (token buckets).
+//! `views` (JSON shapes), `workspaces`/`computers`/`actions` (handlers; actions are forwarded to
+//! the guest agent), `desktop_ws` (section 4 WebSockets relayed to the agent), `storage` (stored
+//! screenshots), `console` (serial log), `openapi`, `listen` (sockets, sd_notify), `rate_limit`
+//! (token buckets).
 
 mod access;
 mod actions;
