@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{now_iso, Store, StoreError};
+use super::{now_iso, require_workspace, Store, StoreError};
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "sk_live_";
@@ -79,14 +79,7 @@ impl Store {
     ) -> Result<CreatedKey, StoreError> {
         let conn = self.lock();
         if let Some(ws) = workspace_id {
-            let exists: Option<String> = conn
-                .query_row("SELECT id FROM workspaces WHERE id = ?1", [ws], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound { what: "workspace" });
-            }
+            require_workspace(&conn, ws)?;
         }
         let secret = generate_key();
         let prefix = lookup_prefix(&secret)
