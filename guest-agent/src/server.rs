@@ -462,7 +462,7 @@ async fn ws_events(State(agent): State<Shared>, ws: WebSocketUpgrade) -> Respons
 }
 
 /// Accepts connections forever. Each connection gets its own task, so a stuck request blocks
-/// nothing else.
+/// nothing else. Only a listener that cannot be set up is an error.
 pub async fn serve(listen: &Listen, agent: Shared) -> std::io::Result<()> {
     let app = router(agent);
     match listen {
@@ -472,8 +472,10 @@ pub async fn serve(listen: &Listen, agent: Shared) -> std::io::Result<()> {
             let listener = tokio::net::UnixListener::bind(path)?;
             tracing::info!("listening on unix:{}", path.display());
             loop {
-                let (stream, _) = listener.accept().await?;
-                spawn_connection(stream, app.clone());
+                match listener.accept().await {
+                    Ok((stream, _)) => spawn_connection(stream, app.clone()),
+                    Err(e) => accept_failed(e).await,
+                }
             }
         }
         Listen::Vsock(port) => {
@@ -481,11 +483,23 @@ pub async fn serve(listen: &Listen, agent: Shared) -> std::io::Result<()> {
             let listener = tokio_vsock::VsockListener::bind(addr)?;
             tracing::info!("listening on vsock:{port}");
             loop {
-                let (stream, _) = listener.accept().await?;
-                spawn_connection(stream, app.clone());
+                match listener.accept().await {
+                    Ok((stream, _)) => spawn_connection(stream, app.clone()),
+                    Err(e) => accept_failed(e).await,
+                }
             }
         }
     }
+}
+
+/// An accept error (out of file descriptors, a connection aborted before it was taken) is about
+/// one client or a passing shortage, never a reason to stop serving: log it and pause briefly so
+/// a lasting shortage does not spin the loop.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(
+        "accepting a connection failed: {e}; retrying (check the open file limit if this repeats)"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 fn spawn_connection<S>(stream: S, app: Router)

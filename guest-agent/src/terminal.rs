@@ -14,6 +14,9 @@ use crate::run::DesktopUser;
 
 /// Close code for "could not start" (api.md section 4).
 const CLOSE_COULD_NOT_START: u16 = 4500;
+/// Client input waiting for the shell beyond which no more messages are read from the client
+/// (the WebSocket then pushes back on it) until the shell has taken some.
+const MAX_PENDING_INPUT: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum PtyError {
@@ -125,16 +128,16 @@ async fn read_master(master: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Resu
     }
 }
 
-async fn write_master(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
+/// Writes what the PTY takes now (at least one byte, once it is writable). Cancel-safe: a write
+/// either happened and is reported, or did not happen.
+async fn write_master(master: &AsyncFd<OwnedFd>, data: &[u8]) -> std::io::Result<usize> {
+    loop {
         let mut guard = master.writable().await?;
         match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(Into::into)) {
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
+            Ok(r) => return r,
             Err(_would_block) => continue,
         }
     }
-    Ok(())
 }
 
 /// Splits off the longest valid UTF-8 prefix, keeping an incomplete trailing sequence for the
@@ -193,6 +196,10 @@ pub async fn serve(mut ws: WebSocket, user: DesktopUser, cols: u16, rows: u16) {
     };
     let mut buf = vec![0u8; 16 * 1024];
     let mut carry = Vec::new();
+    // Input is written as the PTY takes it, inside the same loop that reads the shell's output:
+    // a shell blocked on writing output (because nobody read it) would otherwise never read the
+    // input we wait to write, and the session would hang for good.
+    let mut to_shell: Vec<u8> = Vec::new();
     loop {
         tokio::select! {
             r = read_master(&pty.master, &mut buf) => match r {
@@ -214,13 +221,21 @@ pub async fn serve(mut ws: WebSocket, user: DesktopUser, cols: u16, rows: u16) {
                     return;
                 }
             },
-            msg = ws.recv() => match msg {
-                Some(Ok(Message::Text(t))) => match serde_json::from_str::<TerminalIn>(t.as_str()) {
-                    Ok(TerminalIn::Input { data }) => {
-                        if let Err(e) = write_master(&pty.master, data.as_bytes()).await {
-                            let _ = send(&mut ws, &TerminalOut::Error { message: format!("write to the shell failed: {e}") }).await;
-                        }
+            w = write_master(&pty.master, &to_shell), if !to_shell.is_empty() => match w {
+                Ok(n) => {
+                    to_shell.drain(..n);
+                }
+                Err(e) => {
+                    to_shell.clear();
+                    let message = format!("write to the shell failed: {e}");
+                    if !send(&mut ws, &TerminalOut::Error { message }).await {
+                        break;
                     }
+                }
+            },
+            msg = ws.recv(), if to_shell.len() < MAX_PENDING_INPUT => match msg {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<TerminalIn>(t.as_str()) {
+                    Ok(TerminalIn::Input { data }) => to_shell.extend_from_slice(data.as_bytes()),
                     Ok(TerminalIn::Resize { cols, rows }) => resize(&pty.master, cols, rows),
                     Ok(TerminalIn::Ping) => {
                         if !send(&mut ws, &TerminalOut::Pong).await {
@@ -235,9 +250,7 @@ pub async fn serve(mut ws: WebSocket, user: DesktopUser, cols: u16, rows: u16) {
                     }
                 },
                 // Raw bytes are taken as keyboard input.
-                Some(Ok(Message::Binary(b))) => {
-                    let _ = write_master(&pty.master, &b).await;
-                }
+                Some(Ok(Message::Binary(b))) => to_shell.extend_from_slice(&b),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             },

@@ -92,6 +92,46 @@ async fn terminal_echoes_resizes_and_reports_the_exit_code() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_takes_a_large_paste_while_the_shell_echoes_it() {
+    let Some(x) = xvfb(320, 240) else { return };
+    let agent = start_agent(&x.display).await;
+    let mut ws = connect(&agent.socket, "/ws/terminal").await;
+    // `cat` writes back every line (and the terminal echoes it too): far more output than a PTY
+    // buffers, so the agent must keep reading output while it is still writing the paste.
+    send(&mut ws, json!({"type":"input","data":"cat\n"})).await;
+    let line = format!("{}\n", "x".repeat(500));
+    let paste = line.repeat(2000);
+    send(&mut ws, json!({"type":"input","data": paste})).await;
+    send(
+        &mut ws,
+        json!({"type":"input","data":"\u{4}echo paste-done-$((6*7))\n"}),
+    )
+    .await;
+    let mut tail = String::new();
+    let mut received = 0usize;
+    while !tail.contains("paste-done-42") {
+        let m = next_json(&mut ws, 30).await;
+        if m["type"] == "output" {
+            let data = m["data"].as_str().unwrap();
+            received += data.len();
+            tail.push_str(data);
+            // Only the end matters; keep the buffer small.
+            if tail.len() > 4096 {
+                let keep_from = (tail.len() - 1024..tail.len())
+                    .find(|&i| tail.is_char_boundary(i))
+                    .unwrap_or(0);
+                tail.drain(..keep_from);
+            }
+        }
+    }
+    assert!(
+        received >= paste.len(),
+        "only {received} bytes of output for a {}-byte paste",
+        paste.len()
+    );
+}
+
 /// Acts as a window manager would: publishes `_NET_CLIENT_LIST` and `_NET_ACTIVE_WINDOW`.
 struct FakeWm {
     conn: RustConnection,

@@ -109,7 +109,12 @@ fn run(cmd: KeysCommand) -> Result<(), StoreError> {
         }
         KeysCommand::Revoke { id, data_dir } => {
             let store = Store::open(&data_dir)?;
-            let key = store.revoke_key(&id)?;
+            let key = store.revoke_key(&id).map_err(|e| match e {
+                StoreError::NotFound { .. } => StoreError::NotFound {
+                    what: "key with that id or prefix (see `deskd keys list`)",
+                },
+                other => other,
+            })?;
             println!("revoked key {} ({})", key.id, key.name);
         }
     }

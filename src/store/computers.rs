@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::{is_unique_violation, now_iso, Store, StoreError};
+use super::{is_unique_violation, now_iso, require_workspace, Store, StoreError};
 
 /// Lifecycle status, exactly the strings of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -193,16 +193,7 @@ impl Store {
     ) -> Result<Computer, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let ws: Option<String> = tx
-            .query_row(
-                "SELECT id FROM workspaces WHERE id = ?1",
-                [&new.workspace_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if ws.is_none() {
-            return Err(StoreError::NotFound { what: "workspace" });
-        }
+        require_workspace(&tx, &new.workspace_id)?;
         admit(&commitment(&tx)?).map_err(StoreError::QuotaExceeded)?;
         let now = now_iso();
         let mut computer = Computer {
@@ -376,16 +367,7 @@ impl Store {
     pub fn move_computer(&self, id: &str, workspace_id: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let ws: Option<String> = tx
-            .query_row(
-                "SELECT id FROM workspaces WHERE id = ?1",
-                [workspace_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if ws.is_none() {
-            return Err(StoreError::NotFound { what: "workspace" });
-        }
+        require_workspace(&tx, workspace_id)?;
         let name: String = tx
             .query_row("SELECT name FROM computers WHERE id = ?1", [id], |r| {
                 r.get(0)

@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{now_iso, Store, StoreError};
+use super::{now_iso, require_workspace, Store, StoreError};
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "sk_live_";
@@ -59,6 +59,9 @@ fn lookup_prefix(secret: &str) -> Option<&str> {
     Some(&secret[..KEY_PREFIX.len() + LOOKUP_LEN])
 }
 
+/// The columns `row_to_key` reads.
+const KEY_COLUMNS: &str = "id, name, prefix, workspace_id, created_at, revoked_at";
+
 fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
     Ok(ApiKey {
         id: row.get("id")?,
@@ -79,14 +82,7 @@ impl Store {
     ) -> Result<CreatedKey, StoreError> {
         let conn = self.lock();
         if let Some(ws) = workspace_id {
-            let exists: Option<String> = conn
-                .query_row("SELECT id FROM workspaces WHERE id = ?1", [ws], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound { what: "workspace" });
-            }
+            require_workspace(&conn, ws)?;
         }
         let secret = generate_key();
         let prefix = lookup_prefix(&secret)
@@ -118,10 +114,9 @@ impl Store {
     /// Every key, revoked ones included, oldest first.
     pub fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id, name, prefix, workspace_id, created_at, revoked_at
-             FROM api_keys ORDER BY created_at, id",
-        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+        ))?;
         let keys = stmt
             .query_map([], row_to_key)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -144,8 +139,7 @@ impl Store {
         let conn = self.lock();
         let key = conn
             .query_row(
-                "SELECT id, name, prefix, workspace_id, created_at, revoked_at
-                 FROM api_keys WHERE id = ?1 OR prefix = ?1",
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 OR prefix = ?1"),
                 [id_or_prefix],
                 row_to_key,
             )
@@ -165,10 +159,9 @@ impl Store {
         };
         let wanted = hash_key(secret);
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, name, prefix, workspace_id, created_at, revoked_at, hash
-             FROM api_keys WHERE prefix = ?1 AND revoked_at IS NULL",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS}, hash FROM api_keys WHERE prefix = ?1 AND revoked_at IS NULL"
+        ))?;
         let mut rows = stmt.query([prefix])?;
         while let Some(row) = rows.next()? {
             let hash: Vec<u8> = row.get("hash")?;

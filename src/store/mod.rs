@@ -125,6 +125,21 @@ pub fn now_iso() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Fails with `NotFound` unless workspace `id` exists; run inside the caller's transaction when the
+/// answer must still hold at commit.
+fn require_workspace(conn: &Connection, id: &str) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension;
+    let found: Option<String> = conn
+        .query_row("SELECT id FROM workspaces WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound { what: "workspace" }),
+    }
+}
+
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(
         e,

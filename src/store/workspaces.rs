@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{is_unique_violation, now_iso, Computer, Store, StoreError};
+use super::{is_unique_violation, now_iso, require_workspace, Computer, Store, StoreError};
 
 /// `active` or `inactive`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,14 +119,7 @@ impl Store {
     pub fn mark_workspace_deleting(&self, id: &str) -> Result<Vec<Computer>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let exists: Option<String> = tx
-            .query_row("SELECT id FROM workspaces WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound { what: "workspace" });
-        }
+        require_workspace(&tx, id)?;
         tx.execute(
             "UPDATE computers SET status = 'deleting', updated_at = ?2 WHERE workspace_id = ?1",
             params![id, now_iso()],
