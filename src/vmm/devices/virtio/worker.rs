@@ -191,7 +191,7 @@ pub fn signal_used(
 }
 
 /// Starts the worker of a one-queue device (block, rng): checks that the transport handed over
-/// exactly one queue, then runs [`serve_single_queue`] on a thread named `name`.
+/// exactly one queue, then runs the queue loop on a thread named `name`.
 pub fn spawn_single_queue<F>(
     name: &'static str,
     mem: super::GuestMemory,
