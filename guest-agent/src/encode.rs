@@ -42,10 +42,14 @@ pub fn jpeg(frame: &Frame, quality: u8) -> Result<Vec<u8>, EncodeError> {
     Ok(out)
 }
 
+/// Runs once per PNG screenshot over every pixel: writing into a pre-sized buffer keeps the loop
+/// free of the per-pixel length check and reallocation path that pushing onto a `Vec` has.
 fn bgrx_to_rgb(bgrx: &[u8]) -> Vec<u8> {
-    let mut rgb = Vec::with_capacity(bgrx.len() / 4 * 3);
-    for px in bgrx.chunks_exact(4) {
-        rgb.extend_from_slice(&[px[2], px[1], px[0]]);
+    let mut rgb = vec![0u8; bgrx.len() / 4 * 3];
+    for (dst, px) in rgb.chunks_exact_mut(3).zip(bgrx.chunks_exact(4)) {
+        dst[0] = px[2];
+        dst[1] = px[1];
+        dst[2] = px[0];
     }
     rgb
 }

@@ -420,11 +420,7 @@ async fn wait(body: Bytes) -> ApiResult<Json<ActionResponse>> {
         return Err(ApiError::bad("seconds must be between 0 and 60"));
     }
     tokio::time::sleep(Duration::from_secs_f64(s)).await;
-    Ok(Json(ActionResponse {
-        success: true,
-        action: "wait".into(),
-        details: Some(json!({"seconds": s})),
-    }))
+    Ok(action("wait", json!({"seconds": s})))
 }
 
 async fn bash(

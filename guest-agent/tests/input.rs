@@ -31,37 +31,15 @@ async fn clicks_arrive_at_the_right_place_with_the_right_button() {
         y: 50
     }));
 
-    let r = post(
-        &agent.socket,
-        "/click",
-        r#"{"x":300,"y":200,"button":"right"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    win.wait_for("right click", |s| {
-        s.contains(&Seen::Release {
-            button: 3,
-            x: 300,
-            y: 200,
-        })
-    });
-    win.take();
-
-    let r = post(
-        &agent.socket,
-        "/click",
-        r#"{"x":10,"y":470,"button":"middle"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    win.wait_for("middle click", |s| {
-        s.contains(&Seen::Release {
-            button: 2,
-            x: 10,
-            y: 470,
-        })
-    });
-    win.take();
+    for (name, button, x, y) in [("right", 3, 300, 200), ("middle", 2, 10, 470)] {
+        let body = serde_json::json!({"x": x, "y": y, "button": name}).to_string();
+        let r = post(&agent.socket, "/click", &body).await;
+        assert_eq!(r.status, 200);
+        win.wait_for(&format!("{name} click"), |s| {
+            s.contains(&Seen::Release { button, x, y })
+        });
+        win.take();
+    }
 
     let r = post(&agent.socket, "/click", r#"{"x":20,"y":30,"double":true}"#).await;
     assert_eq!(r.status, 200);

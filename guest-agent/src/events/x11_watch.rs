@@ -327,19 +327,20 @@ impl Watcher {
     }
 
     fn refresh_focus(&mut self, announce: bool) -> Result<(), WatchError> {
-        let focused = if self.ewmh || self.has_active_property()? {
-            let r = self
-                .conn
-                .get_property(
-                    false,
-                    self.root,
-                    self.atoms.active_window,
-                    AtomEnum::WINDOW,
-                    0,
-                    1,
-                )?
-                .reply()?;
-            r.value32().and_then(|mut v| v.next()).unwrap_or(0)
+        // One read answers both "is there a _NET_ACTIVE_WINDOW?" (its type) and "which window?".
+        let active = self
+            .conn
+            .get_property(
+                false,
+                self.root,
+                self.atoms.active_window,
+                AtomEnum::WINDOW,
+                0,
+                1,
+            )?
+            .reply()?;
+        let focused = if self.ewmh || active.type_ != x11rb::NONE {
+            active.value32().and_then(|mut v| v.next()).unwrap_or(0)
         } else {
             let f = self.conn.get_input_focus()?.reply()?.focus;
             // 0 = None, 1 = PointerRoot: no window has the focus.
@@ -360,21 +361,6 @@ impl Watcher {
             }
         }
         Ok(())
-    }
-
-    fn has_active_property(&self) -> Result<bool, WatchError> {
-        let r = self
-            .conn
-            .get_property(
-                false,
-                self.root,
-                self.atoms.active_window,
-                AtomEnum::WINDOW,
-                0,
-                0,
-            )?
-            .reply()?;
-        Ok(r.type_ != x11rb::NONE)
     }
 
     /// `_NET_WM_NAME` (UTF-8), else `WM_NAME`; empty when the window has neither or is gone.

@@ -181,11 +181,6 @@ pub async fn run(spec: RunSpec) -> Result<RunOutcome, RunError> {
             }
         }
     }
-    if timed_out {
-        if let Some(pg) = pgid {
-            let _ = killpg(pg, Signal::SIGKILL);
-        }
-    }
     let grace = tokio::time::sleep(DRAIN_GRACE);
     tokio::pin!(grace);
     while !eof {

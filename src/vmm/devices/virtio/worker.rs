@@ -121,22 +121,24 @@ pub enum QueueError {
     Device(String),
 }
 
-/// The next chain the driver made available, or `None` when there is none. Before answering
-/// `None` it asks for a kick at the next new chain (with EVENT_IDX the driver only kicks when
-/// asked) and looks once more, so a chain that raced in is not left waiting for a kick that will
-/// not come. Two looks at most: it never spins.
-pub fn pop_chain<'m>(
+/// The next chain the driver made available, validated (total length at most `max_len`), or
+/// `None` when there is none. Before answering `None` it asks for a kick at the next new chain
+/// (with EVENT_IDX the driver only kicks when asked) and looks once more, so a chain that raced
+/// in is not left waiting for a kick that will not come. Two looks at most: it never spins.
+pub fn next_chain(
     queue: &mut virtio_queue::Queue,
-    mem: &'m super::GuestMemory,
-) -> Result<Option<virtio_queue::DescriptorChain<&'m super::GuestMemory>>, QueueError> {
+    mem: &super::GuestMemory,
+    max_len: u64,
+) -> Result<Option<super::chain::Chain>, QueueError> {
     use virtio_queue::{QueueOwnedT, QueueT};
-    if let Some(chain) = queue.iter(mem)?.next() {
-        return Ok(Some(chain));
+    let mut desc_chain = queue.iter(mem)?.next();
+    if desc_chain.is_none() && queue.enable_notification(mem)? {
+        desc_chain = queue.iter(mem)?.next();
     }
-    if queue.enable_notification(mem)? {
-        return Ok(queue.iter(mem)?.next());
+    match desc_chain {
+        Some(c) => Ok(Some(super::chain::Chain::parse(c, mem, max_len)?)),
+        None => Ok(None),
     }
-    Ok(None)
 }
 
 /// Takes every available chain of `queue`, validates it (total length at most `max_len`), lets
@@ -155,20 +157,16 @@ where
     use virtio_queue::QueueT;
     let mut used_any = false;
     let result = loop {
-        let desc_chain = match pop_chain(queue, mem) {
+        let chain = match next_chain(queue, mem, max_len) {
             Ok(Some(chain)) => chain,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        let head = desc_chain.head_index();
-        let outcome = super::chain::Chain::parse(desc_chain, mem, max_len)
-            .map_err(QueueError::from)
-            .and_then(|chain| handle(&chain));
-        let len = match outcome {
+        let len = match handle(&chain) {
             Ok(len) => len,
             Err(e) => break Err(e),
         };
-        if let Err(e) = queue.add_used(mem, head, len) {
+        if let Err(e) = queue.add_used(mem, chain.head, len) {
             break Err(QueueError::Queue(e));
         }
         used_any = true;

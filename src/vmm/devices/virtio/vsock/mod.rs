@@ -24,9 +24,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EpollEvent;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::{total_len, Chain};
+use super::chain::total_len;
 use super::cursor::Cursor;
-use super::worker::{drain, pop_chain, signal_used, EventLoop, QueueError, Worker, STOP_TOKEN};
+use super::worker::{drain, next_chain, signal_used, EventLoop, QueueError, Worker, STOP_TOKEN};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 use muxer::Muxer;
 use packet::{read_packet, HEADER_LEN, MAX_PAYLOAD};
@@ -274,15 +274,10 @@ impl VsockWorker {
             if self.tx_stalled {
                 break Ok(());
             }
-            let desc_chain = match pop_chain(&mut self.tx, mem) {
+            let chain = match next_chain(&mut self.tx, mem, u64::from(u32::MAX)) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
-            };
-            let head = desc_chain.head_index();
-            let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
-                Ok(c) => c,
-                Err(e) => break Err(e.into()),
             };
             match read_packet(mem, &chain.readable) {
                 Ok((hdr, payload)) => self.muxer.handle_guest_packet(event_loop, &hdr, &payload),
@@ -294,7 +289,7 @@ impl VsockWorker {
                     }
                 }
             }
-            if let Err(e) = self.tx.add_used(mem, head, 0) {
+            if let Err(e) = self.tx.add_used(mem, chain.head, 0) {
                 break Err(QueueError::Queue(e));
             }
             used = true;
@@ -312,15 +307,10 @@ impl VsockWorker {
                 break Ok(());
             }
             // No buffer: the guest's next rx notification brings us back here.
-            let desc_chain = match pop_chain(&mut self.rx, mem) {
+            let chain = match next_chain(&mut self.rx, mem, u64::from(u32::MAX)) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
-            };
-            let head = desc_chain.head_index();
-            let chain = match Chain::parse(desc_chain, mem, u64::from(u32::MAX)) {
-                Ok(c) => c,
-                Err(e) => break Err(e.into()),
             };
             let room = total_len(&chain.writable);
             if room < HEADER_LEN as u64 {
@@ -343,7 +333,7 @@ impl VsockWorker {
                 )));
             }
             // HEADER_LEN + payload <= 44 + 64 KiB.
-            if let Err(e) = self.rx.add_used(mem, head, out.done() as u32) {
+            if let Err(e) = self.rx.add_used(mem, chain.head, out.done() as u32) {
                 break Err(QueueError::Queue(e));
             }
             used = true;
