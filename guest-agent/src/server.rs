@@ -504,7 +504,11 @@ where
 {
     tokio::spawn(async move {
         let service = TowerToHyperService::new(app);
+        // Clients such as `socat` shut down their write side once the request is sent; without
+        // half-close support hyper would take that EOF as the end of the connection and drop
+        // the answer.
         let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         if let Err(e) = conn.await {

@@ -182,6 +182,39 @@ async fn health_reports_the_screen() {
     );
 }
 
+/// A client that half-closes its connection after the request (what `socat` does by default)
+/// still gets the whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_survives_a_client_half_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(x) = xvfb(320, 200) else { return };
+    let agent = start_agent(&x.display).await;
+    let mut stream = tokio::net::UnixStream::connect(&agent.socket)
+        .await
+        .expect("connect agent");
+    stream
+        .write_all(b"GET /screenshot HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send request");
+    stream.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("answer within 20 s")
+    .expect("read answer");
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(12)]).to_string();
+    assert_eq!(head, "HTTP/1.1 200", "answer: {head:?}");
+    let png_magic = b"\x89PNG";
+    assert!(
+        answer.windows(4).any(|w| w == png_magic),
+        "the answer carries no PNG ({} bytes)",
+        answer.len()
+    );
+}
+
 /// The guest listens on vsock; on a host with vsock loopback (CID 1) the same code path can be
 /// exercised end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
