@@ -463,8 +463,21 @@ pub async fn serve(listen: &Listen, agent: Shared) -> std::io::Result<()> {
     let app = router(agent);
     match listen {
         Listen::Unix(path) => {
-            // A socket file left by a previous run would make bind fail.
-            let _ = std::fs::remove_file(path);
+            // A socket file left by a previous run would make bind fail. Only a socket is
+            // removed: a mistyped path must not cost the file that is there (the agent is root).
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                if !meta.file_type().is_socket() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{} exists and is not a socket; pick another --listen path",
+                            path.display()
+                        ),
+                    ));
+                }
+                std::fs::remove_file(path)?;
+            }
             let listener = tokio::net::UnixListener::bind(path)?;
             tracing::info!("listening on unix:{}", path.display());
             loop {

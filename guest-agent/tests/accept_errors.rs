@@ -1,7 +1,8 @@
 #![cfg(feature = "agent")]
 //! A client that exhausts the agent's file descriptors must not stop the agent: accept errors
 //! (EMFILE) are passing, and the server keeps serving once descriptors are free again. Its own
-//! test binary, because it lowers the whole process's descriptor limit for a moment.
+//! test binary with a single test, because it lowers the whole process's descriptor limit for a
+//! moment and anything running beside it could fail then.
 
 mod common;
 
