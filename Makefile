@@ -14,7 +14,11 @@ build-debug:
 	$(CARGO) build --workspace
 
 ## Every test: unit and integration tests, then the end-to-end tests in the rig.
-test: unit e2e
+test: deps unit e2e
+
+## The Debian packages the tests need (installed when run as root, named otherwise).
+deps:
+	tests/install-deps
 
 ## Unit tests, agent tests against Xvfb, API tests against a daemon on a temporary socket.
 unit: sdk-venv
