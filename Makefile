@@ -36,12 +36,12 @@ e2e: build-debug rig-self-test vmm-e2e image-boot-test sdk-e2e
 E2E_VARIANT ?= desktop
 .PHONY: sdk-e2e
 sdk-e2e: build-debug
-	tests/sdk-rig-e2e --variant $(E2E_VARIANT)
+	tests/rig/retry-on-crash tests/sdk-rig-e2e --variant $(E2E_VARIANT)
 
 ## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
 .PHONY: vmm-e2e
 vmm-e2e:
-	tests/vmm/e2e
+	tests/rig/retry-on-crash tests/vmm/e2e
 
 ## deskd's VMM against QEMU -M microvm in the rig: boot to userspace, VMM memory (issue 6).
 .PHONY: bench-vmm
@@ -61,7 +61,7 @@ image:
 
 ## Boots the image (in the rig where needed): agent /health, Xvfb resolutions, desktop screenshot.
 image-boot-test:
-	tests/image/boot-test --variant $(VARIANT)
+	tests/rig/retry-on-crash tests/image/boot-test --variant $(VARIANT)
 
 ## Benchmarks: each prints its figures next to what they were compared with in the same run.
 bench: bench-agent bench-api
