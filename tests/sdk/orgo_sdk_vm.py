@@ -22,14 +22,27 @@ def step(name):
     print(f"sdk-vm: [{time.monotonic() - START:7.1f} s] {name}", flush=True)
 
 
+# The daemon's 503 says "Try again in a moment": a slow guest (the rig runs them ~100x slower than
+# native) can be briefly unreachable while it starts a heavy program. Polls retry it like any
+# client should; a guest that stays unreachable still fails the poll at its deadline.
+UNREACHABLE = "Could not reach the desktop"
+
+
 def poll(what, check, limit_s, every_s=2.0):
     """Calls check() until it returns a true value (returned) or limit_s passes (failure)."""
     deadline = time.monotonic() + limit_s
     last = None
     while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
+        try:
+            last = check()
+        except Exception as e:  # the SDK raises plain Exception with the API's error message
+            if UNREACHABLE not in str(e):
+                raise
+            step(f"{what}: the desktop was briefly unreachable ({e}); retrying")
+            last = e
+        else:
+            if last:
+                return last
         time.sleep(every_s)
     sys.exit(f"sdk-vm: FAILED: {what} (last: {last!r})")
 
