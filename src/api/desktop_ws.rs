@@ -128,7 +128,7 @@ async fn close_with(mut client: WebSocket, code: u16, reason: &str) {
 
 /// Relays messages between the client and the agent until either side ends.
 async fn relay(client: WebSocket, target: Target) {
-    let agent = match agent_client::connect_vsock(&target.socket, AGENT_VSOCK_PORT).await {
+    let agent = match agent_client::connect_vsock_retrying(&target.socket, AGENT_VSOCK_PORT).await {
         Ok(stream) => stream,
         Err(e) => return close_with(client, close::CANNOT_START, &e.to_string()).await,
     };

@@ -24,6 +24,12 @@ use super::vmm_config::AGENT_VSOCK_PORT;
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// Longest `OK <port>` line the VMM sends.
 const MAX_HANDSHAKE_LINE: usize = 64;
+/// How long a failed connection to the agent is retried before the caller hears 503. A guest
+/// under load (or an agent restarting) refuses a connection now and then; nothing has been sent at
+/// that point, so trying again is safe for every request.
+const CONNECT_RETRY_WINDOW: Duration = Duration::from_secs(3);
+/// First pause between connection attempts; doubled after each failure.
+const CONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Why the agent gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +92,28 @@ pub async fn connect_vsock(socket: &Path, port: u32) -> Result<UnixStream, Agent
     Ok(stream)
 }
 
+/// [`connect_vsock`], tried again for up to [`CONNECT_RETRY_WINDOW`] while the VM's socket exists
+/// (a missing socket means the VM is not running: no point waiting).
+pub async fn connect_vsock_retrying(socket: &Path, port: u32) -> Result<UnixStream, AgentError> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = CONNECT_FIRST_BACKOFF;
+    loop {
+        match connect_vsock(socket, port).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => {
+                let give_up =
+                    !socket.exists() || started.elapsed() + backoff > CONNECT_RETRY_WINDOW;
+                if give_up {
+                    return Err(e);
+                }
+                tracing::debug!("agent connection failed, trying again in {backoff:?}: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(800));
+            }
+        }
+    }
+}
+
 /// Sends one request to the agent of the VM whose vsock socket is `socket` and reads the whole
 /// answer, all within `timeout`.
 pub async fn request(
@@ -96,7 +124,7 @@ pub async fn request(
     timeout: Duration,
 ) -> Result<AgentReply, AgentError> {
     let work = async {
-        let stream = connect_vsock(socket, AGENT_VSOCK_PORT).await?;
+        let stream = connect_vsock_retrying(socket, AGENT_VSOCK_PORT).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| AgentError::Unreachable(format!("HTTP hand-shake failed: {e}")))?;
@@ -184,6 +212,35 @@ mod tests {
         .unwrap();
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(&reply.body[..], b"{\"ok\":true}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_tried_again() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("vsock.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        // The first connection finds nothing listening in the guest; the second reaches the agent.
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(stream);
+            fake_vmm(
+                listener,
+                true,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            )
+            .await;
+        });
+        let reply = request(
+            &sock,
+            Method::POST,
+            "/bash",
+            Some(Bytes::from_static(b"{}")),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(&reply.body[..], b"ok");
         server.await.unwrap();
     }
 
