@@ -30,6 +30,9 @@ pub enum VmState {
     Running { pid: i32 },
     /// The VMM process ended; `reason` says how (exit status and the end of its log).
     Exited { reason: String },
+    /// The guest reset itself (a reboot from inside, or a triple fault) and the VMM ended as it
+    /// does then: the computer should boot again, as a real machine would.
+    GuestRebooted { reason: String },
 }
 
 /// Backend failures. Messages are shown to API clients as the reason a start failed.

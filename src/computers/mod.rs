@@ -30,6 +30,10 @@ use crate::store::{Computer, ComputerStatus, Store, StoreError};
 
 /// How long a VM gets to power off after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(20);
+/// A guest that reboots itself is booted again, as a real machine would be, unless it has done so
+/// this many times within [`REBOOT_WINDOW`]: then it is in a reboot loop and goes to `error`.
+const REBOOT_LIMIT: usize = 5;
+const REBOOT_WINDOW: Duration = Duration::from_secs(600);
 
 /// Lifecycle failures, each with a message for the client.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,8 @@ pub struct Lifecycle {
     computers_dir: PathBuf,
     /// One async lock per computer so concurrent start/stop/delete calls serialise.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each computer's guest last rebooted itself (within [`REBOOT_WINDOW`]).
+    reboots: Mutex<HashMap<String, Vec<std::time::Instant>>>,
 }
 
 impl Lifecycle {
@@ -67,6 +73,7 @@ impl Lifecycle {
             computers_dir: data_dir.join("computers"),
             data_dir,
             locks: Mutex::new(HashMap::new()),
+            reboots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -435,6 +442,16 @@ impl Lifecycle {
             .map_err(|e| LifecycleError::Host(e.to_string()))
     }
 
+    /// Records a reboot of `id`'s guest; whether it may boot again (not a reboot loop).
+    fn may_boot_again_after_reboot(&self, id: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut reboots = self.reboots.lock().unwrap_or_else(|p| p.into_inner());
+        let times = reboots.entry(id.to_string()).or_default();
+        times.retain(|t| now.duration_since(*t) < REBOOT_WINDOW);
+        times.push(now);
+        times.len() < REBOOT_LIMIT
+    }
+
     /// Brings one computer's status in line with its VM.
     async fn supervise_one(&self, id: &str) -> Result<(), LifecycleError> {
         let c = self.load(id)?;
@@ -446,6 +463,29 @@ impl Lifecycle {
         let (next, reason) = match (c.status, state) {
             (ComputerStatus::Starting | ComputerStatus::Restarting, VmState::Running { .. }) => {
                 (ComputerStatus::Running, None)
+            }
+            (_, VmState::GuestRebooted { reason }) => {
+                if !self.may_boot_again_after_reboot(id) {
+                    let minutes = REBOOT_WINDOW.as_secs() / 60;
+                    let why = format!(
+                        "the guest rebooted {REBOOT_LIMIT} times within {minutes} minutes, so deskd \
+                         stopped booting it again; see its console log, then start it. Last: {reason}"
+                    );
+                    (ComputerStatus::Error, Some(why))
+                } else {
+                    tracing::info!(computer = %id, "the guest rebooted; booting it again");
+                    if self.store.compare_and_set_status(
+                        id,
+                        c.status,
+                        ComputerStatus::Restarting,
+                        None,
+                    )? {
+                        if let Some(spec) = self.prepare_start(id, ComputerStatus::Restarting)? {
+                            self.boot(spec).await;
+                        }
+                    }
+                    return Ok(());
+                }
             }
             (_, VmState::Exited { reason }) => (ComputerStatus::Error, Some(reason)),
             (_, VmState::Absent) => (
@@ -512,7 +552,9 @@ impl Lifecycle {
                 }
                 (s, VmState::Running { .. }) if s.expects_vm() => (ComputerStatus::Running, None),
                 (s, VmState::Booting { .. }) if s.expects_vm() => (s, c.status_reason.clone()),
-                (s, VmState::Exited { reason }) if s.expects_vm() => {
+                (s, VmState::Exited { reason } | VmState::GuestRebooted { reason })
+                    if s.expects_vm() =>
+                {
                     (ComputerStatus::Error, Some(reason.clone()))
                 }
                 (s, VmState::Absent) if s.expects_vm() => (

@@ -158,13 +158,17 @@ impl VmmProcessBackend {
         Some((pid, start))
     }
 
-    /// Whether the tracked process still runs (reaping it if it was our child).
-    fn alive(tracked: &mut Tracked) -> Result<bool, String> {
+    /// Whether the tracked process still runs (reaping it if it was our child). A reaped child's
+    /// ending comes back as the error: how it ended, and whether that was a guest reboot.
+    fn alive(tracked: &mut Tracked) -> Result<bool, (String, bool)> {
         if let Some(child) = tracked.child.as_mut() {
             return match child.try_wait() {
                 Ok(None) => Ok(true),
-                Ok(Some(status)) => Err(describe_exit(status)),
-                Err(e) => Err(format!("cannot watch the VMM process: {e}")),
+                Ok(Some(status)) => Err((
+                    describe_exit(status),
+                    status.code() == Some(i32::from(crate::vmm::exit::VmExit::Reboot.status())),
+                )),
+                Err(e) => Err((format!("cannot watch the VMM process: {e}"), false)),
             };
         }
         Ok(process_start_time(tracked.pid) == Some(tracked.start_time))
@@ -257,7 +261,9 @@ impl VmBackend for VmmProcessBackend {
         // rather than as a later surprise.
         let deadline = Instant::now() + Duration::from_millis(300);
         while Instant::now() < deadline {
-            if let VmState::Exited { reason } = self.state(&spec.computer_id) {
+            if let VmState::Exited { reason } | VmState::GuestRebooted { reason } =
+                self.state(&spec.computer_id)
+            {
                 return Err(BackendError::Process(reason));
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -329,11 +335,14 @@ impl VmBackend for VmmProcessBackend {
                     ),
                 }
             }
-            Err(how) => {
+            Err((how, rebooted)) => {
                 procs.remove(computer_id);
                 let _ = std::fs::remove_file(dir.join(files::PID));
-                VmState::Exited {
-                    reason: format!("{how}.{}", log_tail(&dir.join(files::VMM_LOG))),
+                let reason = format!("{how}.{}", log_tail(&dir.join(files::VMM_LOG)));
+                if rebooted {
+                    VmState::GuestRebooted { reason }
+                } else {
+                    VmState::Exited { reason }
                 }
             }
         }
@@ -658,6 +667,49 @@ mod tests {
         b2.stop("c1", Duration::from_secs(2)).unwrap();
         assert!(matches!(b.state("c1"), VmState::Exited { .. }));
         assert_eq!(b2.state("c1"), VmState::Absent);
+    }
+
+    /// A VMM that ends with the reboot status (a shell standing in for it, as above) is a guest
+    /// reboot, not a failure; any other ending is.
+    #[test]
+    fn a_reboot_exit_is_told_apart_from_a_failure() {
+        let data = tempfile::tempdir().unwrap();
+        let images = data.path().join("images/system/desktop/1.0.0");
+        std::fs::create_dir_all(&images).unwrap();
+        for f in ["kernel", "initrd", "rootfs"] {
+            std::fs::write(images.join(f), b"x").unwrap();
+        }
+        for (code, rebooted) in [(3, true), (5, false)] {
+            let script = data.path().join(format!("fake-deskd-{code}"));
+            std::fs::write(&script, format!("#!/bin/sh\nsleep 0.5\nexit {code}\n")).unwrap();
+            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            let b = VmmProcessBackend::new(script, data.path(), true);
+            if let Err(e) = b.host_check() {
+                eprintln!("SKIPPED a_reboot_exit_is_told_apart_from_a_failure: {e}");
+                return;
+            }
+            b.start(&spec(data.path())).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let state = loop {
+                match b.state("c1") {
+                    VmState::Booting { .. } if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    other => break other,
+                }
+            };
+            match state {
+                VmState::GuestRebooted { reason } => {
+                    assert!(rebooted, "exit {code} taken for a reboot");
+                    assert!(reason.contains("the guest rebooted"), "{reason}");
+                }
+                VmState::Exited { reason } => {
+                    assert!(!rebooted, "exit {code} not taken for a reboot: {reason}")
+                }
+                other => panic!("exit {code}: unexpected state {other:?}"),
+            }
+        }
     }
 
     #[test]
