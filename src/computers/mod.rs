@@ -8,7 +8,9 @@
 //!   (the record exists and `start` retries), it is never shown as `running`.
 //! - `stopped`: no VM. Stopping an `error` computer clears the error.
 //! - A supervisor task polls the backend every second and moves computers whose VMM ended to
-//!   `error`; on daemon start-up it re-attaches to VMM processes left running. A running VM whose
+//!   `error`; on daemon start-up it re-attaches to VMM processes left running. A guest that
+//!   reboots itself (its VMM ends with the reboot status) is booted again through `restarting`,
+//!   like a real machine, unless it reboots 5 times within 10 minutes (a loop): then `error`. A running VM whose
 //!   agent is briefly slow to answer stays `running` (its VM does run; the rig is 50-100x slower
 //!   than hardware); actions then report the agent as unreachable.
 
