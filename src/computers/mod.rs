@@ -554,9 +554,20 @@ impl Lifecycle {
                 }
                 (s, VmState::Running { .. }) if s.expects_vm() => (ComputerStatus::Running, None),
                 (s, VmState::Booting { .. }) if s.expects_vm() => (s, c.status_reason.clone()),
-                (s, VmState::Exited { reason } | VmState::GuestRebooted { reason })
-                    if s.expects_vm() =>
-                {
+                (s, VmState::GuestRebooted { .. }) if s.expects_vm() => {
+                    // The guest rebooted itself while deskd was down: boot it again.
+                    tracing::info!(computer = %c.id, "the guest rebooted while deskd was down; booting it again");
+                    self.store
+                        .set_computer_status(&c.id, ComputerStatus::Restarting, None)?;
+                    match self.prepare_start(&c.id, ComputerStatus::Restarting) {
+                        Ok(Some(spec)) => self.boot(spec).await,
+                        Ok(None) => {}
+                        // The computer is in `error` with the reason already.
+                        Err(e) => tracing::warn!(computer = %c.id, "cannot boot it again: {e}"),
+                    }
+                    continue;
+                }
+                (s, VmState::Exited { reason }) if s.expects_vm() => {
                     (ComputerStatus::Error, Some(reason.clone()))
                 }
                 (s, VmState::Absent) if s.expects_vm() => (

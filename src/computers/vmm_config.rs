@@ -32,6 +32,8 @@ pub mod files {
     pub const VSOCK: &str = "vsock.sock";
     pub const CONTROL: &str = "control.sock";
     pub const PID: &str = "vmm.pid";
+    /// Written by the VMM when its VM ends: `<exit status> <word>`.
+    pub const EXIT_STATUS: &str = "vmm.exit";
 }
 
 /// The VM description for `spec`, booting `image` with `disk` as its root disk.
@@ -60,6 +62,7 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
         control_socket: Some(spec.dir.join(files::CONTROL)),
         shutdown_timeout_secs: VMM_SHUTDOWN_TIMEOUT_SECS,
         host_decompress: true,
+        exit_status_file: Some(spec.dir.join(files::EXIT_STATUS)),
     }
 }
 

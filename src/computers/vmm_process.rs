@@ -174,6 +174,31 @@ impl VmmProcessBackend {
         Ok(process_start_time(tracked.pid) == Some(tracked.start_time))
     }
 
+    /// How a VMM that was not our child ended: from the exit status it wrote (`vmm.exit`), if
+    /// it got that far; a VMM killed outright writes nothing.
+    fn ended_without_us(dir: &Path, when: &str) -> VmState {
+        let tail = log_tail(&dir.join(files::VMM_LOG));
+        let status = std::fs::read_to_string(dir.join(files::EXIT_STATUS))
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<i32>().ok());
+        match status {
+            Some(code) => {
+                let reason = format!(
+                    "the VMM process {when}: it exited with status {code} ({}).{tail}",
+                    exit_meaning(code)
+                );
+                if code == i32::from(crate::vmm::exit::VmExit::Reboot.status()) {
+                    VmState::GuestRebooted { reason }
+                } else {
+                    VmState::Exited { reason }
+                }
+            }
+            None => VmState::Exited {
+                reason: format!("the VMM process {when}, without saying why (killed?).{tail}"),
+            },
+        }
+    }
+
     fn guest_ready(dir: &Path) -> bool {
         agent_port_open(&dir.join(files::VSOCK), AGENT_VSOCK_PORT)
     }
@@ -219,9 +244,10 @@ impl VmBackend for VmmProcessBackend {
         vmm_config::write(&config, &config_path).map_err(|e| {
             BackendError::Process(format!("cannot write {}: {e}", config_path.display()))
         })?;
-        // Sockets left by a previous run would make the VMM's bind fail.
-        for socket in [files::VSOCK, files::CONTROL] {
-            let _ = std::fs::remove_file(spec.dir.join(socket));
+        // Sockets left by a previous run would make the VMM's bind fail; a previous run's exit
+        // status would be taken for how this one ended.
+        for stale in [files::VSOCK, files::CONTROL, files::EXIT_STATUS] {
+            let _ = std::fs::remove_file(spec.dir.join(stale));
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -328,12 +354,7 @@ impl VmBackend for VmmProcessBackend {
             }
             Ok(false) => {
                 procs.remove(computer_id);
-                VmState::Exited {
-                    reason: format!(
-                        "the VMM process ended while deskd was not its parent.{}",
-                        log_tail(&dir.join(files::VMM_LOG))
-                    ),
-                }
+                Self::ended_without_us(&dir, "ended while deskd was not its parent")
             }
             Err((how, rebooted)) => {
                 procs.remove(computer_id);
@@ -363,12 +384,7 @@ impl VmBackend for VmmProcessBackend {
                 return self.state(computer_id);
             }
             let _ = std::fs::remove_file(dir.join(files::PID));
-            return VmState::Exited {
-                reason: format!(
-                    "the VMM process ended while deskd was down.{}",
-                    log_tail(&dir.join(files::VMM_LOG))
-                ),
-            };
+            return Self::ended_without_us(&dir, "ended while deskd was down");
         }
         VmState::Absent
     }
@@ -477,10 +493,9 @@ fn signal_group(pid: i32, signal: i32) {
     }
 }
 
-fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    // Exit statuses of `deskd vmm` (see crate::vmm::exit).
-    let meaning = |code: i32| match code {
+/// What an exit status of `deskd vmm` means (see crate::vmm::exit).
+fn exit_meaning(code: i32) -> &'static str {
+    match code {
         0 => "the guest powered off",
         1 => "the VM could not start",
         2 => "the VMM rejected its arguments",
@@ -488,11 +503,15 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         4 => "the guest did not power off in time and was stopped hard",
         5 => "the VM failed",
         _ => "unknown exit status",
-    };
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!(
             "the VMM process exited with status {code} ({})",
-            meaning(code)
+            exit_meaning(code)
         ),
         (None, Some(sig)) => format!("the VMM process was killed by signal {sig}"),
         _ => "the VMM process ended".to_string(),
@@ -709,6 +728,34 @@ mod tests {
                 }
                 other => panic!("exit {code}: unexpected state {other:?}"),
             }
+        }
+    }
+
+    /// A VMM that ended while deskd was down is judged by the exit status file it wrote.
+    #[test]
+    fn an_ended_vmm_that_was_not_our_child_is_judged_by_its_exit_status_file() {
+        let data = tempfile::tempdir().unwrap();
+        let b = VmmProcessBackend::new("/bin/false".into(), data.path(), true);
+        let dir = data.path().join("computers/c1");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
+        let dead_pid_file = "99999999 12345\n";
+        std::fs::write(dir.join(files::PID), dead_pid_file).unwrap();
+        std::fs::write(dir.join(files::EXIT_STATUS), "3 reboot\n").unwrap();
+        match b.attach("c1") {
+            VmState::GuestRebooted { reason } => assert!(reason.contains("status 3"), "{reason}"),
+            other => panic!("expected a guest reboot, got {other:?}"),
+        }
+        std::fs::write(dir.join(files::PID), dead_pid_file).unwrap();
+        std::fs::write(dir.join(files::EXIT_STATUS), "5 failed\n").unwrap();
+        assert!(matches!(b.attach("c1"), VmState::Exited { .. }));
+        std::fs::write(dir.join(files::PID), dead_pid_file).unwrap();
+        std::fs::remove_file(dir.join(files::EXIT_STATUS)).unwrap();
+        match b.attach("c1") {
+            VmState::Exited { reason } => {
+                assert!(reason.contains("without saying why"), "{reason}")
+            }
+            other => panic!("expected an exit, got {other:?}"),
         }
     }
 

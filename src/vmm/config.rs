@@ -132,6 +132,10 @@ pub struct VmConfig {
     /// letting the guest's decompressor do it. Same kernel, much faster boot.
     #[serde(default = "default_true")]
     pub host_decompress: bool,
+    /// File the VMM writes its exit status to (`<status> <word>`) when the VM ends, for a
+    /// supervisor that is not its parent (a restarted daemon cannot collect the exit status).
+    #[serde(default)]
+    pub exit_status_file: Option<PathBuf>,
 }
 
 fn default_cmdline() -> String {
@@ -155,7 +159,7 @@ fn default_shutdown_timeout() -> u64 {
 pub struct VmmArgs {
     /// JSON file with the VM description: kernel, initrd, cmdline, disks [{path, read_only}],
     /// vcpus, memory_mib, vsock {socket, guest_cid}, rng, console_log, console_stdout,
-    /// control_socket, shutdown_timeout_secs, host_decompress.
+    /// control_socket, shutdown_timeout_secs, host_decompress, exit_status_file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// bzImage to boot.
@@ -200,6 +204,9 @@ pub struct VmmArgs {
     /// Let the guest decompress the kernel (the classic bzImage boot) instead of the host.
     #[arg(long)]
     pub guest_decompress: bool,
+    /// File to write the exit status to when the VM ends (`<status> <word>`, e.g. `3 reboot`).
+    #[arg(long, value_name = "PATH")]
+    pub exit_status_file: Option<PathBuf>,
 }
 
 /// Parses `PATH` or `PATH,ro`.
@@ -245,6 +252,7 @@ impl VmConfig {
             control_socket: None,
             shutdown_timeout_secs: default_shutdown_timeout(),
             host_decompress: true,
+            exit_status_file: None,
         });
         config.kernel = kernel;
         if let Some(initrd) = &args.initrd {
@@ -296,6 +304,9 @@ impl VmConfig {
         }
         if args.guest_decompress {
             config.host_decompress = false;
+        }
+        if let Some(path) = &args.exit_status_file {
+            config.exit_status_file = Some(path.clone());
         }
         Ok(config)
     }
@@ -363,9 +374,13 @@ impl VmConfig {
             }
             require_parent_dir(&vsock.socket)?;
         }
-        for path in [&self.console_log, &self.control_socket]
-            .into_iter()
-            .flatten()
+        for path in [
+            &self.console_log,
+            &self.control_socket,
+            &self.exit_status_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             require_parent_dir(path)?;
         }

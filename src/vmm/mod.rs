@@ -142,7 +142,19 @@ pub fn run(args: VmmArgs) -> ExitCode {
         started.elapsed(),
         how.status()
     );
+    if let Some(path) = &config.exit_status_file {
+        if let Err(e) = write_exit_status(path, how) {
+            tracing::warn!("cannot write the exit status to {}: {e}", path.display());
+        }
+    }
     how.exit_code()
+}
+
+/// Writes `<status> <word>` atomically, so a reader never sees half a line.
+fn write_exit_status(path: &std::path::Path, how: VmExit) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{} {}\n", how.status(), how.as_str()))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Routes SIGTERM and SIGINT to an eventfd the lifecycle loop watches.

@@ -168,6 +168,7 @@ mod tests {
             control_socket: None,
             shutdown_timeout_secs: 1,
             host_decompress: true,
+            exit_status_file: None,
         }
     }
 

@@ -111,9 +111,15 @@ def test_disk_survives_reboot(opts):
             f.truncate(8 << 20)
     token = "deskd-" + secrets.token_hex(8)
     disks = ["--disk", data, "--disk", ro + ",ro"]
-    vm = Vmm(opts, "disk-write", "disk-write", extra=disks, token=token)
+    exit_file = os.path.join(opts.scratch, "disk-write.exit")
+    vm = Vmm(opts, "disk-write", "disk-write", extra=disks + ["--exit-status-file", exit_file],
+             token=token)
     status = vm.wait_exit(opts.timeout)
     log = vm.console()
+    with open(exit_file) as f:
+        written = f.read()
+    expect(written == f"{EXIT_REBOOT} reboot\n",
+           f"exit status file says {written!r}, want '{EXIT_REBOOT} reboot'")
     expect(f"DESKD-DISK-WRITTEN {token}" in log, "the guest could not write the disk")
     expect("DESKD-RO-WRITE-REFUSED" in log, "the read-only disk accepted a write")
     expect(status == EXIT_REBOOT, f"exit status {status}, want {EXIT_REBOOT} (guest reboot)")
