@@ -1,10 +1,41 @@
 //! Loading the workspace or computer a request names, with the key's scope checked.
 
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::middleware::AuthKey;
 use super::AppState;
 use crate::store::{ApiKey, Computer, Workspace};
+
+/// The computer a request's `{id}` names, found (404) and within the key's scope (403), with the
+/// key: what every handler that acts on one computer starts from.
+pub struct ScopedComputer {
+    pub computer: Computer,
+    pub key: ApiKey,
+}
+
+impl FromRequestParts<AppState> for ScopedComputer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<ScopedComputer, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("Bad computer id in the path: {e}")))?;
+        // The auth middleware runs before every handler that uses this; without it, no access.
+        let key = parts
+            .extensions
+            .get::<AuthKey>()
+            .map(|AuthKey(key)| key.clone())
+            .ok_or_else(|| ApiError::internal("the request carries no authenticated key"))?;
+        let computer = computer(state, &key, &id)?;
+        Ok(ScopedComputer { computer, key })
+    }
+}
 
 /// 403 `workspace_scope_mismatch` unless `key` may act on `workspace_id` (`None`: an action
 /// that is not about one workspace, such as creating one).

@@ -20,7 +20,7 @@ use axum::{Extension, Json};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use super::access;
+use super::access::{self, ScopedComputer};
 use super::body::JsonObject;
 use super::error::ApiError;
 use super::middleware::AuthKey;
@@ -280,11 +280,8 @@ pub async fn screenshot(
 
 /// Section 5 streaming: not built yet. A computer that is not running gets the contract's 400.
 pub async fn stream_action(
-    State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
 ) -> Result<Json<Value>, ApiError> {
-    let c = access::computer(&state, &key, &id)?;
     if c.status != ComputerStatus::Running {
         return Err(not_available(&c));
     }

@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 
-use super::access;
+use super::access::{self, ScopedComputer};
 use super::body::{
     check_int, check_uuid, field, kind, optional_int, optional_string, required_name, JsonObject,
 };
@@ -331,31 +331,22 @@ pub async fn list(
 /// `GET /computers/{id}`.
 pub async fn get(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
 ) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
     Ok(Json(show(&state, &c)?))
 }
 
 /// `DELETE /computers/{id}`.
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
 ) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
     state.lifecycle.destroy(&c.id).await?;
     Ok(Json(json!({ "success": true })))
 }
 
 /// `GET /computers/{id}/vnc-password`.
-pub async fn vnc_password(
-    State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
-) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
+pub async fn vnc_password(ScopedComputer { computer: c, .. }: ScopedComputer) -> Answer {
     Ok(Json(json!({ "password": c.vnc_password })))
 }
 
@@ -366,11 +357,9 @@ fn transition_answer(c: &Computer) -> Json<Value> {
 /// `POST /computers/{id}/start`.
 pub async fn start(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
     JsonObject(_): JsonObject,
 ) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
     let c = state.lifecycle.start(&c.id).await?;
     Ok(transition_answer(&c))
 }
@@ -378,11 +367,9 @@ pub async fn start(
 /// `POST /computers/{id}/stop`.
 pub async fn stop(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
     JsonObject(_): JsonObject,
 ) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
     let c = state.lifecycle.stop(&c.id).await?;
     Ok(transition_answer(&c))
 }
@@ -390,11 +377,9 @@ pub async fn stop(
 /// `POST /computers/{id}/restart`.
 pub async fn restart(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
     JsonObject(_): JsonObject,
 ) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
     let c = state.lifecycle.restart(&c.id).await?;
     Ok(transition_answer(&c))
 }
@@ -402,11 +387,9 @@ pub async fn restart(
 /// `POST /computers/{id}/ensure-running`: the computer, once it runs.
 pub async fn ensure_running(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
     JsonObject(_): JsonObject,
 ) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
     let c = state
         .lifecycle
         .ensure_running(&c.id, ENSURE_RUNNING_TIMEOUT)
@@ -415,12 +398,7 @@ pub async fn ensure_running(
 }
 
 /// `GET /computers/{id}/auto-stop`.
-pub async fn auto_stop_get(
-    State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
-) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
+pub async fn auto_stop_get(ScopedComputer { computer: c, .. }: ScopedComputer) -> Answer {
     Ok(Json(json!({
         "auto_stop_minutes": c.auto_stop_minutes.unwrap_or(0),
         "configurable": true,
@@ -430,11 +408,9 @@ pub async fn auto_stop_get(
 /// `PATCH /computers/{id}/auto-stop` `{"auto_stop_minutes": N}` (0 = never).
 pub async fn auto_stop_patch(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
     JsonObject(body): JsonObject,
 ) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
     let minutes = parse_auto_stop(&body)?.ok_or_else(|| {
         ApiError::bad_request("auto_stop_minutes is required (a whole number >= 0; 0 = never).")
     })?;
@@ -447,11 +423,9 @@ pub async fn auto_stop_patch(
 /// `PATCH /computers/{id}/move` `{"project_id"}` (or `workspace_id`).
 pub async fn move_to(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, key }: ScopedComputer,
     JsonObject(body): JsonObject,
 ) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
     let target = workspace_field(&body, false)?
         .ok_or_else(|| ApiError::bad_request("project_id (or workspace_id) is required."))?;
     if target == c.workspace_id {
@@ -469,11 +443,9 @@ pub async fn move_to(
 /// `POST /computers/{id}/clone`: a new computer with a copy of the disk, then started.
 pub async fn clone(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: src, .. }: ScopedComputer,
     JsonObject(_): JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let src = access::computer(&state, &key, &id)?;
     if src.status.expects_vm() {
         return Err(LifecycleError::Conflict(format!(
             "Stop the computer before cloning it (it is {}): deskd cannot yet pause a running VM to copy its disk consistently.",
@@ -538,11 +510,9 @@ pub async fn clone(
 /// `PATCH /computers/{id}/resize`: reports what was applied, per dimension.
 pub async fn resize(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let c = access::computer(&state, &key, &id)?;
     let vcpus = field(&body, "vcpus")
         .map(|v| {
             check_int(v, "vcpus", 1, 16).and_then(|n| {
@@ -656,12 +626,7 @@ pub async fn resize(
 }
 
 /// `GET /computers/{id}/events`: the catalogue of event types of the events WebSocket.
-pub async fn events(
-    State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
-) -> Answer {
-    let c = access::computer(&state, &key, &id)?;
+pub async fn events(ScopedComputer { computer: c, .. }: ScopedComputer) -> Answer {
     let catalogue = [
         (
             "window_focus",

@@ -7,26 +7,23 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde_json::json;
 
-use super::access;
+use super::access::ScopedComputer;
 use super::error::ApiError;
-use super::middleware::AuthKey;
 use super::AppState;
 
 const MAX_BYTES: u64 = 1 << 20;
 
 pub async fn serial_log(
     State(state): State<AppState>,
-    Extension(AuthKey(key)): Extension<AuthKey>,
-    Path(id): Path<String>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let c = access::computer(&state, &key, &id)?;
     let want = match query.get("bytes") {
         None => MAX_BYTES,
         Some(n) => match n.parse::<u64>() {
