@@ -771,6 +771,71 @@ mod tests {
         assert_eq!(std::fs::read(d.path().join("b")).unwrap(), data);
     }
 
+    /// On a filesystem with reflinks the disk copy shares the image's blocks (FICLONE), and a
+    /// write to the copy leaves the image alone. Needs root, loop devices and mkfs.btrfs
+    /// (tests/install-deps installs btrfs-progs); skips loudly without them.
+    #[test]
+    fn copy_on_btrfs_is_a_reflink() {
+        use std::process::Command;
+        let skip = |why: &str| eprintln!("SKIPPED copy_on_btrfs_is_a_reflink: {why}");
+        // SAFETY: geteuid has no preconditions and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            return skip("needs root to mount a loop filesystem");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("btrfs.img");
+        let mnt = d.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let ok = |cmd: &mut Command| cmd.output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok(Command::new("mkfs.btrfs").arg("-q").arg(&img)) {
+            return skip("mkfs.btrfs is missing or failed (apt-get install btrfs-progs)");
+        }
+        if !ok(Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&img)
+            .arg(&mnt))
+        {
+            return skip("cannot loop-mount a btrfs image here");
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&mnt);
+
+        let image = mnt.join("rootfs");
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&image, &data).unwrap();
+        let disk = mnt.join("disk.img");
+        copy_sparse(&image, &disk).unwrap();
+        let extents = Command::new("filefrag")
+            .arg("-v")
+            .arg(&disk)
+            .output()
+            .unwrap();
+        let extents = String::from_utf8_lossy(&extents.stdout);
+        assert!(
+            extents.contains("shared"),
+            "the copy does not share the image's blocks:\n{extents}"
+        );
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.write_all(b"guest write").unwrap();
+        drop(f);
+        assert_eq!(
+            std::fs::read(&image).unwrap(),
+            data,
+            "a write to the copy changed the image"
+        );
+        assert_eq!(&std::fs::read(&disk).unwrap()[..11], b"guest write");
+    }
+
     #[test]
     fn only_a_200_status_line_is_healthy() {
         assert!(health_status_ok("HTTP/1.1 200 OK\r\n"));
