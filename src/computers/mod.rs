@@ -475,7 +475,7 @@ impl Lifecycle {
                     );
                     (ComputerStatus::Error, Some(why))
                 } else {
-                    tracing::info!(computer = %id, "the guest rebooted; booting it again");
+                    tracing::info!(computer = %id, "the guest rebooted; booting it again ({reason})");
                     if self.store.compare_and_set_status(
                         id,
                         c.status,
