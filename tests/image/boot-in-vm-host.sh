@@ -95,7 +95,7 @@ for case in "$@"; do
         rm -f "$local_dir/vsock"
         "$DESKD_VMM" vmm --kernel "$img/kernel" --initrd "$img/initrd" --cmdline "$cmdline" \
             --disk "$disk" --disk "$dir/probe.img" --vcpus 2 --memory "$mem" \
-            --vsock-socket "$local_dir/vsock" --vsock-cid "$cid" --console-log "$dir/console.log" \
+            --vsock-socket "$local_dir/vsock" --vsock-cid "$cid" --console-log "$dir/console.log" ${DESKD_VMM_ARGS:-} \
             > "$dir/qemu.log" 2>&1 &
     else
     qemu-system-x86_64 -M microvm,acpi=on -enable-kvm -cpu host -m "$mem" -smp 2 \
