@@ -191,6 +191,18 @@ mod tests {
         stream.write_all(http_answer).await.unwrap();
     }
 
+    async fn post_bash(sock: &Path) -> AgentReply {
+        request(
+            sock,
+            Method::POST,
+            "/bash",
+            Some(Bytes::from_static(b"{}")),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn request_goes_through_the_hand_shake_and_reads_the_answer() {
         let d = tempfile::tempdir().unwrap();
@@ -201,15 +213,7 @@ mod tests {
             true,
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
         ));
-        let reply = request(
-            &sock,
-            Method::POST,
-            "/bash",
-            Some(Bytes::from_static(b"{}")),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let reply = post_bash(&sock).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(&reply.body[..], b"{\"ok\":true}");
         server.await.unwrap();
@@ -231,15 +235,7 @@ mod tests {
             )
             .await;
         });
-        let reply = request(
-            &sock,
-            Method::POST,
-            "/bash",
-            Some(Bytes::from_static(b"{}")),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let reply = post_bash(&sock).await;
         assert_eq!(&reply.body[..], b"ok");
         server.await.unwrap();
     }

@@ -408,6 +408,10 @@ impl Lifecycle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.reboots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(())
     }
 

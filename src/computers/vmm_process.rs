@@ -614,6 +614,22 @@ mod tests {
         }
     }
 
+    /// A one-byte stand-in for the default image, in the layout images/install.sh makes.
+    fn fake_image(data_dir: &Path) {
+        let images = data_dir.join("images/system/desktop/1.0.0");
+        std::fs::create_dir_all(&images).unwrap();
+        for f in ["kernel", "initrd", "rootfs"] {
+            std::fs::write(images.join(f), b"x").unwrap();
+        }
+    }
+
+    /// An executable shell script standing in for `deskd vmm`.
+    fn fake_vmm(path: &Path, body: &str) {
+        std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+
     #[test]
     fn without_hardware_virtualization_start_fails_and_points_to_the_rig() {
         let data = tempfile::tempdir().unwrap();
@@ -658,15 +674,9 @@ mod tests {
     #[test]
     fn supervises_a_real_process() {
         let data = tempfile::tempdir().unwrap();
-        let images = data.path().join("images/system/desktop/1.0.0");
-        std::fs::create_dir_all(&images).unwrap();
-        for f in ["kernel", "initrd", "rootfs"] {
-            std::fs::write(images.join(f), b"x").unwrap();
-        }
+        fake_image(data.path());
         let script = data.path().join("fake-deskd");
-        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        fake_vmm(&script, "exec sleep 30");
         let b = VmmProcessBackend::new(script.clone(), data.path(), true);
         // host_check also wants /dev/kvm; skip loudly where it is missing.
         if let Err(e) = b.host_check() {
@@ -693,16 +703,10 @@ mod tests {
     #[test]
     fn a_reboot_exit_is_told_apart_from_a_failure() {
         let data = tempfile::tempdir().unwrap();
-        let images = data.path().join("images/system/desktop/1.0.0");
-        std::fs::create_dir_all(&images).unwrap();
-        for f in ["kernel", "initrd", "rootfs"] {
-            std::fs::write(images.join(f), b"x").unwrap();
-        }
+        fake_image(data.path());
         for (code, rebooted) in [(3, true), (5, false)] {
             let script = data.path().join(format!("fake-deskd-{code}"));
-            std::fs::write(&script, format!("#!/bin/sh\nsleep 0.5\nexit {code}\n")).unwrap();
-            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .unwrap();
+            fake_vmm(&script, &format!("sleep 0.5\nexit {code}"));
             let b = VmmProcessBackend::new(script, data.path(), true);
             if let Err(e) = b.host_check() {
                 eprintln!("SKIPPED a_reboot_exit_is_told_apart_from_a_failure: {e}");
