@@ -6,11 +6,9 @@
 //! - `computers`: lifecycle of computers and supervision of their VMM processes.
 //! - `vmm`: the embedded virtual machine monitor run as `deskd vmm` (one process per VM).
 //! - `config`: the daemon's configuration file (quotas, public URL, limits).
-//! - `kvmprobe`: a tiny KVM guest that tells whether `/dev/kvm` is real hardware virtualization.
 
 pub mod api;
 pub mod computers;
 pub mod config;
-pub mod kvmprobe;
 pub mod store;
 pub mod vmm;

@@ -25,7 +25,7 @@ enum Command {
     /// Run one virtual machine (started by the daemon; usable by hand for debugging).
     Vmm(Box<deskd::vmm::VmmArgs>),
     /// Run a tiny real-mode guest on /dev/kvm and report its instruction rate.
-    ProbeKvm(deskd::kvmprobe::ProbeArgs),
+    ProbeKvm(deskd::vmm::kvmprobe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +34,6 @@ fn main() -> ExitCode {
         Command::Serve(args) => deskd::api::serve(args),
         Command::Keys(cmd) => deskd::store::keys_command(cmd),
         Command::Vmm(args) => deskd::vmm::run(*args),
-        Command::ProbeKvm(args) => deskd::kvmprobe::run(args),
+        Command::ProbeKvm(args) => deskd::vmm::kvmprobe::run(args),
     }
 }

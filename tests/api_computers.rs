@@ -7,7 +7,7 @@ use common::Daemon;
 use serde_json::{json, Value};
 
 fn kvm_capable() -> bool {
-    deskd::kvmprobe::cpu_has_hardware_virtualization()
+    deskd::vmm::host::cpu_has_hardware_virtualization()
 }
 
 fn id(v: &Value) -> String {

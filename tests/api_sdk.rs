@@ -38,7 +38,7 @@ fn the_orgo_sdk_works_unmodified() {
         .env("DESKD_KEY", &d.key)
         .env(
             "DESKD_HW",
-            if deskd::kvmprobe::cpu_has_hardware_virtualization() {
+            if deskd::vmm::host::cpu_has_hardware_virtualization() {
                 "1"
             } else {
                 "0"

@@ -134,5 +134,5 @@ fn bulk_start_stop() {
 }
 
 fn kvm_capable() -> bool {
-    deskd::kvmprobe::cpu_has_hardware_virtualization()
+    deskd::vmm::host::cpu_has_hardware_virtualization()
 }

@@ -64,7 +64,7 @@ fn too_little_host_memory() {
 
 #[test]
 fn kvm_without_hardware_virtualization() {
-    if deskd::kvmprobe::cpu_has_hardware_virtualization() {
+    if deskd::vmm::host::cpu_has_hardware_virtualization() {
         eprintln!("SKIPPED kvm_without_hardware_virtualization: this CPU has vmx/svm");
         return;
     }

@@ -191,7 +191,7 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let store = Arc::new(Store::open(&args.data_dir)?);
     ensure_first_key(&store, &args.data_dir)?;
 
-    let hardware = crate::kvmprobe::cpu_has_hardware_virtualization();
+    let hardware = crate::vmm::host::cpu_has_hardware_virtualization();
     if !hardware {
         tracing::warn!(
             "this CPU has no hardware virtualization (no vmx/svm in /proc/cpuinfo): the API is served, \

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig};
+use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 
 use super::backend::VmSpec;
 
@@ -42,7 +42,7 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
         kernel: image.kernel.clone(),
         initrd: Some(image.initrd.clone()),
         cmdline: format!(
-            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw deskd.resolution={} deskd.hostname=deskd-{}",
+            "{DEFAULT_CMDLINE} root=/dev/vda rw deskd.resolution={} deskd.hostname=deskd-{}",
             spec.resolution, spec.instance_id
         ),
         disks: vec![DiskConfig {

@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::vmm::exit;
+
 use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
 use super::vmm_config::{self, files, GuestImage, AGENT_VSOCK_PORT};
 
@@ -166,7 +168,7 @@ impl VmmProcessBackend {
                 Ok(None) => Ok(true),
                 Ok(Some(status)) => Err((
                     describe_exit(status),
-                    status.code() == Some(i32::from(crate::vmm::exit::VmExit::Reboot.status())),
+                    status.code().is_some_and(exit::is_reboot),
                 )),
                 Err(e) => Err((format!("cannot watch the VMM process: {e}"), false)),
             };
@@ -178,16 +180,13 @@ impl VmmProcessBackend {
     /// it got that far; a VMM killed outright writes nothing.
     fn ended_without_us(dir: &Path, when: &str) -> VmState {
         let tail = log_tail(&dir.join(files::VMM_LOG));
-        let status = std::fs::read_to_string(dir.join(files::EXIT_STATUS))
-            .ok()
-            .and_then(|text| text.split_whitespace().next()?.parse::<i32>().ok());
-        match status {
+        match exit::read_status_file(&dir.join(files::EXIT_STATUS)) {
             Some(code) => {
                 let reason = format!(
                     "the VMM process {when}: it exited with status {code} ({}).{tail}",
-                    exit_meaning(code)
+                    exit::meaning(code)
                 );
-                if code == i32::from(crate::vmm::exit::VmExit::Reboot.status()) {
+                if exit::is_reboot(code) {
                     VmState::GuestRebooted { reason }
                 } else {
                     VmState::Exited { reason }
@@ -493,25 +492,12 @@ fn signal_group(pid: i32, signal: i32) {
     }
 }
 
-/// What an exit status of `deskd vmm` means (see crate::vmm::exit).
-fn exit_meaning(code: i32) -> &'static str {
-    match code {
-        0 => "the guest powered off",
-        1 => "the VM could not start",
-        2 => "the VMM rejected its arguments",
-        3 => "the guest rebooted",
-        4 => "the guest did not power off in time and was stopped hard",
-        5 => "the VM failed",
-        _ => "unknown exit status",
-    }
-}
-
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!(
             "the VMM process exited with status {code} ({})",
-            exit_meaning(code)
+            exit::meaning(code)
         ),
         (None, Some(sig)) => format!("the VMM process was killed by signal {sig}"),
         _ => "the VMM process ended".to_string(),

@@ -84,6 +84,7 @@ impl AcpiTables {
     }
 
     /// The table with this signature ("RSD " for the RSDP).
+    #[cfg(test)]
     pub fn find(&self, signature: &[u8; 4]) -> Option<&(u64, Vec<u8>)> {
         self.tables.iter().find(|(_, b)| b.starts_with(signature))
     }

@@ -26,6 +26,41 @@ pub enum VmExit {
 
 /// Exit status when the VM could not be started.
 pub const EXIT_START_FAILED: u8 = 1;
+/// Exit status clap gives a bad command line.
+pub const EXIT_BAD_ARGUMENTS: u8 = 2;
+
+/// What a `deskd vmm` exit status means, for messages (the table above).
+pub fn meaning(status: i32) -> &'static str {
+    match status {
+        0 => "the guest powered off",
+        s if s == i32::from(EXIT_START_FAILED) => "the VM could not start",
+        s if s == i32::from(EXIT_BAD_ARGUMENTS) => "the VMM rejected its arguments",
+        3 => "the guest rebooted",
+        4 => "the guest did not power off in time and was stopped hard",
+        5 => "the VM failed",
+        _ => "unknown exit status",
+    }
+}
+
+/// Whether an exit status is [`VmExit::Reboot`]'s: the guest should be booted again.
+pub fn is_reboot(status: i32) -> bool {
+    status == i32::from(VmExit::Reboot.status())
+}
+
+/// Writes `<status> <word>` to the exit status file atomically, so a reader never sees half a
+/// line. Written by the VMM when its VM ends; a daemon that is not the VMM's parent (it was
+/// restarted) reads it with [`read_status_file`] to tell a reboot from a failure.
+pub fn write_status_file(path: &std::path::Path, how: VmExit) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{} {}\n", how.status(), how.as_str()))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The status in an exit status file, if there is one that makes sense.
+pub fn read_status_file(path: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
 
 impl VmExit {
     /// The process exit status for this ending.
@@ -111,6 +146,20 @@ mod tests {
                 assert_ne!(a.status(), b.status());
             }
         }
+    }
+
+    #[test]
+    fn the_status_file_reads_back_what_was_written() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("vmm.exit");
+        assert_eq!(read_status_file(&path), None);
+        write_status_file(&path, VmExit::Reboot).unwrap();
+        let status = read_status_file(&path).unwrap();
+        assert!(is_reboot(status));
+        assert_eq!(meaning(status), "the guest rebooted");
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert_eq!(read_status_file(&path), None);
+        assert_eq!(meaning(99), "unknown exit status");
     }
 
     #[test]

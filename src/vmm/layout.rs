@@ -91,8 +91,6 @@ pub const HIGH_RAM_START: u64 = MMIO32_END;
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 /// One virtio-mmio window: the register block of the virtio-mmio spec (0x100) plus config space.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
-/// Offset of the QueueNotify register inside a window (the ioeventfd address).
-pub const VIRTIO_MMIO_QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 /// How many virtio-mmio devices one VM can have: one GSI each, `VIRTIO_GSI_BASE..=23`.
 pub const VIRTIO_MMIO_MAX_DEVICES: usize = (IOAPIC_PINS - VIRTIO_GSI_BASE) as usize;
 
@@ -143,7 +141,10 @@ pub fn virtio_gsi(index: usize) -> u32 {
 }
 
 // Fixed regions that must not collide, checked at compile time.
+const _: () = assert!(PAGE_TABLES_END <= CMDLINE_START);
 const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+// The i8042 device is registered at its data port and answers the command port in the same span.
+const _: () = assert!(I8042_COMMAND_PORT == I8042_DATA_PORT + 4);
 const _: () = assert!(LAPIC_START + 0x1000 <= KVM_IDENTITY_MAP_START);
 const _: () = assert!(KVM_IDENTITY_MAP_START + 0x1000 <= KVM_TSS_START);
 const _: () = assert!(KVM_TSS_START + 3 * 0x1000 <= MMIO32_END);

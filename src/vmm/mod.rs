@@ -9,17 +9,24 @@
 //! shutdown timeout, the VMM stops it hard. A control socket (optional) accepts JSON-line
 //! commands: status, pause, resume, shutdown.
 
-pub mod acpi;
-pub mod arch;
+// The VMM's face to the rest of deskd: its configuration, how it ended (and the file that says
+// so), the control protocol, the host check, the hybrid-vsock client and the KVM probe. Everything
+// else is the VMM's own business.
 pub mod config;
 pub mod control;
-pub mod devices;
 pub mod exit;
-pub mod layout;
-pub mod memory;
-pub mod vcpu;
-pub mod virtio_devices;
-pub mod vm;
+pub mod host;
+pub mod kvmprobe;
+pub mod vsock_client;
+
+pub(crate) mod acpi;
+pub(crate) mod arch;
+pub(crate) mod device_wiring;
+pub(crate) mod devices;
+pub(crate) mod layout;
+pub(crate) mod memory;
+pub(crate) mod vcpu;
+pub(crate) mod vm;
 
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
@@ -51,7 +58,7 @@ extern "C" fn on_terminate(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 impl Controllable for Vm {
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> control::VmStatus {
         Vm::status(self)
     }
     fn pause(&self) -> Result<(), String> {
@@ -143,18 +150,11 @@ pub fn run(args: VmmArgs) -> ExitCode {
         how.status()
     );
     if let Some(path) = &config.exit_status_file {
-        if let Err(e) = write_exit_status(path, how) {
+        if let Err(e) = exit::write_status_file(path, how) {
             tracing::warn!("cannot write the exit status to {}: {e}", path.display());
         }
     }
     how.exit_code()
-}
-
-/// Writes `<status> <word>` atomically, so a reader never sees half a line.
-fn write_exit_status(path: &std::path::Path, how: VmExit) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{} {}\n", how.status(), how.as_str()))?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Routes SIGTERM and SIGINT to an eventfd the lifecycle loop watches.

@@ -13,6 +13,8 @@ use super::arch::x86_64::boot::{self, BootError};
 use super::arch::x86_64::cpuid::{self, VcpuTopology};
 use super::arch::x86_64::regs::{self, RegsError};
 use super::config::VmConfig;
+use super::control::{RunState, VmStatus};
+use super::device_wiring::{self, VirtioError};
 use super::devices::acpi_pm::{self, AcpiSleep};
 use super::devices::bus::{Bus, BusError};
 use super::devices::i8042::{self, I8042};
@@ -21,7 +23,6 @@ use super::exit::{ExitNotifier, VmExit};
 use super::layout::{self, RamLayout};
 use super::memory::{self, GuestMemory, MemoryError};
 use super::vcpu::{self, VcpuError, VcpuThreads};
-use super::virtio_devices::{self, VirtioError};
 
 /// Why the VM could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +74,7 @@ pub struct Vm {
     _kvm: Kvm,
     _vm_fd: Arc<VmFd>,
     _mem: GuestMemory,
-    _devices: virtio_devices::AttachedDevices,
+    _devices: device_wiring::AttachedDevices,
     vcpus: VcpuThreads,
     exit: Arc<ExitNotifier>,
     power_button: EventFd,
@@ -98,7 +99,7 @@ impl Vm {
     pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
         let started = Instant::now();
         memory::check_host_memory(config.memory_mib)?;
-        if !crate::kvmprobe::cpu_has_hardware_virtualization() {
+        if !crate::vmm::host::cpu_has_hardware_virtualization() {
             return Err(VmError::NoHardwareVirtualization);
         }
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
@@ -142,7 +143,7 @@ impl Vm {
             .register_irqfd(&power_button, layout::POWER_BUTTON_GSI)
             .map_err(kvm_err("register the power button interrupt"))?;
 
-        let devices = virtio_devices::attach(&vm_fd, &mem, &mut mmio, config)?;
+        let devices = device_wiring::attach(&vm_fd, &mem, &mut mmio, config)?;
         let windows: Vec<VirtioMmioWindow> = devices.windows().to_vec();
         acpi::build(config.vcpus, &windows)?.write_to(&mem)?;
 
@@ -237,23 +238,23 @@ impl Vm {
     }
 
     /// What the control socket's `status` reports.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> VmStatus {
         let state = if self.exit.reason().is_some() {
-            "stopping"
+            RunState::Stopping
         } else if self.shutdown_deadline().is_some() {
-            "shutting-down"
+            RunState::ShuttingDown
         } else if self.vcpus.is_paused() {
-            "paused"
+            RunState::Paused
         } else {
-            "running"
+            RunState::Running
         };
-        serde_json::json!({
-            "state": state,
-            "vcpus": self.vcpus.count(),
-            "memory_mib": self.memory_mib,
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
-            "pid": std::process::id(),
-        })
+        VmStatus {
+            state,
+            vcpus: self.vcpus.count(),
+            memory_mib: self.memory_mib,
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            pid: std::process::id(),
+        }
     }
 }
 

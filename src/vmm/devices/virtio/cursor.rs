@@ -147,12 +147,6 @@ impl<'a> Cursor<'a> {
         })?;
         Ok(())
     }
-
-    /// Skips `count` bytes.
-    pub fn skip(&mut self, count: u64) -> Result<(), CursorError> {
-        self.walk(count, |_, len| Ok(len))?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

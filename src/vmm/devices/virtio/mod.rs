@@ -8,13 +8,13 @@
 //! let transport = MmioTransport::new(Box::new(block), guest_mem.clone(), irq_evt.try_clone()?)?;
 //! vm_fd.register_irqfd(&irq_evt, gsi)?;                     // one GSI per device
 //! for (index, evt) in transport.queue_evts().iter().enumerate() {
-//!     vm_fd.register_ioevent(evt, &IoEventAddress::Mmio(base + mmio::QUEUE_NOTIFY_OFFSET),
+//!     vm_fd.register_ioevent(evt, &IoEventAddress::Mmio(base + transport::QUEUE_NOTIFY_OFFSET),
 //!                            index as u32)?;              // datamatch = queue index (u32)
 //! }
-//! mmio_bus.insert(base, mmio::MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)));
+//! mmio_bus.insert(base, transport::MMIO_WINDOW_SIZE, Arc::new(Mutex::new(transport)));
 //! ```
 //!
-//! - **Memory window**: each transport answers [`mmio::MMIO_WINDOW_SIZE`] (4 KiB) bytes at its base;
+//! - **Memory window**: each transport answers [`transport::MMIO_WINDOW_SIZE`] (4 KiB) bytes at its base;
 //!   the VMM dispatches MMIO exits in that window to [`crate::vmm::devices::bus::BusDevice`] with
 //!   offsets relative to the base.
 //! - **Interrupts**: one GSI per device, **edge-triggered, active high** (describe it so in the
@@ -59,10 +59,10 @@ pub mod chain;
 pub mod cursor;
 #[cfg(test)]
 mod hostile_guest_tests;
-pub mod mmio;
 pub mod rng;
 #[cfg(test)]
 mod testing;
+pub mod transport;
 pub mod vsock;
 mod worker;
 
@@ -73,7 +73,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use mmio::MmioTransport;
+pub use transport::MmioTransport;
 
 /// Guest memory as the devices see it.
 pub type GuestMemory = GuestMemoryMmap<()>;

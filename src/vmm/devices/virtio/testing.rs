@@ -9,7 +9,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::mmio::MmioTransport;
+use super::transport::MmioTransport;
 use super::{GuestMemory, VirtioDevice};
 use crate::vmm::devices::bus::BusDevice;
 

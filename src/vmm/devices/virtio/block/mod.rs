@@ -115,11 +115,6 @@ impl Block {
             worker: None,
         })
     }
-
-    /// Capacity in 512-byte sectors.
-    pub fn capacity(&self) -> u64 {
-        self.disk.capacity
-    }
 }
 
 /// `struct virtio_blk_config` up to `write_zeroes_may_unmap` (fields of features not offered

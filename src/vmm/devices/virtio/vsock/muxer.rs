@@ -107,11 +107,6 @@ impl Muxer {
         })
     }
 
-    /// Number of live connections (for tests and logs).
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Too many answers are waiting for rx buffers to take more guest packets.
     pub fn backlog_full(&self) -> bool {
         self.control.len() >= MAX_CONTROL_BACKLOG

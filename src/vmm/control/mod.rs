@@ -7,7 +7,11 @@
 //! - `{"cmd":"shutdown"}` presses the ACPI power button (hard stop after the configured timeout);
 //!   `{"cmd":"shutdown","force":true}` stops the VM at once. -> `{"ok":true}`
 //!
-//! Errors answer `{"ok":false,"error":"..."}` and keep the connection open.
+//! Errors answer `{"ok":false,"error":"..."}` and keep the connection open. The types of both
+//! directions are in [`protocol`]; the daemon speaks them through [`client::ControlClient`].
+
+pub mod client;
+pub mod protocol;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -15,12 +19,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
 use vmm_sys_util::eventfd::EventFd;
 
+pub use client::{ControlClient, ControlClientError};
+pub use protocol::{ControlRequest, ControlResponse, RunState, VmStatus};
+
 /// Longest request line accepted; a client sending more is cut off.
-const MAX_LINE: u64 = 64 * 1024;
+pub const MAX_LINE: u64 = 64 * 1024;
 
 /// Why the control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -35,58 +40,38 @@ pub enum ControlError {
 
 /// What the control socket can do to a VM.
 pub trait Controllable: Send + Sync + 'static {
-    fn status(&self) -> Value;
+    fn status(&self) -> VmStatus;
     fn pause(&self) -> Result<(), String>;
     fn resume(&self);
     fn shutdown(&self);
     fn force_stop(&self);
 }
 
-/// A request line. Kept flat (rather than an internally tagged enum) so unknown fields are
-/// rejected for every command.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Request {
-    cmd: String,
-    /// Only meaningful for `shutdown`.
-    #[serde(default)]
-    force: bool,
-}
-
-const USAGE: &str = "expected {\"cmd\": \"status\"|\"pause\"|\"resume\"|\"shutdown\"}";
-
 /// Answers one request line.
-pub fn handle_line(vm: &dyn Controllable, line: &str) -> Value {
-    let request: Request = match serde_json::from_str(line) {
+pub fn handle_line(vm: &dyn Controllable, line: &str) -> ControlResponse {
+    let request: ControlRequest = match serde_json::from_str(line) {
         Ok(r) => r,
-        Err(e) => return json!({"ok": false, "error": format!("bad request ({e}); {USAGE}")}),
+        Err(e) => {
+            return ControlResponse::failed(format!("bad request ({e}); {}", protocol::USAGE))
+        }
     };
-    match request.cmd.as_str() {
-        "status" => {
-            let mut status = vm.status();
-            if let Some(obj) = status.as_object_mut() {
-                obj.insert("ok".into(), Value::Bool(true));
-            }
-            status
-        }
-        "pause" => match vm.pause() {
-            Ok(()) => json!({"ok": true}),
-            Err(e) => json!({"ok": false, "error": e}),
+    match request {
+        ControlRequest::Status {} => ControlResponse::status(vm.status()),
+        ControlRequest::Pause {} => match vm.pause() {
+            Ok(()) => ControlResponse::done(),
+            Err(e) => ControlResponse::failed(e),
         },
-        "resume" => {
+        ControlRequest::Resume {} => {
             vm.resume();
-            json!({"ok": true})
+            ControlResponse::done()
         }
-        "shutdown" => {
-            if request.force {
+        ControlRequest::Shutdown { force } => {
+            if force {
                 vm.force_stop();
             } else {
                 vm.shutdown();
             }
-            json!({"ok": true})
-        }
-        other => {
-            json!({"ok": false, "error": format!("bad request (unknown command {other:?}); {USAGE}")})
+            ControlResponse::done()
         }
     }
 }
@@ -166,29 +151,35 @@ fn serve_client(stream: UnixStream, vm: &dyn Controllable, wake: &EventFd) {
             Err(_) => return,
         }
         let answer = if !line.ends_with(b"\n") && line.len() as u64 >= MAX_LINE {
-            let _ = writeln!(
-                writer,
-                "{}",
-                json!({"ok": false, "error": "request line too long"})
+            let _ = write_answer(
+                &mut writer,
+                &ControlResponse::failed("request line too long"),
             );
             return;
         } else {
             match std::str::from_utf8(&line) {
                 Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => handle_line(vm, text.trim()),
-                Err(_) => json!({"ok": false, "error": "request is not UTF-8"}),
+                Err(_) => ControlResponse::failed("request is not UTF-8"),
             }
         };
         let _ = wake.write(1);
-        if writeln!(writer, "{answer}").is_err() {
+        if write_answer(&mut writer, &answer).is_err() {
             return;
         }
     }
 }
 
+fn write_answer(writer: &mut UnixStream, answer: &ControlResponse) -> io::Result<()> {
+    let mut line = serde_json::to_vec(answer).map_err(io::Error::other)?;
+    line.push(b'\n');
+    writer.write_all(&line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
     use std::sync::Mutex;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -198,9 +189,15 @@ mod tests {
         calls: Mutex<Vec<&'static str>>,
     }
     impl Controllable for Recorder {
-        fn status(&self) -> Value {
+        fn status(&self) -> VmStatus {
             self.calls.lock().unwrap().push("status");
-            json!({"state": "running"})
+            VmStatus {
+                state: RunState::Running,
+                vcpus: 1,
+                memory_mib: 64,
+                uptime_ms: 1,
+                pid: 1,
+            }
         }
         fn pause(&self) -> Result<(), String> {
             self.calls.lock().unwrap().push("pause");
@@ -221,16 +218,13 @@ mod tests {
     fn requests_map_to_actions() {
         let vm = Recorder::default();
         let status = handle_line(&vm, r#"{"cmd":"status"}"#);
-        assert_eq!(status["ok"], true);
-        assert_eq!(status["state"], "running");
+        assert!(status.ok);
+        assert_eq!(status.status.unwrap().state, RunState::Running);
         let paused = handle_line(&vm, r#"{"cmd":"pause"}"#);
-        assert_eq!(paused, json!({"ok": false, "error": "stuck"}));
-        assert_eq!(handle_line(&vm, r#"{"cmd":"resume"}"#)["ok"], true);
-        assert_eq!(handle_line(&vm, r#"{"cmd":"shutdown"}"#)["ok"], true);
-        assert_eq!(
-            handle_line(&vm, r#"{"cmd":"shutdown","force":true}"#)["ok"],
-            true
-        );
+        assert_eq!(paused, ControlResponse::failed("stuck"));
+        assert!(handle_line(&vm, r#"{"cmd":"resume"}"#).ok);
+        assert!(handle_line(&vm, r#"{"cmd":"shutdown"}"#).ok);
+        assert!(handle_line(&vm, r#"{"cmd":"shutdown","force":true}"#).ok);
         assert_eq!(
             *vm.calls.lock().unwrap(),
             vec!["status", "pause", "resume", "shutdown", "force"]
@@ -248,8 +242,8 @@ mod tests {
             "[]",
         ] {
             let answer = handle_line(&vm, line);
-            assert_eq!(answer["ok"], false, "{line}");
-            assert!(answer["error"].as_str().unwrap().contains("bad request"));
+            assert!(!answer.ok, "{line}");
+            assert!(answer.error.unwrap().contains("bad request"));
         }
         assert!(vm.calls.lock().unwrap().is_empty());
     }

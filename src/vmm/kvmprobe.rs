@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::vmm::host::cpu_has_hardware_virtualization;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -84,17 +85,6 @@ fn guest_code(iterations: u32) -> Vec<u8> {
     code.push(0xee); // out dx, al
     code.push(0xf4); // hlt
     code
-}
-
-/// Whether `/proc/cpuinfo` lists `vmx` or `svm`.
-pub fn cpu_has_hardware_virtualization() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .map(|info| {
-            info.lines()
-                .filter(|line| line.starts_with("flags"))
-                .any(|line| line.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-        })
-        .unwrap_or(false)
 }
 
 /// Runs the probe guest once on `/dev/kvm`.

@@ -14,8 +14,8 @@ use super::acpi::VirtioMmioWindow;
 use super::config::VmConfig;
 use super::devices::bus::{Bus, BusError};
 use super::devices::virtio::block::{Block, BlockConfig, BlockError};
-use super::devices::virtio::mmio::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use super::devices::virtio::rng::Rng;
+use super::devices::virtio::transport::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use super::devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use super::devices::virtio::{MmioTransport, VirtioDevice};
 use super::layout;
@@ -57,14 +57,6 @@ pub struct AttachedDevices {
 impl AttachedDevices {
     pub fn windows(&self) -> &[VirtioMmioWindow] {
         &self.windows
-    }
-
-    pub fn len(&self) -> usize {
-        self.transports.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.transports.is_empty()
     }
 }
 

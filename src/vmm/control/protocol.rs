@@ -1,0 +1,143 @@
+//! The control socket's wire types, one JSON object per line each way. The VMM's server and the
+//! daemon's client both use these; the wire format is documented in the parent module.
+
+use serde::{Deserialize, Serialize};
+
+/// A request line. Every command is a struct variant (possibly empty) so that unknown fields are
+/// refused for all of them, not only for those with fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ControlRequest {
+    /// What the VM is doing.
+    Status {},
+    /// Stops every vCPU (they finish their current exit first).
+    Pause {},
+    /// Lets paused vCPUs run again.
+    Resume {},
+    /// Presses the ACPI power button (hard stop after the VMM's shutdown timeout); `force` stops
+    /// the VM at once.
+    Shutdown {
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+impl ControlRequest {
+    pub const STATUS: ControlRequest = ControlRequest::Status {};
+    pub const PAUSE: ControlRequest = ControlRequest::Pause {};
+    pub const RESUME: ControlRequest = ControlRequest::Resume {};
+}
+
+/// The one-line usage text in error answers.
+pub const USAGE: &str =
+    "expected {\"cmd\": \"status\"|\"pause\"|\"resume\"|\"shutdown\"[, \"force\": true]}";
+
+/// What the VM is doing, as `status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Running,
+    Paused,
+    /// The power button was pressed; the guest is powering off.
+    ShuttingDown,
+    /// The VM is ending (its exit reason is known).
+    Stopping,
+}
+
+/// The answer to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub state: RunState,
+    pub vcpus: usize,
+    pub memory_mib: u64,
+    pub uptime_ms: u64,
+    pub pid: u32,
+}
+
+/// An answer line: `{"ok":true}` (plus the status fields for `status`), or
+/// `{"ok":false,"error":"..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    pub status: Option<VmStatus>,
+}
+
+impl ControlResponse {
+    pub fn done() -> ControlResponse {
+        ControlResponse {
+            ok: true,
+            error: None,
+            status: None,
+        }
+    }
+
+    pub fn failed(error: impl Into<String>) -> ControlResponse {
+        ControlResponse {
+            ok: false,
+            error: Some(error.into()),
+            status: None,
+        }
+    }
+
+    pub fn status(status: VmStatus) -> ControlResponse {
+        ControlResponse {
+            ok: true,
+            error: None,
+            status: Some(status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_keep_their_wire_shape() {
+        let line = serde_json::to_string(&ControlRequest::STATUS).unwrap();
+        assert_eq!(line, r#"{"cmd":"status"}"#);
+        let line = serde_json::to_string(&ControlRequest::Shutdown { force: true }).unwrap();
+        assert_eq!(line, r#"{"cmd":"shutdown","force":true}"#);
+        let parsed: ControlRequest = serde_json::from_str(r#"{"cmd":"shutdown"}"#).unwrap();
+        assert_eq!(parsed, ControlRequest::Shutdown { force: false });
+        for bad in [
+            r#"{"cmd":"status","x":1}"#,
+            r#"{"cmd":"pause","force":true}"#,
+            r#"{"cmd":"reboot"}"#,
+            r#"{}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ControlRequest>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        let status = ControlResponse::status(VmStatus {
+            state: RunState::ShuttingDown,
+            vcpus: 2,
+            memory_mib: 512,
+            uptime_ms: 7,
+            pid: 9,
+        });
+        let line = serde_json::to_string(&status).unwrap();
+        assert!(line.contains(r#""state":"shutting-down""#), "{line}");
+        assert_eq!(
+            serde_json::from_str::<ControlResponse>(&line).unwrap(),
+            status
+        );
+        let done = serde_json::to_string(&ControlResponse::done()).unwrap();
+        assert_eq!(done, r#"{"ok":true}"#);
+        assert_eq!(
+            serde_json::from_str::<ControlResponse>(&done).unwrap(),
+            ControlResponse::done()
+        );
+        let failed: ControlResponse = serde_json::from_str(r#"{"ok":false,"error":"e"}"#).unwrap();
+        assert_eq!(failed, ControlResponse::failed("e"));
+    }
+}
