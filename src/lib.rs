@@ -5,10 +5,12 @@
 //! - `store`: SQLite state (keys, workspaces, computers, ...).
 //! - `computers`: lifecycle of computers and supervision of their VMM processes.
 //! - `vmm`: the embedded virtual machine monitor run as `deskd vmm` (one process per VM).
+//! - `serve`: the daemon's start-up and shutdown (`deskd serve`).
 //! - `config`: the daemon's configuration file (quotas, public URL, limits).
 
 pub mod api;
 pub mod computers;
 pub mod config;
+pub mod serve;
 pub mod store;
 pub mod vmm;

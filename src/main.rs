@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Orgo API on a Unix socket (and optionally TCP).
-    Serve(deskd::api::ServeArgs),
+    Serve(deskd::serve::ServeArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(deskd::store::KeysCommand),
@@ -31,7 +31,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => deskd::api::serve(args),
+        Command::Serve(args) => deskd::serve::serve(args),
         Command::Keys(cmd) => deskd::store::keys_command(cmd),
         Command::Vmm(args) => deskd::vmm::run(*args),
         Command::ProbeKvm(args) => deskd::vmm::kvmprobe::run(args),

@@ -26,7 +26,7 @@ use super::error::ApiError;
 use super::middleware::AuthKey;
 use super::storage;
 use super::AppState;
-use crate::computers::agent_client::{self, AgentError, AgentReply};
+use crate::computers::agent_client::{limits, AgentCall, AgentError, AgentReply};
 use crate::store::{ApiKey, Computer, ComputerStatus};
 
 /// How long an action waits for a computer that is still booting. The rig runs guests 50-100x
@@ -68,6 +68,7 @@ pub fn agent_error(e: AgentError) -> ApiError {
         e @ AgentError::TimedOut(_) => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()).with("upstream_status", 504)
         }
+        e @ AgentError::TooLarge(_) => ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()),
     }
 }
 
@@ -122,37 +123,42 @@ fn agent_timeout(action: &str, body: &Map<String, Value>) -> Duration {
 }
 
 /// Forwards a JSON action to the agent and returns its JSON answer as the public answer (the
-/// agent's answers already have the public shapes).
+/// agent's answers already have the public shapes). The answer is checked to be JSON and passed
+/// through as it came: a large answer is never built into a tree of values.
 async fn forward_json(
     state: &AppState,
     key: &ApiKey,
     id: &str,
     action: &str,
     body: Map<String, Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let c = running(state, key, id).await?;
     let timeout = agent_timeout(action, &body);
     let bytes = serde_json::to_vec(&Value::Object(body))
         .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
-    let reply = agent_client::request(
-        &state.lifecycle.agent_socket(&c.id),
-        Method::POST,
-        &format!("/{action}"),
-        Some(Bytes::from(bytes)),
-        timeout,
-    )
-    .await
-    .map_err(agent_error)?;
+    let reply = state
+        .lifecycle
+        .agent_request(
+            &c.id,
+            AgentCall::post_json(format!("/{action}"), Bytes::from(bytes), timeout),
+        )
+        .await
+        .map_err(agent_error)?;
     if !reply.status.is_success() {
         return Err(upstream_error(&reply));
     }
-    let answer: Value = serde_json::from_slice(&reply.body).map_err(|e| {
-        ApiError::internal(format!(
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&reply.body) {
+        return Err(ApiError::internal(format!(
             "The desktop's agent sent an answer that is not JSON: {e}"
         ))
-        .with("upstream_status", reply.status.as_u16())
-    })?;
-    Ok(Json(answer))
+        .with("upstream_status", reply.status.as_u16()));
+    }
+    let mut response = Response::new(Body::from(reply.body.clone()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 macro_rules! json_action {
@@ -163,7 +169,7 @@ macro_rules! json_action {
             Extension(AuthKey(key)): Extension<AuthKey>,
             Path(id): Path<String>,
             JsonObject(body): JsonObject,
-        ) -> Result<Json<Value>, ApiError> {
+        ) -> Result<Response, ApiError> {
             forward_json(&state, &key, &id, $action, body).await
         }
     };
@@ -219,15 +225,14 @@ pub async fn screenshot(
     } else {
         format!("/screenshot?{}", agent_query.join("&"))
     };
-    let reply = agent_client::request(
-        &state.lifecycle.agent_socket(&c.id),
-        Method::GET,
-        &path,
-        None,
-        AGENT_MARGIN,
-    )
-    .await
-    .map_err(agent_error)?;
+    let reply = state
+        .lifecycle
+        .agent_request(
+            &c.id,
+            AgentCall::get(path, AGENT_MARGIN, limits::SCREENSHOT),
+        )
+        .await
+        .map_err(agent_error)?;
     if !reply.status.is_success() {
         return Err(upstream_error(&reply));
     }
@@ -326,19 +331,23 @@ pub async fn desktop_proxy(
     };
     let parsed: Map<String, Value> = serde_json::from_slice(&body).unwrap_or_default();
     let action = endpoint.trim_matches('/');
-    let reply = agent_client::request(
-        &state.lifecycle.agent_socket(&c.id),
+    let call = AgentCall {
         method,
-        &path,
-        (!body.is_empty()).then_some(body),
-        agent_timeout(action, &parsed),
-    )
-    .await
-    .map_err(agent_error)?;
+        path,
+        body: (!body.is_empty()).then_some(body),
+        timeout: agent_timeout(action, &parsed),
+        // The proxy carries any route, screenshots included.
+        max_answer: limits::SCREENSHOT,
+    };
+    let reply = state
+        .lifecycle
+        .agent_request(&c.id, call)
+        .await
+        .map_err(agent_error)?;
     if !reply.status.is_success() {
         return Err(upstream_error(&reply));
     }
-    let mut response = Response::new(Body::from(reply.body));
+    let mut response = Response::new(Body::from(reply.body.clone()));
     *response.status_mut() = reply.status;
     for name in [
         header::CONTENT_TYPE,
@@ -407,10 +416,12 @@ mod tests {
 
     #[test]
     fn agent_errors_keep_their_meaning() {
-        let reply = |status: u16, body: &'static str| AgentReply {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: Default::default(),
-            body: Bytes::from_static(body.as_bytes()),
+        let reply = |status: u16, body: &'static str| {
+            AgentReply::new(
+                StatusCode::from_u16(status).unwrap(),
+                Default::default(),
+                Bytes::from_static(body.as_bytes()),
+            )
         };
         let e = upstream_error(&reply(400, r#"{"error":"x must be >= 0"}"#));
         assert_eq!(e.status, StatusCode::BAD_REQUEST);

@@ -15,7 +15,7 @@ use super::body::{
 use super::error::ApiError;
 use super::middleware::AuthKey;
 use super::{views, AppState};
-use crate::computers::{new_vnc_password, Hotplug, LifecycleError};
+use crate::computers::{new_vnc_password, quota, Hotplug, LifecycleError};
 use crate::store::{Commitment, Computer, ComputerStatus, NewComputer};
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -159,46 +159,14 @@ fn admit(
     cpu: u32,
     ram_gb: u32,
 ) -> impl FnOnce(&Commitment) -> Result<(), String> {
-    let q = state.config.quotas.clone();
+    let quotas = state.config.quotas.clone();
     let host = state.host;
-    move |now: &Commitment| {
-        if now.computers + 1 > q.max_computers {
-            return Err(format!(
-                "Quota exceeded: max_computers is {} and {} computers exist (quotas.max_computers in the config file). Delete a computer first.",
-                q.max_computers, now.computers
-            ));
-        }
-        let vcpu_limit = (q.vcpu_commit_ratio * f64::from(host.cpus)).floor() as u64;
-        if now.vcpus + u64::from(cpu) > vcpu_limit {
-            return Err(format!(
-                "Quota exceeded: vCPU commitment would be {} of {vcpu_limit} allowed (quotas.vcpu_commit_ratio {} x {} host CPUs).",
-                now.vcpus + u64::from(cpu),
-                q.vcpu_commit_ratio,
-                host.cpus
-            ));
-        }
-        let ram_limit = (q.ram_commit_ratio * host.mem_gb as f64).floor() as u64;
-        if now.ram_gb + u64::from(ram_gb) > ram_limit {
-            return Err(format!(
-                "Quota exceeded: RAM commitment would be {} GB of {ram_limit} GB allowed (quotas.ram_commit_ratio {} x {} GB host memory).",
-                now.ram_gb + u64::from(ram_gb),
-                q.ram_commit_ratio,
-                host.mem_gb
-            ));
-        }
-        Ok(())
-    }
+    move |now: &Commitment| quota::admit(&quotas, host, cpu, ram_gb, now)
 }
 
 fn check_disk_quota(state: &AppState, disk_gb: u32) -> Result<(), ApiError> {
-    let max = state.config.quotas.max_disk_gb_per_computer;
-    if disk_gb > max {
-        return Err(ApiError::forbidden(format!(
-            "Quota exceeded: disk_size_gb {disk_gb} is over the {max} GB per computer allowed (quotas.max_disk_gb_per_computer)."
-        ))
-        .with("code", "quota_exceeded"));
-    }
-    Ok(())
+    quota::check_disk(&state.config.quotas, disk_gb)
+        .map_err(|e| ApiError::forbidden(e).with("code", "quota_exceeded"))
 }
 
 /// Starts a computer just made; a failure leaves it in `error` with the reason (see

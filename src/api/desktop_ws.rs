@@ -18,9 +18,15 @@ use tokio_tungstenite::tungstenite;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::computers::agent_client;
-use crate::computers::AGENT_VSOCK_PORT;
 use crate::store::ComputerStatus;
+
+/// Largest WebSocket message relayed either way. Terminal input and events are small; a VNC
+/// frame update of a 4K screen is the largest thing that will cross here.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Largest single frame either way.
+pub const MAX_FRAME_BYTES: usize = 4 << 20;
+/// Opening the agent's side (vsock connection and WebSocket hand-shake) must finish within this.
+const AGENT_HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Close codes of section 4.
 pub mod close {
@@ -40,7 +46,7 @@ struct Refusal {
 
 /// What a client asked for, once it passed the checks: the agent route to relay to.
 struct Target {
-    socket: std::path::PathBuf,
+    computer_id: String,
     agent_path: String,
 }
 
@@ -91,7 +97,7 @@ fn check(
         _ => return Err(refuse(close::NOT_FOUND, "no such stream")),
     };
     Ok(Target {
-        socket: state.lifecycle.agent_socket(&c.id),
+        computer_id: c.id,
         agent_path,
     })
 }
@@ -109,12 +115,15 @@ pub async fn connect(
         ));
     };
     let target = check(&state, &id, &kind, &query);
-    Ok(upgrade.on_upgrade(move |client| async move {
-        match target {
-            Ok(t) => relay(client, t).await,
-            Err(r) => close_with(client, r.code, &r.reason).await,
-        }
-    }))
+    Ok(upgrade
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |client| async move {
+            match target {
+                Ok(t) => relay(&state, client, t).await,
+                Err(r) => close_with(client, r.code, &r.reason).await,
+            }
+        }))
 }
 
 async fn close_with(mut client: WebSocket, code: u16, reason: &str) {
@@ -127,16 +136,31 @@ async fn close_with(mut client: WebSocket, code: u16, reason: &str) {
 }
 
 /// Relays messages between the client and the agent until either side ends.
-async fn relay(client: WebSocket, target: Target) {
-    let agent = match agent_client::connect_vsock_retrying(&target.socket, AGENT_VSOCK_PORT).await {
-        Ok(stream) => stream,
-        Err(e) => return close_with(client, close::CANNOT_START, &e.to_string()).await,
-    };
-    let uri = format!("ws://deskd-agent{}", target.agent_path);
-    let agent = match tokio_tungstenite::client_async(uri, agent).await {
-        Ok((ws, _)) => ws,
-        Err(e) => {
-            let reason = format!("the desktop's agent refused the stream: {e}");
+async fn relay(state: &AppState, client: WebSocket, target: Target) {
+    let opened = tokio::time::timeout(AGENT_HANDSHAKE_DEADLINE, async {
+        let stream = state
+            .lifecycle
+            .agent_stream(&target.computer_id, AGENT_HANDSHAKE_DEADLINE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let uri = format!("ws://deskd-agent{}", target.agent_path);
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        tokio_tungstenite::client_async_with_config(uri, stream, Some(config))
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| format!("the desktop's agent refused the stream: {e}"))
+    })
+    .await;
+    let agent = match opened {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(reason)) => return close_with(client, close::CANNOT_START, &reason).await,
+        Err(_) => {
+            let reason = format!(
+                "the desktop's agent did not open the stream within {} s",
+                AGENT_HANDSHAKE_DEADLINE.as_secs()
+            );
             return close_with(client, close::CANNOT_START, &reason).await;
         }
     };

@@ -24,10 +24,9 @@ pub struct VmSpec {
 pub enum VmState {
     /// No VM and no trace of one.
     Absent,
-    /// The VMM process runs but the guest is not ready yet.
-    Booting { pid: i32 },
-    /// The VMM process runs and the guest answers.
-    Running { pid: i32 },
+    /// The VMM process runs. Whether its guest is ready is the readiness tracker's to say
+    /// (`super::readiness`): the backend never waits on a guest.
+    Alive { pid: i32 },
     /// The VMM process ended; `reason` says how (exit status and the end of its log).
     Exited { reason: String },
     /// The guest reset itself (a reboot from inside, or a triple fault) and the VMM ended as it
@@ -58,7 +57,8 @@ pub trait VmBackend: Send + Sync + 'static {
     fn start(&self, spec: &VmSpec) -> Result<(), BackendError>;
     /// Stops the VM (asking first, then forcing after `grace`). Stopping an absent VM is fine.
     fn stop(&self, computer_id: &str, grace: std::time::Duration) -> Result<(), BackendError>;
-    /// Current state of a VM this backend started or attached.
+    /// Current state of a VM this backend started or attached. Cheap: it looks at the process,
+    /// never at the guest.
     fn state(&self, computer_id: &str) -> VmState;
     /// Takes over a VM left running by a previous daemon (found through its pid file).
     fn attach(&self, computer_id: &str) -> VmState;

@@ -1,11 +1,12 @@
 //! The configuration file the daemon writes for each `deskd vmm --config PATH` process. Its format
 //! is the VMM's own [`crate::vmm::config::VmConfig`]; this module only decides what goes in it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 
 use super::backend::VmSpec;
+use super::images::GuestImage;
 
 /// vsock port the guest agent listens on (architecture decision 4).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -14,14 +15,6 @@ pub const GUEST_CID: u64 = 3;
 /// Seconds the VMM gives the guest after the power button before stopping it hard; shorter than
 /// the daemon's own grace period so the VMM, not SIGKILL, ends the VM.
 pub const VMM_SHUTDOWN_TIMEOUT_SECS: u64 = 15;
-
-/// Files of one guest image (a template's boot artefacts).
-#[derive(Debug, Clone, PartialEq)]
-pub struct GuestImage {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub rootfs: PathBuf,
-}
 
 /// Per-computer file names inside its directory.
 pub mod files {

@@ -10,7 +10,7 @@
 //! (the VMM's JSON-lines control socket), `vmm.pid`.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,15 +20,13 @@ use std::time::{Duration, Instant};
 use crate::vmm::exit;
 
 use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
-use super::vmm_config::{self, files, GuestImage, AGENT_VSOCK_PORT};
+use super::vmm_config::{self, files};
+use super::{disk, images};
 
 /// Where `tests/rig/serve` is, for messages on hosts that cannot run VMs.
 const RIG_HINT: &str =
     "Run deskd inside the emulated-virtualization rig instead: `tests/rig/serve` \
      (see shared/design/this-machine.md); the API itself keeps working here.";
-
-/// How long the readiness probe waits for the guest agent's vsock port to accept.
-const AGENT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A VMM process we know about.
 struct Tracked {
@@ -65,85 +63,6 @@ impl VmmProcessBackend {
 
     fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The guest image a template reference resolves to.
-    fn image_for(&self, template_ref: &str) -> Result<GuestImage, BackendError> {
-        // `images/install.sh` puts `system/desktop` in `images/system/desktop/` with a
-        // manifest.json naming its version; a `images/system/desktop/<version>/` folder, if
-        // present, wins (several versions side by side).
-        let (path, version) = template_ref
-            .rsplit_once('@')
-            .unwrap_or((template_ref, "latest"));
-        let versioned = self.images_dir.join(path).join(version);
-        let dir = if versioned.join("kernel").is_file() {
-            versioned
-        } else {
-            self.images_dir.join(path)
-        };
-        let image = GuestImage {
-            kernel: dir.join("kernel"),
-            initrd: dir.join("initrd"),
-            rootfs: dir.join("rootfs"),
-        };
-        for file in [&image.kernel, &image.initrd, &image.rootfs] {
-            if !file.is_file() {
-                return Err(BackendError::NotReady(format!(
-                    "the guest image for {template_ref} is not installed: {} is missing. Build and \
-                     install it with `make image` (images/build.sh --install DATA_DIR).",
-                    file.display()
-                )));
-            }
-        }
-        let manifest_version = std::fs::read(dir.join("manifest.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|m| m["version"].as_str().map(str::to_string));
-        if let Some(installed) = manifest_version {
-            if installed != version {
-                return Err(BackendError::NotReady(format!(
-                    "{template_ref} is not installed: {} holds version {installed}",
-                    dir.display()
-                )));
-            }
-        }
-        Ok(image)
-    }
-
-    fn prepare_disk(&self, spec: &VmSpec, image: &GuestImage) -> Result<PathBuf, BackendError> {
-        let disk = spec.dir.join(files::DISK);
-        if !disk.exists() {
-            let partial = spec.dir.join("disk.img.partial");
-            copy_sparse(&image.rootfs, &partial).map_err(|e| {
-                BackendError::NotReady(format!(
-                    "cannot copy the guest image {} to {}: {e}",
-                    image.rootfs.display(),
-                    partial.display()
-                ))
-            })?;
-            std::fs::rename(&partial, &disk).map_err(|e| {
-                BackendError::NotReady(format!("cannot create {}: {e}", disk.display()))
-            })?;
-        }
-        let want = u64::from(spec.disk_size_gb) * 1024 * 1024 * 1024;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&disk)
-            .map_err(|e| BackendError::NotReady(format!("cannot open {}: {e}", disk.display())))?;
-        let have = file
-            .metadata()
-            .map_err(|e| BackendError::NotReady(format!("cannot stat {}: {e}", disk.display())))?
-            .len();
-        if have < want {
-            // Grow only (sparse): shrinking would destroy the filesystem inside.
-            file.set_len(want).map_err(|e| {
-                BackendError::NotReady(format!(
-                    "cannot grow {} to {want} bytes: {e}",
-                    disk.display()
-                ))
-            })?;
-        }
-        Ok(disk)
     }
 
     fn write_pid_file(dir: &Path, pid: i32, start_time: u64) -> std::io::Result<()> {
@@ -197,10 +116,6 @@ impl VmmProcessBackend {
             },
         }
     }
-
-    fn guest_ready(dir: &Path) -> bool {
-        agent_port_open(&dir.join(files::VSOCK), AGENT_VSOCK_PORT)
-    }
 }
 
 impl VmBackend for VmmProcessBackend {
@@ -227,17 +142,19 @@ impl VmBackend for VmmProcessBackend {
 
     fn start(&self, spec: &VmSpec) -> Result<(), BackendError> {
         self.host_check()?;
-        if matches!(
-            self.state(&spec.computer_id),
-            VmState::Booting { .. } | VmState::Running { .. }
-        ) {
+        // A VMM this daemon does not track yet (it was started by a previous daemon and recovery
+        // has not reached it) is found by its pid file: never a second VMM on the same disk.
+        if !self.procs().contains_key(&spec.computer_id) {
+            self.attach(&spec.computer_id);
+        }
+        if matches!(self.state(&spec.computer_id), VmState::Alive { .. }) {
             return Ok(());
         }
-        let image = self.image_for(&spec.template_ref)?;
+        let image = images::resolve(&self.images_dir, &spec.template_ref)?;
         std::fs::create_dir_all(&spec.dir).map_err(|e| {
             BackendError::NotReady(format!("cannot create {}: {e}", spec.dir.display()))
         })?;
-        let disk = self.prepare_disk(spec, &image)?;
+        let disk = disk::prepare(spec, &image)?;
         let config = vmm_config::vm_config(spec, &image, &disk);
         let config_path = spec.dir.join(files::CONFIG);
         vmm_config::write(&config, &config_path).map_err(|e| {
@@ -341,16 +258,7 @@ impl VmBackend for VmmProcessBackend {
             return VmState::Absent;
         };
         match Self::alive(tracked) {
-            Ok(true) => {
-                let pid = tracked.pid;
-                // The probe can take seconds on a slow guest: not while holding the table.
-                drop(procs);
-                if Self::guest_ready(&dir) {
-                    VmState::Running { pid }
-                } else {
-                    VmState::Booting { pid }
-                }
-            }
+            Ok(true) => VmState::Alive { pid: tracked.pid },
             Ok(false) => {
                 procs.remove(computer_id);
                 Self::ended_without_us(&dir, "ended while deskd was not its parent")
@@ -402,22 +310,11 @@ impl VmBackend for VmmProcessBackend {
     }
 
     fn clone_disk(&self, from_id: &str, to_id: &str) -> Result<(), BackendError> {
-        let from = self.dir(from_id).join(files::DISK);
-        if !from.exists() {
-            return Ok(());
-        }
-        let to_dir = self.dir(to_id);
-        std::fs::create_dir_all(&to_dir).map_err(|e| {
-            BackendError::Process(format!("cannot create {}: {e}", to_dir.display()))
-        })?;
-        let partial = to_dir.join("disk.img.partial");
-        copy_sparse(&from, &partial)
-            .and_then(|()| std::fs::rename(&partial, to_dir.join(files::DISK)))
-            .map_err(|e| BackendError::Process(format!("cannot copy {}: {e}", from.display())))
+        disk::clone(&self.dir(from_id), &self.dir(to_id))
     }
 
     fn hotplug(&self, computer_id: &str, change: Hotplug) -> Result<u64, BackendError> {
-        if !matches!(self.state(computer_id), VmState::Running { .. }) {
+        if !matches!(self.state(computer_id), VmState::Alive { .. }) {
             return Err(BackendError::NotReady("the VM is not running".into()));
         }
         Err(Self::hotplug_unsupported(change))
@@ -438,37 +335,6 @@ impl VmmProcessBackend {
             "{what} is not supported by this deskd's VMM yet; stop the computer, or recreate it with the size you need"
         ))
     }
-}
-
-/// Copies a file copy-on-write where the filesystem can (FICLONE: btrfs, XFS with reflink), which
-/// is instant and shares blocks until the guest writes; otherwise keeping holes: reads in 1 MiB
-/// blocks and seeks over all-zero ones. (The kernel's copy_file_range does not keep holes
-/// everywhere.)
-fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut src = std::fs::File::open(from)?;
-    let len = src.metadata()?.len();
-    let mut dst = std::fs::File::create(to)?;
-    // SAFETY: FICLONE takes the source descriptor as its argument and only reads both open
-    // descriptors we own; it touches none of our memory.
-    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
-    if cloned {
-        return dst.sync_all();
-    }
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().all(|&b| b == 0) {
-            dst.seek(SeekFrom::Current(n as i64))?;
-        } else {
-            dst.write_all(&buf[..n])?;
-        }
-    }
-    dst.set_len(len)?;
-    dst.sync_all()
 }
 
 /// The start time (in clock ticks since boot, field 22 of /proc/PID/stat) of a live process.
@@ -542,47 +408,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// Whether the guest agent answers `GET /health` with 200, through the hybrid vsock socket (a port
-/// that merely accepts is not enough: the agent may accept before its routes are up).
-fn agent_port_open(socket: &Path, port: u32) -> bool {
-    use std::io::BufRead;
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    // The guest kernel must accept the connection before the VMM answers OK; in the rig (nested,
-    // emulated) that round trip can take a few seconds.
-    let _ = stream.set_read_timeout(Some(AGENT_PROBE_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(AGENT_PROBE_TIMEOUT));
-    if stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
-    let Ok(probe) = stream.try_clone() else {
-        return false;
-    };
-    let mut reader = std::io::BufReader::new(probe.take(4096));
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() || !line.starts_with("OK ") {
-        return false;
-    }
-    if stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: deskd-agent\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    line.clear();
-    reader.read_line(&mut line).is_ok() && health_status_ok(&line)
-}
-
-/// Whether an HTTP status line says 200.
-fn health_status_ok(status_line: &str) -> bool {
-    let mut parts = status_line.split_whitespace();
-    matches!(parts.next(), Some(v) if v.starts_with("HTTP/1.")) && parts.next() == Some("200")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,30 +455,6 @@ mod tests {
         assert_eq!(b.state("c1"), VmState::Absent);
     }
 
-    #[test]
-    fn a_missing_image_is_named() {
-        let data = tempfile::tempdir().unwrap();
-        let b = VmmProcessBackend::new("/bin/false".into(), data.path(), true);
-        let err = b.image_for("system/desktop@1.0.0").unwrap_err();
-        assert!(
-            err.to_string().contains("images/system/desktop/kernel"),
-            "{err}"
-        );
-        // The layout of images/install.sh, with its manifest's version checked.
-        let dir = data.path().join("images/system/desktop");
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["kernel", "initrd", "rootfs"] {
-            std::fs::write(dir.join(f), b"x").unwrap();
-        }
-        std::fs::write(dir.join("manifest.json"), br#"{"version":"1.0.0"}"#).unwrap();
-        assert_eq!(
-            b.image_for("system/desktop@1.0.0").unwrap().kernel,
-            dir.join("kernel")
-        );
-        let err = b.image_for("system/desktop@2.0.0").unwrap_err();
-        assert!(err.to_string().contains("holds version 1.0.0"), "{err}");
-    }
-
     /// Runs a real child process through the backend (a shell standing in for `deskd vmm` only so
     /// that the supervision code, not the VMM, is under test) and checks exit detection, stop and
     /// re-attach by pid file.
@@ -671,14 +472,14 @@ mod tests {
         }
         let s = spec(data.path());
         b.start(&s).unwrap();
-        assert!(matches!(b.state("c1"), VmState::Booting { .. }));
+        assert!(matches!(b.state("c1"), VmState::Alive { .. }));
         assert_eq!(
             std::fs::metadata(s.dir.join(files::DISK)).unwrap().len(),
             1 << 30
         );
         // A second backend (a restarted daemon) finds the process through the pid file.
         let b2 = VmmProcessBackend::new(script, data.path(), true);
-        assert!(matches!(b2.attach("c1"), VmState::Booting { .. }));
+        assert!(matches!(b2.attach("c1"), VmState::Alive { .. }));
         b2.stop("c1", Duration::from_secs(2)).unwrap();
         assert!(matches!(b.state("c1"), VmState::Exited { .. }));
         assert_eq!(b2.state("c1"), VmState::Absent);
@@ -702,7 +503,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(10);
             let state = loop {
                 match b.state("c1") {
-                    VmState::Booting { .. } if Instant::now() < deadline => {
+                    VmState::Alive { .. } if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(50))
                     }
                     other => break other,
@@ -747,91 +548,6 @@ mod tests {
             }
             other => panic!("expected an exit, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn sparse_copy_keeps_content_and_length() {
-        let d = tempfile::tempdir().unwrap();
-        let a = d.path().join("a");
-        let mut data = vec![0u8; 3 << 20];
-        data[5] = 1;
-        data[(3 << 20) - 1] = 7;
-        std::fs::write(&a, &data).unwrap();
-        copy_sparse(&a, &d.path().join("b")).unwrap();
-        assert_eq!(std::fs::read(d.path().join("b")).unwrap(), data);
-    }
-
-    /// On a filesystem with reflinks the disk copy shares the image's blocks (FICLONE), and a
-    /// write to the copy leaves the image alone. Needs root, loop devices and mkfs.btrfs
-    /// (tests/install-deps installs btrfs-progs); skips loudly without them.
-    #[test]
-    fn copy_on_btrfs_is_a_reflink() {
-        use std::process::Command;
-        let skip = |why: &str| eprintln!("SKIPPED copy_on_btrfs_is_a_reflink: {why}");
-        // SAFETY: geteuid has no preconditions and touches no memory.
-        if unsafe { libc::geteuid() } != 0 {
-            return skip("needs root to mount a loop filesystem");
-        }
-        let d = tempfile::tempdir().unwrap();
-        let img = d.path().join("btrfs.img");
-        let mnt = d.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(256 << 20)
-            .unwrap();
-        let ok = |cmd: &mut Command| cmd.output().map(|o| o.status.success()).unwrap_or(false);
-        if !ok(Command::new("mkfs.btrfs").arg("-q").arg(&img)) {
-            return skip("mkfs.btrfs is missing or failed (apt-get install btrfs-progs)");
-        }
-        if !ok(Command::new("mount")
-            .arg("-o")
-            .arg("loop")
-            .arg(&img)
-            .arg(&mnt))
-        {
-            return skip("cannot loop-mount a btrfs image here");
-        }
-        struct Unmount<'a>(&'a Path);
-        impl Drop for Unmount<'_> {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
-            }
-        }
-        let _unmount = Unmount(&mnt);
-
-        let image = mnt.join("rootfs");
-        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&image, &data).unwrap();
-        let disk = mnt.join("disk.img");
-        copy_sparse(&image, &disk).unwrap();
-        let extents = Command::new("filefrag")
-            .arg("-v")
-            .arg(&disk)
-            .output()
-            .unwrap();
-        let extents = String::from_utf8_lossy(&extents.stdout);
-        assert!(
-            extents.contains("shared"),
-            "the copy does not share the image's blocks:\n{extents}"
-        );
-        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-        f.write_all(b"guest write").unwrap();
-        drop(f);
-        assert_eq!(
-            std::fs::read(&image).unwrap(),
-            data,
-            "a write to the copy changed the image"
-        );
-        assert_eq!(&std::fs::read(&disk).unwrap()[..11], b"guest write");
-    }
-
-    #[test]
-    fn only_a_200_status_line_is_healthy() {
-        assert!(health_status_ok("HTTP/1.1 200 OK\r\n"));
-        assert!(!health_status_ok("HTTP/1.1 503 Service Unavailable\r\n"));
-        assert!(!health_status_ok("OK 1024\n"));
-        assert!(!health_status_ok(""));
     }
 
     #[test]

@@ -1,0 +1,789 @@
+//! The lifecycle of computers: the status machine, kept truthful against what the VM backend reports.
+//!
+//! Status rules (what clients see):
+//! - `running` only while the backend reports the VM's guest answering; `starting`/`restarting`
+//!   while a VMM process runs but the guest is not ready yet.
+//! - A computer whose start fails (no hardware virtualization, guest image missing, VMM exited)
+//!   is in `error`, with the reason in `status_reason`; creating such a computer still succeeds
+//!   (the record exists and `start` retries), it is never shown as `running`.
+//! - `stopped`: no VM. Stopping an `error` computer clears the error.
+//! - A supervisor task polls the backend every second and moves computers whose VMM ended to
+//!   `error`; on daemon start-up it re-attaches to VMM processes left running. A guest that
+//!   reboots itself (its VMM ends with the reboot status) is booted again through `restarting`,
+//!   like a real machine, unless it reboots 5 times within 10 minutes (a loop): then `error`. A running VM whose
+//!   agent is briefly slow to answer stays `running` (its VM does run; the rig is 50-100x slower
+//!   than hardware); actions then report the agent as unreachable.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::agent_client::{AgentCall, AgentClient, AgentError, AgentReply};
+use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
+use super::readiness::Readiness;
+use super::vmm_config::files;
+
+use crate::store::{Computer, ComputerStatus, Store, StoreError};
+
+/// How long a VM gets to power off after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+/// A guest that reboots itself is booted again, as a real machine would be, unless it has done so
+/// this many times within [`REBOOT_WINDOW`]: then it is in a reboot loop and goes to `error`.
+const REBOOT_LIMIT: usize = 5;
+const REBOOT_WINDOW: Duration = Duration::from_secs(600);
+
+/// Lifecycle failures, each with a message for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The request does not fit the computer's state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The VM could not be started; the computer is now in `error` with this reason.
+    #[error("The computer could not be started: {0}")]
+    CannotStart(String),
+    /// A stop, delete or copy failed on the host.
+    #[error("{0}")]
+    Host(String),
+    #[error("computer not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Drives computers through a [`VmBackend`] and records every transition in the store.
+pub struct Lifecycle {
+    store: Arc<Store>,
+    backend: Arc<dyn VmBackend>,
+    data_dir: PathBuf,
+    computers_dir: PathBuf,
+    /// One async lock per computer so concurrent start/stop/delete calls serialise.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each computer's guest last rebooted itself (within [`REBOOT_WINDOW`]).
+    reboots: Mutex<HashMap<String, Vec<std::time::Instant>>>,
+    /// The one client of the guest agents, shared by actions, the probe and the relay.
+    agents: Arc<AgentClient>,
+    /// Whether each booting VM's desktop is up yet.
+    readiness: Readiness,
+}
+
+impl Lifecycle {
+    pub fn new(store: Arc<Store>, backend: Arc<dyn VmBackend>, data_dir: PathBuf) -> Lifecycle {
+        let agents = Arc::new(AgentClient::default());
+        Lifecycle {
+            store,
+            backend,
+            computers_dir: data_dir.join("computers"),
+            data_dir,
+            locks: Mutex::new(HashMap::new()),
+            reboots: Mutex::new(HashMap::new()),
+            readiness: Readiness::new(agents.clone()),
+            agents,
+        }
+    }
+
+    /// The daemon's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// The hybrid vsock socket of a computer's VM (where its guest agent is reached).
+    pub fn agent_socket(&self, id: &str) -> PathBuf {
+        self.computers_dir.join(id).join(files::VSOCK)
+    }
+
+    /// Sends one request to computer `id`'s guest agent (see [`AgentClient::request`]).
+    pub async fn agent_request(&self, id: &str, call: AgentCall) -> Result<AgentReply, AgentError> {
+        self.agents.request(&self.agent_socket(id), call).await
+    }
+
+    /// Opens a raw stream to computer `id`'s guest agent, within `timeout` (WebSocket relay).
+    pub async fn agent_stream(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<tokio::net::UnixStream, AgentError> {
+        self.agents
+            .open_stream(&self.agent_socket(id), timeout)
+            .await
+    }
+
+    /// The guest's serial console log.
+    pub fn console_log(&self, id: &str) -> PathBuf {
+        self.computers_dir.join(id).join(files::CONSOLE_LOG)
+    }
+
+    /// Waits while a computer is on its way up (`creating`, `starting`, `restarting`), at most
+    /// `timeout`; returns it as it then is. Actions call this so that a client that acts right
+    /// after create (the SDK does, without polling) gets its answer once the desktop is up.
+    pub async fn wait_while_booting(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Computer, LifecycleError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let c = self.load(id)?;
+            let booting = matches!(
+                c.status,
+                ComputerStatus::Creating | ComputerStatus::Starting | ComputerStatus::Restarting
+            );
+            if !booting || tokio::time::Instant::now() >= deadline {
+                return Ok(c);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Whether the host can run VMs (the reason why not otherwise).
+    pub fn host_check(&self) -> Result<(), BackendError> {
+        self.backend.host_check()
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_string()).or_default().clone()
+    }
+
+    fn load(&self, id: &str) -> Result<Computer, LifecycleError> {
+        self.store.computer(id)?.ok_or(LifecycleError::NotFound)
+    }
+
+    fn spec(&self, c: &Computer) -> VmSpec {
+        VmSpec {
+            computer_id: c.id.clone(),
+            instance_id: c.instance_id.clone(),
+            vcpus: c.cpu,
+            mem_mib: u64::from(c.ram_gb) * 1024,
+            disk_size_gb: c.disk_size_gb,
+            resolution: c.resolution.clone(),
+            template_ref: c.template_ref.clone(),
+            dir: self.computers_dir.join(&c.id),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn VmBackend) -> T + Send + 'static,
+    ) -> Result<T, LifecycleError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || f(backend.as_ref()))
+            .await
+            .map_err(|e| LifecycleError::Host(format!("backend task failed: {e}")))
+    }
+
+    /// Starts a computer (idempotent while it starts or runs). A host that cannot run VMs fails
+    /// at once (the computer is left in `error` with the reason); otherwise the answer is
+    /// `starting` and the slow part (copying the image to the disk, spawning the VMM) goes on in
+    /// the background, its failure recorded as `error` with the reason.
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<Computer, LifecycleError> {
+        let lock = self.lock_for(id);
+        let guard = lock.clone().lock_owned().await;
+        let Some(spec) = self.prepare_start(id, ComputerStatus::Starting)? else {
+            return self.load(id);
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            // The guard keeps the supervisor and other requests off this computer until the VMM
+            // runs (or the start failed).
+            let _guard = guard;
+            this.boot(spec).await;
+        });
+        self.load(id)
+    }
+
+    /// Checks that `id` may start, rotates its VNC password and sets `transitional`; returns what
+    /// to boot, or `None` if it already runs or starts.
+    fn prepare_start(
+        &self,
+        id: &str,
+        transitional: ComputerStatus,
+    ) -> Result<Option<VmSpec>, LifecycleError> {
+        let c = self.load(id)?;
+        match c.status {
+            // A restart's own second half: its VM is stopped, the status stays `restarting` so
+            // that actions waiting for the computer never see a `stopped` in between.
+            ComputerStatus::Restarting if transitional == ComputerStatus::Restarting => {}
+            ComputerStatus::Running | ComputerStatus::Starting | ComputerStatus::Restarting => {
+                return Ok(None)
+            }
+            ComputerStatus::Stopping => {
+                return Err(LifecycleError::Conflict(
+                    "The computer is stopping; start it again once it has stopped.".into(),
+                ))
+            }
+            ComputerStatus::Deleting => {
+                return Err(LifecycleError::Conflict(
+                    "The computer is being deleted.".into(),
+                ))
+            }
+            ComputerStatus::Creating
+            | ComputerStatus::Stopped
+            | ComputerStatus::Error
+            | ComputerStatus::Suspended => {}
+        }
+        // The VNC password is the token for WebSockets and VNC: a new one for every boot.
+        self.store.set_vnc_password(id, &new_vnc_password())?;
+        if let Err(e) = self.backend.host_check() {
+            let reason = e.to_string();
+            self.store
+                .set_computer_status(id, ComputerStatus::Error, Some(&reason))?;
+            return Err(LifecycleError::CannotStart(reason));
+        }
+        self.store.set_computer_status(id, transitional, None)?;
+        Ok(Some(self.spec(&c)))
+    }
+
+    /// Boots a prepared computer; a failure becomes `error` with the reason.
+    async fn boot(&self, spec: VmSpec) {
+        let id = spec.computer_id.clone();
+        let reason = match self.blocking(move |b| b.start(&spec)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(computer = %id, "start failed: {reason}");
+        if let Err(e) = self
+            .store
+            .set_computer_status(&id, ComputerStatus::Error, Some(&reason))
+        {
+            tracing::error!(computer = %id, "cannot record a failed start: {e}");
+        }
+    }
+
+    /// Stops a computer. A VM is stopped in the background (status `stopping`, then `stopped`);
+    /// a computer without a VM is `stopped` at once. Stopping a stopped computer is a conflict.
+    pub async fn stop(self: &Arc<Self>, id: &str) -> Result<Computer, LifecycleError> {
+        let lock = self.lock_for(id);
+        let guard = lock.clone().lock_owned().await;
+        let c = self.load(id)?;
+        match c.status {
+            ComputerStatus::Stopped => {
+                return Err(LifecycleError::Conflict(
+                    "The computer is already stopped.".into(),
+                ))
+            }
+            ComputerStatus::Stopping => return Ok(c),
+            ComputerStatus::Deleting => {
+                return Err(LifecycleError::Conflict(
+                    "The computer is being deleted.".into(),
+                ))
+            }
+            _ => {}
+        }
+        if !c.status.expects_vm() {
+            let cid = c.id.clone();
+            self.blocking(move |b| b.stop(&cid, STOP_GRACE))
+                .await?
+                .map_err(|e| LifecycleError::Host(e.to_string()))?;
+            self.store
+                .set_computer_status(id, ComputerStatus::Stopped, None)?;
+            return self.load(id);
+        }
+        self.store
+            .set_computer_status(id, ComputerStatus::Stopping, None)?;
+        let this = self.clone();
+        let cid = c.id.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let id2 = cid.clone();
+            let outcome = this.blocking(move |b| b.stop(&id2, STOP_GRACE)).await;
+            let result = match outcome {
+                Ok(Ok(())) => this
+                    .store
+                    .set_computer_status(&cid, ComputerStatus::Stopped, None),
+                Ok(Err(e)) => this.store.set_computer_status(
+                    &cid,
+                    ComputerStatus::Error,
+                    Some(&format!("stopping failed: {e}")),
+                ),
+                Err(e) => this.store.set_computer_status(
+                    &cid,
+                    ComputerStatus::Error,
+                    Some(&format!("stopping failed: {e}")),
+                ),
+            };
+            if let Err(e) = result {
+                tracing::error!(computer = %cid, "cannot record the end of a stop: {e}");
+            }
+        });
+        self.load(id)
+    }
+
+    /// Restarts a computer: stop (if a VM runs) then start, with status `restarting` meanwhile.
+    /// Without a VM it is a start; a failure to start is reported like `start`'s.
+    pub async fn restart(self: &Arc<Self>, id: &str) -> Result<Computer, LifecycleError> {
+        let lock = self.lock_for(id);
+        let guard = lock.clone().lock_owned().await;
+        let c = self.load(id)?;
+        match c.status {
+            ComputerStatus::Stopping | ComputerStatus::Deleting | ComputerStatus::Restarting => {
+                return Err(LifecycleError::Conflict(format!(
+                    "The computer is {}; try again when that has finished.",
+                    c.status.as_str()
+                )))
+            }
+            _ => {}
+        }
+        if !c.status.expects_vm() {
+            let Some(spec) = self.prepare_start(id, ComputerStatus::Restarting)? else {
+                return self.load(id);
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _guard = guard;
+                this.boot(spec).await;
+            });
+            return self.load(id);
+        }
+        self.store
+            .set_computer_status(id, ComputerStatus::Restarting, None)?;
+        let this = self.clone();
+        let cid = c.id.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let id2 = cid.clone();
+            let stopped = this.blocking(move |b| b.stop(&id2, STOP_GRACE)).await;
+            let failure = match stopped {
+                Ok(Ok(())) => {
+                    match this.prepare_start(&cid, ComputerStatus::Restarting) {
+                        Ok(Some(spec)) => {
+                            this.boot(spec).await;
+                            None
+                        }
+                        Ok(None) => None,
+                        // prepare_start already recorded the error state and reason.
+                        Err(LifecycleError::CannotStart(_)) => None,
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+                Ok(Err(e)) => Some(format!("restart could not stop the VM: {e}")),
+                Err(e) => Some(format!("restart could not stop the VM: {e}")),
+            };
+            if let Some(reason) = failure {
+                let _ = this
+                    .store
+                    .set_computer_status(&cid, ComputerStatus::Error, Some(&reason));
+            }
+        });
+        self.load(id)
+    }
+
+    /// Starts the computer if needed and waits until it runs (or fails, or `timeout` passes).
+    pub async fn ensure_running(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Computer, LifecycleError> {
+        let c = self.load(id)?;
+        if c.status == ComputerStatus::Running {
+            return Ok(c);
+        }
+        self.start(id).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Only once the background boot has let go of the computer.
+            let lock = self.lock_for(id);
+            if let Ok(_guard) = lock.try_lock() {
+                self.supervise_one(id).await?;
+            }
+            let c = self.load(id)?;
+            match c.status {
+                ComputerStatus::Running => return Ok(c),
+                ComputerStatus::Error => {
+                    return Err(LifecycleError::CannotStart(
+                        c.status_reason.unwrap_or_else(|| "the VM failed".into()),
+                    ))
+                }
+                ComputerStatus::Stopped | ComputerStatus::Stopping | ComputerStatus::Deleting => {
+                    return Err(LifecycleError::Conflict(format!(
+                        "The computer is {} (another request changed it).",
+                        c.status.as_str()
+                    )))
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LifecycleError::CannotStart(format!(
+                    "the computer did not become ready within {} s; it is still {}",
+                    timeout.as_secs(),
+                    c.status.as_str()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stops the VM, removes the computer's files, then its record.
+    pub async fn destroy(&self, id: &str) -> Result<(), LifecycleError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        self.load(id)?;
+        self.store
+            .set_computer_status(id, ComputerStatus::Deleting, None)?;
+        self.destroy_vm(id).await?;
+        self.store.delete_computer(id)?;
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.reboots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.readiness.forget(id);
+        self.agents.forget(&self.agent_socket(id));
+        Ok(())
+    }
+
+    /// Stops the VM and removes the files of a computer whose record is already gone (workspace
+    /// deletion removes records in one transaction first).
+    pub async fn destroy_vm(&self, id: &str) -> Result<(), LifecycleError> {
+        let cid = id.to_string();
+        self.blocking(move |b| b.destroy(&cid))
+            .await?
+            .map_err(|e| LifecycleError::Host(e.to_string()))
+    }
+
+    /// Copies a computer's disk to another (clone). The source must not be running: a live disk
+    /// cannot be copied consistently without pausing the VM, which the VMM cannot do yet.
+    pub async fn clone_disk(&self, from: &Computer, to_id: &str) -> Result<(), LifecycleError> {
+        if from.status.expects_vm() {
+            return Err(LifecycleError::Conflict(format!(
+                "Stop the computer before cloning it (it is {}): deskd cannot yet pause a running VM \
+                 to copy its disk consistently.",
+                from.status.as_str()
+            )));
+        }
+        let (f, t) = (from.id.clone(), to_id.to_string());
+        self.blocking(move |b| b.clone_disk(&f, &t))
+            .await?
+            .map_err(|e| LifecycleError::Host(e.to_string()))
+    }
+
+    /// Applies one resize dimension to a running VM.
+    pub async fn hotplug(&self, id: &str, change: Hotplug) -> Result<u64, LifecycleError> {
+        let cid = id.to_string();
+        self.blocking(move |b| b.hotplug(&cid, change))
+            .await?
+            .map_err(|e| LifecycleError::Host(e.to_string()))
+    }
+
+    /// Records a reboot of `id`'s guest; whether it may boot again (not a reboot loop).
+    fn may_boot_again_after_reboot(&self, id: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut reboots = self.reboots.lock().unwrap_or_else(|p| p.into_inner());
+        let times = reboots.entry(id.to_string()).or_default();
+        times.retain(|t| now.duration_since(*t) < REBOOT_WINDOW);
+        times.push(now);
+        times.len() < REBOOT_LIMIT
+    }
+
+    /// Brings one computer's status in line with its VM.
+    async fn supervise_one(&self, id: &str) -> Result<(), LifecycleError> {
+        let c = self.load(id)?;
+        if !c.status.expects_vm() || c.status == ComputerStatus::Stopping {
+            return Ok(());
+        }
+        let cid = c.id.clone();
+        let state = self.blocking(move |b| b.state(&cid)).await?;
+        let (next, reason) = match (c.status, state) {
+            (ComputerStatus::Starting | ComputerStatus::Restarting, VmState::Alive { pid }) => {
+                if !self.readiness.is_ready(id, pid, self.agent_socket(id)) {
+                    return Ok(());
+                }
+                self.readiness.forget(id);
+                (ComputerStatus::Running, None)
+            }
+            (_, VmState::GuestRebooted { reason }) => {
+                if !self.may_boot_again_after_reboot(id) {
+                    let minutes = REBOOT_WINDOW.as_secs() / 60;
+                    let why = format!(
+                        "the guest rebooted {REBOOT_LIMIT} times within {minutes} minutes, so deskd \
+                         stopped booting it again; see its console log, then start it. Last: {reason}"
+                    );
+                    (ComputerStatus::Error, Some(why))
+                } else {
+                    tracing::info!(computer = %id, "the guest rebooted; booting it again ({reason})");
+                    if self.store.compare_and_set_status(
+                        id,
+                        c.status,
+                        ComputerStatus::Restarting,
+                        None,
+                    )? {
+                        if let Some(spec) = self.prepare_start(id, ComputerStatus::Restarting)? {
+                            self.boot(spec).await;
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+            (_, VmState::Exited { reason }) => (ComputerStatus::Error, Some(reason)),
+            (_, VmState::Absent) => (
+                ComputerStatus::Error,
+                Some("no VMM process is running for this computer".to_string()),
+            ),
+            _ => return Ok(()),
+        };
+        // Compare-and-set: a stop or delete that raced with this check wins.
+        self.store
+            .compare_and_set_status(id, c.status, next, reason.as_deref())?;
+        Ok(())
+    }
+
+    /// One supervision pass over every computer that should have a VM.
+    pub async fn supervise(&self) {
+        let computers = match self.store.all_computers() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("supervisor cannot read computers: {e}");
+                return;
+            }
+        };
+        for c in computers
+            .into_iter()
+            .filter(|c| c.status.expects_vm() && c.status != ComputerStatus::Stopping)
+        {
+            // Skip computers a request is working on; the next pass sees them.
+            let lock = self.lock_for(&c.id);
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            if let Err(e) = self.supervise_one(&c.id).await {
+                tracing::warn!(computer = %c.id, "supervision failed: {e}");
+            }
+        }
+    }
+
+    /// Start-up: re-attach to VMM processes left by a previous daemon and settle every status
+    /// that was in the middle of something when it stopped. One computer's trouble is logged and
+    /// does not keep the others from being recovered.
+    pub async fn recover(&self) -> Result<(), LifecycleError> {
+        for c in self.store.all_computers()? {
+            let id = c.id.clone();
+            if let Err(e) = self.recover_one(c).await {
+                tracing::warn!(computer = %id, "recovery failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover_one(&self, c: Computer) -> Result<(), LifecycleError> {
+        let cid = c.id.clone();
+        let state = self.blocking(move |b| b.attach(&cid)).await?;
+        let alive = matches!(state, VmState::Alive { .. });
+        let (next, reason): (ComputerStatus, Option<String>) = match (c.status, &state) {
+            (ComputerStatus::Deleting, _) => {
+                // A delete was cut short: finish it.
+                self.destroy_vm(&c.id).await?;
+                self.store.delete_computer(&c.id)?;
+                tracing::info!(computer = %c.id, "finished a delete interrupted by a restart");
+                return Ok(());
+            }
+            (ComputerStatus::Creating, _) if !alive => (
+                ComputerStatus::Error,
+                Some("creation was interrupted by a daemon restart; start it to retry".into()),
+            ),
+            (ComputerStatus::Stopping, _) => {
+                if alive {
+                    let cid = c.id.clone();
+                    let _ = self.blocking(move |b| b.stop(&cid, STOP_GRACE)).await?;
+                }
+                (ComputerStatus::Stopped, None)
+            }
+            // A VM that runs keeps its status: `running` stays so, a boot in progress goes on
+            // and the supervisor sees it through.
+            (s, VmState::Alive { .. }) if s.expects_vm() => (s, c.status_reason.clone()),
+            (s, VmState::GuestRebooted { .. }) if s.expects_vm() => {
+                // The guest rebooted itself while deskd was down: boot it again.
+                tracing::info!(computer = %c.id, "the guest rebooted while deskd was down; booting it again");
+                self.store
+                    .set_computer_status(&c.id, ComputerStatus::Restarting, None)?;
+                match self.prepare_start(&c.id, ComputerStatus::Restarting) {
+                    Ok(Some(spec)) => self.boot(spec).await,
+                    Ok(None) => {}
+                    // The computer is in `error` with the reason already.
+                    Err(e) => tracing::warn!(computer = %c.id, "cannot boot it again: {e}"),
+                }
+                return Ok(());
+            }
+            (s, VmState::Exited { reason }) if s.expects_vm() => {
+                (ComputerStatus::Error, Some(reason.clone()))
+            }
+            (s, VmState::Absent) if s.expects_vm() => (
+                ComputerStatus::Error,
+                Some(
+                    "the VM was not running when deskd started (it ended while deskd was down)"
+                        .into(),
+                ),
+            ),
+            (_, VmState::Alive { .. }) => {
+                // A VM the records say should not exist: stop it rather than leak it.
+                tracing::warn!(computer = %c.id, status = c.status.as_str(), "stopping a VM the records do not expect");
+                let cid = c.id.clone();
+                let _ = self.blocking(move |b| b.stop(&cid, STOP_GRACE)).await?;
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        if next != c.status || reason != c.status_reason {
+            self.store
+                .set_computer_status(&c.id, next, reason.as_deref())?;
+        }
+
+        Ok(())
+    }
+
+    /// Re-attaches to the VMs a previous daemon left ([`Lifecycle::recover`]), then runs
+    /// [`Lifecycle::supervise`] every `period` until the process ends. Run after the API answers:
+    /// requests meanwhile are safe (a start finds a VMM it does not track yet by its pid file).
+    pub fn spawn_recovery_then_supervisor(
+        self: &Arc<Self>,
+        period: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match this.recover().await {
+                Ok(()) => tracing::info!("re-attached to running VMs in {:?}", started.elapsed()),
+                Err(e) => tracing::error!("start-up recovery failed: {e}"),
+            }
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.supervise().await;
+            }
+        })
+    }
+}
+
+/// A fresh VNC password: 16 characters from an unambiguous alphabet (about 90 bits).
+pub fn new_vnc_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::computers::VmmProcessBackend;
+    use crate::store::{NewComputer, WorkspaceStatus};
+
+    fn setup(hw: bool) -> (tempfile::TempDir, Arc<Store>, Arc<Lifecycle>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let backend = Arc::new(VmmProcessBackend::new(
+            "/nonexistent/deskd".into(),
+            dir.path(),
+            hw,
+        ));
+        let lc = Arc::new(Lifecycle::new(
+            store.clone(),
+            backend,
+            dir.path().to_path_buf(),
+        ));
+        let ws = store
+            .create_workspace("w", WorkspaceStatus::Active, None)
+            .unwrap();
+        let c = store
+            .insert_computer(
+                &NewComputer {
+                    workspace_id: ws.id,
+                    name: "c".into(),
+                    os: "linux".into(),
+                    cpu: 1,
+                    ram_gb: 4,
+                    gpu: "none".into(),
+                    disk_size_gb: 8,
+                    resolution: "1280x720x24".into(),
+                    auto_stop_minutes: None,
+                    template_ref: "system/desktop@1.0.0".into(),
+                    image: None,
+                    vnc_password: "old".into(),
+                },
+                |_| Ok(()),
+            )
+            .unwrap();
+        (dir, store, lc, c.id)
+    }
+
+    #[tokio::test]
+    async fn a_start_that_cannot_work_leaves_error_with_the_reason_never_running() {
+        let (_d, store, lc, id) = setup(false);
+        let err = lc.start(&id).await.unwrap_err();
+        assert!(matches!(err, LifecycleError::CannotStart(_)));
+        let c = store.computer(&id).unwrap().unwrap();
+        assert_eq!(c.status, ComputerStatus::Error);
+        assert!(c.status_reason.unwrap().contains("tests/rig/serve"));
+        assert_ne!(c.vnc_password, "old", "password rotates on every start");
+        // Stop clears the error; a second stop conflicts.
+        let c = lc.stop(&id).await.unwrap();
+        assert_eq!(c.status, ComputerStatus::Stopped);
+        assert!(matches!(
+            lc.stop(&id).await,
+            Err(LifecycleError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn missing_image_is_the_reason_when_the_host_could_run_vms() {
+        let (_d, store, lc, id) = setup(true);
+        if let Err(e) = lc.host_check() {
+            eprintln!("SKIPPED missing_image_is_the_reason...: {e}");
+            return;
+        }
+        // The host can run VMs: the answer is `starting`, the failure comes from the background.
+        let c = lc.start(&id).await.unwrap();
+        assert_eq!(c.status, ComputerStatus::Starting);
+        let mut c = store.computer(&id).unwrap().unwrap();
+        for _ in 0..100 {
+            if c.status != ComputerStatus::Starting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c = store.computer(&id).unwrap().unwrap();
+        }
+        assert_eq!(c.status, ComputerStatus::Error);
+        assert!(c.status_reason.unwrap().contains("not installed"));
+        // ensure-running reports the same reason.
+        let err = lc
+            .ensure_running(&id, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not installed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn recovery_marks_vanished_vms_as_error() {
+        let (_d, store, lc, id) = setup(false);
+        store
+            .set_computer_status(&id, ComputerStatus::Running, None)
+            .unwrap();
+        lc.recover().await.unwrap();
+        let c = store.computer(&id).unwrap().unwrap();
+        assert_eq!(c.status, ComputerStatus::Error);
+        store
+            .set_computer_status(&id, ComputerStatus::Deleting, None)
+            .unwrap();
+        lc.recover().await.unwrap();
+        assert!(store.computer(&id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn supervisor_never_leaves_running_without_a_vm() {
+        let (_d, store, lc, id) = setup(false);
+        store
+            .set_computer_status(&id, ComputerStatus::Running, None)
+            .unwrap();
+        lc.supervise().await;
+        assert_eq!(
+            store.computer(&id).unwrap().unwrap().status,
+            ComputerStatus::Error
+        );
+    }
+}

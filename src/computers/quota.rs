@@ -1,0 +1,124 @@
+//! The commitment quotas checked when a computer is made or grown: how many computers may exist,
+//! and how many vCPUs, GB of RAM and GB of disk all of them together may be promised, relative to
+//! what the host has (`quotas` in the config file). Messages name the config key to change.
+
+use crate::config::Quotas;
+use crate::store::Commitment;
+
+/// What the host has, for commitment quotas.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFacts {
+    pub cpus: u32,
+    pub mem_gb: u64,
+}
+
+impl HostFacts {
+    pub fn detect() -> HostFacts {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let mem_kb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        HostFacts {
+            cpus,
+            mem_gb: mem_kb / (1024 * 1024),
+        }
+    }
+}
+
+/// Whether one more computer with `cpu` vCPUs and `ram_gb` of RAM fits next to what is already
+/// committed (`now`); the error says which quota and how to change it.
+pub fn admit(
+    quotas: &Quotas,
+    host: HostFacts,
+    cpu: u32,
+    ram_gb: u32,
+    now: &Commitment,
+) -> Result<(), String> {
+    if now.computers + 1 > quotas.max_computers {
+        return Err(format!(
+            "Quota exceeded: max_computers is {} and {} computers exist (quotas.max_computers in the config file). Delete a computer first.",
+            quotas.max_computers, now.computers
+        ));
+    }
+    let vcpu_limit = (quotas.vcpu_commit_ratio * f64::from(host.cpus)).floor() as u64;
+    if now.vcpus + u64::from(cpu) > vcpu_limit {
+        return Err(format!(
+            "Quota exceeded: vCPU commitment would be {} of {vcpu_limit} allowed (quotas.vcpu_commit_ratio {} x {} host CPUs).",
+            now.vcpus + u64::from(cpu),
+            quotas.vcpu_commit_ratio,
+            host.cpus
+        ));
+    }
+    let ram_limit = (quotas.ram_commit_ratio * host.mem_gb as f64).floor() as u64;
+    if now.ram_gb + u64::from(ram_gb) > ram_limit {
+        return Err(format!(
+            "Quota exceeded: RAM commitment would be {} GB of {ram_limit} GB allowed (quotas.ram_commit_ratio {} x {} GB host memory).",
+            now.ram_gb + u64::from(ram_gb),
+            quotas.ram_commit_ratio,
+            host.mem_gb
+        ));
+    }
+    Ok(())
+}
+
+/// Whether one computer may have a disk of `disk_gb`.
+pub fn check_disk(quotas: &Quotas, disk_gb: u32) -> Result<(), String> {
+    let max = quotas.max_disk_gb_per_computer;
+    if disk_gb > max {
+        return Err(format!(
+            "Quota exceeded: disk_size_gb {disk_gb} is over the {max} GB per computer allowed (quotas.max_disk_gb_per_computer)."
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_quota_is_named_when_it_is_the_one_exceeded() {
+        let q = Quotas {
+            max_computers: 2,
+            vcpu_commit_ratio: 2.0,
+            ram_commit_ratio: 1.0,
+            max_disk_gb_per_computer: 100,
+        };
+        let host = HostFacts {
+            cpus: 4,
+            mem_gb: 16,
+        };
+        let empty = Commitment {
+            computers: 0,
+            vcpus: 0,
+            ram_gb: 0,
+            disk_gb: 0,
+        };
+        assert!(admit(&q, host, 8, 16, &empty).is_ok());
+        let full = Commitment {
+            computers: 2,
+            ..empty
+        };
+        assert!(admit(&q, host, 1, 1, &full)
+            .unwrap_err()
+            .contains("max_computers"));
+        assert!(admit(&q, host, 9, 1, &empty)
+            .unwrap_err()
+            .contains("vcpu_commit_ratio"));
+        assert!(admit(&q, host, 1, 17, &empty)
+            .unwrap_err()
+            .contains("ram_commit_ratio"));
+        assert!(check_disk(&q, 100).is_ok());
+        assert!(check_disk(&q, 101)
+            .unwrap_err()
+            .contains("max_disk_gb_per_computer"));
+    }
+}

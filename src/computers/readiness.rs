@@ -1,0 +1,120 @@
+//! Whether each booting VM's desktop is usable yet, found by a task of its own per VM that asks the
+//! guest agent's `/health` (with one deadline per probe) until the agent says the desktop is ready.
+//! The supervisor only reads the answer: no probe ever runs under a lifecycle lock or holds up
+//! another computer, and a guest that never answers costs one sleeping task.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deskd_agent::protocol::Health;
+
+use super::agent_client::{limits, AgentCall, AgentClient};
+
+/// Deadline of one probe (connect, ask, read).
+const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+/// Pause between probes of a VM that is not ready yet.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// One VM being watched: which VMM process (a new process is a new boot), and what was found.
+struct Watch {
+    pid: i32,
+    ready: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The readiness of every booting VM.
+pub struct Readiness {
+    agents: Arc<AgentClient>,
+    watches: Mutex<HashMap<String, Watch>>,
+}
+
+impl Readiness {
+    pub fn new(agents: Arc<AgentClient>) -> Readiness {
+        Readiness {
+            agents,
+            watches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn watches(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watch>> {
+        self.watches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the desktop of computer `id`, booted by VMM process `pid`, is ready. The first call
+    /// for a boot starts its probe task (and answers false); a new pid starts over.
+    pub fn is_ready(&self, id: &str, pid: i32, socket: PathBuf) -> bool {
+        let mut watches = self.watches();
+        if let Some(w) = watches.get(id) {
+            if w.pid == pid {
+                return w.ready.load(Ordering::Acquire);
+            }
+        }
+        let ready = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(probe_until_ready(
+            self.agents.clone(),
+            socket,
+            ready.clone(),
+            id.to_string(),
+        ));
+        watches.insert(id.to_string(), Watch { pid, ready, task });
+        false
+    }
+
+    /// Stops watching `id` (it runs, stopped, or is gone).
+    pub fn forget(&self, id: &str) {
+        self.watches().remove(id);
+    }
+}
+
+/// Asks the agent until it says the desktop is ready, then records that and ends.
+async fn probe_until_ready(
+    agents: Arc<AgentClient>,
+    socket: PathBuf,
+    ready: Arc<AtomicBool>,
+    id: String,
+) {
+    loop {
+        match probe(&agents, &socket).await {
+            Ok(()) => {
+                ready.store(true, Ordering::Release);
+                return;
+            }
+            Err(why) => tracing::debug!(computer = %id, "not ready yet: {why}"),
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// One probe: `Ok` when the agent answers 200 with a health report that says ready.
+async fn probe(agents: &AgentClient, socket: &std::path::Path) -> Result<(), String> {
+    let reply = agents
+        .request(
+            socket,
+            AgentCall::get("/health", PROBE_DEADLINE, limits::HEALTH),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !reply.status.is_success() {
+        return Err(format!("the agent answered {}", reply.status));
+    }
+    let health: Health = serde_json::from_slice(&reply.body)
+        .map_err(|e| format!("the agent's health report does not parse: {e}"))?;
+    if desktop_ready(&health) {
+        Ok(())
+    } else {
+        Err("the desktop is not up yet".into())
+    }
+}
+
+fn desktop_ready(health: &Health) -> bool {
+    health.display
+}

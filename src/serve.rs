@@ -1,0 +1,247 @@
+//! `deskd serve`: the daemon's start-up and shutdown. Opens the store, makes the first key, binds
+//! the API's sockets and says READY to systemd, then re-attaches to the VMs a previous daemon left
+//! (in the background) and supervises them until SIGTERM or SIGINT.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::listen::{self, ListenError};
+use crate::api::rate_limit::RateLimiter;
+use crate::api::{router, AppState, HostFacts, DEFAULT_SOCKET, INITIAL_KEY_FILE};
+use crate::computers::{Lifecycle, VmmProcessBackend};
+use crate::config::Config;
+use crate::store::{Store, DEFAULT_DATA_DIR};
+
+/// How often the supervisor compares every computer's status with its VM.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+
+/// Options of `deskd serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Unix socket to serve the API on (created with mode 0660).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Also listen on this TCP address (e.g. 127.0.0.1:8080, for a reverse proxy).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Where the database, disks and VM files live.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Configuration file (default: /etc/deskd/deskd.toml if it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot write the first API key to {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot find the deskd executable to run VMs with: {0}")]
+    Exe(std::io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("serving failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{}", ServeError::Runtime(e));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("deskd serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // journald and log files get plain text; colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Makes a key on first start (no key ever created) and writes it to a root-only file.
+fn ensure_first_key(store: &Store, data_dir: &Path) -> Result<(), ServeError> {
+    if !store.list_keys()?.is_empty() {
+        return Ok(());
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(INITIAL_KEY_FILE);
+    let created = store.create_key("initial", None)?;
+    let write = || -> std::io::Result<()> {
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(f, "{}", created.secret)?;
+        f.sync_all()
+    };
+    write().map_err(|source| ServeError::KeyFile {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(
+        "created the first API key (id {}); it is in {} (readable by root only)",
+        created.key.id,
+        path.display()
+    );
+    Ok(())
+}
+
+async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let config = Config::load(args.config.as_deref())?;
+    let store = Arc::new(Store::open(&args.data_dir)?);
+    ensure_first_key(&store, &args.data_dir)?;
+
+    let hardware = crate::vmm::host::cpu_has_hardware_virtualization();
+    if !hardware {
+        tracing::warn!(
+            "this CPU has no hardware virtualization (no vmx/svm in /proc/cpuinfo): the API is served, \
+             but computers cannot start here. Run deskd inside the rig (tests/rig/serve) to run VMs."
+        );
+    }
+    let exe = std::env::current_exe().map_err(ServeError::Exe)?;
+    let backend = Arc::new(VmmProcessBackend::new(exe, &args.data_dir, hardware));
+    let lifecycle = Arc::new(Lifecycle::new(
+        store.clone(),
+        backend,
+        args.data_dir.clone(),
+    ));
+    let state = AppState {
+        account_id: store.account_id()?.into(),
+        store: store.clone(),
+        lifecycle: lifecycle.clone(),
+        limiter: Arc::new(RateLimiter::new(
+            config.rate_limit.requests_per_second,
+            config.rate_limit.burst,
+        )),
+        config: Arc::new(config),
+        host: HostFacts::detect(),
+    };
+    let app = router(state);
+
+    let unix = listen::bind_unix(&args.socket)?;
+    let tcp = match args.listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "listening on non-loopback {addr}: put TLS and a firewall in front of it"
+                );
+            }
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ListenError::Io {
+                        what: addr.to_string(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(
+        axum::serve(unix, app.clone())
+            .with_graceful_shutdown(shutdown(stop_rx.clone()))
+            .into_future(),
+    );
+    if let Some(tcp) = tcp {
+        servers.spawn(
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(shutdown(stop_rx.clone()))
+                .into_future(),
+        );
+    }
+    tracing::info!(
+        socket = %args.socket.display(),
+        tcp = ?args.listen,
+        data_dir = %args.data_dir.display(),
+        "deskd is serving the API"
+    );
+    listen::sd_notify("READY=1\nSTATUS=serving the API");
+    // Re-attaching to the VMs a previous daemon left and supervising them happen after the API
+    // answers, in the background: no guest, however slow, delays the start-up.
+    let supervisor = lifecycle.spawn_recovery_then_supervisor(SUPERVISE_EVERY);
+
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    let mut result = Ok(());
+    tokio::select! {
+        () = &mut signal => {}
+        Some(done) = servers.join_next() => {
+            result = match done {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServeError::Serve(e)),
+                Err(e) => Err(ServeError::Serve(std::io::Error::other(e))),
+            };
+        }
+    }
+    listen::sd_notify("STOPPING=1");
+    tracing::info!("shutting down (running VMs keep running; the next deskd re-attaches)");
+    let _ = stop_tx.send(true);
+    let drain = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some requests were still running after 10 s; leaving anyway");
+    }
+    supervisor.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process still dies on SIGTERM, just less tidily.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
