@@ -115,8 +115,7 @@ mod tests {
     fn copy_on_btrfs_is_a_reflink() {
         use std::process::Command;
         let skip = |why: &str| eprintln!("SKIPPED copy_on_btrfs_is_a_reflink: {why}");
-        // SAFETY: geteuid has no preconditions and touches no memory.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             return skip("needs root to mount a loop filesystem");
         }
         let d = tempfile::tempdir().unwrap();

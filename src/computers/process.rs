@@ -17,6 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 use crate::vmm::exit;
 
 use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
@@ -228,13 +231,13 @@ impl VmBackend for VmmProcessBackend {
         };
         if matches!(Self::alive(&mut tracked), Ok(true)) {
             // SIGTERM asks the VMM to power the guest off; SIGKILL after the grace period.
-            signal_group(tracked.pid, libc::SIGTERM);
+            signal_group(tracked.pid, Signal::SIGTERM);
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline && matches!(Self::alive(&mut tracked), Ok(true)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if matches!(Self::alive(&mut tracked), Ok(true)) {
-                signal_group(tracked.pid, libc::SIGKILL);
+                signal_group(tracked.pid, Signal::SIGKILL);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < deadline && matches!(Self::alive(&mut tracked), Ok(true)) {
                     std::thread::sleep(Duration::from_millis(20));
@@ -350,12 +353,10 @@ fn process_start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-fn signal_group(pid: i32, signal: i32) {
-    // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory of ours.
-    // The group is the VMM's own (spawned with process_group(0)), so nothing else is hit.
-    unsafe {
-        libc::kill(-pid, signal);
-    }
+/// Signals the VMM's own process group (it was spawned with `process_group(0)`, so nothing else
+/// is hit). A group that is gone already is fine.
+fn signal_group(pid: i32, signal: Signal) {
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), signal);
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {

@@ -31,21 +31,7 @@ impl Rng {
 
 /// Fills `buf` from the kernel's CSPRNG.
 fn fill_random(buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes for the whole call.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(())
+    getrandom::fill(buf).map_err(io::Error::from)
 }
 
 /// Serves one request: fill the device-writable buffers (up to [`MAX_FILL`]).

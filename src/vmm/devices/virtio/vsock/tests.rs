@@ -443,14 +443,13 @@ fn bulk_transfer_keeps_every_byte_in_order() {
 
 #[test]
 fn full_listen_backlog_refuses_instead_of_blocking() {
-    use std::os::fd::AsRawFd;
     let mem = memory();
     let mut g = Guest::new(&mem);
     let mut port_path = g.path.clone().into_os_string();
     port_path.push("_80");
     let listener = UnixListener::bind(&port_path).expect("port listener");
-    // SAFETY: listen(2) on a socket we own; only changes its backlog to the minimum.
-    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    // The smallest backlog, so that it fills at once.
+    nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
     // Nobody accepts: the queue fills after the first connection or two, and a blocking connect
     // would then stall the device thread forever.
     let mut resets = 0;
