@@ -41,17 +41,17 @@ pub async fn serial_log(
         Some(_) => return Err(ApiError::bad_request("format must be json or text.")),
     };
     let path = state.lifecycle.console_log(&c.id);
+    // The VMM caps the log by rotating it to `console.log.1`: the latest bytes may span both.
+    let mut rotated = path.clone().into_os_string();
+    rotated.push(".1");
     let read = move || -> std::io::Result<(Vec<u8>, u64)> {
-        let mut file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            // Never booted (or deleted): an empty log, not an error.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(e) => return Err(e),
-        };
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(want)))?;
-        let mut out = Vec::new();
-        file.take(want).read_to_end(&mut out)?;
+        let (mut out, len) = tail(&path, want)?;
+        if (out.len() as u64) < want {
+            let (mut older, older_len) =
+                tail(std::path::Path::new(&rotated), want - out.len() as u64)?;
+            older.append(&mut out);
+            return Ok((older, len + older_len));
+        }
         Ok((out, len))
     };
     let (bytes, size) = tokio::task::spawn_blocking(read)
@@ -73,4 +73,19 @@ pub async fn serial_log(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// The last `want` bytes of a file and its length; a missing file (never booted, deleted, never
+/// rotated) is empty.
+fn tail(path: &std::path::Path, want: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(want)))?;
+    let mut out = Vec::new();
+    file.take(want).read_to_end(&mut out)?;
+    Ok((out, len))
 }

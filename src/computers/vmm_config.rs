@@ -56,6 +56,8 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
         shutdown_timeout_secs: VMM_SHUTDOWN_TIMEOUT_SECS,
         host_decompress: true,
         exit_status_file: Some(spec.dir.join(files::EXIT_STATUS)),
+        // Capped by the VMM; its stdout and stderr (early errors, panics) also go to this file.
+        log_file: Some(spec.dir.join(files::VMM_LOG)),
     }
 }
 

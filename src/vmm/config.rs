@@ -136,6 +136,9 @@ pub struct VmConfig {
     /// supervisor that is not its parent (a restarted daemon cannot collect the exit status).
     #[serde(default)]
     pub exit_status_file: Option<PathBuf>,
+    /// File the VMM's own log goes to, capped in size (rotated to `<file>.1`); stderr otherwise.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
 }
 
 fn default_cmdline() -> String {
@@ -159,7 +162,7 @@ fn default_shutdown_timeout() -> u64 {
 pub struct VmmArgs {
     /// JSON file with the VM description: kernel, initrd, cmdline, disks [{path, read_only}],
     /// vcpus, memory_mib, vsock {socket, guest_cid}, rng, console_log, console_stdout,
-    /// control_socket, shutdown_timeout_secs, host_decompress, exit_status_file.
+    /// control_socket, shutdown_timeout_secs, host_decompress, exit_status_file, log_file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// bzImage to boot.
@@ -207,6 +210,9 @@ pub struct VmmArgs {
     /// File to write the exit status to when the VM ends (`<status> <word>`, e.g. `3 reboot`).
     #[arg(long, value_name = "PATH")]
     pub exit_status_file: Option<PathBuf>,
+    /// File for the VMM's own log, capped in size (rotated to `PATH.1`); default stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Parses `PATH` or `PATH,ro`.
@@ -253,6 +259,7 @@ impl VmConfig {
             shutdown_timeout_secs: default_shutdown_timeout(),
             host_decompress: true,
             exit_status_file: None,
+            log_file: None,
         });
         config.kernel = kernel;
         if let Some(initrd) = &args.initrd {
@@ -307,6 +314,9 @@ impl VmConfig {
         }
         if let Some(path) = &args.exit_status_file {
             config.exit_status_file = Some(path.clone());
+        }
+        if let Some(path) = &args.log_file {
+            config.log_file = Some(path.clone());
         }
         Ok(config)
     }
@@ -378,6 +388,7 @@ impl VmConfig {
             &self.console_log,
             &self.control_socket,
             &self.exit_status_file,
+            &self.log_file,
         ]
         .into_iter()
         .flatten()

@@ -161,6 +161,7 @@ mod tests {
             shutdown_timeout_secs: 1,
             host_decompress: true,
             exit_status_file: None,
+            log_file: None,
         }
     }
 

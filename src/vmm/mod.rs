@@ -21,9 +21,11 @@ pub mod vsock_client;
 
 pub(crate) mod acpi;
 pub(crate) mod arch;
+pub(crate) mod capped_log;
 pub(crate) mod device_wiring;
 pub(crate) mod devices;
 pub(crate) mod layout;
+pub(crate) mod log_limit;
 pub(crate) mod memory;
 pub(crate) mod vcpu;
 pub(crate) mod vm;
@@ -75,18 +77,33 @@ impl Controllable for Vm {
     }
 }
 
-fn init_logging() {
+/// The VMM's log goes to stderr, or to a size-capped file when one is configured (a guest can
+/// make the VMM log, so the file must not grow without end).
+fn init_logging(log_file: Option<&std::path::Path>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DESKD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let capped = log_file.map(|path| {
+        capped_log::CappedLog::open(path, capped_log::DEFAULT_CAP_BYTES).map_err(|e| (path, e))
+    });
+    let _ = match capped {
+        Some(Ok(log)) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(log))
+            .try_init(),
+        Some(Err((path, e))) => {
+            eprintln!(
+                "deskd vmm: cannot open the log file {}: {e}; logging to stderr",
+                path.display()
+            );
+            builder.with_writer(std::io::stderr).try_init()
+        }
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
 }
 
 /// Boots and runs one VM until it ends; the exit status says how it ended.
 pub fn run(args: VmmArgs) -> ExitCode {
-    init_logging();
     let started = Instant::now();
     let config = match VmConfig::from_args(&args).and_then(|c| c.validate().map(|()| c)) {
         Ok(config) => config,
@@ -95,6 +112,7 @@ pub fn run(args: VmmArgs) -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
+    init_logging(config.log_file.as_deref());
     let signal_evt = match setup_signals() {
         Ok(evt) => evt,
         Err(e) => {

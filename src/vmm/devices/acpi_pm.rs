@@ -47,7 +47,8 @@ impl BusDevice for AcpiSleep {
             tracing::info!("guest powered off (ACPI S5)");
             self.exit.request(VmExit::PowerOff);
         } else {
-            tracing::warn!("guest asked for unsupported sleep type {sleep_type}; ignored");
+            // Guest-triggerable, so never above debug.
+            tracing::debug!("guest asked for unsupported sleep type {sleep_type}; ignored");
         }
     }
 }

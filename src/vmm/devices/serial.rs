@@ -2,7 +2,7 @@
 //! the VMM's stdout. Guest input is not wired: the console is for logs; the guest agent speaks
 //! over vsock.
 
-use std::fs::{File, OpenOptions};
+use crate::vmm::capped_log::{self, CappedLog};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -32,24 +32,22 @@ impl Trigger for IrqTrigger {
 /// Where console bytes go. Write failures (full disk, closed stdout) drop the bytes: the guest
 /// must never stall or crash the VMM because of its console.
 pub struct ConsoleOutput {
-    log: Option<File>,
+    log: Option<CappedLog>,
     stdout: bool,
     reported_error: bool,
 }
 
 impl ConsoleOutput {
-    /// Appends to `log` (created if missing) and/or copies to stdout.
+    /// Appends to `log` (created if missing; capped, see [`CappedLog`]) and/or copies to stdout.
     pub fn new(log: Option<&Path>, stdout: bool) -> Result<Self, SerialError> {
         let log = match log {
             Some(path) => Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| SerialError::OpenLog {
+                CappedLog::open(path, capped_log::DEFAULT_CAP_BYTES).map_err(|source| {
+                    SerialError::OpenLog {
                         path: path.to_path_buf(),
                         source,
-                    })?,
+                    }
+                })?,
             ),
             None => None,
         };

@@ -262,7 +262,12 @@ fn serve_single_queue<F>(
             }
             let handle = |chain: &super::chain::Chain| handle(mem, chain);
             if let Err(e) = process_queue(mem, &mut queue, interrupt, max_len, handle) {
-                tracing::warn!("{name}: {e}; the device needs a reset by the driver");
+                static NEEDS_RESET: crate::vmm::log_limit::LogLimit =
+                    crate::vmm::log_limit::LogLimit::new(10_000);
+                crate::warn_limited!(
+                    NEEDS_RESET,
+                    "{name}: {e}; the device needs a reset by the driver"
+                );
                 broken = true;
                 interrupt.set_needs_reset();
             }

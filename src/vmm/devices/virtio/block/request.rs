@@ -91,7 +91,12 @@ impl Disk {
         };
         if let Err(e) = mem.write_obj(status, status_at) {
             // Unreachable for a validated chain; logged rather than trusted.
-            tracing::warn!("virtio-blk: cannot write the status byte: {e}");
+            static STATUS_WRITE: crate::vmm::log_limit::LogLimit =
+                crate::vmm::log_limit::LogLimit::new(10_000);
+            crate::warn_limited!(
+                STATUS_WRITE,
+                "virtio-blk: cannot write the status byte: {e}"
+            );
         }
         // `written` is bounded by the chain length, which Chain::parse capped at u32::MAX.
         u32::try_from(written.saturating_add(1)).unwrap_or(u32::MAX)

@@ -11,6 +11,7 @@ mod host;
 pub mod muxer;
 pub mod packet;
 
+use crate::vmm::log_limit::LogLimit;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
@@ -258,7 +259,11 @@ impl VsockWorker {
                     .and_then(|()| self.process_rx());
             }
             if let Err(e) = result {
-                tracing::warn!("vsock: {e}; the device needs a reset by the driver");
+                static NEEDS_RESET: LogLimit = LogLimit::new(10_000);
+                crate::warn_limited!(
+                    NEEDS_RESET,
+                    "vsock: {e}; the device needs a reset by the driver"
+                );
                 broken = true;
                 self.interrupt.set_needs_reset();
             }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::EventSet;
 
-use super::connection::{ConnError, Connection, HostRead, Key, State};
+use super::connection::{ConnError, Connection, HostRead, Key, State, TX_BUF_SIZE};
 use super::host::{connect_nonblocking, parse_connect};
 use super::packet::{op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use crate::vmm::devices::virtio::worker::EventLoop;
@@ -21,8 +21,14 @@ pub const LISTENER_TOKEN: u64 = 3;
 /// Tokens at or above this are host sockets: token = base + fd.
 pub const STREAM_TOKEN_BASE: u64 = 1 << 32;
 
-/// Most connections at once; a guest opening more gets RST (bounds host fds and memory).
-const MAX_CONNECTIONS: usize = 1024;
+/// Most connections at once; a guest opening more gets RST (bounds host fds and memory). Each
+/// connection may hold up to its advertised receive buffer of guest bytes that the host side has
+/// not taken yet, so this also caps what one guest can make the VMM buffer:
+/// [`MAX_BUFFERED_BYTES`]. The daemon needs a handful per VM (its agent pool, a few relays).
+const MAX_CONNECTIONS: usize = 128;
+/// Most guest bytes one VM's vsock device may hold for slow host readers.
+pub const MAX_BUFFERED_BYTES: usize = 32 << 20;
+const _: () = assert!(MAX_CONNECTIONS * TX_BUF_SIZE as usize <= MAX_BUFFERED_BYTES);
 /// Most host clients that connected but have not finished their `CONNECT` line.
 const MAX_HANDSHAKES: usize = 64;
 /// Longest accepted `CONNECT <port>\n` line.
