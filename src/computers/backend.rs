@@ -62,6 +62,9 @@ pub trait VmBackend: Send + Sync + 'static {
     fn state(&self, computer_id: &str) -> VmState;
     /// Takes over a VM left running by a previous daemon (found through its pid file).
     fn attach(&self, computer_id: &str) -> VmState;
+    /// Stops every VMM of this data directory whose computer `known` does not name (its record is
+    /// gone); returns how many.
+    fn stop_strays(&self, known: &dyn Fn(&str) -> bool) -> usize;
     /// Stops the VM and removes everything the computer had on disk.
     fn destroy(&self, computer_id: &str) -> Result<(), BackendError>;
     /// Copies a computer's disk to another computer (for clone). A computer without a disk yet

@@ -559,11 +559,20 @@ impl Lifecycle {
     /// that was in the middle of something when it stopped. One computer's trouble is logged and
     /// does not keep the others from being recovered.
     pub async fn recover(&self) -> Result<(), LifecycleError> {
-        for c in self.store.all_computers()? {
+        let computers = self.store.all_computers()?;
+        let known: std::collections::HashSet<String> =
+            computers.iter().map(|c| c.id.clone()).collect();
+        for c in computers {
             let id = c.id.clone();
             if let Err(e) = self.recover_one(c).await {
                 tracing::warn!(computer = %id, "recovery failed: {e}");
             }
+        }
+        let stopped = self
+            .blocking(move |b| b.stop_strays(&|id| known.contains(id)))
+            .await?;
+        if stopped > 0 {
+            tracing::warn!("stopped {stopped} VMMs of computers that no longer exist");
         }
         Ok(())
     }

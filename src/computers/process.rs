@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::vmm::exit;
+use crate::vmm::{exit, pidfile};
 
 use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
 use super::vmm_config::{self, files};
@@ -68,18 +69,8 @@ impl VmmProcessBackend {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_pid_file(dir: &Path, pid: i32, start_time: u64) -> std::io::Result<()> {
-        let tmp = dir.join("vmm.pid.tmp");
-        std::fs::write(&tmp, format!("{pid} {start_time}\n"))?;
-        std::fs::rename(tmp, dir.join(files::PID))
-    }
-
     fn read_pid_file(dir: &Path) -> Option<(i32, u64)> {
-        let text = std::fs::read_to_string(dir.join(files::PID)).ok()?;
-        let mut parts = text.split_whitespace();
-        let pid = parts.next()?.parse().ok()?;
-        let start = parts.next()?.parse().ok()?;
-        Some((pid, start))
+        pidfile::read(&dir.join(files::PID))
     }
 
     /// Whether the tracked process still runs (reaping it if it was our child). A reaped child's
@@ -95,7 +86,7 @@ impl VmmProcessBackend {
                 Err(e) => Err((format!("cannot watch the VMM process: {e}"), false)),
             };
         }
-        Ok(process_start_time(tracked.pid) == Some(tracked.start_time))
+        Ok(pidfile::start_time(tracked.pid) == Some(tracked.start_time))
     }
 
     /// How a VMM that was not our child ended: from the exit status it wrote (`vmm.exit`), if
@@ -163,11 +154,9 @@ impl VmBackend for VmmProcessBackend {
         vmm_config::write(&config, &config_path).map_err(|e| {
             BackendError::Process(format!("cannot write {}: {e}", config_path.display()))
         })?;
-        // Sockets left by a previous run would make the VMM's bind fail; a previous run's exit
-        // status would be taken for how this one ended.
-        for stale in [files::VSOCK, files::CONTROL, files::EXIT_STATUS] {
-            let _ = std::fs::remove_file(spec.dir.join(stale));
-        }
+        // A previous run's exit status would be taken for how this one ended. Its sockets stay:
+        // the VMM replaces stale ones itself and refuses live ones (another VMM's).
+        let _ = std::fs::remove_file(spec.dir.join(files::EXIT_STATUS));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -190,10 +179,8 @@ impl VmBackend for VmmProcessBackend {
                 BackendError::Process(format!("cannot run {} vmm: {e}", self.exe.display()))
             })?;
         let pid = child.id() as i32;
-        let start_time = process_start_time(pid).unwrap_or(0);
-        if let Err(e) = Self::write_pid_file(&spec.dir, pid, start_time) {
-            tracing::warn!(computer = %spec.computer_id, "cannot write the VMM pid file: {e}");
-        }
+        // The VMM writes its own pid file before its guest runs (and does not start without it).
+        let start_time = pidfile::start_time(pid).unwrap_or(0);
         self.procs().insert(
             spec.computer_id.clone(),
             Tracked {
@@ -281,22 +268,44 @@ impl VmBackend for VmmProcessBackend {
 
     fn attach(&self, computer_id: &str) -> VmState {
         let dir = self.dir(computer_id);
-        if let Some((pid, start_time)) = Self::read_pid_file(&dir) {
-            if process_start_time(pid) == Some(start_time) {
-                self.procs().insert(
-                    computer_id.to_string(),
-                    Tracked {
-                        pid,
-                        start_time,
-                        child: None,
-                    },
-                );
-                return self.state(computer_id);
+        let recorded = Self::read_pid_file(&dir);
+        // A VMM of this computer that its pid file does not name (the file was lost) is adopted:
+        // leaving it would mean a second VMM on the same disk at the next start.
+        let found = recorded
+            .filter(|(pid, start)| pidfile::is_alive(*pid, *start))
+            .or_else(|| self.find_vmm_of(computer_id));
+        if let Some((pid, start_time)) = found {
+            if recorded != Some((pid, start_time)) {
+                tracing::warn!(computer = %computer_id, pid, "adopting a VMM its pid file did not name");
             }
+            self.procs().insert(
+                computer_id.to_string(),
+                Tracked {
+                    pid,
+                    start_time,
+                    child: None,
+                },
+            );
+            return self.state(computer_id);
+        }
+        if recorded.is_some() {
             let _ = std::fs::remove_file(dir.join(files::PID));
             return Self::ended_without_us(&dir, "ended while deskd was down");
         }
         VmState::Absent
+    }
+
+    fn stop_strays(&self, known: &dyn Fn(&str) -> bool) -> usize {
+        let mut stopped = 0;
+        for (id, pid, _) in self.running_vmms() {
+            if known(&id) {
+                continue;
+            }
+            tracing::warn!(computer = %id, pid, "stopping a VMM of a computer deskd does not know");
+            signal_group(pid, Signal::SIGKILL);
+            stopped += 1;
+        }
+        stopped
     }
 
     fn destroy(&self, computer_id: &str) -> Result<(), BackendError> {
@@ -325,6 +334,57 @@ impl VmBackend for VmmProcessBackend {
 }
 
 impl VmmProcessBackend {
+    /// Every live `deskd vmm` process of this data directory, found by its command line
+    /// (`vmm --config <computers dir>/<id>/vmm.json`): computer id, pid, start time.
+    fn running_vmms(&self) -> Vec<(String, i32, u64)> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let Some(config) = args
+                .windows(3)
+                .find(|w| w[0] == b"vmm" && w[1] == b"--config")
+                .map(|w| std::path::Path::new(std::ffi::OsStr::from_bytes(w[2])))
+            else {
+                continue;
+            };
+            let Ok(rest) = config.strip_prefix(&self.computers_dir) else {
+                continue;
+            };
+            let mut parts = rest.components();
+            let (Some(id), Some(file), None) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if file.as_os_str() != files::CONFIG {
+                continue;
+            }
+            if let (Some(id), Some(start)) = (id.as_os_str().to_str(), pidfile::start_time(pid)) {
+                found.push((id.to_string(), pid, start));
+            }
+        }
+        found
+    }
+
+    /// The live VMM process of `computer_id`, if there is one.
+    fn find_vmm_of(&self, computer_id: &str) -> Option<(i32, u64)> {
+        self.running_vmms()
+            .into_iter()
+            .find(|(id, _, _)| id == computer_id)
+            .map(|(_, pid, start)| (pid, start))
+    }
+
     /// Hotplug needs the VMM's control channel and ACPI hotplug devices, which `deskd vmm` does
     /// not have yet: every resize is reported as not applied rather than pretended.
     fn hotplug_unsupported(change: Hotplug) -> BackendError {
@@ -338,19 +398,6 @@ impl VmmProcessBackend {
             "{what} is not supported by this deskd's VMM yet; stop the computer, or recreate it with the size you need"
         ))
     }
-}
-
-/// The start time (in clock ticks since boot, field 22 of /proc/PID/stat) of a live process.
-fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: parse after its last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); field 22 is index 19. A zombie is not alive.
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
 }
 
 /// Signals the VMM's own process group (it was spawned with `process_group(0)`, so nothing else
@@ -464,7 +511,11 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         fake_image(data.path());
         let script = data.path().join("fake-deskd");
-        fake_vmm(&script, "exec sleep 30");
+        // Like the real VMM, it writes its own pid file (its config names it) before running on.
+        fake_vmm(
+            &script,
+            "dir=$(dirname \"$3\")\necho \"$$ $(cut -d' ' -f22 /proc/$$/stat)\" > \"$dir/vmm.pid\"\nexec sleep 30",
+        );
         let b = VmmProcessBackend::new(script.clone(), data.path(), true);
         // host_check also wants /dev/kvm; skip loudly where it is missing.
         if let Err(e) = b.host_check() {
@@ -484,6 +535,40 @@ mod tests {
         b2.stop("c1", Duration::from_secs(2)).unwrap();
         assert!(matches!(b.state("c1"), VmState::Exited { .. }));
         assert_eq!(b2.state("c1"), VmState::Absent);
+    }
+
+    /// VMMs its pid files do not name are found by their command line: one of a known computer
+    /// is adopted, one of a computer that no longer exists is stopped.
+    #[test]
+    fn stray_vmms_are_adopted_or_stopped() {
+        use std::os::unix::process::CommandExt;
+        let data = tempfile::tempdir().unwrap();
+        let script = data.path().join("fake-deskd");
+        // Not `exec`: the shell's command line must keep the VMM's arguments.
+        fake_vmm(&script, "sleep 30");
+        let spawn = |id: &str| {
+            let dir = data.path().join("computers").join(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::process::Command::new(&script)
+                .arg("vmm")
+                .arg("--config")
+                .arg(dir.join(files::CONFIG))
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let mut known = spawn("c1");
+        let mut ghost = spawn("ghost");
+        let b = VmmProcessBackend::new(script.clone(), data.path(), true);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.running_vmms().len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(matches!(b.attach("c1"), VmState::Alive { pid } if pid == known.id() as i32));
+        assert_eq!(b.stop_strays(&|id| id == "c1"), 1);
+        assert!(ghost.wait().unwrap().code().is_none(), "killed by a signal");
+        b.stop("c1", Duration::from_secs(2)).unwrap();
+        let _ = known.wait();
     }
 
     /// A VMM that ends with the reboot status (a shell standing in for it, as above) is a guest
@@ -557,11 +642,5 @@ mod tests {
             strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m VM started"),
             "2026  INFO VM started"
         );
-    }
-
-    #[test]
-    fn start_time_of_self_is_known_and_of_nonsense_is_not() {
-        assert!(process_start_time(std::process::id() as i32).is_some());
-        assert!(process_start_time(i32::MAX).is_none());
     }
 }

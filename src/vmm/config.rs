@@ -139,6 +139,9 @@ pub struct VmConfig {
     /// File the VMM's own log goes to, capped in size (rotated to `<file>.1`); stderr otherwise.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// File the VMM writes `<pid> <start time>` to before the guest runs (see `vmm::pidfile`).
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
 }
 
 fn default_cmdline() -> String {
@@ -162,7 +165,8 @@ fn default_shutdown_timeout() -> u64 {
 pub struct VmmArgs {
     /// JSON file with the VM description: kernel, initrd, cmdline, disks [{path, read_only}],
     /// vcpus, memory_mib, vsock {socket, guest_cid}, rng, console_log, console_stdout,
-    /// control_socket, shutdown_timeout_secs, host_decompress, exit_status_file, log_file.
+    /// control_socket, shutdown_timeout_secs, host_decompress, exit_status_file, log_file,
+    /// pid_file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// bzImage to boot.
@@ -213,6 +217,9 @@ pub struct VmmArgs {
     /// File for the VMM's own log, capped in size (rotated to `PATH.1`); default stderr.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// File to write `<pid> <start time>` to before the guest runs.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Parses `PATH` or `PATH,ro`.
@@ -260,6 +267,7 @@ impl VmConfig {
             host_decompress: true,
             exit_status_file: None,
             log_file: None,
+            pid_file: None,
         });
         config.kernel = kernel;
         if let Some(initrd) = &args.initrd {
@@ -317,6 +325,9 @@ impl VmConfig {
         }
         if let Some(path) = &args.log_file {
             config.log_file = Some(path.clone());
+        }
+        if let Some(path) = &args.pid_file {
+            config.pid_file = Some(path.clone());
         }
         Ok(config)
     }
@@ -389,6 +400,7 @@ impl VmConfig {
             &self.control_socket,
             &self.exit_status_file,
             &self.log_file,
+            &self.pid_file,
         ]
         .into_iter()
         .flatten()

@@ -162,6 +162,7 @@ mod tests {
             host_decompress: true,
             exit_status_file: None,
             log_file: None,
+            pid_file: None,
         }
     }
 

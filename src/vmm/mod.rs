@@ -17,6 +17,7 @@ pub mod control;
 pub mod exit;
 pub mod host;
 pub mod kvmprobe;
+pub mod pidfile;
 pub mod vsock_client;
 
 pub(crate) mod acpi;
@@ -27,6 +28,7 @@ pub(crate) mod devices;
 pub(crate) mod layout;
 pub(crate) mod log_limit;
 pub(crate) mod memory;
+pub(crate) mod socket_path;
 pub(crate) mod vcpu;
 pub(crate) mod vm;
 
@@ -113,6 +115,15 @@ pub fn run(args: VmmArgs) -> ExitCode {
         }
     };
     init_logging(config.log_file.as_deref());
+    if let Some(path) = &config.pid_file {
+        if let Err(e) = pidfile::write_own(path) {
+            eprintln!(
+                "deskd vmm: cannot write the pid file {}: {e}; not starting a VM nobody could find again",
+                path.display()
+            );
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    }
     let signal_evt = match setup_signals() {
         Ok(evt) => evt,
         Err(e) => {

@@ -14,7 +14,6 @@ pub mod client;
 pub mod protocol;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,8 +29,8 @@ pub const MAX_LINE: u64 = 64 * 1024;
 /// Why the control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket { path: PathBuf },
+    #[error(transparent)]
+    SocketPath(#[from] crate::vmm::socket_path::SocketPathError),
     #[error("cannot listen on the control socket {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
     #[error("cannot start the control thread: {0}")]
@@ -89,14 +88,7 @@ impl ControlServer {
         vm: Arc<dyn Controllable>,
         wake: EventFd,
     ) -> Result<ControlServer, ControlError> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(ControlError::NotASocket {
-                    path: path.to_path_buf(),
-                });
-            }
-            let _ = std::fs::remove_file(path);
-        }
+        crate::vmm::socket_path::claim(path)?;
         let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
             path: path.to_path_buf(),
             source,
@@ -287,7 +279,10 @@ mod tests {
         let err = ControlServer::start(&path, Arc::new(Recorder::default()), wake)
             .err()
             .unwrap();
-        assert!(matches!(err, ControlError::NotASocket { .. }));
+        assert!(matches!(
+            err,
+            ControlError::SocketPath(crate::vmm::socket_path::SocketPathError::NotASocket(_))
+        ));
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
         std::fs::remove_file(&path).unwrap();
     }

@@ -6,7 +6,7 @@ mod request;
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{
@@ -56,11 +56,41 @@ pub enum BlockError {
     TooSmall { path: PathBuf },
     #[error("cannot duplicate the disk image handle: {0}")]
     Clone(#[source] io::Error),
+    #[error(
+        "disk image {path} is in use by another VMM (it holds the image's lock); stop that VM \
+         first: two VMs writing one disk would corrupt its filesystem"
+    )]
+    InUse { path: PathBuf },
+}
+
+/// Takes an exclusive, non-blocking `flock` on a writable image, so that a second VMM (an
+/// untracked one, a restarted daemon's mistake) cannot open the same disk. Filesystems without
+/// `flock` support are logged and let through: the lock is a safety net, not the only guard.
+fn lock_exclusive(file: &File, path: &Path) -> Result<Option<nix::fcntl::Flock<File>>, BlockError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    let handle = file.try_clone().map_err(BlockError::Clone)?;
+    match Flock::lock(handle, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Err(BlockError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err((_, e)) => {
+            tracing::warn!(
+                "virtio-blk: cannot lock {} ({e}); going on without the lock",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// The virtio-blk device model.
 #[derive(Debug)]
 pub struct Block {
+    /// The exclusive lock on a writable image, held as long as the device lives (and released by
+    /// the kernel when the VMM exits, however it ends).
+    _lock: Option<nix::fcntl::Flock<File>>,
     disk: Disk,
     config_space: Vec<u8>,
     worker: Option<Worker>,
@@ -82,6 +112,11 @@ impl Block {
                 },
                 source,
             })?;
+        let lock = if config.read_only {
+            None
+        } else {
+            lock_exclusive(&file, &config.path)?
+        };
         let len = file
             .metadata()
             .map_err(|source| BlockError::Size {
@@ -105,6 +140,7 @@ impl Block {
         serial.truncate(VIRTIO_BLK_ID_BYTES as usize);
         let config_space = config_space(capacity);
         Ok(Block {
+            _lock: lock,
             disk: Disk {
                 file,
                 capacity,

@@ -435,3 +435,22 @@ fn read_only_disk_refuses_discard_and_does_not_offer_it() {
     );
     assert_eq!(sectors_of(&tmp, 0, 4), pattern(0, 4));
 }
+
+#[test]
+fn a_writable_image_opens_in_one_vmm_only() {
+    let tmp = image();
+    let config = |read_only| BlockConfig {
+        path: tmp.as_path().to_path_buf(),
+        read_only,
+        serial: "x".into(),
+    };
+    let first = Block::new(config(false)).unwrap();
+    let err = Block::new(config(false)).unwrap_err();
+    assert!(matches!(err, BlockError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another VMM"), "{err}");
+    // A read-only user does not take the lock.
+    drop(Block::new(config(true)).unwrap());
+    // Once the first VMM's device is gone, the disk may be opened again.
+    drop(first);
+    drop(Block::new(config(false)).unwrap());
+}

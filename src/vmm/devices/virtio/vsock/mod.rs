@@ -7,14 +7,14 @@
 //!   socket `<uds_path>_<P>`; no listener there means the guest gets a connection reset.
 
 pub mod connection;
-mod host;
+pub(crate) mod host;
 pub mod muxer;
 pub mod packet;
 
 use crate::vmm::log_limit::LogLimit;
+use crate::vmm::socket_path::{self, SocketPathError};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,12 +51,8 @@ pub struct VsockConfig {
 pub enum VsockError {
     #[error("guest CID {0} is reserved; use 3 or more")]
     ReservedCid(u32),
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    #[error("{0} is in use by another process (it accepts connections); pick another path or stop that VM")]
-    InUse(PathBuf),
-    #[error("cannot remove the stale socket {path}: {source}")]
-    RemoveStale { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    SocketPath(#[from] SocketPathError),
     #[error("cannot listen on {path}: {source}; check that the directory exists and is writable")]
     Bind { path: PathBuf, source: io::Error },
 }
@@ -78,18 +74,7 @@ impl Vsock {
             return Err(VsockError::ReservedCid(config.guest_cid));
         }
         let path = &config.uds_path;
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(VsockError::NotASocket(path.clone()));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(VsockError::InUse(path.clone()));
-            }
-            std::fs::remove_file(path).map_err(|source| VsockError::RemoveStale {
-                path: path.clone(),
-                source,
-            })?;
-        }
+        socket_path::claim(path)?;
         let listener = UnixListener::bind(path).map_err(|source| VsockError::Bind {
             path: path.clone(),
             source,

@@ -528,11 +528,14 @@ fn socket_path_rules() {
     // A live one is not taken over.
     assert!(matches!(
         Vsock::new(config.clone()),
-        Err(VsockError::InUse(_))
+        Err(VsockError::SocketPath(SocketPathError::InUse(_)))
     ));
     drop(first);
     assert!(!path.exists(), "the socket file is removed with the device");
     // Nor is a regular file.
     std::fs::write(&path, b"data").expect("file");
-    assert!(matches!(Vsock::new(config), Err(VsockError::NotASocket(_))));
+    assert!(matches!(
+        Vsock::new(config),
+        Err(VsockError::SocketPath(SocketPathError::NotASocket(_)))
+    ));
 }
