@@ -46,6 +46,9 @@ pub struct Quotas {
     pub ram_commit_ratio: f64,
     /// Largest disk one computer may have, in GB.
     pub max_disk_gb_per_computer: u32,
+    /// GB that must stay free on the data directory's filesystem: a create or clone that would
+    /// leave less is refused (507), so a full disk never corrupts the database or a VM's disk.
+    pub min_free_disk_gb: u32,
 }
 
 /// Per-key token bucket.
@@ -86,6 +89,7 @@ impl Default for Quotas {
             vcpu_commit_ratio: 4.0,
             ram_commit_ratio: 1.5,
             max_disk_gb_per_computer: 256,
+            min_free_disk_gb: 2,
         }
     }
 }

@@ -166,7 +166,15 @@ fn admit(
 
 fn check_disk_quota(state: &AppState, disk_gb: u32) -> Result<(), ApiError> {
     quota::check_disk(&state.config.quotas, disk_gb)
-        .map_err(|e| ApiError::forbidden(e).with("code", "quota_exceeded"))
+        .map_err(|e| ApiError::forbidden(e).with("code", "quota_exceeded"))?;
+    check_free_space(state)
+}
+
+/// 507 when the data directory's filesystem is down to its reserve.
+fn check_free_space(state: &AppState) -> Result<(), ApiError> {
+    quota::check_free_space(&state.config.quotas, state.lifecycle.data_dir(), 0).map_err(|e| {
+        ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e).with("code", "insufficient_storage")
+    })
 }
 
 /// Starts a computer just made; a failure leaves it in `error` with the reason (see
@@ -310,6 +318,7 @@ pub async fn delete(
     ScopedComputer { computer: c, .. }: ScopedComputer,
 ) -> Answer {
     state.lifecycle.destroy(&c.id).await?;
+    super::storage::forget_computer(&state, &c.id);
     Ok(Json(json!({ "success": true })))
 }
 
@@ -421,6 +430,7 @@ pub async fn clone(
         ))
         .into());
     }
+    check_free_space(&state)?;
     let taken = state
         .store
         .computer_names_like(&src.workspace_id, &format!("{} (clone", src.name))?;

@@ -77,6 +77,7 @@ pub async fn delete(
     let computers = state.store.mark_workspace_deleting(&ws.id)?;
     for c in &computers {
         state.lifecycle.destroy_vm(&c.id).await?;
+        super::storage::forget_computer(&state, &c.id);
     }
     state.store.delete_workspace(&ws.id)?;
     Ok(Json(json!({ "success": true })))

@@ -69,6 +69,34 @@ pub fn admit(
     Ok(())
 }
 
+/// Whether the filesystem holding `dir` keeps at least `quotas.min_free_disk_gb` free after
+/// `needed_bytes` more are written; the error says how much is free and what to do.
+pub fn check_free_space(
+    quotas: &Quotas,
+    dir: &std::path::Path,
+    needed_bytes: u64,
+) -> Result<(), String> {
+    let stat = match nix::sys::statvfs::statvfs(dir) {
+        Ok(s) => s,
+        // A directory that cannot be measured is not refused for it: the write itself will say.
+        Err(_) => return Ok(()),
+    };
+    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+    let reserve = u64::from(quotas.min_free_disk_gb) << 30;
+    if free < needed_bytes.saturating_add(reserve) {
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        return Err(format!(
+            "Not enough disk space: the filesystem of {} has {:.1} GB free, and deskd keeps {} GB free \
+             (quotas.min_free_disk_gb){}. Delete computers or snapshots, or give the data directory more room.",
+            dir.display(),
+            gib(free),
+            quotas.min_free_disk_gb,
+            if needed_bytes > 0 { format!(" after the {:.1} GB this needs", gib(needed_bytes)) } else { String::new() }
+        ));
+    }
+    Ok(())
+}
+
 /// Whether one computer may have a disk of `disk_gb`.
 pub fn check_disk(quotas: &Quotas, disk_gb: u32) -> Result<(), String> {
     let max = quotas.max_disk_gb_per_computer;
@@ -91,6 +119,7 @@ mod tests {
             vcpu_commit_ratio: 2.0,
             ram_commit_ratio: 1.0,
             max_disk_gb_per_computer: 100,
+            min_free_disk_gb: 0,
         };
         let host = HostFacts {
             cpus: 4,
@@ -120,5 +149,13 @@ mod tests {
         assert!(check_disk(&q, 101)
             .unwrap_err()
             .contains("max_disk_gb_per_computer"));
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_free_space(&q, d.path(), 0).is_ok());
+        let greedy = Quotas {
+            min_free_disk_gb: u32::MAX,
+            ..q
+        };
+        let err = check_free_space(&greedy, d.path(), 0).unwrap_err();
+        assert!(err.contains("quotas.min_free_disk_gb"), "{err}");
     }
 }

@@ -46,6 +46,9 @@ use control::{ControlServer, Controllable};
 use exit::{VmExit, EXIT_START_FAILED};
 use vm::Vm;
 
+/// The VMM's `oom_score_adj`: well above the daemon's (systemd/deskd.service sets -500).
+const VMM_OOM_SCORE_ADJ: &str = "500";
+
 /// Eventfd the SIGTERM/SIGINT handler writes to (-1 before it exists).
 static SIGNAL_EVENTFD: AtomicI32 = AtomicI32::new(-1);
 
@@ -115,6 +118,12 @@ pub fn run(args: VmmArgs) -> ExitCode {
         }
     };
     init_logging(config.log_file.as_deref());
+    // Under memory pressure the kernel should end a VM (one computer) before the daemon (all of
+    // them): the daemon's unit lowers its own score, each VMM raises its own, which needs no
+    // privilege.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", VMM_OOM_SCORE_ADJ) {
+        tracing::debug!("cannot raise this VMM's OOM score: {e}");
+    }
     if let Some(path) = &config.pid_file {
         if let Err(e) = pidfile::write_own(path) {
             eprintln!(
