@@ -38,8 +38,13 @@ impl Run {
     }
 
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.text(), self.stderr))
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.text(),
+                self.stderr
+            )
+        })
     }
 
     #[track_caller]
@@ -100,17 +105,26 @@ fn ls_lists_nothing_then_the_computers_created() {
     let r = cli(&d, "ls", &[]).expect(OK);
     assert_eq!(r.text(), "ID  NAME  WORKSPACE  STATUS  CPU  RAM  DISK\n");
     assert!(r.stderr.contains("no computers yet"), "{}", r.stderr);
-    assert_eq!(cli(&d, "ls", &["--json"]).expect(OK).json()["computers"], serde_json::json!([]));
+    assert_eq!(
+        cli(&d, "ls", &["--json"]).expect(OK).json()["computers"],
+        serde_json::json!([])
+    );
 
     let a = create(&d, &["--name", "alpha", "--workspace", "one"]);
     let b = create(&d, &["--name", "beta", "--project", "two", "--cpu", "2"]);
     let table = cli(&d, "ls", &[]).expect(OK).text();
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
-    assert!(lines[0].starts_with("ID ") && lines[0].contains("STATUS"), "{table}");
+    assert!(
+        lines[0].starts_with("ID ") && lines[0].contains("STATUS"),
+        "{table}"
+    );
     for (c, ws, cpu) in [(&a, "one", "1"), (&b, "two", "2")] {
         let id = c["id"].as_str().unwrap();
-        let line = lines.iter().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} not in {table}"));
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} not in {table}"));
         let cells: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cells[1], c["name"].as_str().unwrap());
         assert_eq!(cells[2], ws);
@@ -120,10 +134,18 @@ fn ls_lists_nothing_then_the_computers_created() {
     let listed = cli(&d, "ls", &["--json"]).expect(OK).json();
     assert_eq!(listed["computers"].as_array().unwrap().len(), 2);
     // Filtered by workspace name or ID.
-    let only = cli(&d, "ls", &["--json", "--workspace", "two"]).expect(OK).json();
+    let only = cli(&d, "ls", &["--json", "--workspace", "two"])
+        .expect(OK)
+        .json();
     assert_eq!(only["computers"].as_array().unwrap().len(), 1);
     assert_eq!(only["computers"][0]["id"], b["id"]);
-    let by_id = cli(&d, "ls", &["--json", "--workspace", a["workspace_id"].as_str().unwrap()]).expect(OK).json();
+    let by_id = cli(
+        &d,
+        "ls",
+        &["--json", "--workspace", a["workspace_id"].as_str().unwrap()],
+    )
+    .expect(OK)
+    .json();
     assert_eq!(by_id["computers"][0]["id"], a["id"]);
     let r = cli(&d, "ls", &["--workspace", "nowhere"]).expect(NOT_FOUND);
     assert!(r.stderr.contains("nowhere"), "{}", r.stderr);
@@ -133,13 +155,33 @@ fn ls_lists_nothing_then_the_computers_created() {
 fn create_makes_the_record_with_the_options_given() {
     let d = Daemon::start();
     // No workspace yet: `default` is created.
-    let c = create(&d, &["--name", "box", "--cpu", "2", "--ram", "8", "--disk", "12",
-        "--resolution", "1920x1080x24", "--template", "system/desktop@1.0.0", "--auto-stop", "15"]);
+    let c = create(
+        &d,
+        &[
+            "--name",
+            "box",
+            "--cpu",
+            "2",
+            "--ram",
+            "8",
+            "--disk",
+            "12",
+            "--resolution",
+            "1920x1080x24",
+            "--template",
+            "system/desktop@1.0.0",
+            "--auto-stop",
+            "15",
+        ],
+    );
     let id = c["id"].as_str().unwrap();
     let stored = d.get(&format!("/api/computers/{id}")).expect(200);
     assert_eq!(stored["name"], "box");
     assert_eq!(stored["project_name"], "default");
-    assert_eq!((stored["cpu"].as_u64(), stored["ram"].as_u64()), (Some(2), Some(8)));
+    assert_eq!(
+        (stored["cpu"].as_u64(), stored["ram"].as_u64()),
+        (Some(2), Some(8))
+    );
     assert_eq!(stored["disk_size_gb"], 12);
     assert_eq!(stored["resolution"], "1920x1080x24");
     assert_eq!(stored["template_ref"], "system/desktop@1.0.0");
@@ -164,11 +206,21 @@ fn create_makes_the_record_with_the_options_given() {
     let r = cli(&d, "create", &["--name", "human"]).expect(OK);
     assert!(r.text().starts_with("id "), "{}", r.text());
     assert!(r.text().contains("\nname         human\n"), "{}", r.text());
-    let r = cli(&d, "create", &["--workspace", "0b6f2c1e-9a3d-4c2b-8e0f-1a2b3c4d5e6f"]).expect(NOT_FOUND);
+    let r = cli(
+        &d,
+        "create",
+        &["--workspace", "0b6f2c1e-9a3d-4c2b-8e0f-1a2b3c4d5e6f"],
+    )
+    .expect(NOT_FOUND);
     assert!(r.stderr.contains("no workspace has the ID"), "{}", r.stderr);
     // The daemon's own refusal, with its message.
     let r = cli(&d, "create", &["--cpu", "3"]).expect(FAILED);
-    assert!(r.stderr.starts_with("deskd: cpu must be one of 1, 2, 4, 8, 16"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("deskd: cpu must be one of 1, 2, 4, 8, 16"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stdout.is_empty());
     cli(&d, "create", &["--cpu", "lots"]).expect(USAGE);
 }
@@ -181,11 +233,20 @@ fn create_wait_fails_with_the_reason_when_the_computer_cannot_start() {
     }
     let d = Daemon::start();
     let r = cli(&d, "create", &["--name", "w", "--wait"]).expect(FAILED);
-    assert!(r.stderr.contains("the computer is in error") && r.stderr.contains("hardware virtualization"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the computer is in error")
+            && r.stderr.contains("hardware virtualization"),
+        "{}",
+        r.stderr
+    );
     // The record exists and is printed all the same.
     assert!(r.text().contains("\nname         w\n"), "{}", r.text());
     let r = cli(&d, "create", &["--name", "x"]).expect(OK);
-    assert!(r.stderr.contains("created but could not start"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("created but could not start"),
+        "{}",
+        r.stderr
+    );
     assert!(r.text().contains("status       error: "), "{}", r.text());
 }
 
@@ -201,18 +262,31 @@ fn show_finds_a_computer_by_id_name_or_instance_id() {
         assert_eq!(shown["vnc_password"], api["vnc_password"]);
     }
     let human = cli(&d, "show", &["box"]).expect(OK).text();
-    assert!(human.starts_with(&format!("id           {id}\nname         box\n")), "{human}");
+    assert!(
+        human.starts_with(&format!("id           {id}\nname         box\n")),
+        "{human}"
+    );
     assert!(human.contains("\nworkspace    default ("), "{human}");
-    assert!(!human.contains(api["vnc_password"].as_str().unwrap()), "no secrets in the summary");
+    assert!(
+        !human.contains(api["vnc_password"].as_str().unwrap()),
+        "no secrets in the summary"
+    );
 
     let r = cli(&d, "show", &["nobody"]).expect(NOT_FOUND);
     assert!(r.stderr.contains("\"nobody\""), "{}", r.stderr);
     let r = cli(&d, "show", &["0b6f2c1e-9a3d-4c2b-8e0f-1a2b3c4d5e6f"]).expect(NOT_FOUND);
-    assert_eq!(r.stderr, "deskd: Computer not found\n", "the daemon's message");
+    assert_eq!(
+        r.stderr, "deskd: Computer not found\n",
+        "the daemon's message"
+    );
     // The same name in two workspaces needs the ID.
     create(&d, &["--name", "box", "--workspace", "other"]);
     let r = cli(&d, "show", &["box"]).expect(USAGE);
-    assert!(r.stderr.contains("2 computers are named \"box\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("2 computers are named \"box\""),
+        "{}",
+        r.stderr
+    );
     cli(&d, "show", &[]).expect(USAGE);
 }
 
@@ -231,10 +305,21 @@ fn stop_start_rm_say_what_happened() {
         eprintln!("SKIPPED start failure: this host has hardware virtualization");
     } else {
         let r = cli(&d, "start", &[id]).expect(FAILED);
-        assert!(r.stderr.contains("could not be started") && r.stderr.contains("hardware virtualization"), "{}", r.stderr);
-        assert_eq!(d.get(&format!("/api/computers/{id}")).expect(200)["status"], "error");
+        assert!(
+            r.stderr.contains("could not be started")
+                && r.stderr.contains("hardware virtualization"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(
+            d.get(&format!("/api/computers/{id}")).expect(200)["status"],
+            "error"
+        );
         let stopped = cli(&d, "stop", &["--json", id]).expect(OK).json();
-        assert_eq!((stopped["success"].as_bool(), stopped["status"].as_str()), (Some(true), Some("stopped")));
+        assert_eq!(
+            (stopped["success"].as_bool(), stopped["status"].as_str()),
+            (Some(true), Some("stopped"))
+        );
     }
     let r = cli(&d, "rm", &["box"]).expect(OK);
     assert_eq!(r.text(), format!("{id} deleted\n"));
@@ -245,7 +330,8 @@ fn stop_start_rm_say_what_happened() {
     let other = create(&d, &["--name", "two"]);
     let r = cli(&d, "rm", &["--json", "two"]).expect(OK).json();
     assert_eq!(r["success"], true);
-    d.get(&format!("/api/computers/{}", other["id"].as_str().unwrap())).expect(404);
+    d.get(&format!("/api/computers/{}", other["id"].as_str().unwrap()))
+        .expect(404);
 }
 
 #[test]
@@ -257,23 +343,51 @@ fn the_key_comes_from_the_flag_the_environment_or_roots_key_file() {
     run(ls().env("ORGO_API_KEY", &d.key)).expect(OK);
     run(ls().arg("--api-key").arg(&d.key)).expect(OK);
     // DESKD_API_KEY comes before ORGO_API_KEY, the flag before both.
-    run(ls().env("DESKD_API_KEY", &d.key).env("ORGO_API_KEY", "sk_live_wrong")).expect(OK);
-    let r = run(ls().env("DESKD_API_KEY", "sk_live_wrong").env("ORGO_API_KEY", &d.key)).expect(AUTH);
-    assert_eq!(r.stderr, "deskd: Invalid API key. (the key came from $DESKD_API_KEY)\n");
-    run(ls().env("DESKD_API_KEY", "sk_live_wrong").arg("--api-key").arg(&d.key)).expect(OK);
+    run(ls()
+        .env("DESKD_API_KEY", &d.key)
+        .env("ORGO_API_KEY", "sk_live_wrong"))
+    .expect(OK);
+    let r = run(ls()
+        .env("DESKD_API_KEY", "sk_live_wrong")
+        .env("ORGO_API_KEY", &d.key))
+    .expect(AUTH);
+    assert_eq!(
+        r.stderr,
+        "deskd: Invalid API key. (the key came from $DESKD_API_KEY)\n"
+    );
+    run(ls()
+        .env("DESKD_API_KEY", "sk_live_wrong")
+        .arg("--api-key")
+        .arg(&d.key))
+    .expect(OK);
     let r = run(ls().arg("--api-key").arg("sk_live_wrong")).expect(AUTH);
-    assert!(r.stderr.contains("Invalid API key") && r.stderr.contains("--api-key"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Invalid API key") && r.stderr.contains("--api-key"),
+        "{}",
+        r.stderr
+    );
 
     // No key anywhere: a clear message before anything is sent.
     let empty = tempfile::tempdir().unwrap();
-    let r = run(bare(Path::new("/nonexistent/sock"), "ls", &[]).arg("--data-dir").arg(empty.path())).expect(AUTH);
-    assert!(r.stderr.starts_with("deskd: no API key: pass --api-key KEY or set DESKD_API_KEY"), "{}", r.stderr);
+    let r = run(bare(Path::new("/nonexistent/sock"), "ls", &[])
+        .arg("--data-dir")
+        .arg(empty.path()))
+    .expect(AUTH);
+    assert!(
+        r.stderr
+            .starts_with("deskd: no API key: pass --api-key KEY or set DESKD_API_KEY"),
+        "{}",
+        r.stderr
+    );
 
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED the key file test: it needs root (the file is root-only)");
         return;
     }
-    let r = run(bare(&d.socket, "ls", &["--json"]).arg("--data-dir").arg(&d.data)).expect(OK);
+    let r = run(bare(&d.socket, "ls", &["--json"])
+        .arg("--data-dir")
+        .arg(&d.data))
+    .expect(OK);
     assert!(r.json()["computers"].is_array());
     // Not root: the file is not read, and the message says why.
     let nobody = bare(&d.socket, "ls", &[])
@@ -298,10 +412,18 @@ fn no_daemon_means_exit_3_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("deskd.sock");
     let run = |socket: &Path, verb: &str, args: &[&str]| -> Run {
-        bare(socket, verb, args).env("DESKD_API_KEY", "sk_live_x").output().expect("run deskd").into()
+        bare(socket, verb, args)
+            .env("DESKD_API_KEY", "sk_live_x")
+            .output()
+            .expect("run deskd")
+            .into()
     };
     let r = run(&missing, "ls", &[]).expect(UNREACHABLE);
-    assert!(r.stderr.contains("no socket at") && r.stderr.contains("deskd serve"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no socket at") && r.stderr.contains("deskd serve"),
+        "{}",
+        r.stderr
+    );
     // A socket file nobody listens on (a daemon that died).
     drop(std::os::unix::net::UnixListener::bind(&missing).unwrap());
     let r = run(&missing, "show", &["box"]).expect(UNREACHABLE);
@@ -332,14 +454,24 @@ fn screenshot_bash_console_on_a_computer_that_is_not_running() {
     let file_arg = file.to_str().unwrap();
 
     let r = cli(&d, "screenshot", &["box", "-o", file_arg]).expect(FAILED);
-    assert_eq!(r.stderr, "deskd: Desktop instance not available (the computer's status is stopped)\n");
+    assert_eq!(
+        r.stderr,
+        "deskd: Desktop instance not available (the computer's status is stopped)\n"
+    );
     assert!(!file.exists(), "no file for a failed screenshot");
     let r = cli(&d, "screenshot", &[id]).expect(FAILED);
-    assert!(r.stdout.is_empty() && r.stderr.contains("Desktop instance not available"), "{}", r.stderr);
+    assert!(
+        r.stdout.is_empty() && r.stderr.contains("Desktop instance not available"),
+        "{}",
+        r.stderr
+    );
 
     let r = cli(&d, "bash", &["box", "--", "echo", "hi"]).expect(BASH_FAILED);
     assert!(r.stdout.is_empty());
-    assert_eq!(r.stderr, "deskd: Desktop instance not available (the computer's status is stopped)\n");
+    assert_eq!(
+        r.stderr,
+        "deskd: Desktop instance not available (the computer's status is stopped)\n"
+    );
     cli(&d, "bash", &["box"]).expect(USAGE);
     let r = cli(&d, "bash", &["nobody", "--", "true"]).expect(BASH_FAILED);
     assert!(r.stderr.contains("\"nobody\""), "{}", r.stderr);
@@ -349,11 +481,17 @@ fn screenshot_bash_console_on_a_computer_that_is_not_running() {
     if !kvm_capable() {
         assert!(r.stdout.is_empty(), "{}", r.text());
     }
-    let log = cli(&d, "console", &["--json", "--tail", "100", id]).expect(OK).json();
+    let log = cli(&d, "console", &["--json", "--tail", "100", id])
+        .expect(OK)
+        .json();
     assert_eq!(log["id"], id);
     assert!(log["log"].is_string() && log["size"].is_u64(), "{log}");
     let r = cli(&d, "console", &["box", "--tail", "0"]).expect(FAILED);
-    assert!(r.stderr.contains("bytes must be a whole number"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bytes must be a whole number"),
+        "{}",
+        r.stderr
+    );
     cli(&d, "console", &["box", "--follow", "--json"]).expect(USAGE);
     cli(&d, "console", &["nobody"]).expect(NOT_FOUND);
 }
@@ -378,7 +516,10 @@ fn screenshot_will_not_write_an_image_to_a_terminal() {
         .expect("run script");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(USAGE), "{text}");
-    assert!(text.contains("refusing to write image bytes to a terminal"), "{text}");
+    assert!(
+        text.contains("refusing to write image bytes to a terminal"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -393,8 +534,16 @@ fn console_prints_the_serial_log_and_follows_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("console.log");
     std::fs::write(&path, "Linux version 6.1\nboot: é ok\n").unwrap();
-    assert_eq!(cli(&d, "console", &["box"]).expect(OK).text(), "Linux version 6.1\nboot: é ok\n");
-    assert_eq!(cli(&d, "console", &["box", "--tail", "4"]).expect(OK).stdout, b" ok\n");
+    assert_eq!(
+        cli(&d, "console", &["box"]).expect(OK).text(),
+        "Linux version 6.1\nboot: é ok\n"
+    );
+    assert_eq!(
+        cli(&d, "console", &["box", "--tail", "4"])
+            .expect(OK)
+            .stdout,
+        b" ok\n"
+    );
 
     let mut child = bare(&d.socket, "console", &["box", "--follow", "--tail", "12"])
         .env("DESKD_API_KEY", &d.key)
@@ -424,9 +573,22 @@ fn console_prints_the_serial_log_and_follows_it() {
         }
         String::from_utf8_lossy(&seen).into_owned()
     };
-    assert_eq!(read_until("ok\n"), "boot: é ok\n", "the first answer honours --tail");
-    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"login: ").unwrap();
-    assert_eq!(read_until("login: "), "boot: é ok\nlogin: ", "only what grew, once");
+    assert_eq!(
+        read_until("ok\n"),
+        "boot: é ok\n",
+        "the first answer honours --tail"
+    );
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"login: ")
+        .unwrap();
+    assert_eq!(
+        read_until("login: "),
+        "boot: é ok\nlogin: ",
+        "only what grew, once"
+    );
     // A new boot starts the log anew: all of it is printed.
     std::fs::write(&path, "again\n").unwrap();
     assert_eq!(read_until("again\n"), "boot: é ok\nlogin: again\n");

@@ -46,11 +46,18 @@ impl Client {
     }
 
     /// Sends one request (`path` starts with `/api/`); any status comes back as a [`Reply`].
-    pub fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Reply, CliError> {
+    pub fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, CliError> {
         let uri: hyper::Uri = hyperlocal::Uri::new(&self.socket, path).into();
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
+            // Otherwise the Host header would be the hex-encoded socket path.
+            .header("host", "deskd")
             .header("authorization", format!("Bearer {}", self.key.secret));
         let bytes = match body {
             Some(v) => {
@@ -86,7 +93,12 @@ impl Client {
 
     /// Sends one request and returns the JSON of a 2xx answer; any other answer is an error
     /// with the daemon's message.
-    pub fn json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+    pub fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CliError> {
         let reply = self.ok(method, path, body)?;
         serde_json::from_slice(&reply.body).map_err(|e| {
             CliError::Failed(format!(

@@ -30,7 +30,10 @@ pub fn computer_id(client: &Client, named: &str) -> Result<String, CliError> {
     if is_uuid(named) {
         return Ok(named.to_string());
     }
-    let all = list_of(&client.json(Method::GET, "/api/computers", None)?, "computers");
+    let all = list_of(
+        &client.json(Method::GET, "/api/computers", None)?,
+        "computers",
+    );
     let matches: Vec<&Value> = all
         .iter()
         .filter(|c| c["name"].as_str() == Some(named) || c["instance_id"].as_str() == Some(named))
@@ -69,7 +72,10 @@ pub fn ls(client: &Client, args: &LsArgs) -> Result<(), CliError> {
 
 /// The ID of an existing workspace, by ID or name.
 fn workspace_id(client: &Client, named: &str) -> Result<String, CliError> {
-    let all = list_of(&client.json(Method::GET, "/api/workspaces", None)?, "workspaces");
+    let all = list_of(
+        &client.json(Method::GET, "/api/workspaces", None)?,
+        "workspaces",
+    );
     all.iter()
         .find(|w| w["id"].as_str() == Some(named))
         .or_else(|| all.iter().find(|w| w["name"].as_str() == Some(named)))
@@ -83,12 +89,23 @@ fn workspace_id(client: &Client, named: &str) -> Result<String, CliError> {
 
 /// The workspace a new computer goes to: the one named (created when a name is new), else the
 /// only one there is, else `default` (created when missing).
-fn workspace_for_create(client: &Client, named: Option<&str>, quiet: bool) -> Result<String, CliError> {
-    let all = list_of(&client.json(Method::GET, "/api/workspaces", None)?, "workspaces");
+fn workspace_for_create(
+    client: &Client,
+    named: Option<&str>,
+    quiet: bool,
+) -> Result<String, CliError> {
+    let all = list_of(
+        &client.json(Method::GET, "/api/workspaces", None)?,
+        "workspaces",
+    );
     let by_name = |n: &str| all.iter().find(|w| w["name"].as_str() == Some(n));
     let name = match named {
         Some(n) => {
-            if let Some(w) = all.iter().find(|w| w["id"].as_str() == Some(n)).or_else(|| by_name(n)) {
+            if let Some(w) = all
+                .iter()
+                .find(|w| w["id"].as_str() == Some(n))
+                .or_else(|| by_name(n))
+            {
                 return Ok(output::text(w, "id"));
             }
             if is_uuid(n) {
@@ -113,9 +130,16 @@ fn workspace_for_create(client: &Client, named: Option<&str>, quiet: bool) -> Re
             }
         },
     };
-    let created = client.json(Method::POST, "/api/workspaces", Some(&json!({ "name": name })))?;
+    let created = client.json(
+        Method::POST,
+        "/api/workspaces",
+        Some(&json!({ "name": name })),
+    )?;
     if !quiet {
-        eprintln!("deskd: created workspace {name:?} ({})", output::text(&created, "id"));
+        eprintln!(
+            "deskd: created workspace {name:?} ({})",
+            output::text(&created, "id")
+        );
     }
     Ok(output::text(&created, "id"))
 }
@@ -274,7 +298,10 @@ fn wait_for(
             }
             Progress::OnItsWay => {
                 if !said && !quiet {
-                    eprintln!("deskd: waiting for {id} to be {target} (now {})", output::text(&c, "status"));
+                    eprintln!(
+                        "deskd: waiting for {id} to be {target} (now {})",
+                        output::text(&c, "status")
+                    );
                     said = true;
                 }
                 std::thread::sleep(POLL);
@@ -297,8 +324,14 @@ mod tests {
             progress(&c("error"), "running"),
             Progress::Failed("the computer is in error: why".into())
         );
-        assert!(matches!(progress(&c("stopped"), "running"), Progress::Failed(_)));
-        assert!(matches!(progress(&c("deleting"), "stopped"), Progress::Failed(_)));
+        assert!(matches!(
+            progress(&c("stopped"), "running"),
+            Progress::Failed(_)
+        ));
+        assert!(matches!(
+            progress(&c("deleting"), "stopped"),
+            Progress::Failed(_)
+        ));
     }
 
     #[test]

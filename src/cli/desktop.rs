@@ -51,7 +51,10 @@ pub fn screenshot(client: &Client, args: &ScreenshotArgs) -> Result<(), CliError
         .map_err(|e| CliError::Failed(format!("the daemon's screenshot is not base64: {e}")))?;
     if let Some(path) = &args.output {
         std::fs::write(path, &bytes).map_err(|e| {
-            CliError::Failed(format!("cannot write the screenshot to {}: {e}", path.display()))
+            CliError::Failed(format!(
+                "cannot write the screenshot to {}: {e}",
+                path.display()
+            ))
         })?;
     }
     if args.target.conn.json {
@@ -91,9 +94,15 @@ pub fn bash(client: &Client, args: &BashArgs) -> Result<u8, CliError> {
     };
     let body = serde_json::to_value(&request)
         .map_err(|e| CliError::Failed(format!("cannot encode the request: {e}")))?;
-    let answer = client.json(Method::POST, &format!("/api/computers/{id}/bash"), Some(&body))?;
+    let answer = client.json(
+        Method::POST,
+        &format!("/api/computers/{id}/bash"),
+        Some(&body),
+    )?;
     let ran: BashResponse = serde_json::from_value(answer.clone()).map_err(|e| {
-        CliError::Failed(format!("the daemon's bash answer has an unexpected shape ({e}): {answer}"))
+        CliError::Failed(format!(
+            "the daemon's bash answer has an unexpected shape ({e}): {answer}"
+        ))
     })?;
     if args.target.conn.json {
         output::json(&answer)?;
@@ -125,7 +134,11 @@ pub fn console(client: &Client, args: &ConsoleArgs) -> Result<(), CliError> {
     loop {
         // Every poll asks for the whole tail (a local socket makes that cheap) and prints what
         // grew since the last one, by the log's size in bytes.
-        let answer = client.json(Method::GET, &format!("/api/computers/{id}/console?bytes={CONSOLE_MAX}"), None)?;
+        let answer = client.json(
+            Method::GET,
+            &format!("/api/computers/{id}/console?bytes={CONSOLE_MAX}"),
+            None,
+        )?;
         let log = answer.get("log").and_then(Value::as_str).unwrap_or("");
         let size = answer.get("size").and_then(Value::as_u64).unwrap_or(0);
         let fresh = match seen {

@@ -76,6 +76,9 @@ mod tests {
             exit::UNREACHABLE
         );
         assert_eq!(CliError::Usage(String::new()).exit_code(), exit::USAGE);
-        assert_eq!(CliError::TimedOut(String::new()).exit_code(), exit::TIMED_OUT);
+        assert_eq!(
+            CliError::TimedOut(String::new()).exit_code(),
+            exit::TIMED_OUT
+        );
     }
 }

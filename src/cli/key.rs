@@ -78,12 +78,21 @@ mod tests {
         std::fs::write(dir.path().join(INITIAL_KEY_FILE), "sk_live_file\n").unwrap();
         let both = env_of(&[("DESKD_API_KEY", "sk_d"), ("ORGO_API_KEY", "sk_o")]);
         let k = resolve(Some("sk_flag"), &both, dir.path(), true).unwrap();
-        assert_eq!((k.secret.as_str(), k.source.as_str()), ("sk_flag", "--api-key"));
+        assert_eq!(
+            (k.secret.as_str(), k.source.as_str()),
+            ("sk_flag", "--api-key")
+        );
         let k = resolve(None, &both, dir.path(), true).unwrap();
-        assert_eq!((k.secret.as_str(), k.source.as_str()), ("sk_d", "$DESKD_API_KEY"));
+        assert_eq!(
+            (k.secret.as_str(), k.source.as_str()),
+            ("sk_d", "$DESKD_API_KEY")
+        );
         let orgo = env_of(&[("DESKD_API_KEY", " "), ("ORGO_API_KEY", "sk_o")]);
         let k = resolve(None, orgo, dir.path(), true).unwrap();
-        assert_eq!((k.secret.as_str(), k.source.as_str()), ("sk_o", "$ORGO_API_KEY"));
+        assert_eq!(
+            (k.secret.as_str(), k.source.as_str()),
+            ("sk_o", "$ORGO_API_KEY")
+        );
         let k = resolve(Some(""), env_of(&[]), dir.path(), true).unwrap();
         assert_eq!(k.secret, "sk_live_file", "the file's newline is trimmed");
     }
@@ -95,7 +104,10 @@ mod tests {
         let err = resolve(None, env_of(&[]), dir.path(), false).unwrap_err();
         assert!(matches!(err, CliError::NoKey(_)));
         let msg = err.to_string();
-        assert!(msg.contains("DESKD_API_KEY") && msg.contains("Run as root"), "{msg}");
+        assert!(
+            msg.contains("DESKD_API_KEY") && msg.contains("Run as root"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -104,6 +116,9 @@ mod tests {
         let msg = resolve(None, env_of(&[]), dir.path(), true)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains(INITIAL_KEY_FILE) && msg.contains("--data-dir"), "{msg}");
+        assert!(
+            msg.contains(INITIAL_KEY_FILE) && msg.contains("--data-dir"),
+            "{msg}"
+        );
     }
 }

@@ -116,9 +116,18 @@ mod tests {
         ]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert_eq!(lines[0], "ID  NAME       WORKSPACE  STATUS   CPU  RAM    DISK");
-        assert_eq!(lines[1], "a   long-name  w          error    1    4 GB   8 GB");
-        assert_eq!(lines[2], "bb  x          w          running  16   64 GB  100 GB");
+        assert_eq!(
+            lines[0],
+            "ID  NAME       WORKSPACE  STATUS   CPU  RAM    DISK"
+        );
+        assert_eq!(
+            lines[1],
+            "a   long-name  w          error    1    4 GB   8 GB"
+        );
+        assert_eq!(
+            lines[2],
+            "bb  x          w          running  16   64 GB  100 GB"
+        );
     }
 
     #[test]
@@ -128,10 +137,15 @@ mod tests {
 
     #[test]
     fn the_summary_shows_why_a_computer_is_in_error() {
-        let s = summary(&json!({"id": "i", "status": "error", "status_reason": "no KVM",
-                                "auto_stop_minutes": null, "vnc_password": "secret"}));
+        let s = summary(
+            &json!({"id": "i", "status": "error", "status_reason": "no KVM",
+                                "auto_stop_minutes": null, "vnc_password": "secret"}),
+        );
         assert!(s.contains("status       error: no KVM\n"), "{s}");
         assert!(s.contains("auto_stop    off\n"), "{s}");
-        assert!(!s.contains("secret"), "the VNC password stays out of the summary: {s}");
+        assert!(
+            !s.contains("secret"),
+            "the VNC password stays out of the summary: {s}"
+        );
     }
 }
