@@ -65,7 +65,12 @@ pub fn ls(client: &Client, args: &LsArgs) -> Result<(), CliError> {
     }
     let computers = list_of(&answer, "computers");
     if computers.is_empty() {
-        eprintln!("deskd: no computers yet (`deskd create` makes one)");
+        let here = if args.workspace.is_some() {
+            " in that workspace"
+        } else {
+            ""
+        };
+        eprintln!("deskd: no computers{here} yet (`deskd create` makes one)");
     }
     output::stdout(output::table(&computers).as_bytes())
 }
