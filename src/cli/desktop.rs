@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::client::Client;
 use super::computers::computer_id;
 use super::error::{exit, CliError};
+use super::follow::Follower;
 use super::{output, BashArgs, ConsoleArgs, ImageFormat, ScreenshotArgs};
 
 /// How often `console --follow` asks for more.
@@ -130,10 +131,9 @@ pub fn console(client: &Client, args: &ConsoleArgs) -> Result<(), CliError> {
         let reply = client.ok(Method::GET, &format!("{path}&format=text"), None)?;
         return output::stdout(&reply.body);
     }
-    let mut seen = None;
+    let mut follower = Follower::new(bytes);
     loop {
-        // Every poll asks for the whole tail (a local socket makes that cheap) and prints what
-        // grew since the last one, by the log's size in bytes.
+        // Every poll asks for the whole tail (a local socket makes that cheap).
         let answer = client.json(
             Method::GET,
             &format!("/api/computers/{id}/console?bytes={CONSOLE_MAX}"),
@@ -141,34 +141,9 @@ pub fn console(client: &Client, args: &ConsoleArgs) -> Result<(), CliError> {
         )?;
         let log = answer.get("log").and_then(Value::as_str).unwrap_or("");
         let size = answer.get("size").and_then(Value::as_u64).unwrap_or(0);
-        let fresh = match seen {
-            // The first answer honours --tail.
-            None => tail(log, bytes),
-            Some(before) => new_part(log, before, size),
-        };
-        output::stdout(fresh.as_bytes())?;
-        seen = Some(size);
+        output::stdout(follower.fresh(log, size).as_bytes())?;
         std::thread::sleep(FOLLOW_POLL);
     }
-}
-
-/// The last `n` bytes of `log`, cut forward to a character boundary.
-fn tail(log: &str, n: u64) -> &str {
-    let n = usize::try_from(n).unwrap_or(usize::MAX).min(log.len());
-    let mut start = log.len() - n;
-    while !log.is_char_boundary(start) {
-        start += 1;
-    }
-    &log[start..]
-}
-
-/// What a log of `size` bytes whose tail is `log` holds past the `before` bytes already printed.
-/// A shorter log was started anew (a new boot): all of it is new.
-fn new_part(log: &str, before: u64, size: u64) -> &str {
-    if size < before {
-        return log;
-    }
-    tail(log, size - before)
 }
 
 #[cfg(test)]
@@ -185,17 +160,5 @@ mod tests {
             "sh -c 'exit 7'"
         );
         assert!(shell_line(&words(&["a\0b", "c"])).is_err());
-    }
-
-    #[test]
-    fn following_prints_only_what_grew() {
-        assert_eq!(new_part("hello world", 5, 11), " world");
-        assert_eq!(new_part("hello", 5, 5), "");
-        assert_eq!(new_part("new boot", 100, 8), "new boot", "a restarted log");
-        // Only the tail came back: what grew is its end.
-        assert_eq!(new_part("llo", 10, 13), "llo");
-        assert_eq!(tail("aé", 1), "", "no cut inside a character");
-        assert_eq!(tail("aé", 2), "é");
-        assert_eq!(tail("abc", 99), "abc");
     }
 }

@@ -3,13 +3,14 @@
 //!
 //! Layout: this file holds the clap definitions and the dispatch; `client` (HTTP over the
 //! socket), `key` (where the API key comes from), `error` (the one error type and the exit
-//! codes), `output` (tables, summaries, stdout), `computers` (the lifecycle verbs) and `desktop`
-//! (screenshot, bash, console).
+//! codes), `output` (tables, summaries, stdout), `computers` (the lifecycle verbs), `desktop`
+//! (screenshot, bash, console) and `follow` (what `console --follow` prints next).
 
 mod client;
 mod computers;
 mod desktop;
 mod error;
+mod follow;
 mod key;
 mod output;
 
