@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
+use hyperlocal::UnixConnector;
+use tower_service::Service;
 
 struct Daemon {
     child: Child,
@@ -69,13 +70,17 @@ fn start_daemon() -> Daemon {
     }
 }
 
+/// One keep-alive connection, used by one task one request at a time. hyperlocal's connector
+/// opens it; hyper's own HTTP/1 connection drives it without a pool in between, so the figures
+/// measure the daemon and not a client-side pool.
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn connect(socket: &Path) -> Sender {
-    let stream = tokio::net::UnixStream::connect(socket)
+    let stream = UnixConnector
+        .call(hyperlocal::Uri::new(socket, "/").into())
         .await
         .expect("connect");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(stream)
         .await
         .expect("handshake");
     tokio::spawn(conn);

@@ -2,6 +2,7 @@
 //!
 //! Layout (see `../shared/design/architecture.md`):
 //! - `api`: the HTTP API (routes, auth, errors, websockets) served by `deskd serve`.
+//! - `cli`: the operator's command line (`deskd ls`, `create`, `bash`, ...), a client of that API.
 //! - `store`: SQLite state (keys, workspaces, computers, ...).
 //! - `computers`: lifecycle of computers and supervision of their VMM processes.
 //! - `vmm`: the embedded virtual machine monitor run as `deskd vmm` (one process per VM).
@@ -9,6 +10,7 @@
 //! - `config`: the daemon's configuration file (quotas, public URL, limits).
 
 pub mod api;
+pub mod cli;
 pub mod computers;
 pub mod config;
 pub mod serve;

@@ -1,4 +1,5 @@
-//! The `deskd` command line: one binary for the daemon, its VMM processes and admin commands.
+//! The `deskd` command line: one binary for the daemon, its VMM processes, admin commands and
+//! the operator's client verbs (`src/cli`).
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ enum Command {
     Vmm(Box<deskd::vmm::VmmArgs>),
     /// Run a tiny real-mode guest on /dev/kvm and report its instruction rate.
     ProbeKvm(deskd::vmm::kvmprobe::ProbeArgs),
+    #[command(flatten)]
+    Client(deskd::cli::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +38,6 @@ fn main() -> ExitCode {
         Command::Keys(cmd) => deskd::store::keys_command(cmd),
         Command::Vmm(args) => deskd::vmm::run(*args),
         Command::ProbeKvm(args) => deskd::vmm::kvmprobe::run(args),
+        Command::Client(cmd) => deskd::cli::run(cmd),
     }
 }
