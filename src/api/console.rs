@@ -46,13 +46,15 @@ pub async fn serial_log(
     rotated.push(".1");
     let read = move || -> std::io::Result<(Vec<u8>, u64)> {
         let (mut out, len) = tail(&path, want)?;
+        // `size` counts both files, whether or not the answer reaches into the older one.
+        let rotated = std::path::Path::new(&rotated);
+        let older_len = std::fs::metadata(rotated).map(|m| m.len()).unwrap_or(0);
         if (out.len() as u64) < want {
-            let (mut older, older_len) =
-                tail(std::path::Path::new(&rotated), want - out.len() as u64)?;
+            let (mut older, _) = tail(rotated, want - out.len() as u64)?;
             older.append(&mut out);
             return Ok((older, len + older_len));
         }
-        Ok((out, len))
+        Ok((out, len + older_len))
     };
     let (bytes, size) = tokio::task::spawn_blocking(read)
         .await
