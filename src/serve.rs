@@ -2,7 +2,6 @@
 //! the API's sockets and says READY to systemd, then re-attaches to the VMs a previous daemon left
 //! (in the background) and supervises them until SIGTERM or SIGINT.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,11 +10,14 @@ use std::time::Duration;
 
 use crate::api::listen::{self, ListenError};
 use crate::api::rate_limit::RateLimiter;
+use crate::api::server;
 use crate::api::{router, AppState, HostFacts, DEFAULT_SOCKET, INITIAL_KEY_FILE};
 use crate::computers::{Lifecycle, VmmProcessBackend};
 use crate::config::Config;
 use crate::store::{Store, DEFAULT_DATA_DIR};
 
+/// How long requests still running at shutdown may take to finish.
+const DRAIN: Duration = Duration::from_secs(10);
 /// How often the supervisor compares every computer's status with its VM.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 
@@ -175,21 +177,10 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(
-        axum::serve(unix, app.clone())
-            .with_graceful_shutdown(shutdown(stop_rx.clone()))
-            .into_future(),
-    );
+    servers.spawn(server::serve(unix, app.clone(), stop_rx.clone(), DRAIN));
     if let Some(tcp) = tcp {
-        servers.spawn(
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(shutdown(stop_rx.clone()))
-                .into_future(),
-        );
+        servers.spawn(server::serve(tcp, app, stop_rx.clone(), DRAIN));
     }
     tracing::info!(
         socket = %args.socket.display(),
@@ -209,8 +200,7 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
         () = &mut signal => {}
         Some(done) = servers.join_next() => {
             result = match done {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ServeError::Serve(e)),
+                Ok(()) => Err(ServeError::Serve(std::io::Error::other("a listener stopped"))),
                 Err(e) => Err(ServeError::Serve(std::io::Error::other(e))),
             };
         }
@@ -218,13 +208,9 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     listen::sd_notify("STOPPING=1");
     tracing::info!("shutting down (running VMs keep running; the next deskd re-attaches)");
     let _ = stop_tx.send(true);
+    // Each server lets its requests finish for DRAIN; this is only the backstop.
     let drain = async { while servers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("some requests were still running after 10 s; leaving anyway");
-    }
+    let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), drain).await;
     supervisor.abort();
     let _ = std::fs::remove_file(&args.socket);
     result

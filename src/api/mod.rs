@@ -19,6 +19,7 @@ mod middleware;
 pub mod openapi;
 pub(crate) mod rate_limit;
 mod routes;
+pub(crate) mod server;
 mod storage;
 mod views;
 mod workspaces;
