@@ -153,6 +153,7 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
         )),
         config: Arc::new(config),
         host: HostFacts::detect(),
+        metrics: Default::default(),
     };
     let app = router(state);
 

@@ -17,7 +17,8 @@ fn a_connection_that_never_finishes_its_headers_is_closed_and_hurts_no_one() {
     for _ in 0..20 {
         let mut s = UnixStream::connect(&d.socket).unwrap();
         // Half a request, then nothing.
-        s.write_all(b"GET /api/projects HTTP/1.1\r\nHost: deskd\r\n").unwrap();
+        s.write_all(b"GET /api/projects HTTP/1.1\r\nHost: deskd\r\n")
+            .unwrap();
         slow.push(s);
     }
     // Everyone else is served meanwhile.
@@ -36,4 +37,30 @@ fn a_connection_that_never_finishes_its_headers_is_closed_and_hurts_no_one() {
         "the half-sent request was held for {waited:?}"
     );
     d.get("/api/projects").expect(200);
+}
+
+#[test]
+fn metrics_are_prometheus_text_behind_a_key() {
+    let d = Daemon::start();
+    let ws = d.workspace("m");
+    d.computer(&ws, "one");
+    let r = d.get("/api/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    // This host cannot run VMs: the computer is in `error` and counted so.
+    assert!(
+        text.contains("deskd_computers{status=\"error\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("deskd_disk_bytes{kind=\"database\"}"),
+        "{text}"
+    );
+    assert!(text.contains("deskd_agent_bytes_in_flight 0"), "{text}");
+    let anonymous = d.send("GET", "/api/metrics", None, None);
+    assert_eq!(anonymous.status, 401);
 }

@@ -72,6 +72,16 @@ pub fn agent_error(e: AgentError) -> ApiError {
     }
 }
 
+/// [`agent_error`], counted in the metrics.
+fn failed(state: &AppState, e: AgentError) -> ApiError {
+    state.metrics.agent_error(match e {
+        AgentError::Unreachable(_) => "unreachable",
+        AgentError::TimedOut(_) => "timed_out",
+        AgentError::TooLarge(_) => "too_large",
+    });
+    agent_error(e)
+}
+
 /// The API error for an agent answer that is not a success.
 fn upstream_error(reply: &AgentReply) -> ApiError {
     let message = serde_json::from_slice::<Value>(&reply.body)
@@ -129,10 +139,11 @@ async fn forward_json(
     state: &AppState,
     key: &ApiKey,
     id: &str,
-    action: &str,
+    action: &'static str,
     body: Map<String, Value>,
 ) -> Result<Response, ApiError> {
     let c = running(state, key, id).await?;
+    let started = std::time::Instant::now();
     let timeout = agent_timeout(action, &body);
     let bytes = serde_json::to_vec(&Value::Object(body))
         .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
@@ -143,7 +154,7 @@ async fn forward_json(
             AgentCall::post_json(format!("/{action}"), Bytes::from(bytes), timeout),
         )
         .await
-        .map_err(agent_error)?;
+        .map_err(|e| failed(state, e))?;
     if !reply.status.is_success() {
         return Err(upstream_error(&reply));
     }
@@ -158,6 +169,7 @@ async fn forward_json(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    state.metrics.action(action, started.elapsed());
     Ok(response)
 }
 
@@ -220,6 +232,7 @@ pub async fn screenshot(
         }
     }
     let c = running(&state, &key, &id).await?;
+    let started = std::time::Instant::now();
     let path = if agent_query.is_empty() {
         "/screenshot".to_string()
     } else {
@@ -232,7 +245,7 @@ pub async fn screenshot(
             AgentCall::get(path, AGENT_MARGIN, limits::SCREENSHOT),
         )
         .await
-        .map_err(agent_error)?;
+        .map_err(|e| failed(&state, e))?;
     if !reply.status.is_success() {
         return Err(upstream_error(&reply));
     }
@@ -258,6 +271,7 @@ pub async fn screenshot(
         )
         .with("upstream_status", reply.status.as_u16()));
     };
+    state.metrics.action("screenshot", started.elapsed());
     if as_url {
         let stored = storage::store_screenshot(&state, &c, &mime, &reply.body)?;
         return Ok(Json(json!({
@@ -343,7 +357,7 @@ pub async fn desktop_proxy(
         .lifecycle
         .agent_request(&c.id, call)
         .await
-        .map_err(agent_error)?;
+        .map_err(|e| failed(&state, e))?;
     if !reply.status.is_success() {
         return Err(upstream_error(&reply));
     }

@@ -15,6 +15,7 @@ mod console;
 mod desktop_ws;
 mod error;
 pub(crate) mod listen;
+mod metrics;
 mod middleware;
 pub mod openapi;
 pub(crate) mod rate_limit;
@@ -47,5 +48,6 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub limiter: Arc<rate_limit::RateLimiter>,
     pub host: HostFacts,
+    pub metrics: Arc<metrics::Metrics>,
     pub account_id: Arc<str>,
 }

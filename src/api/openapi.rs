@@ -46,6 +46,14 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "get",
+        "/api/metrics",
+        "Ours: the daemon's state in Prometheus text format (computers by status, VMs, action latencies, agent errors, agent bytes in flight, disk used by kind)",
+        200,
+        None,
+        "Any",
+    ),
+    op(
+        "get",
         "/api/workspaces",
         "List workspaces",
         200,

@@ -14,6 +14,7 @@ use super::{
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/openapi.json", get(openapi::serve))
+        .route("/api/metrics", get(super::metrics::serve))
         // Section 1, under both names.
         .route(
             "/api/workspaces",

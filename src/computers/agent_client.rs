@@ -141,6 +141,7 @@ struct Idle {
 pub struct AgentClient {
     idle: Mutex<HashMap<PathBuf, Vec<Idle>>>,
     budget: Arc<Semaphore>,
+    budget_units: usize,
 }
 
 impl Default for AgentClient {
@@ -152,9 +153,11 @@ impl Default for AgentClient {
 impl AgentClient {
     /// A client whose answers in flight share `budget_bytes`.
     pub fn new(budget_bytes: usize) -> AgentClient {
+        let budget_units = (budget_bytes / BUDGET_UNIT).max(1);
         AgentClient {
             idle: Mutex::new(HashMap::new()),
-            budget: Arc::new(Semaphore::new((budget_bytes / BUDGET_UNIT).max(1))),
+            budget: Arc::new(Semaphore::new(budget_units)),
+            budget_units,
         }
     }
 
@@ -176,6 +179,13 @@ impl AgentClient {
         tokio::time::timeout(timeout, connect_retrying(socket))
             .await
             .map_err(|_| AgentError::TimedOut(timeout.as_secs()))?
+    }
+
+    /// Bytes of answers being read (or held by their callers) right now, to the budget's unit.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.budget_units
+            .saturating_sub(self.budget.available_permits())
+            * BUDGET_UNIT
     }
 
     /// Drops the idle connections to an agent whose VM is gone.

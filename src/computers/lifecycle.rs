@@ -97,6 +97,11 @@ impl Lifecycle {
         self.agents.request(&self.agent_socket(id), call).await
     }
 
+    /// Bytes of agent answers being read right now (all computers).
+    pub fn agent_bytes_in_flight(&self) -> usize {
+        self.agents.bytes_in_flight()
+    }
+
     /// Opens a raw stream to computer `id`'s guest agent, within `timeout` (WebSocket relay).
     pub async fn agent_stream(
         &self,
