@@ -285,6 +285,13 @@ fn lifecycle_routes_answer_truthfully() {
         types.contains(&"window_focus") && types.contains(&"file_change") && types.len() == 12,
         "{types:?}"
     );
+    // The data shapes are the agent's: window ids are X window numbers.
+    assert_eq!(ev["event_types"][0]["data"]["window_id"], "integer");
+    assert_eq!(
+        ev["event_types"][4]["data"]["action"],
+        "created|modified|deleted"
+    );
+    assert_eq!(ev["max_buffered_per_client"], 256);
 }
 
 #[test]

@@ -58,6 +58,16 @@ fn desktop_routes_refuse_clearly_when_there_is_no_desktop() {
         "/api/computers/{id}/screenshot?response_format=gif"
     ));
     assert!(e.error(400).contains("response_format"));
+    // The agent's screenshot rules, checked by the daemon with the agent's own messages.
+    let e = d.get(&format!("/api/computers/{id}/screenshot?format=gif"));
+    assert_eq!(e.error(400), "format must be png or jpeg (got \"gif\").");
+    let e = d.get(&format!(
+        "/api/computers/{id}/screenshot?format=JPG&quality=0"
+    ));
+    assert_eq!(
+        e.error(400),
+        "quality must be a whole number from 1 to 100."
+    );
     let e = d.get(&format!("/api/desktops/{instance}/proxy/health"));
     assert_eq!(e.error(400), "Desktop instance not available");
 

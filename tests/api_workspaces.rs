@@ -105,8 +105,11 @@ fn validation_messages_per_field() {
         );
     }
     d.workspace("dup");
-    let m = d.post("/api/projects", json!({"name": "dup"})).error(409);
-    assert!(m.contains("already exists"), "{m}");
+    // A duplicate name is a 400, as the hosted service documents, on both paths.
+    for path in ["/api/projects", "/api/workspaces"] {
+        let m = d.post(path, json!({"name": "dup"})).error(400);
+        assert_eq!(m, "A workspace named \"dup\" already exists.", "{path}");
+    }
 }
 
 #[test]

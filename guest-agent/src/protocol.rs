@@ -1,37 +1,117 @@
-//! The agent's wire types: request bodies, answers, WebSocket messages.
+//! The agent's face: everything the daemon and the agent must agree on, in one place. The port,
+//! the routes the daemon names itself, the defaults and limits of every request, the request and
+//! answer bodies, the error body, the screenshot query rules ([`screenshot`]), the event
+//! catalogue with its data shapes ([`events`]) and the health answer with its readiness contract
+//! ([`health`]). The agent serves these and the daemon imports them; neither side re-declares any.
 //!
-//! The daemon reuses these to forward the public action API (api.md sections 3 and 4) to the agent,
-//! so field names here are the public ones. Answers that are not JSON (screenshots) carry their
-//! metadata in the headers named below.
+//! The daemon forwards the public action API (api.md sections 3 and 4) to the agent, so field
+//! names here are the public ones. Answers that are not JSON (screenshots) carry their metadata in
+//! the headers named below.
+
+pub mod events;
+pub mod health;
+pub mod screenshot;
 
 use serde::{Deserialize, Serialize};
 
+pub use events::{
+    event_catalogue, ClipboardData, Event, EventData, EventKind, EventTypeInfo, FileAction,
+    FileChangeData, IdleData, NoData, ProcessData, ScreenData, WindowCloseData, WindowData,
+    EVENT_QUEUE_SIZE,
+};
+pub use health::{DesktopParts, Health};
+pub use screenshot::{
+    ImageFormat, ScreenshotOptions, ScreenshotQuery, DEFAULT_JPEG_QUALITY, JPEG_QUALITY,
+};
+
 /// Port the agent listens on inside the guest (virtio-vsock).
 pub const VSOCK_PORT: u32 = 1024;
+
+/// Routes the daemon names itself; the actions are forwarded as `/{action}` (`/click`, `/bash`...).
+pub mod paths {
+    /// `GET`: [`super::Health`], the readiness probe.
+    pub const HEALTH: &str = "/health";
+    /// `GET`: the screen as an image, see [`super::ScreenshotQuery`].
+    pub const SCREENSHOT: &str = "/screenshot";
+    /// WebSocket: a terminal, see [`super::TerminalSize`], [`super::TerminalIn`].
+    pub const WS_TERMINAL: &str = "/ws/terminal";
+    /// WebSocket: desktop events, see [`super::EventsIn`].
+    pub const WS_EVENTS: &str = "/ws/events";
+}
 
 /// Screenshot answers: width of the image in pixels.
 pub const HEADER_WIDTH: &str = "x-deskd-width";
 /// Screenshot answers: height of the image in pixels.
 pub const HEADER_HEIGHT: &str = "x-deskd-height";
-/// `/bash` timeout when the request names none, in seconds.
-pub const DEFAULT_BASH_TIMEOUT_S: f64 = 200.0;
 /// Default cap on captured bash/exec output.
 pub const DEFAULT_OUTPUT_CAP: usize = 10 * 1024 * 1024;
+
+/// A duration a request may name, in seconds: what it is when the request names none, and the
+/// range the agent accepts (anything else is a 400).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seconds {
+    /// The request field, for messages.
+    pub field: &'static str,
+    pub default: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Seconds {
+    /// The value asked for (or the default), checked against the range.
+    pub fn check(&self, asked: Option<f64>) -> Result<f64, String> {
+        let s = asked.unwrap_or(self.default);
+        if !s.is_finite() || s < self.min || s > self.max {
+            return Err(format!(
+                "{} must be between {} and {} seconds (got {s})",
+                self.field, self.min, self.max
+            ));
+        }
+        Ok(s)
+    }
+}
+
+/// `/bash` `timeout`.
+pub const BASH_TIMEOUT: Seconds = Seconds {
+    field: "timeout",
+    default: 200.0,
+    min: 0.001,
+    max: 86_400.0,
+};
+/// `/exec` `timeout`.
+pub const EXEC_TIMEOUT: Seconds = Seconds {
+    field: "timeout",
+    default: 10.0,
+    min: 1.0,
+    max: 300.0,
+};
+/// `/drag` `duration`.
+pub const DRAG_DURATION: Seconds = Seconds {
+    field: "duration",
+    default: 0.5,
+    min: 0.0,
+    max: 60.0,
+};
+/// `/wait` `seconds` (alias `duration`).
+pub const WAIT: Seconds = Seconds {
+    field: "seconds",
+    default: 1.0,
+    min: 0.0,
+    max: 60.0,
+};
+/// `/type` `delay_ms`: pause between characters when the request names none.
+pub const DEFAULT_TYPE_DELAY_MS: u64 = 12;
+/// `/type` `delay_ms`: the longest pause accepted.
+pub const MAX_TYPE_DELAY_MS: u64 = 5000;
+/// `/scroll` `amount` when the request names none.
+pub const DEFAULT_SCROLL_AMOUNT: i64 = 3;
+/// `/scroll` `amount`: the range accepted.
+pub const SCROLL_AMOUNT: std::ops::RangeInclusive<i64> = 1..=1000;
 
 /// Body of every non-2xx answer. The daemon adds `request_id` and `upstream_status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {
     pub error: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Health {
-    pub status: String,
-    pub version: String,
-    /// Whether the X display answers; the agent serves shell routes even when it does not.
-    pub display: bool,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -41,20 +121,6 @@ pub enum Button {
     Left,
     Right,
     Middle,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    Png,
-    Jpeg,
-}
-
-/// Query of `GET /screenshot`: `format=png|jpeg` (alias `jpg`), `quality=1..100` (JPEG only).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ScreenshotQuery {
-    pub format: Option<String>,
-    pub quality: Option<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,11 +147,12 @@ pub struct DragRequest {
     pub end_y: i64,
     #[serde(default)]
     pub button: Option<String>,
-    /// Seconds the drag takes (default 0.5).
+    /// Seconds the drag takes, see [`DRAG_DURATION`].
     #[serde(default)]
     pub duration: Option<f64>,
 }
 
+/// `/scroll`, see [`SCROLL_AMOUNT`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ScrollRequest {
     pub direction: String,
@@ -100,7 +167,7 @@ pub struct ScrollRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TypeRequest {
     pub text: String,
-    /// Pause between characters in milliseconds (default 12).
+    /// Pause between characters in milliseconds, see [`DEFAULT_TYPE_DELAY_MS`].
     #[serde(default)]
     pub delay_ms: Option<u64>,
 }
@@ -110,6 +177,7 @@ pub struct KeyRequest {
     pub key: String,
 }
 
+/// `/wait`, see [`WAIT`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WaitRequest {
     #[serde(default)]
@@ -122,7 +190,7 @@ pub struct WaitRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BashRequest {
     pub command: String,
-    /// Seconds (default 200).
+    /// Seconds, see [`BASH_TIMEOUT`].
     #[serde(default)]
     pub timeout: Option<f64>,
 }
@@ -130,7 +198,7 @@ pub struct BashRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExecRequest {
     pub code: String,
-    /// Seconds, 1..=300 (default 10).
+    /// Seconds, see [`EXEC_TIMEOUT`].
     #[serde(default)]
     pub timeout: Option<f64>,
 }
@@ -175,6 +243,55 @@ pub struct ExecResponse {
     pub error_type: Option<String>,
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// Size of a terminal, from the `cols` and `rows` query values of `/ws/terminal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+impl TerminalSize {
+    /// The size when the query names none (api.md section 4).
+    pub const DEFAULT: TerminalSize = TerminalSize { cols: 80, rows: 24 };
+    /// Largest number of columns or rows; larger values are cut to it, 0 becomes 1.
+    pub const MAX: u16 = 1000;
+
+    /// From the query values: a missing or unreadable value keeps its default.
+    pub fn from_values(cols: Option<&str>, rows: Option<&str>) -> TerminalSize {
+        let num = |v: Option<&str>, default: u16| {
+            v.and_then(|v| v.parse::<u16>().ok())
+                .map_or(default, |n| n.clamp(1, Self::MAX))
+        };
+        TerminalSize {
+            cols: num(cols, Self::DEFAULT.cols),
+            rows: num(rows, Self::DEFAULT.rows),
+        }
+    }
+
+    /// From a raw query string (`cols=120&rows=40&token=...`; other keys are ignored).
+    pub fn from_query(query: Option<&str>) -> TerminalSize {
+        let (mut cols, mut rows) = (None, None);
+        for pair in query.unwrap_or("").split('&') {
+            match pair.split_once('=') {
+                Some(("cols", v)) => cols = Some(v),
+                Some(("rows", v)) => rows = Some(v),
+                _ => {}
+            }
+        }
+        TerminalSize::from_values(cols, rows)
+    }
+
+    /// The agent's path for a terminal of this size.
+    pub fn path(&self) -> String {
+        format!(
+            "{}?cols={}&rows={}",
+            paths::WS_TERMINAL,
+            self.cols,
+            self.rows
+        )
+    }
 }
 
 /// Messages a terminal client sends (JSON text frames).
@@ -222,32 +339,6 @@ pub enum EventsOut {
     Pong,
 }
 
-/// One desktop event: `{"type", "timestamp", "data"}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Event {
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// ISO-8601 UTC with milliseconds.
-    pub timestamp: String,
-    pub data: serde_json::Value,
-}
-
-/// Every event type the agent knows. Audio events come with the audio route.
-pub const EVENT_TYPES: &[&str] = &[
-    "window_focus",
-    "window_open",
-    "window_close",
-    "clipboard",
-    "file_change",
-    "screen_change",
-    "audio_stream_start",
-    "audio_stream_stop",
-    "process_start",
-    "process_stop",
-    "idle",
-    "active",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,14 +370,58 @@ mod tests {
         );
         let ev = EventsOut::Event {
             event: Event {
-                kind: "idle".into(),
                 timestamp: "2026-01-01T00:00:00.000Z".into(),
-                data: serde_json::json!({"idle_seconds": 30}),
+                data: EventData::Idle(IdleData { idle_seconds: 30 }),
             },
         };
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["type"], "event");
         assert_eq!(v["event"]["type"], "idle");
         assert_eq!(v["event"]["data"]["idle_seconds"], 30);
+        let back: EventsOut = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn terminal_size_from_queries() {
+        assert_eq!(TerminalSize::from_query(None), TerminalSize::DEFAULT);
+        assert_eq!(
+            TerminalSize::from_query(Some("cols=120&rows=40&token=x")),
+            TerminalSize {
+                cols: 120,
+                rows: 40
+            }
+        );
+        assert_eq!(
+            TerminalSize::from_query(Some("cols=0&rows=abc")),
+            TerminalSize { cols: 1, rows: 24 }
+        );
+        assert_eq!(
+            TerminalSize::from_values(Some("5000"), Some("-1")),
+            TerminalSize {
+                cols: TerminalSize::MAX,
+                rows: 24
+            }
+        );
+        assert_eq!(
+            TerminalSize { cols: 9, rows: 3 }.path(),
+            "/ws/terminal?cols=9&rows=3"
+        );
+    }
+
+    #[test]
+    fn seconds_rules() {
+        assert_eq!(BASH_TIMEOUT.check(None), Ok(200.0));
+        assert_eq!(EXEC_TIMEOUT.check(Some(300.0)), Ok(300.0));
+        assert_eq!(
+            EXEC_TIMEOUT.check(Some(0.5)).unwrap_err(),
+            "timeout must be between 1 and 300 seconds (got 0.5)"
+        );
+        assert!(WAIT
+            .check(Some(61.0))
+            .unwrap_err()
+            .contains("between 0 and 60"));
+        assert!(DRAG_DURATION.check(Some(f64::NAN)).is_err());
+        assert_eq!(DRAG_DURATION.check(None), Ok(0.5));
     }
 }

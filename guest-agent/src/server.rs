@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::events::EventHub;
 use crate::protocol::*;
 use crate::run::{self, DesktopUser};
-use crate::x11::{capture, input, keys, Desktop, X11Error, XSession};
+use crate::x11::{capture, input, keys, readiness, Desktop, X11Error, XSession};
 use crate::{encode, terminal};
 
 /// Where to listen.
@@ -199,8 +199,8 @@ fn action(name: &str, details: serde_json::Value) -> Json<ActionResponse> {
 
 pub fn router(agent: Shared) -> Router {
     Router::new()
-        .route("/health", get(health))
-        .route("/screenshot", get(screenshot))
+        .route(paths::HEALTH, get(health))
+        .route(paths::SCREENSHOT, get(screenshot))
         .route("/click", post(click))
         .route("/move", post(move_pointer))
         .route("/drag", post(drag))
@@ -210,8 +210,8 @@ pub fn router(agent: Shared) -> Router {
         .route("/wait", post(wait))
         .route("/bash", post(bash))
         .route("/exec", post(exec))
-        .route("/ws/terminal", get(ws_terminal))
-        .route("/ws/events", get(ws_events))
+        .route(paths::WS_TERMINAL, get(ws_terminal))
+        .route(paths::WS_EVENTS, get(ws_events))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -228,15 +228,22 @@ pub fn router(agent: Shared) -> Router {
         .with_state(agent)
 }
 
+/// Always 200: what the agent sees of the desktop, `ready` once every part is up (the readiness
+/// contract in `protocol::health`). An X server that does not answer is a desktop with no parts.
 async fn health(State(agent): State<Shared>) -> Json<Health> {
-    let size = on_desktop(&agent, |s| s.screen_size()).await.ok();
-    Json(Health {
-        status: "ok".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        display: size.is_some(),
-        width: size.map(|s| s.0.into()),
-        height: size.map(|s| s.1.into()),
+    let seen = on_desktop(&agent, |s| {
+        let (w, h) = s.screen_size()?;
+        Ok(((u32::from(w), u32::from(h)), readiness::desktop_parts(s)?))
     })
+    .await;
+    let (size, parts) = match seen {
+        Ok((size, parts)) => (Some(size), parts),
+        Err(e) => {
+            tracing::debug!("health: the desktop does not answer: {}", e.message);
+            (None, DesktopParts::default())
+        }
+    };
+    Json(Health::new(env!("CARGO_PKG_VERSION"), size, parts))
 }
 
 async fn screenshot(
@@ -244,19 +251,8 @@ async fn screenshot(
     query: Result<Query<ScreenshotQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query.map_err(|e| ApiError::bad(format!("bad query: {e}")))?;
-    let format = match q.format.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("png") => ImageFormat::Png,
-        Some("jpeg") | Some("jpg") => ImageFormat::Jpeg,
-        Some(other) => {
-            return Err(ApiError::bad(format!(
-                "unknown format {other:?}; use png or jpeg"
-            )))
-        }
-    };
-    let quality = q.quality.unwrap_or(80);
-    if !(1..=100).contains(&quality) {
-        return Err(ApiError::bad("quality must be between 1 and 100"));
-    }
+    let options = q.parse().map_err(ApiError::bad)?;
+    let (format, quality) = (options.format, options.quality);
     let frame = on_desktop(&agent, capture::capture).await?;
     let (w, h) = (frame.width, frame.height);
     let bytes = tokio::task::spawn_blocking(move || match format {
@@ -266,13 +262,9 @@ async fn screenshot(
     .await
     .map_err(|e| ApiError::internal(format!("encoder task failed: {e}")))?
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mime = match format {
-        ImageFormat::Png => "image/png",
-        ImageFormat::Jpeg => "image/jpeg",
-    };
     Ok((
         [
-            (header::CONTENT_TYPE, mime.to_string()),
+            (header::CONTENT_TYPE, format.mime().to_string()),
             (header::HeaderName::from_static(HEADER_WIDTH), w.to_string()),
             (
                 header::HeaderName::from_static(HEADER_HEIGHT),
@@ -320,10 +312,7 @@ async fn drag(
     JsonBody(req): JsonBody<DragRequest>,
 ) -> ApiResult<Json<ActionResponse>> {
     let button = parse_button(req.button.as_deref())?;
-    let duration = req.duration.unwrap_or(0.5);
-    if !duration.is_finite() || !(0.0..=60.0).contains(&duration) {
-        return Err(ApiError::bad("duration must be between 0 and 60 seconds"));
-    }
+    let duration = DRAG_DURATION.check(req.duration).map_err(ApiError::bad)?;
     let r = req.clone();
     let limit = agent.x_call_limit + Duration::from_secs_f64(duration);
     on_desktop_within(&agent, limit, move |s| {
@@ -355,9 +344,13 @@ async fn scroll(
             )))
         }
     };
-    let amount = req.amount.unwrap_or(3);
-    if !(1..=1000).contains(&amount) {
-        return Err(ApiError::bad("amount must be between 1 and 1000"));
+    let amount = req.amount.unwrap_or(DEFAULT_SCROLL_AMOUNT);
+    if !SCROLL_AMOUNT.contains(&amount) {
+        return Err(ApiError::bad(format!(
+            "amount must be between {} and {}",
+            SCROLL_AMOUNT.start(),
+            SCROLL_AMOUNT.end()
+        )));
     }
     let at = if req.x.is_some() || req.y.is_some() {
         Some((req.x.unwrap_or(0), req.y.unwrap_or(0)))
@@ -382,9 +375,11 @@ async fn type_text(
     State(agent): State<Shared>,
     JsonBody(req): JsonBody<TypeRequest>,
 ) -> ApiResult<Json<ActionResponse>> {
-    let delay = req.delay_ms.unwrap_or(12);
-    if delay > 5000 {
-        return Err(ApiError::bad("delay_ms must be at most 5000"));
+    let delay = req.delay_ms.unwrap_or(DEFAULT_TYPE_DELAY_MS);
+    if delay > MAX_TYPE_DELAY_MS {
+        return Err(ApiError::bad(format!(
+            "delay_ms must be at most {MAX_TYPE_DELAY_MS}"
+        )));
     }
     let n = req.text.chars().count();
     let text = req.text;
@@ -415,10 +410,9 @@ async fn wait(body: Bytes) -> ApiResult<Json<ActionResponse>> {
     } else {
         parse(&body)?
     };
-    let s = req.seconds.or(req.duration).unwrap_or(1.0);
-    if !s.is_finite() || !(0.0..=60.0).contains(&s) {
-        return Err(ApiError::bad("seconds must be between 0 and 60"));
-    }
+    let s = WAIT
+        .check(req.seconds.or(req.duration))
+        .map_err(ApiError::bad)?;
     tokio::time::sleep(Duration::from_secs_f64(s)).await;
     Ok(action("wait", json!({"seconds": s})))
 }
@@ -427,8 +421,7 @@ async fn bash(
     State(agent): State<Shared>,
     JsonBody(req): JsonBody<BashRequest>,
 ) -> ApiResult<Json<BashResponse>> {
-    let timeout = run::timeout_from(req.timeout, DEFAULT_BASH_TIMEOUT_S, 0.001, 86_400.0)
-        .map_err(ApiError::bad)?;
+    let timeout = Duration::from_secs_f64(BASH_TIMEOUT.check(req.timeout).map_err(ApiError::bad)?);
     let out = run::bash::bash(&agent.user, &req.command, timeout, agent.output_cap).await?;
     Ok(Json(out))
 }
@@ -437,7 +430,7 @@ async fn exec(
     State(agent): State<Shared>,
     JsonBody(req): JsonBody<ExecRequest>,
 ) -> ApiResult<Json<ExecResponse>> {
-    let timeout = run::timeout_from(req.timeout, 10.0, 1.0, 300.0).map_err(ApiError::bad)?;
+    let timeout = Duration::from_secs_f64(EXEC_TIMEOUT.check(req.timeout).map_err(ApiError::bad)?);
     let out = run::python::exec(&agent.user, &req.code, timeout, agent.output_cap).await?;
     Ok(Json(out))
 }
@@ -447,9 +440,9 @@ async fn ws_terminal(
     RawQuery(q): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (cols, rows) = terminal::size_from_query(q.as_deref());
+    let size = TerminalSize::from_query(q.as_deref());
     let user = agent.user.clone();
-    ws.on_upgrade(move |socket| terminal::serve(socket, user, cols, rows))
+    ws.on_upgrade(move |socket| terminal::serve(socket, user, size.cols, size.rows))
 }
 
 async fn ws_events(State(agent): State<Shared>, ws: WebSocketUpgrade) -> Response {

@@ -31,24 +31,6 @@ enum PtyError {
     Io(#[from] std::io::Error),
 }
 
-/// `cols` and `rows` from the query string, defaulting to 80x24 and clamped to sane sizes.
-pub fn size_from_query(q: Option<&str>) -> (u16, u16) {
-    let mut cols = 80;
-    let mut rows = 24;
-    for pair in q.unwrap_or("").split('&') {
-        let mut kv = pair.splitn(2, '=');
-        let (k, v) = (kv.next().unwrap_or(""), kv.next().unwrap_or(""));
-        if let Ok(n) = v.parse::<u16>() {
-            match k {
-                "cols" => cols = n.clamp(1, 1000),
-                "rows" => rows = n.clamp(1, 1000),
-                _ => {}
-            }
-        }
-    }
-    (cols, rows)
-}
-
 struct Pty {
     master: AsyncFd<OwnedFd>,
     child: tokio::process::Child,
@@ -269,13 +251,6 @@ pub async fn serve(mut ws: WebSocket, user: DesktopUser, cols: u16, rows: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_sizes() {
-        assert_eq!(size_from_query(None), (80, 24));
-        assert_eq!(size_from_query(Some("cols=120&rows=40&token=x")), (120, 40));
-        assert_eq!(size_from_query(Some("cols=0&rows=abc")), (1, 24));
-    }
 
     #[test]
     fn utf8_split_across_reads() {

@@ -18,6 +18,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
+use deskd_agent::protocol::{self, ErrorBody, ScreenshotQuery};
 use serde_json::{json, Map, Value};
 
 use super::access::{self, ScopedComputer};
@@ -84,10 +85,9 @@ fn failed(state: &AppState, e: AgentError) -> ApiError {
 
 /// The API error for an agent answer that is not a success.
 fn upstream_error(reply: &AgentReply) -> ApiError {
-    let message = serde_json::from_slice::<Value>(&reply.body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_else(|| {
+    let message = serde_json::from_slice::<ErrorBody>(&reply.body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| {
             format!(
                 "The desktop's agent answered {} without an explanation.",
                 reply.status
@@ -112,19 +112,20 @@ fn asked_secs(body: &Map<String, Value>, fields: &[&str], default: f64) -> f64 {
         .min(MAX_ASKED_SECS)
 }
 
-/// How long the agent may take for `action` with this body.
+/// How long the agent may take for `action` with this body (the agent's own defaults when the
+/// body names nothing).
 fn agent_timeout(action: &str, body: &Map<String, Value>) -> Duration {
     let asked = match action {
-        "bash" => asked_secs(body, &["timeout"], 200.0),
-        "exec" => asked_secs(body, &["timeout"], 10.0),
-        "wait" => asked_secs(body, &["seconds", "duration"], 0.0),
-        "drag" => asked_secs(body, &["duration"], 0.5),
+        "bash" => asked_secs(body, &["timeout"], protocol::BASH_TIMEOUT.default),
+        "exec" => asked_secs(body, &["timeout"], protocol::EXEC_TIMEOUT.default),
+        "wait" => asked_secs(body, &["seconds", "duration"], protocol::WAIT.default),
+        "drag" => asked_secs(body, &["duration"], protocol::DRAG_DURATION.default),
         "type" => {
             let chars = body
                 .get("text")
                 .and_then(Value::as_str)
                 .map_or(0, |t| t.chars().count()) as f64;
-            let delay_ms = asked_secs(body, &["delay_ms"], 12.0);
+            let delay_ms = asked_secs(body, &["delay_ms"], protocol::DEFAULT_TYPE_DELAY_MS as f64);
             (chars * delay_ms / 1000.0).min(MAX_ASKED_SECS)
         }
         _ => 0.0,
@@ -214,35 +215,20 @@ pub async fn screenshot(
             )))
         }
     };
-    let mut agent_query = Vec::new();
-    if let Some(f) = query.get("format") {
-        match f.as_str() {
-            "png" | "jpeg" | "jpg" => agent_query.push(format!("format={f}")),
-            _ => return Err(ApiError::bad_request("format must be png or jpeg.")),
-        }
+    // The agent's own rules, checked before a booting computer is waited for.
+    let options = ScreenshotQuery {
+        format: query.get("format").cloned(),
+        quality: query.get("quality").cloned(),
     }
-    if let Some(q) = query.get("quality") {
-        match q.parse::<u8>() {
-            Ok(n) if (1..=100).contains(&n) => agent_query.push(format!("quality={n}")),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "quality must be a whole number from 1 to 100.",
-                ))
-            }
-        }
-    }
+    .parse()
+    .map_err(ApiError::bad_request)?;
     let c = running(&state, &key, &id).await?;
     let started = std::time::Instant::now();
-    let path = if agent_query.is_empty() {
-        "/screenshot".to_string()
-    } else {
-        format!("/screenshot?{}", agent_query.join("&"))
-    };
     let reply = state
         .lifecycle
         .agent_request(
             &c.id,
-            AgentCall::get(path, AGENT_MARGIN, limits::SCREENSHOT),
+            AgentCall::get(options.path(), AGENT_MARGIN, limits::SCREENSHOT),
         )
         .await
         .map_err(|e| failed(&state, e))?;
@@ -253,7 +239,7 @@ pub async fn screenshot(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("image/png")
+        .unwrap_or(options.format.mime())
         .to_string();
     let dimension = |name: &str| -> Option<u32> {
         reply
@@ -263,8 +249,8 @@ pub async fn screenshot(
             .and_then(|v| v.parse().ok())
     };
     let (Some(width), Some(height)) = (
-        dimension(deskd_agent::protocol::HEADER_WIDTH),
-        dimension(deskd_agent::protocol::HEADER_HEIGHT),
+        dimension(protocol::HEADER_WIDTH),
+        dimension(protocol::HEADER_HEIGHT),
     ) else {
         return Err(ApiError::internal(
             "The desktop's agent sent a screenshot without its size headers.",
@@ -311,7 +297,8 @@ pub async fn stream_action(
 }
 
 /// `GET|POST /desktops/{instance_id}/proxy/{endpoint}`: the agent's own HTTP API, same auth. No
-/// waiting here: `/proxy/health` is the readiness probe, so it answers at once.
+/// waiting here: `/proxy/health` is the readiness probe, so it answers at once (with the agent's
+/// `protocol::Health`, whose `ready` says whether the desktop is usable).
 pub async fn desktop_proxy(
     State(state): State<AppState>,
     Extension(AuthKey(key)): Extension<AuthKey>,
@@ -365,8 +352,8 @@ pub async fn desktop_proxy(
     *response.status_mut() = reply.status;
     for name in [
         header::CONTENT_TYPE,
-        axum::http::HeaderName::from_static(deskd_agent::protocol::HEADER_WIDTH),
-        axum::http::HeaderName::from_static(deskd_agent::protocol::HEADER_HEIGHT),
+        axum::http::HeaderName::from_static(protocol::HEADER_WIDTH),
+        axum::http::HeaderName::from_static(protocol::HEADER_HEIGHT),
     ] {
         if let Some(v) = reply.headers.get(&name) {
             response.headers_mut().insert(name, v.clone());
@@ -402,6 +389,19 @@ mod tests {
         assert_eq!(
             agent_timeout("bash", &body(json!({"command": "x"}))),
             AGENT_MARGIN + Duration::from_secs(200)
+        );
+        // The agent's defaults: a wait of one second, a drag of half a second, exec 10 s.
+        assert_eq!(
+            agent_timeout("wait", &body(json!({}))),
+            AGENT_MARGIN + Duration::from_secs(1)
+        );
+        assert_eq!(
+            agent_timeout("drag", &body(json!({}))),
+            AGENT_MARGIN + Duration::from_millis(500)
+        );
+        assert_eq!(
+            agent_timeout("exec", &body(json!({"code": "1"}))),
+            AGENT_MARGIN + Duration::from_secs(10)
         );
         assert_eq!(
             agent_timeout("bash", &body(json!({"command": "x", "timeout": 5}))),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use deskd_agent::protocol;
 use serde_json::{json, Map, Value};
 
 use super::access::{self, ScopedComputer};
@@ -603,43 +604,14 @@ pub async fn resize(
     ))
 }
 
-/// `GET /computers/{id}/events`: the catalogue of event types of the events WebSocket.
+/// `GET /computers/{id}/events`: the catalogue of event types of the events WebSocket (the
+/// agent's own, with the shapes of their data).
 pub async fn events(ScopedComputer { computer: c, .. }: ScopedComputer) -> Answer {
-    let catalogue = [
-        (
-            "window_focus",
-            json!({"window_id": "string", "title": "string"}),
-        ),
-        (
-            "window_open",
-            json!({"window_id": "string", "title": "string"}),
-        ),
-        ("window_close", json!({"window_id": "string"})),
-        ("clipboard", json!({"content": "string"})),
-        (
-            "file_change",
-            json!({"path": "string", "action": "created|modified|deleted"}),
-        ),
-        (
-            "screen_change",
-            json!({"width": "integer", "height": "integer"}),
-        ),
-        ("audio_stream_start", json!({})),
-        ("audio_stream_stop", json!({})),
-        ("process_start", json!({"pid": "integer", "name": "string"})),
-        ("process_stop", json!({"pid": "integer", "name": "string"})),
-        ("idle", json!({"idle_seconds": "integer"})),
-        ("active", json!({})),
-    ];
-    let types: Vec<Value> = catalogue
-        .iter()
-        .map(|(t, data)| json!({ "type": t, "data": data }))
-        .collect();
     Ok(Json(json!({
         "computer_id": c.id,
         "websocket": format!("/desktops/{}/ws/events", c.instance_id),
-        "event_types": types,
-        "max_buffered_per_client": 256,
+        "event_types": protocol::event_catalogue(),
+        "max_buffered_per_client": protocol::EVENT_QUEUE_SIZE,
     })))
 }
 

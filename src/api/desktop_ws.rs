@@ -12,6 +12,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use deskd_agent::protocol::{self, TerminalSize};
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
 use tokio_tungstenite::tungstenite;
@@ -73,21 +74,12 @@ fn check(
         return Err(refuse(close::NOT_FOUND, "computer not running"));
     }
     let agent_path = match kind {
-        "terminal" => {
-            let num = |name: &str, default: u16| {
-                query
-                    .get(name)
-                    .and_then(|v| v.parse::<u16>().ok())
-                    .filter(|n| (1..=1000).contains(n))
-                    .unwrap_or(default)
-            };
-            format!(
-                "/ws/terminal?cols={}&rows={}",
-                num("cols", 80),
-                num("rows", 24)
-            )
-        }
-        "events" => "/ws/events".to_string(),
+        "terminal" => TerminalSize::from_values(
+            query.get("cols").map(String::as_str),
+            query.get("rows").map(String::as_str),
+        )
+        .path(),
+        "events" => protocol::paths::WS_EVENTS.to_string(),
         "audio" | "websockify" => {
             return Err(refuse(
                 close::CANNOT_START,

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::middleware::AuthKey;
 use super::{views, AppState};
 use crate::computers::LifecycleError;
-use crate::store::WorkspaceStatus;
+use crate::store::{StoreError, WorkspaceStatus};
 
 type Answer = Result<Json<Value>, ApiError>;
 
@@ -31,9 +31,14 @@ pub async fn create(
             .and_then(WorkspaceStatus::parse)
             .ok_or_else(|| ApiError::bad_request("status must be \"active\" or \"inactive\"."))?,
     };
+    // The hosted service documents 400 for a duplicate name (as for an empty one), not 409.
     let ws = state
         .store
-        .create_workspace(&name, status, icon_url.as_deref())?;
+        .create_workspace(&name, status, icon_url.as_deref())
+        .map_err(|e| match e {
+            StoreError::NameTaken(m) => ApiError::bad_request(m),
+            other => other.into(),
+        })?;
     Ok((
         StatusCode::CREATED,
         Json(views::workspace(&state, &ws, &[])),

@@ -346,8 +346,9 @@ async fn connect_retrying(socket: &Path) -> Result<UnixStream, AgentError> {
     }
 }
 
+/// A stand-in for a VM, for the tests of this client and of its users.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -356,13 +357,13 @@ mod tests {
 
     /// A stand-in for a VM: its hybrid vsock socket, behind which a real hyper HTTP/1.1 server
     /// answers like the agent. Counts the connections it accepted.
-    struct FakeVm {
-        socket: PathBuf,
-        connections: Arc<AtomicUsize>,
+    pub struct FakeVm {
+        pub socket: PathBuf,
+        pub connections: Arc<AtomicUsize>,
         _dir: tempfile::TempDir,
     }
 
-    fn fake_vm(answer: fn(&str) -> (u16, Vec<u8>)) -> FakeVm {
+    pub fn fake_vm(answer: fn(&str) -> (u16, Vec<u8>)) -> FakeVm {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("vsock.sock");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -402,6 +403,15 @@ mod tests {
             _dir: dir,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::fake_vm;
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
 
     fn agent(path: &str) -> (u16, Vec<u8>) {
         match path {

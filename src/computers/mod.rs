@@ -24,4 +24,4 @@ pub use backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
 pub use images::GuestImage;
 pub use lifecycle::{new_vnc_password, Lifecycle, LifecycleError};
 pub use process::VmmProcessBackend;
-pub use vmm_config::{files, vm_config, AGENT_VSOCK_PORT, GUEST_CID};
+pub use vmm_config::{files, vm_config, GUEST_CID};

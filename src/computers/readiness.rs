@@ -108,13 +108,58 @@ async fn probe(agents: &AgentClient, socket: &std::path::Path) -> Result<(), Str
     }
     let health: Health = serde_json::from_slice(&reply.body)
         .map_err(|e| format!("the agent's health report does not parse: {e}"))?;
-    if desktop_ready(&health) {
+    // The readiness contract (deskd_agent::protocol::health): usable means every part is up.
+    if health.ready {
         Ok(())
     } else {
-        Err("the desktop is not up yet".into())
+        Err(format!(
+            "the desktop is not up yet (waiting for {})",
+            health.desktop.missing().join(", ")
+        ))
     }
 }
 
-fn desktop_ready(health: &Health) -> bool {
-    health.display
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::computers::agent_client::testing::fake_vm;
+    use deskd_agent::protocol::DesktopParts;
+    use std::sync::atomic::AtomicBool;
+
+    static PANEL_UP: AtomicBool = AtomicBool::new(false);
+
+    fn agent(_: &str) -> (u16, Vec<u8>) {
+        let parts = DesktopParts {
+            x_server: true,
+            window_manager: true,
+            panel: PANEL_UP.load(Ordering::SeqCst),
+            desktop: true,
+        };
+        let health = Health::new("test", Some((1280, 720)), parts);
+        (200, serde_json::to_vec(&health).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_only_once_the_agent_says_every_part_is_up() {
+        let vm = fake_vm(agent);
+        let readiness = Readiness::new(Arc::new(AgentClient::default()));
+        assert!(
+            !readiness.is_ready("c", 1, vm.socket.clone()),
+            "first ask starts the probe"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !readiness.is_ready("c", 1, vm.socket.clone()),
+            "the panel is not up yet"
+        );
+        PANEL_UP.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !readiness.is_ready("c", 1, vm.socket.clone()) {
+            assert!(tokio::time::Instant::now() < deadline, "never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A new VMM process is a new boot: it starts over.
+        assert!(!readiness.is_ready("c", 2, vm.socket.clone()));
+        readiness.forget("c");
+    }
 }

@@ -8,8 +8,6 @@ use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use super::backend::VmSpec;
 use super::images::GuestImage;
 
-/// vsock port the guest agent listens on (architecture decision 4).
-pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// Guest CID of every VM: each VM has its own hybrid vsock socket, so CIDs never meet.
 pub const GUEST_CID: u64 = 3;
 /// Seconds the VMM gives the guest after the power button before stopping it hard; shorter than

@@ -119,11 +119,16 @@ for case in "$@"; do
             echo "[$name] the VMM exited early: $(tail -3 "$dir/qemu.log")"
             break
         fi
-        # Ready means the agent answers and sees the display.
+        # Ready is the agent's own verdict (`"ready":true`: X, the window manager, the panel drawn,
+        # the desktop mapped; deskd calls the computer `running` then). The screenshot is taken at
+        # that moment, as a client acting on `running` would, and must show the desktop.
         if [ -z "$agent_ready" ] && http_get "$cid" /health "$dir/health.txt" &&
-            grep -Eq '^HTTP/1\.[01] 200' "$dir/health.txt" && grep -q '"display":true' "$dir/health.txt"; then
+            grep -Eq '^HTTP/1\.[01] 200' "$dir/health.txt" && grep -q '"ready":true' "$dir/health.txt"; then
             agent_ready=$(elapsed "$start")
-            echo "[$name] agent answered /health after ${agent_ready}s"
+            echo "[$name] agent reports the desktop ready after ${agent_ready}s"
+            shot_start=$(now)
+            http_get "$cid" /screenshot "$dir/screenshot.http" || echo "[$name] GET /screenshot failed"
+            echo "[$name] agent /screenshot took $(elapsed "$shot_start")s, $(stat -c %s "$dir/screenshot.http") bytes"
         fi
         if [ -z "$selftest_done" ] && grep -q DESKD-SELFTEST-DONE "$dir/console.log" 2>/dev/null; then
             selftest_done=$(elapsed "$start")
@@ -131,16 +136,11 @@ for case in "$@"; do
         fi
         [ -n "$agent_ready" ] && [ -n "$selftest_done" ] && break
         if [ "$(elapsed "$start" | cut -d. -f1)" -ge "$boot_timeout" ]; then
-            echo "[$name] gave up after ${boot_timeout}s (agent ready: ${agent_ready:-no}, self-test done: ${selftest_done:-no})"
+            echo "[$name] gave up after ${boot_timeout}s (agent ready: ${agent_ready:-no}, self-test done: ${selftest_done:-no}; last /health: $(tail -c 300 "$dir/health.txt" 2>/dev/null))"
             break
         fi
         sleep 3
     done
-    if [ -n "$agent_ready" ]; then
-        shot_start=$(now)
-        http_get "$cid" /screenshot "$dir/screenshot.http" || echo "[$name] GET /screenshot failed"
-        echo "[$name] agent /screenshot took $(elapsed "$shot_start")s, $(stat -c %s "$dir/screenshot.http") bytes"
-    fi
     kill "$qemu_pid" 2>/dev/null || true
     wait "$qemu_pid" 2>/dev/null || true
     qemu_pid=""

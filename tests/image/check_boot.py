@@ -254,6 +254,10 @@ def main():
         check(f"agent sees the display at the requested size ({payload.strip()[:120]})",
               health.get("display") is True
               and (health.get("width"), health.get("height")) == (args.width, args.height))
+        parts = health.get("desktop") or {}
+        missing = [p for p in ("x_server", "window_manager", "panel", "desktop") if parts.get(p) is not True]
+        check(f"agent reports the desktop ready (parts not up: {', '.join(missing) or 'none'})",
+              health.get("ready") is True and not missing)
     if args.agent_screenshot:
         try:
             shot = read_png(args.agent_screenshot)

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
 use super::EventHub;
+use crate::protocol::{EventData, FileAction, FileChangeData};
 
 const RETRY: Duration = Duration::from_secs(3);
 
@@ -23,13 +23,13 @@ impl AsRawFd for Watched {
     }
 }
 
-fn action_of(mask: AddWatchFlags) -> Option<&'static str> {
+fn action_of(mask: AddWatchFlags) -> Option<FileAction> {
     if mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO) {
-        Some("created")
+        Some(FileAction::Created)
     } else if mask.intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM) {
-        Some("deleted")
+        Some(FileAction::Deleted)
     } else if mask.intersects(AddWatchFlags::IN_CLOSE_WRITE) {
-        Some("modified")
+        Some(FileAction::Modified)
     } else {
         None
     }
@@ -93,10 +93,10 @@ pub fn start(hub: EventHub, dirs: Vec<PathBuf>) {
                     continue;
                 };
                 let path = dir.join(name);
-                hub.emit(
-                    "file_change",
-                    json!({"path": path.to_string_lossy(), "action": action}),
-                );
+                hub.emit(EventData::FileChange(FileChangeData {
+                    path: path.to_string_lossy().into_owned(),
+                    action,
+                }));
             }
         }
     });

@@ -1,6 +1,6 @@
 //! `/ws/events`: desktop events fanned out to subscribed clients.
 //!
-//! Each client has its own queue of at most `CLIENT_QUEUE` events holding only the types it
+//! Each client has its own queue of at most `EVENT_QUEUE_SIZE` events holding only the kinds it
 //! subscribed to; when a slow client's queue is full the oldest event is dropped.
 
 mod files;
@@ -16,12 +16,10 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket};
 use tokio::sync::Notify;
 
-use crate::protocol::{Event, EventsIn, EventsOut, EVENT_TYPES};
-
-pub const CLIENT_QUEUE: usize = 256;
+use crate::protocol::{Event, EventData, EventKind, EventsIn, EventsOut, EVENT_QUEUE_SIZE};
 
 struct Client {
-    subscribed: Mutex<HashSet<String>>,
+    subscribed: Mutex<HashSet<EventKind>>,
     queue: Mutex<VecDeque<Event>>,
     wake: Notify,
 }
@@ -42,23 +40,23 @@ impl EventHub {
         EventHub::default()
     }
 
-    /// Queues an event for every client subscribed to its type.
-    pub fn emit(&self, kind: &str, data: serde_json::Value) {
+    /// Queues an event for every client subscribed to its kind.
+    pub fn emit(&self, data: EventData) {
         let clients = lock(&self.clients).clone();
         if clients.is_empty() {
             return;
         }
+        let kind = data.kind();
         let event = Event {
-            kind: kind.to_string(),
             timestamp: time::now_iso8601(),
             data,
         };
         for c in clients {
-            if !lock(&c.subscribed).contains(kind) {
+            if !lock(&c.subscribed).contains(&kind) {
                 continue;
             }
             let mut q = lock(&c.queue);
-            if q.len() >= CLIENT_QUEUE {
+            if q.len() >= EVENT_QUEUE_SIZE {
                 q.pop_front();
             }
             q.push_back(event.clone());
@@ -68,10 +66,10 @@ impl EventHub {
     }
 
     /// True when some client wants `kind` (lets pollers sleep when nobody listens).
-    pub fn wants(&self, kind: &str) -> bool {
+    pub fn wants(&self, kind: EventKind) -> bool {
         lock(&self.clients)
             .iter()
-            .any(|c| lock(&c.subscribed).contains(kind))
+            .any(|c| lock(&c.subscribed).contains(&kind))
     }
 
     fn add(&self) -> Arc<Client> {
@@ -100,15 +98,20 @@ pub fn start_sources(hub: &EventHub, display: &str, home: PathBuf, idle_after: D
     procs::start(hub.clone());
 }
 
-fn split_known(types: Vec<String>) -> (Vec<String>, Vec<String>) {
-    let types = if types.is_empty() {
-        EVENT_TYPES.iter().map(|s| s.to_string()).collect()
-    } else {
-        types
-    };
-    types
-        .into_iter()
-        .partition(|t| EVENT_TYPES.contains(&t.as_str()))
+/// The known kinds named (all of them when none is named), and the unknown names.
+fn split_known(types: Vec<String>) -> (Vec<EventKind>, Vec<String>) {
+    if types.is_empty() {
+        return (EventKind::ALL.to_vec(), Vec::new());
+    }
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for t in types {
+        match EventKind::parse(&t) {
+            Some(k) => known.push(k),
+            None => unknown.push(t),
+        }
+    }
+    (known, unknown)
 }
 
 async fn send(ws: &mut WebSocket, msg: &EventsOut) -> bool {
@@ -140,18 +143,19 @@ async fn handle_message(ws: &mut WebSocket, client: &Client, text: &str) -> bool
     }
     {
         let mut set = lock(&client.subscribed);
-        for t in &known {
+        for k in &known {
             if subscribe {
-                set.insert(t.clone());
+                set.insert(*k);
             } else {
-                set.remove(t);
+                set.remove(k);
             }
         }
     }
+    let event_types = known.iter().map(|k| k.name().to_string()).collect();
     let reply = if subscribe {
-        EventsOut::Subscribed { event_types: known }
+        EventsOut::Subscribed { event_types }
     } else {
-        EventsOut::Unsubscribed { event_types: known }
+        EventsOut::Unsubscribed { event_types }
     };
     send(ws, &reply).await
 }
@@ -185,29 +189,32 @@ pub async fn serve_client(mut ws: WebSocket, hub: EventHub) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{IdleData, NoData};
 
     #[test]
     fn queue_drops_oldest_past_the_limit() {
         let hub = EventHub::new();
         let c = hub.add();
-        lock(&c.subscribed).insert("idle".into());
-        for i in 0..(CLIENT_QUEUE + 10) {
-            hub.emit("idle", serde_json::json!({"idle_seconds": i}));
-            hub.emit("active", serde_json::json!({}));
+        lock(&c.subscribed).insert(EventKind::Idle);
+        for i in 0..(EVENT_QUEUE_SIZE + 10) {
+            hub.emit(EventData::Idle(IdleData {
+                idle_seconds: i as u64,
+            }));
+            hub.emit(EventData::Active(NoData {}));
         }
         let q = lock(&c.queue);
-        assert_eq!(q.len(), CLIENT_QUEUE);
-        assert_eq!(q[0].data["idle_seconds"], 10);
-        assert!(q.iter().all(|e| e.kind == "idle"));
+        assert_eq!(q.len(), EVENT_QUEUE_SIZE);
+        assert_eq!(q[0].data, EventData::Idle(IdleData { idle_seconds: 10 }));
+        assert!(q.iter().all(|e| e.data.kind() == EventKind::Idle));
     }
 
     #[test]
     fn unknown_types_are_split_out() {
         let (k, u) = split_known(vec!["clipboard".into(), "bogus".into()]);
-        assert_eq!(k, vec!["clipboard"]);
+        assert_eq!(k, vec![EventKind::Clipboard]);
         assert_eq!(u, vec!["bogus"]);
         let (k, u) = split_known(vec![]);
-        assert_eq!(k.len(), EVENT_TYPES.len());
+        assert_eq!(k, EventKind::ALL);
         assert!(u.is_empty());
     }
 }

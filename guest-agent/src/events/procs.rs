@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::EventHub;
+use crate::protocol::{EventData, EventKind, ProcessData};
 
 const PERIOD: Duration = Duration::from_secs(1);
 
@@ -36,7 +35,7 @@ pub fn start(hub: EventHub) {
         let mut known: Option<HashMap<u32, String>> = None;
         loop {
             tokio::time::sleep(PERIOD).await;
-            if !hub.wants("process_start") && !hub.wants("process_stop") {
+            if !hub.wants(EventKind::ProcessStart) && !hub.wants(EventKind::ProcessStop) {
                 known = None;
                 continue;
             }
@@ -47,12 +46,18 @@ pub fn start(hub: EventHub) {
             if let Some(prev) = &known {
                 for (pid, name) in &now {
                     if !prev.contains_key(pid) {
-                        hub.emit("process_start", json!({"pid": pid, "name": name}));
+                        hub.emit(EventData::ProcessStart(ProcessData {
+                            pid: *pid,
+                            name: name.clone(),
+                        }));
                     }
                 }
                 for (pid, name) in prev {
                     if !now.contains_key(pid) {
-                        hub.emit("process_stop", json!({"pid": pid, "name": name}));
+                        hub.emit(EventData::ProcessStop(ProcessData {
+                            pid: *pid,
+                            name: name.clone(),
+                        }));
                     }
                 }
             }

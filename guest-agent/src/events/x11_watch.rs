@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use x11rb::connection::Connection;
 use x11rb::protocol::randr::{self, ConnectionExt as _};
 use x11rb::protocol::screensaver::ConnectionExt as _;
@@ -21,6 +20,9 @@ use x11rb::protocol::Event as XEvent;
 use x11rb::rust_connection::RustConnection;
 
 use super::EventHub;
+use crate::protocol::{
+    ClipboardData, EventData, IdleData, NoData, ScreenData, WindowCloseData, WindowData,
+};
 
 const TICK: Duration = Duration::from_millis(500);
 const RECONNECT: Duration = Duration::from_secs(2);
@@ -189,11 +191,12 @@ impl Watcher {
             let idle_for = Duration::from_millis(info.ms_since_user_input.into());
             if !self.idle && idle_for >= self.idle_after {
                 self.idle = true;
-                self.hub
-                    .emit("idle", json!({"idle_seconds": idle_for.as_secs()}));
+                self.hub.emit(EventData::Idle(IdleData {
+                    idle_seconds: idle_for.as_secs(),
+                }));
             } else if self.idle && idle_for < self.idle_after {
                 self.idle = false;
-                self.hub.emit("active", json!({}));
+                self.hub.emit(EventData::Active(NoData {}));
             }
         }
         Ok(())
@@ -216,14 +219,15 @@ impl Watcher {
                     && self.windows.insert(m.window) =>
             {
                 let title = self.title(m.window);
-                self.hub.emit(
-                    "window_open",
-                    json!({"window_id": m.window, "title": title}),
-                );
+                self.hub.emit(EventData::WindowOpen(WindowData {
+                    window_id: m.window,
+                    title,
+                }));
             }
             XEvent::DestroyNotify(d) if !self.ewmh && self.windows.remove(&d.window) => {
-                self.hub
-                    .emit("window_close", json!({"window_id": d.window}));
+                self.hub.emit(EventData::WindowClose(WindowCloseData {
+                    window_id: d.window,
+                }));
             }
             XEvent::XfixesSelectionNotify(s) if s.owner != x11rb::NONE && s.owner != self.own => {
                 self.conn.convert_selection(
@@ -252,27 +256,28 @@ impl Watcher {
                     tracing::debug!("clipboard content too large for one transfer; skipped");
                 } else {
                     let content = String::from_utf8_lossy(&reply.value).into_owned();
-                    self.hub.emit("clipboard", json!({"content": content}));
+                    self.hub
+                        .emit(EventData::Clipboard(ClipboardData { content }));
                 }
             }
             XEvent::RandrScreenChangeNotify(s) => {
                 let size = (s.width, s.height);
                 if size != self.screen {
                     self.screen = size;
-                    self.hub.emit(
-                        "screen_change",
-                        json!({"width": s.width, "height": s.height}),
-                    );
+                    self.hub.emit(EventData::ScreenChange(ScreenData {
+                        width: s.width.into(),
+                        height: s.height.into(),
+                    }));
                 }
             }
             XEvent::ConfigureNotify(c) if c.window == self.root => {
                 let size = (c.width, c.height);
                 if size != self.screen {
                     self.screen = size;
-                    self.hub.emit(
-                        "screen_change",
-                        json!({"width": c.width, "height": c.height}),
-                    );
+                    self.hub.emit(EventData::ScreenChange(ScreenData {
+                        width: c.width.into(),
+                        height: c.height.into(),
+                    }));
                 }
             }
             _ => {}
@@ -315,11 +320,14 @@ impl Watcher {
         if announce {
             for w in list.iter().filter(|w| !self.windows.contains(w)) {
                 let title = self.title(*w);
-                self.hub
-                    .emit("window_open", json!({"window_id": w, "title": title}));
+                self.hub.emit(EventData::WindowOpen(WindowData {
+                    window_id: *w,
+                    title,
+                }));
             }
             for w in self.windows.difference(&now) {
-                self.hub.emit("window_close", json!({"window_id": w}));
+                self.hub
+                    .emit(EventData::WindowClose(WindowCloseData { window_id: *w }));
             }
         }
         self.windows = now;
@@ -354,10 +362,10 @@ impl Watcher {
             self.active = focused;
             if announce && focused != 0 {
                 let title = self.title(focused);
-                self.hub.emit(
-                    "window_focus",
-                    json!({"window_id": focused, "title": title}),
-                );
+                self.hub.emit(EventData::WindowFocus(WindowData {
+                    window_id: focused,
+                    title,
+                }));
             }
         }
         Ok(())

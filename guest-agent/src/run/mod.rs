@@ -215,19 +215,3 @@ pub async fn run(spec: RunSpec) -> Result<RunOutcome, RunError> {
         result,
     })
 }
-
-/// Validates a timeout in seconds from a request.
-pub fn timeout_from(
-    seconds: Option<f64>,
-    default: f64,
-    min: f64,
-    max: f64,
-) -> Result<Duration, String> {
-    let s = seconds.unwrap_or(default);
-    if !s.is_finite() || s < min || s > max {
-        return Err(format!(
-            "timeout must be between {min} and {max} seconds, got {s}"
-        ));
-    }
-    Ok(Duration::from_secs_f64(s))
-}

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod input;
 pub mod keys;
 mod keysym_names;
+pub mod readiness;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -64,6 +65,8 @@ pub struct XSession {
     pub conn: RustConnection,
     pub root: Window,
     pub root_depth: u8,
+    /// The screen of the display the agent drives (the `N` of `:0.N`).
+    pub screen_num: usize,
     /// Serialises input so two `type` calls never interleave their keystrokes.
     pub keyboard: Mutex<Keyboard>,
     pub capturer: Mutex<Capturer>,
@@ -96,6 +99,7 @@ impl XSession {
             conn,
             root,
             root_depth,
+            screen_num,
             keyboard: Mutex::new(keyboard),
             capturer: Mutex::new(capturer),
         })
