@@ -16,7 +16,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 img=${1:?image dir}
 out=${2:?output dir}
 shift 2
-boot_timeout=${DESKD_BOOT_TIMEOUT:-1500}
+boot_timeout=${DESKD_BOOT_TIMEOUT:-600}
 mem=${DESKD_BOOT_MEM:-2048}
 # One vCPU by default: in the rig, two-vCPU desktop guests triple-fault or lock up in about half of
 # their boots (tests/rig/README.md, "Faults of the emulator"); one-vCPU guests have not. Two-vCPU
