@@ -13,9 +13,9 @@ build:
 build-debug:
 	$(CARGO) build --workspace
 
-## Every test: unit and integration tests, then the end-to-end tests in the rig. Budget on a 2-core
-## machine without hardware virtualization, warm caches: about 40 minutes; each rig stage has its own
-## timeout (tests/rig/README.md, "Time limits"), so even a stuck one ends well within CI's 90 minutes.
+## Every test: unit and integration tests, then the end-to-end tests in the rig. Each rig stage has
+## its own timeout and all share one deadline (tests/rig/README.md, "Time limits"), so even a stuck
+## one ends well within CI's 90 minutes.
 test: deps install-deps-test unit e2e
 ## The rig stages share one deadline (tests/rig/run caps each run's timeout to it): 80 minutes after
 ## `make test` or `make e2e` starts, retries included, or the RIG_DEADLINE given (seconds since the epoch).
