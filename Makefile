@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 .PHONY: bench-agent bench-api sdk-venv
-.PHONY: all build build-debug test unit e2e rig-self-test bench run deps lint image image-boot-test
+.PHONY: all build build-debug test unit e2e rig-self-test bench run deps install-deps-test lint image image-boot-test
 
 all: build
 
@@ -13,12 +13,22 @@ build:
 build-debug:
 	$(CARGO) build --workspace
 
-## Every test: unit and integration tests, then the end-to-end tests in the rig.
-test: deps unit e2e
+## Every test: unit and integration tests, then the end-to-end tests in the rig. Each rig stage has
+## its own timeout and all share one deadline (tests/rig/README.md, "Time limits"), so even a stuck
+## one ends well within CI's 90 minutes.
+test: deps install-deps-test unit e2e
+## The rig stages share one deadline (tests/rig/run caps each run's timeout to it): 80 minutes after
+## `make test` or `make e2e` starts, retries included, or the RIG_DEADLINE given (seconds since the epoch).
+test e2e: export RIG_DEADLINE := $(or $(RIG_DEADLINE),$(shell echo $$(( $$(date +%s) + 80 * 60 ))))
 
 ## The Debian packages the tests need (installed when run as root, named otherwise).
 deps:
 	tests/install-deps
+
+## tests/install-deps fails loudly, naming them, when listed packages or tools are absent after its
+## install (against stand-ins for apt; seconds).
+install-deps-test:
+	tests/install-deps-test
 
 ## Unit tests, agent tests against Xvfb, API tests against a daemon on a temporary socket.
 unit: sdk-venv
@@ -28,7 +38,9 @@ unit: sdk-venv
 sdk-venv:
 	bash tests/sdk/setup.sh
 
-## End-to-end tests: they need real KVM, which the rig provides on hosts without it.
+## End-to-end tests: they need real KVM, which the rig provides on hosts without it. Each rig test
+## runs under tests/rig/retry-on-crash: once more after a recorded fault of the emulator, never
+## after a failure of its own. The binary they use: $$DESKD, else the debug build (tests/lib/common.sh).
 e2e: build-debug rig-self-test vmm-e2e image-boot-test sdk-e2e
 
 ## A computer from POST /computers driven by curl and the official orgo SDK (PyPI), in the rig
@@ -40,7 +52,7 @@ sdk-e2e: build-debug
 
 ## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
 .PHONY: vmm-e2e
-vmm-e2e:
+vmm-e2e: build-debug
 	tests/rig/retry-on-crash tests/vmm/e2e
 
 ## deskd's VMM against QEMU -M microvm in the rig: boot to userspace, VMM memory (issue 6).
@@ -49,7 +61,7 @@ bench: bench-vmm
 bench-vmm: build
 	benches/vmm-boot
 
-rig-self-test:
+rig-self-test: build-debug
 	tests/rig/run --self-test
 
 ## The default guest image system/desktop, built from Debian packages and installed into
@@ -60,7 +72,7 @@ image:
 	images/build.sh --variant $(VARIANT) --install $(DATA_DIR)
 
 ## Boots the image (in the rig where needed): agent /health, Xvfb resolutions, desktop screenshot.
-image-boot-test:
+image-boot-test: build-debug
 	tests/rig/retry-on-crash tests/image/boot-test --variant $(VARIANT)
 
 ## Benchmarks: each prints its figures next to what they were compared with in the same run.
@@ -82,20 +94,22 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Run deskd: on this host if it has hardware virtualization, otherwise inside the rig. Builds the
-## default image first (or reuses it: images/build.sh keys it by its inputs).
+## default image first (or reuses it: images/build.sh keys it by its inputs). Prints the socket, the
+## URL and the API key.
+DESKD_RELEASE = $(or $(CARGO_TARGET_DIR),target)/release/deskd
 run: build
 	@img=$$(images/build.sh --variant $(VARIANT) --print-dir | tail -1) || exit 1; \
 	if grep -qwE 'vmx|svm' /proc/cpuinfo; then \
 		echo "make run: hardware virtualization present: running deskd serve here"; \
 		images/install.sh "$$img" $(DATA_DIR) >/dev/null || exit 1; \
-		target/release/deskd serve --data-dir $(DATA_DIR) & pid=$$!; \
+		$(DESKD_RELEASE) serve --data-dir $(DATA_DIR) & pid=$$!; \
 		for i in $$(seq 1 100); do [ -S /run/deskd/deskd.sock ] && break; sleep 0.1; done; \
 		echo "  socket:  /run/deskd/deskd.sock"; \
 		echo "  URL:     http://localhost/api (over the socket; --listen 127.0.0.1:PORT for TCP)"; \
 		if [ -f $(DATA_DIR)/initial-api-key ]; then echo "  API key: $$(cat $(DATA_DIR)/initial-api-key)"; \
-		else echo "  API key: make one with: target/release/deskd keys create --name NAME --data-dir $(DATA_DIR)"; fi; \
+		else echo "  API key: make one with: $(DESKD_RELEASE) keys create --name NAME --data-dir $(DATA_DIR)"; fi; \
 		wait $$pid; \
 	else \
 		echo "make run: no vmx/svm on this host: running deskd inside the rig (tests/rig/README.md)"; \
-		tests/rig/serve --deskd target/release/deskd --image "$$img"; \
+		tests/rig/serve --deskd $(DESKD_RELEASE) --image "$$img"; \
 	fi

@@ -16,6 +16,9 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
+import hybrid_vsock  # noqa: E402  (the scripts' one hybrid-vsock client)
+
 SOCK = os.environ.get("DESKD_SOCKET", "/run/deskd/deskd.sock")
 DATA = os.environ.get("DESKD_DATA", "/var/lib/deskd")
 KEY = open(os.path.join(DATA, "initial-api-key")).read().strip()
@@ -52,26 +55,11 @@ def api(method, path, body=None):
 
 
 def agent(vsock, method, path, body=None):
-    """One call straight to the agent: connect, CONNECT 1024, HTTP/1.1."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(300)
-    s.connect(vsock)
-    s.sendall(b"CONNECT 1024\n")
-    line = b""
-    while not line.endswith(b"\n"):
-        b = s.recv(1)
-        if not b:
-            sys.exit("bench: the agent's vsock port closed")
-        line += b
-    conn = http.client.HTTPConnection("deskd-agent")
-    conn.sock = s
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-    r = conn.getresponse()
-    raw = r.read()
-    conn.close()
-    if r.status >= 300:
-        sys.exit(f"bench: agent {method} {path} -> {r.status} {raw[:300]!r}")
+    """One call straight to the agent on a fresh connection: connect, CONNECT 1024, HTTP/1.1."""
+    status, _, _, raw = hybrid_vsock.request(
+        vsock, method, path, body=None if body is None else json.dumps(body), timeout=300)
+    if status >= 300:
+        sys.exit(f"bench: agent {method} {path} -> {status} {raw[:300]!r}")
     return raw
 
 

@@ -11,11 +11,12 @@
 # screenshot.http and timings.txt. Judging is left to check_boot.py (run it on the host: it is slow
 # under emulation).
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 img=${1:?image dir}
 out=${2:?output dir}
 shift 2
-boot_timeout=${DESKD_BOOT_TIMEOUT:-1500}
+boot_timeout=${DESKD_BOOT_TIMEOUT:-600}
 mem=${DESKD_BOOT_MEM:-2048}
 # One vCPU by default: in the rig, two-vCPU desktop guests triple-fault or lock up in about half of
 # their boots (tests/rig/README.md, "Faults of the emulator"); one-vCPU guests have not. Two-vCPU
@@ -26,45 +27,38 @@ vcpus=${DESKD_BOOT_VCPUS:-1}
 grep -Eqw 'svm|vmx' /proc/cpuinfo || { echo "this host's /dev/kvm cannot run a stock kernel (no vmx/svm): use the rig" >&2; exit 2; }
 [ -c /dev/vhost-vsock ] || modprobe vhost_vsock 2>/dev/null || true
 [ -c /dev/vhost-vsock ] || { echo "no /dev/vhost-vsock (module vhost_vsock): cannot reach the agent" >&2; exit 2; }
-for tool in qemu-system-x86_64 qemu-img socat; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install qemu-system-x86 qemu-utils socat)" >&2; exit 2; }
-done
+lib_name=boot-in-vm-host lib_exit=2
+# shellcheck source=tests/lib/common.sh
+. "$here/../lib/common.sh"
+if [ -n "${DESKD_VMM:-}" ]; then
+    require_tools python3:python3
+else
+    require_tools qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils socat:socat
+fi
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# http_get CID PATH FILE: one HTTP/1.0 request to the agent over vsock (1.0: no chunking). shut-none:
-# socat must not half-close the connection after sending the request, or the server may take the
-# client for gone and drop a slow answer.
+# http_get CID PATH FILE: one request to the agent (port 1024) over vsock; FILE gets the answer with
+# its status line and headers. With deskd's VMM through its hybrid-vsock socket (tests/lib/
+# hybrid_vsock.py); with QEMU through the kernel's vsock (socat, HTTP/1.0: no chunking; shut-none:
+# socat must not half-close after the request, or the agent may take the client for gone).
 http_get() {
     local cid=$1 path=$2 file=$3
     if [ -n "${DESKD_VMM:-}" ]; then
-        # deskd's vsock device: connect to its Unix socket, say "CONNECT 1024", read "OK ...".
-        timeout 180 python3 - "$local_dir/vsock" "$path" > "$file" 2>"$file.err" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(120)
-s.connect(sys.argv[1])
-s.sendall(b"CONNECT 1024\n")
-line = b""
-while not line.endswith(b"\n"):
-    c = s.recv(1)
-    if not c:
-        sys.exit("vsock socket closed during CONNECT")
-    line += c
-if not line.startswith(b"OK"):
-    sys.exit(f"CONNECT refused: {line!r}")
-s.sendall(f"GET {sys.argv[2]} HTTP/1.0\r\nHost: agent\r\n\r\n".encode())
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    sys.stdout.buffer.write(chunk)
-PY
+        timeout 180 python3 "$here/../lib/hybrid_vsock.py" --include --output "$file" --timeout 120 \
+            "$local_dir/vsock" 1024 GET "$path" 2>"$file.err"
         return
     fi
     printf 'GET %s HTTP/1.0\r\nHost: agent\r\n\r\n' "$path" \
         | timeout 180 socat -t 120 - "VSOCK-CONNECT:$cid:1024,shut-none" > "$file" 2>"$file.err"
+}
+
+# guest_reset NAME WHY: a guest that reset itself (the VMM's reboot status; this test asks for no
+# reboot) is taken for a fault of the emulated SVM and recorded for tests/rig/retry-on-crash.
+guest_reset() {
+    echo "[$1] $2"
+    [ -z "${RIG_FAULTS:-}" ] || echo "image boot test, case $1: $2" >>"$RIG_FAULTS/guest-reset"
 }
 
 qemu_pid=""
@@ -97,9 +91,11 @@ for case in "$@"; do
     start=$(now)
     if [ -n "${DESKD_VMM:-}" ]; then
         rm -f "$local_dir/vsock"
+        rm -f "$local_dir/vmm.exit"
         "$DESKD_VMM" vmm --kernel "$img/kernel" --initrd "$img/initrd" --cmdline "$cmdline" \
             --disk "$disk" --disk "$dir/probe.img" --vcpus "$vcpus" --memory "$mem" \
-            --vsock-socket "$local_dir/vsock" --vsock-cid "$cid" --console-log "$dir/console.log" ${DESKD_VMM_ARGS:-} \
+            --vsock-socket "$local_dir/vsock" --vsock-cid "$cid" --console-log "$dir/console.log" \
+            --exit-status-file "$local_dir/vmm.exit" ${DESKD_VMM_ARGS:-} \
             > "$dir/qemu.log" 2>&1 &
     else
     qemu-system-x86_64 -M microvm,acpi=on -enable-kvm -cpu host -m "$mem" -smp "$vcpus" \
@@ -116,7 +112,14 @@ for case in "$@"; do
     agent_ready="" selftest_done=""
     while :; do
         if ! kill -0 "$qemu_pid" 2>/dev/null; then
-            echo "[$name] the VMM exited early: $(tail -3 "$dir/qemu.log")"
+            vmm_status=0
+            wait "$qemu_pid" || vmm_status=$?
+            qemu_pid=""
+            echo "[$name] the VMM exited early (status $vmm_status): $(tail -3 "$dir/qemu.log")"
+            # deskd's VMM: status 3 and "3 reboot" in its exit file is a guest reset.
+            if [ -n "${DESKD_VMM:-}" ] && [ "$vmm_status" = 3 ]; then
+                guest_reset "$name" "deskd vmm ended with status 3 ('$(cat "$local_dir/vmm.exit" 2>/dev/null)' in its exit file) after $(elapsed "$start") s: the guest reset itself (a triple fault or a reset) though this test asks for no reboot"
+            fi
             break
         fi
         # Ready is the agent's own verdict (`"ready":true`: X, the window manager, the panel drawn,
@@ -141,9 +144,11 @@ for case in "$@"; do
         fi
         sleep 3
     done
-    kill "$qemu_pid" 2>/dev/null || true
-    wait "$qemu_pid" 2>/dev/null || true
-    qemu_pid=""
+    if [ -n "$qemu_pid" ]; then
+        kill "$qemu_pid" 2>/dev/null || true
+        wait "$qemu_pid" 2>/dev/null || true
+        qemu_pid=""
+    fi
     rm -f "$disk"
     {
         echo "agent_ready_s=${agent_ready}"

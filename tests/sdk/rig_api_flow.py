@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""The API's own path, as the README shows it with curl, driving a real computer (a VM) through deskd.
+
+Run by tests/sdk-rig-e2e against `deskd serve` inside the rig (tests/rig/serve), before the SDK half
+(orgo_sdk_vm.py): plain HTTP over the daemon's Unix socket with the API key. Reads the folder
+`tests/rig/serve --info-dir` wrote (socket, key, ctl). One computer:
+
+  create a workspace and a computer; screenshot (the call waits while it boots), 1280x720 PNG, also
+  as response_format=url; bash (uname, the hostname the daemon gave it); the agent through
+  /desktops/{instance}/proxy/health; the console log; the daemon SIGKILLed and started again
+  re-attaches to the running VM (same boot); a reboot inside the guest boots it again (a new boot);
+  stop -> stopped, start -> running; the VMM SIGKILLed -> error with a reason, the daemon carries
+  on; delete -> 404.
+
+Faults are injected through the supervisor inside (tests/rig/supervise: files in `ctl`); the one
+reboot the test asks for is announced there, so that any other guest reset is recorded as a fault of
+the emulator. Prints each step with its time; exits 1 on the first mismatch.
+"""
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import socket
+import struct
+import sys
+import time
+
+START = time.monotonic()
+WIDTH, HEIGHT = 1280, 720
+
+
+def step(text):
+    print(f"api-flow: [{time.monotonic() - START:6.1f} s] {text}", flush=True)
+
+
+class Failed(Exception):
+    pass
+
+
+def expect(ok, what):
+    if not ok:
+        raise Failed(what)
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+class Api:
+    """curl --unix-socket SOCKET -H 'Authorization: Bearer KEY' http://localhost/api/..., in Python."""
+
+    def __init__(self, sock, key):
+        self.sock, self.key = sock, key
+
+    def call(self, method, path, body=None, timeout=900):
+        """(HTTP status, parsed JSON body or raw bytes)."""
+        conn = UnixHTTP(self.sock, timeout)
+        headers = {"Authorization": f"Bearer {self.key}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            r = conn.getresponse()
+            raw = r.read()
+        finally:
+            conn.close()
+        if "json" in (r.getheader("Content-Type") or ""):
+            return r.status, json.loads(raw)
+        return r.status, raw
+
+    def json(self, method, path, body=None, timeout=900):
+        """The JSON answer of a call that must succeed."""
+        status, data = self.call(method, path, body, timeout)
+        expect(200 <= status < 300 and isinstance(data, (dict, list)),
+               f"{method} {path} answered {status}: {str(data)[:300]}")
+        return data
+
+    def status_of(self, cid):
+        """The computer's status, or 'unreachable' while the API does not answer (a daemon restart)."""
+        try:
+            code, data = self.call("GET", f"/api/computers/{cid}", timeout=30)
+        except (OSError, http.client.HTTPException):
+            return "unreachable"
+        return data.get("status", f"HTTP {code}") if isinstance(data, dict) else f"HTTP {code}"
+
+
+def png_size(data):
+    """(width, height) of a PNG, or None if `data` is not one."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def poll(what, check, limit_s, every_s=1.0):
+    deadline = time.monotonic() + limit_s
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise Failed(f"{what} (not within {limit_s} s; last: {last!r})")
+
+
+def flow(api, ctl):
+    ws = api.json("POST", "/api/projects", {"name": "demo"})["id"]
+    created = api.json("POST", "/api/computers", {"project_id": ws, "name": "demo-1"})
+    cid = created["id"]
+    step(f"created {cid} (status {created['status']})")
+
+    t0 = time.monotonic()
+    shot = api.json("GET", f"/api/computers/{cid}/screenshot")
+    expect(shot.get("mime_type") == "image/png", f"screenshot mime_type {shot.get('mime_type')!r}")
+    expect((shot.get("width"), shot.get("height")) == (WIDTH, HEIGHT), f"screenshot size {shot.get('width')}x{shot.get('height')}")
+    png = base64.b64decode(shot["image"])
+    expect(png_size(png) == (WIDTH, HEIGHT), f"the screenshot is not a {WIDTH}x{HEIGHT} PNG ({png[:16]!r})")
+    step(f"screenshot after {time.monotonic() - t0:.0f} s (waited for the boot): {WIDTH}x{HEIGHT} PNG, {len(png)} bytes")
+
+    instance = api.json("GET", f"/api/computers/{cid}")["instance_id"]
+    out = api.json("POST", f"/api/computers/{cid}/bash", {"command": "uname -sr; hostname"})
+    step(f"bash: {out}")
+    expect(out.get("exit_code") == 0, "bash exit code")
+    expect(out["output"].startswith("Linux 6."), "bash output: not Linux 6.x")
+    expect(f"deskd-{instance}" in out["output"], "the hostname is not the one from deskd.hostname")
+
+    url = api.json("GET", f"/api/computers/{cid}/screenshot?response_format=url")["image"]
+    code, stored = api.call("GET", url)
+    expect(code == 200 and isinstance(stored, bytes) and png_size(stored) == (WIDTH, HEIGHT),
+           f"the stored screenshot at {url}: HTTP {code}")
+    step(f"response_format=url served at {url}")
+
+    proxied = api.json("GET", f"/api/desktops/{instance}/proxy/health")
+    step(f"proxy/health: {proxied}")
+    expect(proxied.get("status") == "ok", "proxy/health")
+
+    code, console = api.call("GET", f"/api/computers/{cid}/console?format=text")
+    text = console.decode(errors="replace") if isinstance(console, bytes) else json.dumps(console)
+    expect(code == 200 and "Linux version" in text, "the console log lacks the guest kernel's boot messages")
+    step("console log has the guest kernel's boot messages")
+
+    def boot_id():
+        r = api.json("POST", f"/api/computers/{cid}/bash", {"command": "cat /proc/sys/kernel/random/boot_id"})
+        return r["output"].strip()
+
+    # A daemon killed with SIGKILL and started again (the supervisor restarts it as systemd does)
+    # re-attaches to the VM that kept running: same guest boot, one computer, still driven.
+    before = boot_id()
+    open(os.path.join(ctl, "kill-daemon"), "w").close()
+    time.sleep(3)
+    poll("the daemon answers again after its restart", lambda: api.status_of(cid) != "unreachable", 120)
+    status = api.status_of(cid)
+    expect(status == "running", f"after a daemon restart the computer is {status!r}, not running")
+    after = boot_id()
+    expect(before and before == after, f"the guest rebooted across the daemon restart ({before} -> {after})")
+    count = len(api.json("GET", f"/api/computers?workspace_id={ws}")["computers"])
+    step(f"daemon killed and restarted; it re-attached to the running VM (same boot {after}, {count} computer(s))")
+    expect(count == 1, f"the project lists {count} computers after the restart, not 1")
+
+    # A reboot from inside the guest boots the computer again: a new boot of the same computer.
+    # Announced to the supervisor, so that this reset is not taken for a fault of the emulator.
+    open(os.path.join(ctl, f"expect-reboot-{cid}"), "w").close()
+    api.json("POST", f"/api/computers/{cid}/bash",
+             {"command": 'setsid sh -c "sleep 2; sudo systemctl reboot" >/dev/null 2>&1 < /dev/null &'})
+    t0, seen = time.monotonic(), []
+
+    def rebooted():
+        s = api.status_of(cid)
+        if s != "running" and (not seen or seen[-1] != s):
+            seen.append(s)
+        return s == "error" or (s == "running" and seen)
+
+    poll("the computer goes through a reboot and runs again", rebooted, 600, every_s=2)
+    status = api.status_of(cid)
+    expect(status == "running", f"after a reboot inside the guest the computer is {status!r} (seen: {seen})")
+    new_boot = boot_id()
+    expect(new_boot != after, "the boot id did not change across the guest's reboot")
+    step(f"a reboot inside the guest booted it again in {time.monotonic() - t0:.0f} s (went through: {' '.join(seen)})")
+
+    # Stop and start: the power button ends the VM (`stopped`, no VM left), start boots it again.
+    r = api.json("POST", f"/api/computers/{cid}/stop")
+    expect(r.get("success") is True, f"stop answered {r}")
+    t0 = time.monotonic()
+    poll("the computer is stopped", lambda: api.status_of(cid) in ("stopped", "error"), 180)
+    status = api.status_of(cid)
+    expect(status == "stopped", f"after stop the computer is {status!r}")
+    step(f"stop: stopped after {time.monotonic() - t0:.0f} s")
+    r = api.json("POST", f"/api/computers/{cid}/start")
+    expect(r.get("success") is True, f"start answered {r}")
+    t0 = time.monotonic()
+    poll("the computer runs again after start", lambda: api.status_of(cid) in ("running", "error"), 600, every_s=2)
+    status = api.status_of(cid)
+    expect(status == "running", f"after start the computer is {status!r}")
+    started = boot_id()
+    expect(started != new_boot, "start did not boot the guest anew")
+    step(f"start: running again after {time.monotonic() - t0:.0f} s (a new boot)")
+
+    # The VMM dies: its computer turns to error with the reason, and the daemon carries on.
+    open(os.path.join(ctl, f"kill-vmm-{cid}"), "w").close()
+    poll("a killed VMM turns its computer to error", lambda: api.status_of(cid) == "error", 60)
+    reason = api.json("GET", f"/api/computers/{cid}").get("status_reason")
+    step(f"VMM killed: computer is error ({reason})")
+    expect(reason, "the error carries no status_reason")
+    code, _ = api.call("GET", "/api/projects")
+    expect(code == 200, f"the daemon stopped answering after a VMM died (HTTP {code})")
+
+    r = api.json("DELETE", f"/api/computers/{cid}")
+    expect(r.get("success") is True, f"delete answered {r}")
+    code, _ = api.call("GET", f"/api/computers/{cid}")
+    expect(code == 404, f"delete left the computer (GET answers {code})")
+    step("deleted")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--info-dir", required=True, help="the folder tests/rig/serve --info-dir wrote")
+    a = p.parse_args()
+
+    def read(name):
+        with open(os.path.join(a.info_dir, name)) as f:
+            return f.read().strip()
+
+    api = Api(read("socket"), read("key"))
+    try:
+        flow(api, read("ctl"))
+    except Failed as e:
+        step(f"FAILED: {e}")
+        return 1
+    step("all steps passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
