@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 import struct
 import sys
 import time
@@ -149,6 +150,13 @@ def flow(api, ctl):
     text = console.decode(errors="replace") if isinstance(console, bytes) else json.dumps(console)
     expect(code == 200 and "Linux version" in text, "the console log lacks the guest kernel's boot messages")
     step("console log has the guest kernel's boot messages")
+
+    # The operator's command line on the same computer: `deskd screenshot` and `deskd bash`.
+    rig_check = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cli", "rig-check")
+    done = subprocess.run([rig_check, api.sock, api.key, cid], capture_output=True, text=True, timeout=900)
+    sys.stderr.write(done.stdout + done.stderr)
+    expect(done.returncode == 0, f"tests/cli/rig-check exited {done.returncode}")
+    step("deskd screenshot and deskd bash work on the running computer")
 
     def boot_id():
         r = api.json("POST", f"/api/computers/{cid}/bash", {"command": "cat /proc/sys/kernel/random/boot_id"})
