@@ -11,11 +11,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::BusDevice;
 
+pub mod persist;
+
 /// Why the serial console could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
     #[error("cannot open the console log {path}: {source}")]
     OpenLog { path: PathBuf, source: io::Error },
+    #[error("the snapshot's serial port state is invalid: {0}")]
+    Restore(String),
 }
 
 /// Raises the UART's interrupt by writing the eventfd registered as COM1's irqfd.
@@ -99,6 +103,27 @@ impl SerialDevice {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),
         }
+    }
+
+    /// The UART's registers for a snapshot.
+    pub fn save(&self) -> persist::SerialSnapshot {
+        persist::SerialSnapshot::from(&self.uart.state())
+    }
+
+    /// A UART in the saved state (a pending interrupt is raised again).
+    pub fn restore(
+        irq: EventFd,
+        out: ConsoleOutput,
+        state: &persist::SerialSnapshot,
+    ) -> Result<Self, SerialError> {
+        let uart = Serial::from_state(
+            &vm_superio::serial::SerialState::from(state),
+            IrqTrigger(irq),
+            vm_superio::serial::NoEvents,
+            out,
+        )
+        .map_err(|e| SerialError::Restore(format!("{e:?}")))?;
+        Ok(SerialDevice { uart })
     }
 }
 
