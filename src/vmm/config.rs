@@ -65,11 +65,15 @@ pub enum ConfigError {
     TooManyDevices(usize),
     #[error("the kernel command line is {0} bytes; at most {max} fit", max = layout::CMDLINE_MAX_SIZE - 1)]
     CmdlineTooLong(usize),
-    #[error("{0} cannot change when restoring a snapshot (the guest already has it); leave it out")]
+    #[error(
+        "{0} cannot change when restoring a snapshot (the guest already has it); leave it out"
+    )]
     NotOnRestore(&'static str),
     #[error("--restore-paused needs --restore DIR")]
     PausedWithoutRestore,
-    #[error("the snapshot has {saved} disks; --disk was given {given} times, give all of them or none")]
+    #[error(
+        "the snapshot has {saved} disks; --disk was given {given} times, give all of them or none"
+    )]
     RestoreDiskCount { saved: usize, given: usize },
 }
 

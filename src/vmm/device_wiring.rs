@@ -14,11 +14,11 @@ use super::acpi::VirtioMmioWindow;
 use super::config::VmConfig;
 use super::devices::bus::{Bus, BusError};
 use super::devices::virtio::block::{Block, BlockConfig, BlockError};
+use super::devices::virtio::persist::PersistError;
 use super::devices::virtio::rng::Rng;
+use super::devices::virtio::transport::persist::TransportState;
 use super::devices::virtio::transport::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use super::devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
-use super::devices::virtio::persist::PersistError;
-use super::devices::virtio::transport::persist::TransportState;
 use super::devices::virtio::{MmioTransport, VirtioDevice};
 use super::layout;
 use super::memory::GuestMemory;
@@ -47,10 +47,7 @@ pub enum VirtioError {
     #[error("{0} virtio devices do not fit; at most {max}", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
     TooMany(usize),
     #[error("cannot restore virtio device {index} from the snapshot: {source}")]
-    Restore {
-        index: usize,
-        source: PersistError,
-    },
+    Restore { index: usize, source: PersistError },
 }
 
 /// The attached devices; their windows go into the DSDT.

@@ -180,7 +180,13 @@ pub fn run(args: VmmArgs) -> ExitCode {
 #[allow(clippy::type_complexity)]
 fn load_config(
     args: &VmmArgs,
-) -> Result<(VmConfig, Option<(std::path::PathBuf, snapshot::SnapshotState)>), String> {
+) -> Result<
+    (
+        VmConfig,
+        Option<(std::path::PathBuf, snapshot::SnapshotState)>,
+    ),
+    String,
+> {
     let Some(dir) = &args.restore else {
         if args.restore_paused {
             return Err(config::ConfigError::PausedWithoutRestore.to_string());

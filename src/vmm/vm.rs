@@ -73,7 +73,9 @@ pub enum VmError {
     SnapshotLayout { memory_mib: u64 },
     #[error("the snapshot has {saved} vCPUs but its configuration says {config}; the snapshot is corrupt")]
     SnapshotVcpus { saved: usize, config: u8 },
-    #[error("a snapshot can be taken only while the VM is paused; send {{\"cmd\":\"pause\"}} first")]
+    #[error(
+        "a snapshot can be taken only while the VM is paused; send {{\"cmd\":\"pause\"}} first"
+    )]
     NotPaused,
     #[error("the VM is ending; it cannot be paused, resumed or snapshotted")]
     Ending,
@@ -184,8 +186,11 @@ impl Vm {
             None => memory::allocate(&ram)?,
             Some((dir, state, _)) => {
                 let expected: Vec<(u64, u64)> = ram.ranges();
-                let saved: Vec<(u64, u64)> =
-                    state.memory.iter().map(|r| (r.guest_addr, r.size)).collect();
+                let saved: Vec<(u64, u64)> = state
+                    .memory
+                    .iter()
+                    .map(|r| (r.guest_addr, r.size))
+                    .collect();
                 if expected != saved {
                     return Err(VmError::SnapshotLayout {
                         memory_mib: config.memory_mib,
@@ -274,7 +279,11 @@ impl Vm {
         )?;
         tracing::info!(
             "VM {} in {:?}: {} vCPU(s), {} MiB, {} virtio device(s){}",
-            if restore.is_some() { "restored" } else { "started" },
+            if restore.is_some() {
+                "restored"
+            } else {
+                "started"
+            },
             started.elapsed(),
             config.vcpus,
             config.memory_mib,
@@ -384,7 +393,9 @@ impl Vm {
                 .as_slice()
                 .to_vec(),
         );
-        let vcpus = self.vcpus.save_states(&msr_index, Duration::from_secs(10))?;
+        let vcpus = self
+            .vcpus
+            .save_states(&msr_index, Duration::from_secs(10))?;
         let vm = persist::save(&self.vm_fd)?;
         let legacy = snapshot::LegacyDevicesState {
             serial: lock(&self.legacy.serial).save(),

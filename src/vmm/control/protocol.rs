@@ -180,6 +180,9 @@ mod tests {
             line,
             r#"{"ok":true,"memory_bytes":268435456,"memory_data_bytes":1048576,"snapshot_ms":42}"#
         );
-        assert_eq!(serde_json::from_str::<ControlResponse>(&line).unwrap(), snap);
+        assert_eq!(
+            serde_json::from_str::<ControlResponse>(&line).unwrap(),
+            snap
+        );
     }
 }

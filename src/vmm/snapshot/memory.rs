@@ -208,14 +208,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory");
         let size = 8 << 20;
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), size), (GuestAddress(1 << 32), size)])
-            .unwrap();
+        let mem =
+            GuestMemory::from_ranges(&[(GuestAddress(0), size), (GuestAddress(1 << 32), size)])
+                .unwrap();
         mem.write_slice(b"low", GuestAddress(0x1234)).unwrap();
         mem.write_slice(b"high", GuestAddress((1 << 32) + 0x5000))
             .unwrap();
         let stats = write_sparse(&mem, &path).unwrap();
         assert_eq!(stats.ram_bytes, 2 * size as u64);
-        assert_eq!(stats.data_bytes, 2 * PAGE as u64, "only the two written pages");
+        assert_eq!(
+            stats.data_bytes,
+            2 * PAGE as u64,
+            "only the two written pages"
+        );
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 2 * size as u64);
         assert!(
@@ -229,7 +234,9 @@ mod tests {
         let regions = layout(&mem);
         let restored = map_private(&path, &regions).unwrap();
         let mut got = [0u8; 4];
-        restored.read_slice(&mut got[..3], GuestAddress(0x1234)).unwrap();
+        restored
+            .read_slice(&mut got[..3], GuestAddress(0x1234))
+            .unwrap();
         assert_eq!(&got[..3], b"low");
         restored
             .read_slice(&mut got, GuestAddress((1 << 32) + 0x5000))
@@ -238,7 +245,9 @@ mod tests {
         // Private: the guest's writes do not reach the file, and a second mapping sees the file.
         restored.write_slice(b"XXX", GuestAddress(0x1234)).unwrap();
         let other = map_private(&path, &regions).unwrap();
-        other.read_slice(&mut got[..3], GuestAddress(0x1234)).unwrap();
+        other
+            .read_slice(&mut got[..3], GuestAddress(0x1234))
+            .unwrap();
         assert_eq!(&got[..3], b"low");
 
         // A truncated file is refused before anything is mapped.

@@ -185,7 +185,10 @@ impl HostFacts {
                 .iter()
                 .find(|c| !self.capabilities.contains(c))
                 .map(|(name, had)| {
-                    format!("{name} {} in the snapshot's host", if *had { "present" } else { "absent" })
+                    format!(
+                        "{name} {} in the snapshot's host",
+                        if *had { "present" } else { "absent" }
+                    )
                 })
                 .unwrap_or_else(|| "the set of KVM capabilities differs".into());
             return Err(SnapshotError::Host(diff));

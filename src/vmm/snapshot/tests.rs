@@ -27,8 +27,10 @@ fn sample_config() -> VmConfig {
 }
 
 fn sample_vcpu(rip: u64) -> VcpuState {
-    let mut regs = kvm_bindings::kvm_regs::default();
-    regs.rip = rip;
+    let regs = kvm_bindings::kvm_regs {
+        rip,
+        ..Default::default()
+    };
     VcpuState {
         cpuid: vec![kvm_bindings::kvm_cpuid_entry2 {
             function: 1,
@@ -68,7 +70,10 @@ pub(crate) fn sample_state() -> SnapshotState {
         host: HostFacts {
             kvm_api_version: 12,
             cpuid_sha256: [7; 32],
-            capabilities: vec![("KVM_CAP_IRQCHIP".into(), true), ("KVM_CAP_XSAVE2".into(), false)],
+            capabilities: vec![
+                ("KVM_CAP_IRQCHIP".into(), true),
+                ("KVM_CAP_XSAVE2".into(), false),
+            ],
         },
         config: sample_config(),
         memory: vec![MemoryRegion {
@@ -86,7 +91,10 @@ pub(crate) fn sample_state() -> SnapshotState {
                 ..Default::default()
             },
         },
-        vcpus: vec![sample_vcpu(0xffff_ffff_8100_0000), sample_vcpu(0xffff_ffff_8100_1000)],
+        vcpus: vec![
+            sample_vcpu(0xffff_ffff_8100_0000),
+            sample_vcpu(0xffff_ffff_8100_1000),
+        ],
         legacy: LegacyDevicesState {
             serial: SerialSnapshot::from(&vm_superio::serial::SerialState::default()),
             i8042: I8042State {},
@@ -138,7 +146,11 @@ fn every_truncation_is_refused() {
     let bytes = encode(&sample_state()).unwrap();
     for len in 0..bytes.len() {
         let err = decode(path(), &bytes[..len]).err();
-        assert!(err.is_some(), "a file cut at {len} of {} bytes was accepted", bytes.len());
+        assert!(
+            err.is_some(),
+            "a file cut at {len} of {} bytes was accepted",
+            bytes.len()
+        );
     }
     assert!(matches!(
         decode(path(), &bytes[..bytes.len() - 1]),
@@ -153,7 +165,10 @@ fn foreign_files_and_other_versions_say_so() {
     assert!(matches!(err, SnapshotError::NotASnapshot { .. }), "{err}");
     bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
     let err = decode(path(), &bytes).unwrap_err();
-    assert!(matches!(err, SnapshotError::Version { found: 2, .. }), "{err}");
+    assert!(
+        matches!(err, SnapshotError::Version { found: 2, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("version 2"), "{err}");
     // Appended garbage is corruption, not a longer body.
     let mut longer = encode(&sample_state()).unwrap();
@@ -225,7 +240,11 @@ fn another_host_is_refused_with_the_reason() {
     assert!(err.to_string().contains("KVM_CAP_XSAVE2 present"), "{err}");
     let mut other = here.clone();
     other.kvm_api_version = 11;
-    assert!(here.check(&other).unwrap_err().to_string().contains("API version 11"));
+    assert!(here
+        .check(&other)
+        .unwrap_err()
+        .to_string()
+        .contains("API version 11"));
 }
 
 #[test]

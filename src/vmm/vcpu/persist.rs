@@ -81,7 +81,13 @@ pub fn save(
     vcpu: &mut VcpuFd,
     msr_index: &[u32],
 ) -> Result<VcpuState, VcpuPersistError> {
-    let kvm = |what: &'static str| move |source| VcpuPersistError::Kvm { index, what, source };
+    let kvm = |what: &'static str| {
+        move |source| VcpuPersistError::Kvm {
+            index,
+            what,
+            source,
+        }
+    };
     // Finish an exit that was handled but whose result (an MMIO or port read) KVM applies only on
     // the next KVM_RUN; with immediate_exit KVM does that and returns EINTR at once.
     vcpu.set_kvm_immediate_exit(1);
@@ -95,13 +101,19 @@ pub fn save(
     }
     let mp_state = vcpu.get_mp_state().map_err(kvm("read the MP state"))?;
     let regs = vcpu.get_regs().map_err(kvm("read the registers"))?;
-    let sregs = vcpu.get_sregs().map_err(kvm("read the special registers"))?;
+    let sregs = vcpu
+        .get_sregs()
+        .map_err(kvm("read the special registers"))?;
     let xsave = vcpu.get_xsave().map_err(kvm("read the XSAVE area"))?;
     let xcrs = vcpu.get_xcrs().map_err(kvm("read the XCRs"))?;
-    let debug_regs = vcpu.get_debug_regs().map_err(kvm("read the debug registers"))?;
+    let debug_regs = vcpu
+        .get_debug_regs()
+        .map_err(kvm("read the debug registers"))?;
     let lapic = vcpu.get_lapic().map_err(kvm("read the LAPIC"))?;
     let msrs = save_msrs(index, vcpu, msr_index)?;
-    let vcpu_events = vcpu.get_vcpu_events().map_err(kvm("read the pending events"))?;
+    let vcpu_events = vcpu
+        .get_vcpu_events()
+        .map_err(kvm("read the pending events"))?;
     let cpuid = vcpu
         .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("read the CPUID"))?
@@ -130,7 +142,13 @@ fn save_msrs(
     vcpu: &VcpuFd,
     msr_index: &[u32],
 ) -> Result<Vec<kvm_msr_entry>, VcpuPersistError> {
-    let kvm = |what: &'static str| move |source| VcpuPersistError::Kvm { index, what, source };
+    let kvm = |what: &'static str| {
+        move |source| VcpuPersistError::Kvm {
+            index,
+            what,
+            source,
+        }
+    };
     let mut saved = Vec::with_capacity(msr_index.len());
     let mut rest = msr_index;
     while !rest.is_empty() {
@@ -158,7 +176,13 @@ fn save_msrs(
 
 /// Writes `state` into a freshly created vCPU, before its first `KVM_RUN`.
 pub fn restore(index: usize, vcpu: &VcpuFd, state: &VcpuState) -> Result<(), VcpuPersistError> {
-    let kvm = |what: &'static str| move |source| VcpuPersistError::Kvm { index, what, source };
+    let kvm = |what: &'static str| {
+        move |source| VcpuPersistError::Kvm {
+            index,
+            what,
+            source,
+        }
+    };
     let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuPersistError::TooMany {
         index,
         what: "CPUID",
@@ -177,7 +201,8 @@ pub fn restore(index: usize, vcpu: &VcpuFd, state: &VcpuState) -> Result<(), Vcp
     }
     vcpu.set_mp_state(state.mp_state)
         .map_err(kvm("set the MP state"))?;
-    vcpu.set_regs(&state.regs).map_err(kvm("set the registers"))?;
+    vcpu.set_regs(&state.regs)
+        .map_err(kvm("set the registers"))?;
     vcpu.set_sregs(&state.sregs)
         .map_err(kvm("set the special registers"))?;
     // SAFETY: `state.xsave` is a whole `kvm_xsave` (the 4 KiB legacy layout KVM_GET_XSAVE filled);

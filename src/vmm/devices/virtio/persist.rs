@@ -13,7 +13,10 @@ use super::vsock::persist::VsockState;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PersistError {
     #[error("the snapshot has a {saved} device where this VM has a {here} device; restore with the configuration the snapshot was taken with")]
-    WrongKind { saved: &'static str, here: &'static str },
+    WrongKind {
+        saved: &'static str,
+        here: &'static str,
+    },
     #[error("the snapshot's {what} was {saved}, this VM's is {here}; {hint}")]
     Mismatch {
         what: &'static str,

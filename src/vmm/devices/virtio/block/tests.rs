@@ -448,7 +448,8 @@ fn a_restored_disk_continues_the_queue_where_it_stopped() {
 
     // Paused: a request the driver makes available (and notifies) is not served.
     rig.t.pause();
-    mem.write_slice(&[0u8; 512], GuestAddress(DATA)).expect("clear");
+    mem.write_slice(&[0u8; 512], GuestAddress(DATA))
+        .expect("clear");
     header(&mem, VIRTIO_BLK_T_IN, 63);
     rig.next_desc = add_chain(
         &rig.vq,
@@ -457,14 +458,24 @@ fn a_restored_disk_continues_the_queue_where_it_stopped() {
     );
     write_reg(&mut rig.t, 0x50, 0);
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(used_idx(&mem, &rig.vq), 1, "a paused device served a request");
+    assert_eq!(
+        used_idx(&mem, &rig.vq),
+        1,
+        "a paused device served a request"
+    );
 
     // Saved mid-queue: one chain used, the pending one not taken yet.
     let saved = snapshot_restore(&mut rig.t, Box::new(block(&tmp, false)), &mem);
     assert!(saved.activated);
-    assert_eq!((saved.queues[0].next_avail, saved.queues[0].next_used), (1, 1));
+    assert_eq!(
+        (saved.queues[0].next_avail, saved.queues[0].next_used),
+        (1, 1)
+    );
     // The restored device looks at its queue by itself and serves the pending request.
-    assert!(wait_used(&mem, &rig.vq, 2), "pending request not served after restore");
+    assert!(
+        wait_used(&mem, &rig.vq, 2),
+        "pending request not served after restore"
+    );
     rig.done = 2;
     assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
     let mut got = vec![0u8; 512];
@@ -473,7 +484,11 @@ fn a_restored_disk_continues_the_queue_where_it_stopped() {
     // And the next request continues the ring.
     let (st, used) = rig.request(VIRTIO_BLK_T_GET_ID, 0, Some((20, true)));
     assert_eq!((st, used), (VIRTIO_BLK_S_OK, 21));
-    assert_eq!(used_elem(&mem, &rig.vq, 2).0, 6, "third chain starts at descriptor 6");
+    assert_eq!(
+        used_elem(&mem, &rig.vq, 2).0,
+        6,
+        "third chain starts at descriptor 6"
+    );
 }
 
 #[test]

@@ -85,7 +85,10 @@ fn a_restored_rng_continues_the_queue_and_keeps_a_broken_device_broken() {
     assert_eq!(saved.queues[0].next_used, 1);
     let next = add_chain(&vq, next, &[(DATA_BASE + 0x1000, 32, true)]);
     write_reg(&mut t, 0x50, 0);
-    assert!(wait_used(&mem, &vq, 2), "the restored device serves the next chain");
+    assert!(
+        wait_used(&mem, &vq, 2),
+        "the restored device serves the next chain"
+    );
     assert_eq!(used_elem(&mem, &vq, 1), (1, 32));
 
     // Broken before the snapshot: still DEVICE_NEEDS_RESET after it, and serving nothing.

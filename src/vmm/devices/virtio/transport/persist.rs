@@ -108,8 +108,8 @@ impl MmioTransport {
                     saved.max_size
                 )));
             }
-            let queue = Queue::try_from(QueueState::from(*saved))
-                .map_err(|e| queue_err(e.to_string()))?;
+            let queue =
+                Queue::try_from(QueueState::from(*saved)).map_err(|e| queue_err(e.to_string()))?;
             if state.activated && !state.needs_reset && !queue_is_usable(&queue, &self.mem) {
                 return Err(queue_err(
                     "its rings are not in guest memory or its size is invalid".into(),

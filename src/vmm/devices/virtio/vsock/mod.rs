@@ -306,9 +306,7 @@ impl VsockWorker {
             }
             // Rx buffers freed the backlog: take the tx packets that were left waiting.
             if result.is_ok() && self.tx_stalled && !self.muxer.backlog_full() {
-                result = self
-                    .process_tx(event_loop)
-                    .and_then(|()| self.process_rx());
+                result = self.process_tx(event_loop).and_then(|()| self.process_rx());
             }
             if let Err(e) = result {
                 tracing::warn!("vsock: {e}; the device needs a reset by the driver");
@@ -322,19 +320,22 @@ impl VsockWorker {
     /// 5.10.6.6): the guest drops its connections, re-reads its CID and keeps its listeners.
     /// Without a buffer yet, it stays owed until the guest posts one.
     fn send_transport_reset(&mut self) {
-        let result = next_chain(&mut self.event, &self.mem, u64::from(u32::MAX)).and_then(|chain| {
-            let Some(chain) = chain else {
-                return Ok(false);
-            };
-            let mut out = Cursor::new(&self.mem, &chain.writable);
-            out.write_all(&persist::TRANSPORT_RESET_EVENT.to_le_bytes())
-                .map_err(|e| QueueError::Device(format!("cannot write the vsock event: {e}")))?;
-            self.event
-                .add_used(&self.mem, chain.head, out.done() as u32)
-                .map_err(QueueError::Queue)?;
-            signal_used(&self.mem, &mut self.event, &self.interrupt, true)?;
-            Ok(true)
-        });
+        let result =
+            next_chain(&mut self.event, &self.mem, u64::from(u32::MAX)).and_then(|chain| {
+                let Some(chain) = chain else {
+                    return Ok(false);
+                };
+                let mut out = Cursor::new(&self.mem, &chain.writable);
+                out.write_all(&persist::TRANSPORT_RESET_EVENT.to_le_bytes())
+                    .map_err(|e| {
+                        QueueError::Device(format!("cannot write the vsock event: {e}"))
+                    })?;
+                self.event
+                    .add_used(&self.mem, chain.head, out.done() as u32)
+                    .map_err(QueueError::Queue)?;
+                signal_used(&self.mem, &mut self.event, &self.interrupt, true)?;
+                Ok(true)
+            });
         match result {
             Ok(sent) => {
                 if sent {

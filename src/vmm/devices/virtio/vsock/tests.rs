@@ -565,8 +565,14 @@ fn pause_keeps_connections_and_a_restore_resets_them_with_the_event() {
     .expect("vsock device");
     let saved = snapshot_restore(&mut g.t, Box::new(dev), &mem);
     assert_eq!(saved.queues.len(), 3);
-    assert_eq!(saved.queues[0].next_used, g.rx_seen, "rx saved where it stopped");
-    assert_eq!(saved.queues[1].next_used, g.tx_sent, "tx saved where it stopped");
+    assert_eq!(
+        saved.queues[0].next_used, g.rx_seen,
+        "rx saved where it stopped"
+    );
+    assert_eq!(
+        saved.queues[1].next_used, g.tx_sent,
+        "tx saved where it stopped"
+    );
     // The guest gets VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (id 0) in its event buffer.
     assert!(wait_used(&mem, &g._evq, 1), "no transport reset event");
     assert_eq!(used_elem(&mem, &g._evq, 0).1, 4);
@@ -574,7 +580,10 @@ fn pause_keeps_connections_and_a_restore_resets_them_with_the_event() {
     // The old host connection is gone with the old device.
     let mut buf = [0u8; 8];
     let mut c = &client;
-    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)), "old connection still open");
+    assert!(
+        matches!(c.read(&mut buf), Ok(0) | Err(_)),
+        "old connection still open"
+    );
     // New host connections reach the guest through the new socket, on the same rx ring.
     g.path = path2;
     let (_client2, req2) = g.host_connect(1024);
