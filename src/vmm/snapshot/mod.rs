@@ -24,8 +24,9 @@
 //! 52..    body: SnapshotState in postcard (serde, compact, a documented stable wire format)
 //! ```
 //!
-//! The body carries the host facts it depends on ([`HostFacts`]: KVM's API version, a digest of
-//! `KVM_GET_SUPPORTED_CPUID`, the KVM capabilities the VMM uses): a snapshot is refused on a host
+//! The body carries the host facts it depends on ([`HostFacts`]: KVM's API version,
+//! `KVM_GET_SUPPORTED_CPUID` less the APIC IDs of whichever CPU answered, the KVM capabilities the
+//! VMM uses): a snapshot is refused on a host
 //! where they differ, as it is when it is truncated, corrupt or of another format version, always
 //! with an error that says which, never a crash. The memory file is checked by its length only;
 //! checking its contents would mean reading all of RAM, which restore avoids.
@@ -119,9 +120,8 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Sna
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFacts {
     pub kvm_api_version: i32,
-    /// SHA-256 of `KVM_GET_SUPPORTED_CPUID` (function, index, flags, eax, ebx, ecx, edx of each
-    /// entry, little-endian), which the guest's CPUID was derived from.
-    pub cpuid_sha256: [u8; 32],
+    /// `KVM_GET_SUPPORTED_CPUID` (see [`host_cpuid`]), which the guest's CPUID was derived from.
+    pub cpuid: Vec<CpuidLeaf>,
     /// The KVM capabilities the VMM and the saved state rely on, present or not.
     pub capabilities: Vec<(String, bool)>,
 }
@@ -149,15 +149,9 @@ impl HostFacts {
         let cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| SnapshotError::Probe(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
-        let mut digest = Sha256::new();
-        for e in cpuid.as_slice() {
-            for word in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
-                digest.update(word.to_le_bytes());
-            }
-        }
         Ok(HostFacts {
             kvm_api_version: kvm.get_api_version(),
-            cpuid_sha256: digest.finalize().into(),
+            cpuid: host_cpuid(cpuid.as_slice()),
             capabilities: FACT_CAPS
                 .iter()
                 .map(|(cap, name)| (name.to_string(), kvm.check_extension(*cap)))
@@ -174,10 +168,29 @@ impl HostFacts {
                 saved.kvm_api_version, self.kvm_api_version
             )));
         }
-        if saved.cpuid_sha256 != self.cpuid_sha256 {
-            return Err(SnapshotError::Host(
-                "the CPUID KVM reports differs from the one the snapshot was taken with (another CPU model, microcode or kernel)".into(),
-            ));
+        if saved.cpuid != self.cpuid {
+            let leaf = |l: &CpuidLeaf| {
+                format!(
+                    "leaf {:#x}/{:#x} = {:08x} {:08x} {:08x} {:08x}",
+                    l.function, l.index, l.eax, l.ebx, l.ecx, l.edx
+                )
+            };
+            let first = saved
+                .cpuid
+                .iter()
+                .zip(&self.cpuid)
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("{} in the snapshot, {} here", leaf(a), leaf(b)))
+                .unwrap_or_else(|| {
+                    format!(
+                        "{} leaves in the snapshot, {} here",
+                        saved.cpuid.len(),
+                        self.cpuid.len()
+                    )
+                });
+            return Err(SnapshotError::Host(format!(
+                "the CPUID KVM reports differs from the one the snapshot was taken with (another CPU model, microcode or kernel): {first}"
+            )));
         }
         if saved.capabilities != self.capabilities {
             let diff = saved
@@ -195,6 +208,52 @@ impl HostFacts {
         }
         Ok(())
     }
+}
+
+/// One leaf of KVM's supported CPUID as a host fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidLeaf {
+    pub function: u32,
+    pub index: u32,
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// A CPUID list as a host fact: without the fields that name the host CPU the ioctl happened to
+/// run on (KVM fills some leaves from the current CPU, so its APIC IDs differ from one call to
+/// the next).
+pub fn host_cpuid(entries: &[kvm_bindings::kvm_cpuid_entry2]) -> Vec<CpuidLeaf> {
+    entries
+        .iter()
+        .map(|e| {
+            let mut leaf = CpuidLeaf {
+                function: e.function,
+                index: e.index,
+                flags: e.flags,
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+            };
+            match e.function {
+                // Initial APIC ID (bits 31-24) of leaf 1.
+                1 => leaf.ebx &= 0x00ff_ffff,
+                // Extended topology: EDX is the x2APIC ID of the current CPU.
+                0xb | 0x1f => leaf.edx = 0,
+                // AMD: extended APIC ID, core (compute unit) ID, node ID of the current CPU.
+                0x8000_001e => {
+                    leaf.eax = 0;
+                    leaf.ebx &= !0xff;
+                    leaf.ecx &= !0xff;
+                }
+                _ => {}
+            }
+            leaf
+        })
+        .collect()
 }
 
 /// The legacy devices' state.

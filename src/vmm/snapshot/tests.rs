@@ -69,7 +69,15 @@ pub(crate) fn sample_state() -> SnapshotState {
     SnapshotState {
         host: HostFacts {
             kvm_api_version: 12,
-            cpuid_sha256: [7; 32],
+            cpuid: vec![CpuidLeaf {
+                function: 7,
+                index: 0,
+                flags: 1,
+                eax: 0,
+                ebx: 0x219c_91a9,
+                ecx: 0,
+                edx: 0,
+            }],
             capabilities: vec![
                 ("KVM_CAP_IRQCHIP".into(), true),
                 ("KVM_CAP_XSAVE2".into(), false),
@@ -227,13 +235,39 @@ proptest! {
 }
 
 #[test]
+fn the_host_cpuid_ignores_which_cpu_answered_but_not_features() {
+    let leaf = |function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32| {
+        kvm_bindings::kvm_cpuid_entry2 {
+            function,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    };
+    let on_cpu = |apic: u32| {
+        vec![
+            leaf(1, 0x800f12, apic << 24 | 0x0800, 0x7ed8_320b, 0x178b_fbff),
+            leaf(0xb, 1, 1, 0x100, apic),
+            leaf(0x8000_001e, apic, 0x100 | apic, apic, 0),
+        ]
+    };
+    assert_eq!(host_cpuid(&on_cpu(0)), host_cpuid(&on_cpu(1)));
+    let mut fewer_features = on_cpu(0);
+    fewer_features[0].ecx &= !(1 << 28); // no AVX
+    assert_ne!(host_cpuid(&on_cpu(0)), host_cpuid(&fewer_features));
+}
+
+#[test]
 fn another_host_is_refused_with_the_reason() {
     let here = sample_state().host;
     here.check(&here.clone()).unwrap();
     let mut other = here.clone();
-    other.cpuid_sha256[0] ^= 1;
+    other.cpuid[0].ebx ^= 1;
     let err = here.check(&other).unwrap_err();
     assert!(err.to_string().contains("CPUID"), "{err}");
+    assert!(err.to_string().contains("leaf 0x7/0x0 = 00000000 219c91a8"), "{err}");
     let mut other = here.clone();
     other.capabilities[1].1 = true;
     let err = here.check(&other).unwrap_err();
