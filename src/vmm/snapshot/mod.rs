@@ -45,6 +45,32 @@
 //! from the snapshot instant, and its wall clock is behind by the time it was away until the agent
 //! sets it.
 
+//! # What the daemon does with it
+//!
+//! - **Suspend**: `{"cmd":"pause"}`, `{"cmd":"snapshot","dir":D}`, then
+//!   `{"cmd":"shutdown","force":true}`; the VMM exits with status 4 (hard stop), which after a
+//!   successful snapshot means "suspended", not a failure. Until the VMM has exited, the disk images
+//!   must not change (the guest is paused, so it does not write them).
+//! - **Resume**: `deskd vmm --restore D` with the same runtime options the computer had (or
+//!   none: the saved ones are used). The guest's agent is reachable on vsock again once the guest
+//!   has handled the transport reset; connect with retries, as after a boot. Then have the agent
+//!   set the wall clock (its job, not the VMM's). `--restore` refuses, with exit status 1 and one
+//!   line saying why, a snapshot that is truncated, corrupt, of another format version or from
+//!   another host; the daemon should then discard it and boot the computer afresh.
+//! - **Clone of a running computer**: pause the source, snapshot it to the clone's directory, copy
+//!   its disks (reflink where possible) while it is still paused, resume it; start the clone with
+//!   `deskd vmm --restore CLONE_SNAPSHOT --disk CLONE_DISK --vsock-socket ... --control-socket ...
+//!   --console-log ... --exit-status-file ...` (`--restore-paused` and a later `resume` if it must
+//!   be prepared before it runs), then have the agent give it its new identity before anyone uses
+//!   it. Several VMs may be restored from one snapshot at once; each needs its own disk copy.
+//! - **Stop of a suspended computer**: delete D. A snapshot is never rewritten in place, so
+//!   deleting or replacing D while a VM restored from it runs is safe (its mapping keeps the old
+//!   file); never truncate or write a memory file in place.
+//! - **Crash safety**: a directory named `.<name>.tmp-<pid>` beside D is an unfinished snapshot
+//!   (the VMM died while writing it): delete it. D itself is always complete.
+//! - **Disk quota**: `DIR/memory` is sparse; its allocated size (`st_blocks`, or the
+//!   `memory_data_bytes` of the snapshot answer) is what it costs, not its length.
+
 pub mod memory;
 
 use std::io::Write;
