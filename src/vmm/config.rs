@@ -637,4 +637,69 @@ mod tests {
         let err = VmConfig::from_file(&file).unwrap_err();
         assert!(err.to_string().contains("vcpu"), "{err}");
     }
+
+    #[test]
+    fn a_restore_takes_the_saved_config_with_runtime_overrides_only() {
+        let dir = scratch();
+        let mut args = args_with_kernel(&dir);
+        args.disks = vec!["/saved.img".into()];
+        args.vsock_socket = Some("/old/v.sock".into());
+        args.vsock_cid = Some(3);
+        args.control_socket = Some("/old/c.sock".into());
+        let saved = VmConfig::from_args(&args).unwrap();
+
+        let restore = |args: VmmArgs| VmConfig::for_restore(saved.clone(), &args);
+        // Nothing given: the saved configuration as it was.
+        assert_eq!(restore(VmmArgs::default()).unwrap(), saved);
+        // A copy elsewhere: its own sockets, log, exit file and disk.
+        let copy = restore(VmmArgs {
+            disks: vec!["/copy.img,ro".into()],
+            vsock_socket: Some("/new/v.sock".into()),
+            control_socket: Some("/new/c.sock".into()),
+            console_log: Some("/new/console.log".into()),
+            exit_status_file: Some("/new/exit".into()),
+            shutdown_timeout: Some(5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(copy.disks[0].path, PathBuf::from("/copy.img"));
+        assert!(copy.disks[0].read_only);
+        let vsock = copy.vsock.unwrap();
+        assert_eq!((vsock.socket, vsock.guest_cid), ("/new/v.sock".into(), 3));
+        assert_eq!(copy.control_socket, Some("/new/c.sock".into()));
+        assert_eq!(copy.console_log, Some("/new/console.log".into()));
+        assert_eq!(copy.exit_status_file, Some("/new/exit".into()));
+        assert_eq!(copy.shutdown_timeout_secs, 5);
+        assert_eq!(
+            (copy.kernel, copy.memory_mib),
+            (saved.kernel.clone(), saved.memory_mib)
+        );
+        // What the guest already depends on cannot change.
+        let err = restore(VmmArgs {
+            memory_mib: Some(1024),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--memory cannot change"), "{err}");
+        let err = restore(VmmArgs {
+            disks: vec!["/a.img".into(), "/b.img".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::RestoreDiskCount { saved: 1, given: 2 }
+        ));
+        let mut no_vsock = saved.clone();
+        no_vsock.vsock = None;
+        let err = VmConfig::for_restore(
+            no_vsock,
+            &VmmArgs {
+                vsock_socket: Some("/v".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("vsock"), "{err}");
+    }
 }

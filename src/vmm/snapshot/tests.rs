@@ -236,16 +236,15 @@ proptest! {
 
 #[test]
 fn the_host_cpuid_ignores_which_cpu_answered_but_not_features() {
-    let leaf = |function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32| {
-        kvm_bindings::kvm_cpuid_entry2 {
+    let leaf =
+        |function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32| kvm_bindings::kvm_cpuid_entry2 {
             function,
             eax,
             ebx,
             ecx,
             edx,
             ..Default::default()
-        }
-    };
+        };
     let on_cpu = |apic: u32| {
         vec![
             leaf(1, 0x800f12, apic << 24 | 0x0800, 0x7ed8_320b, 0x178b_fbff),
@@ -267,7 +266,10 @@ fn another_host_is_refused_with_the_reason() {
     other.cpuid[0].ebx ^= 1;
     let err = here.check(&other).unwrap_err();
     assert!(err.to_string().contains("CPUID"), "{err}");
-    assert!(err.to_string().contains("leaf 0x7/0x0 = 00000000 219c91a8"), "{err}");
+    assert!(
+        err.to_string().contains("leaf 0x7/0x0 = 00000000 219c91a8"),
+        "{err}"
+    );
     let mut other = here.clone();
     other.capabilities[1].1 = true;
     let err = here.check(&other).unwrap_err();
