@@ -74,3 +74,35 @@ fn kvm_without_hardware_virtualization() {
     let out = vmm(&["--kernel", kernel.to_str().unwrap(), "--memory", "128"]);
     assert_one_line_error(&out, "no hardware virtualization");
 }
+
+#[test]
+fn unusable_snapshots_are_refused_before_any_guest_runs() {
+    let dir = scratch("restore");
+    let missing = dir.join("missing");
+    assert_one_line_error(
+        &vmm(&["--restore", missing.to_str().unwrap()]),
+        "cannot read",
+    );
+    let snap = dir.join("snap");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::write(snap.join("state"), b"#!/bin/sh\n").unwrap();
+    assert_one_line_error(
+        &vmm(&["--restore", snap.to_str().unwrap()]),
+        "not a deskd snapshot",
+    );
+    let mut future = b"DESKDSNP".to_vec();
+    future.extend_from_slice(&99u32.to_le_bytes());
+    future.extend_from_slice(&[0u8; 40]);
+    std::fs::write(snap.join("state"), &future).unwrap();
+    assert_one_line_error(
+        &vmm(&["--restore", snap.to_str().unwrap()]),
+        "format version 99",
+    );
+    future[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(snap.join("state"), &future[..30]).unwrap();
+    assert_one_line_error(&vmm(&["--restore", snap.to_str().unwrap()]), "truncated");
+    assert_one_line_error(
+        &vmm(&["--restore-paused"]),
+        "--restore-paused needs --restore",
+    );
+}

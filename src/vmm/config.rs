@@ -65,6 +65,16 @@ pub enum ConfigError {
     TooManyDevices(usize),
     #[error("the kernel command line is {0} bytes; at most {max} fit", max = layout::CMDLINE_MAX_SIZE - 1)]
     CmdlineTooLong(usize),
+    #[error(
+        "{0} cannot change when restoring a snapshot (the guest already has it); leave it out"
+    )]
+    NotOnRestore(&'static str),
+    #[error("--restore-paused needs --restore DIR")]
+    PausedWithoutRestore,
+    #[error(
+        "the snapshot has {saved} disks; --disk was given {given} times, give all of them or none"
+    )]
+    RestoreDiskCount { saved: usize, given: usize },
 }
 
 /// One virtio-blk disk: a raw image file.
@@ -220,6 +230,15 @@ pub struct VmmArgs {
     /// File to write `<pid> <start time>` to before the guest runs.
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
+    /// Start the VM from the snapshot in DIR (written by the control request `snapshot`) instead
+    /// of booting. Its saved configuration is used; --control-socket, --vsock-socket/--vsock-cid,
+    /// --console-log, --console-stdout, --exit-status-file, --shutdown-timeout and --disk
+    /// (same count and sizes) override it.
+    #[arg(long, value_name = "DIR")]
+    pub restore: Option<PathBuf>,
+    /// With --restore: keep vCPUs and devices paused until the control request `resume`.
+    #[arg(long)]
+    pub restore_paused: bool,
 }
 
 /// Parses `PATH` or `PATH,ro`.
@@ -332,6 +351,75 @@ impl VmConfig {
         Ok(config)
     }
 
+    /// The configuration of a VM restored from a snapshot: `saved` (what it ran with) with the
+    /// runtime options `args` overrides. Options the guest already depends on (kernel, command
+    /// line, vCPUs, memory, the device set) cannot change.
+    pub fn for_restore(saved: VmConfig, args: &VmmArgs) -> Result<VmConfig, ConfigError> {
+        let fixed: [(&'static str, bool); 9] = [
+            ("--config", args.config.is_some()),
+            ("--kernel", args.kernel.is_some()),
+            ("--initrd", args.initrd.is_some()),
+            ("--cmdline", args.cmdline.is_some()),
+            ("--vcpus", args.vcpus.is_some()),
+            ("--memory", args.memory_mib.is_some()),
+            ("--no-rng", args.no_rng),
+            ("--guest-decompress", args.guest_decompress),
+            (
+                "vsock (the snapshot has none)",
+                saved.vsock.is_none() && (args.vsock_socket.is_some() || args.vsock_cid.is_some()),
+            ),
+        ];
+        if let Some((name, _)) = fixed.iter().find(|(_, given)| *given) {
+            return Err(ConfigError::NotOnRestore(name));
+        }
+        let mut config = saved;
+        if !args.disks.is_empty() {
+            if args.disks.len() != config.disks.len() {
+                return Err(ConfigError::RestoreDiskCount {
+                    saved: config.disks.len(),
+                    given: args.disks.len(),
+                });
+            }
+            config.disks = args
+                .disks
+                .iter()
+                .map(|d| parse_disk(d))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(vsock) = config.vsock.as_mut() {
+            match (&args.vsock_socket, args.vsock_cid) {
+                (Some(socket), Some(cid)) => {
+                    vsock.socket = socket.clone();
+                    vsock.guest_cid = cid;
+                }
+                (Some(socket), None) => vsock.socket = socket.clone(),
+                (None, Some(_)) => return Err(ConfigError::VsockHalf),
+                (None, None) => {}
+            }
+        }
+        if let Some(log) = &args.console_log {
+            config.console_log = Some(log.clone());
+        }
+        config.console_stdout |= args.console_stdout;
+        if let Some(sock) = &args.control_socket {
+            config.control_socket = Some(sock.clone());
+        }
+        if let Some(secs) = args.shutdown_timeout {
+            config.shutdown_timeout_secs = secs;
+        }
+        if let Some(path) = &args.exit_status_file {
+            config.exit_status_file = Some(path.clone());
+        }
+        // A copy runs in another computer's directory: its log and pid file go there too.
+        if let Some(path) = &args.log_file {
+            config.log_file = Some(path.clone());
+        }
+        if let Some(path) = &args.pid_file {
+            config.pid_file = Some(path.clone());
+        }
+        Ok(config)
+    }
+
     /// Reads a JSON config file.
     pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
@@ -351,6 +439,23 @@ impl VmConfig {
 
     /// Checks the values and that every file can be opened as needed. Does not touch /dev/kvm.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_runtime()?;
+        File::open(&self.kernel).map_err(|source| ConfigError::Kernel {
+            path: self.kernel.clone(),
+            source,
+        })?;
+        if let Some(initrd) = &self.initrd {
+            File::open(initrd).map_err(|source| ConfigError::Initrd {
+                path: initrd.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What [`Self::validate`] checks except the boot files (kernel, initrd), which a VM
+    /// restored from a snapshot does not read.
+    pub fn validate_runtime(&self) -> Result<(), ConfigError> {
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(ConfigError::Vcpus(u64::from(self.vcpus)));
         }
@@ -363,16 +468,6 @@ impl VmConfig {
         let devices = self.virtio_device_count();
         if devices > layout::VIRTIO_MMIO_MAX_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
-        }
-        File::open(&self.kernel).map_err(|source| ConfigError::Kernel {
-            path: self.kernel.clone(),
-            source,
-        })?;
-        if let Some(initrd) = &self.initrd {
-            File::open(initrd).map_err(|source| ConfigError::Initrd {
-                path: initrd.clone(),
-                source,
-            })?;
         }
         for disk in &self.disks {
             OpenOptions::new()
@@ -571,5 +666,70 @@ mod tests {
         std::fs::write(&file, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
         let err = VmConfig::from_file(&file).unwrap_err();
         assert!(err.to_string().contains("vcpu"), "{err}");
+    }
+
+    #[test]
+    fn a_restore_takes_the_saved_config_with_runtime_overrides_only() {
+        let dir = scratch();
+        let mut args = args_with_kernel(&dir);
+        args.disks = vec!["/saved.img".into()];
+        args.vsock_socket = Some("/old/v.sock".into());
+        args.vsock_cid = Some(3);
+        args.control_socket = Some("/old/c.sock".into());
+        let saved = VmConfig::from_args(&args).unwrap();
+
+        let restore = |args: VmmArgs| VmConfig::for_restore(saved.clone(), &args);
+        // Nothing given: the saved configuration as it was.
+        assert_eq!(restore(VmmArgs::default()).unwrap(), saved);
+        // A copy elsewhere: its own sockets, log, exit file and disk.
+        let copy = restore(VmmArgs {
+            disks: vec!["/copy.img,ro".into()],
+            vsock_socket: Some("/new/v.sock".into()),
+            control_socket: Some("/new/c.sock".into()),
+            console_log: Some("/new/console.log".into()),
+            exit_status_file: Some("/new/exit".into()),
+            shutdown_timeout: Some(5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(copy.disks[0].path, PathBuf::from("/copy.img"));
+        assert!(copy.disks[0].read_only);
+        let vsock = copy.vsock.unwrap();
+        assert_eq!((vsock.socket, vsock.guest_cid), ("/new/v.sock".into(), 3));
+        assert_eq!(copy.control_socket, Some("/new/c.sock".into()));
+        assert_eq!(copy.console_log, Some("/new/console.log".into()));
+        assert_eq!(copy.exit_status_file, Some("/new/exit".into()));
+        assert_eq!(copy.shutdown_timeout_secs, 5);
+        assert_eq!(
+            (copy.kernel, copy.memory_mib),
+            (saved.kernel.clone(), saved.memory_mib)
+        );
+        // What the guest already depends on cannot change.
+        let err = restore(VmmArgs {
+            memory_mib: Some(1024),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--memory cannot change"), "{err}");
+        let err = restore(VmmArgs {
+            disks: vec!["/a.img".into(), "/b.img".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::RestoreDiskCount { saved: 1, given: 2 }
+        ));
+        let mut no_vsock = saved.clone();
+        no_vsock.vsock = None;
+        let err = VmConfig::for_restore(
+            no_vsock,
+            &VmmArgs {
+                vsock_socket: Some("/v".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("vsock"), "{err}");
     }
 }

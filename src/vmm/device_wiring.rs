@@ -14,7 +14,9 @@ use super::acpi::VirtioMmioWindow;
 use super::config::VmConfig;
 use super::devices::bus::{Bus, BusError};
 use super::devices::virtio::block::{Block, BlockConfig, BlockError};
+use super::devices::virtio::persist::PersistError;
 use super::devices::virtio::rng::Rng;
+use super::devices::virtio::transport::persist::TransportState;
 use super::devices::virtio::transport::{MmioError, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use super::devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use super::devices::virtio::{MmioTransport, VirtioDevice};
@@ -44,6 +46,8 @@ pub enum VirtioError {
     Bus(#[from] BusError),
     #[error("{0} virtio devices do not fit; at most {max}", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
     TooMany(usize),
+    #[error("cannot restore virtio device {index} from the snapshot: {source}")]
+    Restore { index: usize, source: PersistError },
 }
 
 /// The attached devices; their windows go into the DSDT.
@@ -57,6 +61,52 @@ pub struct AttachedDevices {
 impl AttachedDevices {
     pub fn windows(&self) -> &[VirtioMmioWindow] {
         &self.windows
+    }
+
+    fn each(&self, mut f: impl FnMut(&mut MmioTransport)) {
+        for t in &self.transports {
+            // A poisoned lock still holds plain register state; use it (see Bus::read).
+            f(&mut t.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// Stops every device worker at a queue boundary (after the vCPUs were paused).
+    pub fn pause(&self) {
+        self.each(|t| t.pause());
+    }
+
+    /// Lets every device worker run again.
+    pub fn resume(&self) {
+        self.each(|t| t.resume());
+    }
+
+    /// Every transport's state, in attach order; call while paused.
+    pub fn save(&self) -> Vec<TransportState> {
+        let mut states = Vec::with_capacity(self.transports.len());
+        self.each(|t| states.push(t.save()));
+        states
+    }
+
+    /// Restores the saved transports onto these freshly attached ones (same order and kinds).
+    pub fn restore(&self, saved: &[TransportState]) -> Result<(), VirtioError> {
+        if saved.len() != self.transports.len() {
+            return Err(VirtioError::Restore {
+                index: saved.len().min(self.transports.len()),
+                source: PersistError::Mismatch {
+                    what: "number of virtio devices",
+                    saved: saved.len().to_string(),
+                    here: self.transports.len().to_string(),
+                    hint: "restore with the devices the snapshot was taken with",
+                },
+            });
+        }
+        for (index, (t, state)) in self.transports.iter().zip(saved).enumerate() {
+            t.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore(state)
+                .map_err(|source| VirtioError::Restore { index, source })?;
+        }
+        Ok(())
     }
 }
 

@@ -7,7 +7,11 @@
 //!
 //! SIGTERM and SIGINT press the ACPI power button; if the guest has not powered off after the
 //! shutdown timeout, the VMM stops it hard. A control socket (optional) accepts JSON-line
-//! commands: status, pause, resume, shutdown.
+//! commands: status, pause, resume, snapshot, shutdown (see [`control`]).
+//!
+//! `deskd vmm --restore DIR [--restore-paused]` starts the VM saved in a snapshot instead of
+//! booting one (see [`snapshot`] for the layout, the overridable options and what a restored guest
+//! sees).
 
 // The VMM's face to the rest of deskd: its configuration, how it ended (and the file that says
 // so), the control protocol, the host check, the hybrid-vsock client and the KVM probe. Everything
@@ -28,6 +32,7 @@ pub(crate) mod devices;
 pub(crate) mod layout;
 pub(crate) mod log_limit;
 pub(crate) mod memory;
+pub mod snapshot;
 pub(crate) mod socket_path;
 pub(crate) mod vcpu;
 pub(crate) mod vm;
@@ -74,6 +79,15 @@ impl Controllable for Vm {
     fn resume(&self) {
         Vm::resume(self)
     }
+    fn snapshot(&self, dir: &std::path::Path) -> Result<control::SnapshotDone, String> {
+        Vm::snapshot(self, dir)
+            .map(|info| control::SnapshotDone {
+                memory_bytes: info.memory_bytes,
+                memory_data_bytes: info.memory_data_bytes,
+                snapshot_ms: info.took_ms,
+            })
+            .map_err(|e| e.to_string())
+    }
     fn shutdown(&self) {
         self.request_shutdown()
     }
@@ -110,8 +124,8 @@ fn init_logging(log_file: Option<&std::path::Path>) {
 /// Boots and runs one VM until it ends; the exit status says how it ended.
 pub fn run(args: VmmArgs) -> ExitCode {
     let started = Instant::now();
-    let config = match VmConfig::from_args(&args).and_then(|c| c.validate().map(|()| c)) {
-        Ok(config) => config,
+    let (config, restore) = match load_config(&args) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("deskd vmm: {e}");
             return ExitCode::from(EXIT_START_FAILED);
@@ -140,7 +154,12 @@ pub fn run(args: VmmArgs) -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    let vm = match Vm::start(&config) {
+    let built = match &restore {
+        None => Vm::start(&config),
+        Some((dir, state)) => Vm::restore(&config, dir, state, args.restore_paused),
+    };
+    drop(restore);
+    let vm = match built {
         Ok(vm) => Arc::new(vm),
         Err(e) => {
             eprintln!("deskd vmm: {e}");
@@ -193,6 +212,32 @@ pub fn run(args: VmmArgs) -> ExitCode {
         }
     }
     how.exit_code()
+}
+
+/// The configuration to run with, and the snapshot to restore (if `--restore`), checked.
+#[allow(clippy::type_complexity)]
+fn load_config(
+    args: &VmmArgs,
+) -> Result<
+    (
+        VmConfig,
+        Option<(std::path::PathBuf, snapshot::SnapshotState)>,
+    ),
+    String,
+> {
+    let Some(dir) = &args.restore else {
+        if args.restore_paused {
+            return Err(config::ConfigError::PausedWithoutRestore.to_string());
+        }
+        let config = VmConfig::from_args(args).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        return Ok((config, None));
+    };
+    let mut state = snapshot::read_state(dir).map_err(|e| e.to_string())?;
+    let config = VmConfig::for_restore(state.config.clone(), args).map_err(|e| e.to_string())?;
+    config.validate_runtime().map_err(|e| e.to_string())?;
+    state.config = config.clone();
+    Ok((config, Some((dir.clone(), state))))
 }
 
 /// Routes SIGTERM and SIGINT to an eventfd the lifecycle loop watches.

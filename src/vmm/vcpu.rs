@@ -1,6 +1,9 @@
 //! vCPU threads: one per vCPU, each looping on `KVM_RUN` and dispatching port I/O and MMIO exits
 //! to the buses. Pausing parks every thread outside `KVM_RUN`; a real-time signal kicks a thread
-//! out of `KVM_RUN` so it notices.
+//! out of `KVM_RUN` so it notices. A parked thread runs jobs handed to it (reading its vCPU's
+//! state for a snapshot), so each vCPU fd stays with its own thread.
+
+pub mod persist;
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -22,6 +25,12 @@ pub enum VcpuError {
     Spawn(std::io::Error),
     #[error("the vCPUs did not stop within {0:?}")]
     PauseTimeout(Duration),
+    #[error("the VM is not paused; pause it first")]
+    NotPaused,
+    #[error("vCPU {0} did not answer within {1:?} (its thread has ended?)")]
+    JobTimeout(usize, Duration),
+    #[error(transparent)]
+    Persist(#[from] persist::VcpuPersistError),
 }
 
 /// The signal used to kick a vCPU thread out of `KVM_RUN`.
@@ -38,27 +47,51 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal)
 }
 
-#[derive(Debug, Default)]
-struct GateState {
+/// Work for a parked vCPU thread, given its vCPU.
+type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
+
+struct GateState<T> {
     paused: bool,
     /// vCPU threads currently parked at the gate.
     parked: usize,
+    /// One slot per vCPU index: a job its thread runs while parked.
+    jobs: Vec<Option<Job<T>>>,
 }
 
-/// Where vCPU threads wait while the VM is paused.
-#[derive(Debug, Default)]
-pub struct PauseGate {
-    state: Mutex<GateState>,
+impl<T> Default for GateState<T> {
+    fn default() -> Self {
+        GateState {
+            paused: false,
+            parked: 0,
+            jobs: Vec::new(),
+        }
+    }
+}
+
+/// Where vCPU threads wait while the VM is paused. `T` is what a parked thread hands its jobs
+/// (its `VcpuFd`; tests use something simpler).
+pub struct PauseGate<T = VcpuFd> {
+    state: Mutex<GateState<T>>,
     changed: Condvar,
 }
 
-impl PauseGate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+impl<T> Default for PauseGate<T> {
+    fn default() -> Self {
+        PauseGate {
+            state: Mutex::new(GateState::default()),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl<T> PauseGate<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState<T>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Called by a vCPU thread before each `KVM_RUN`: blocks while the VM is paused.
-    pub fn park_if_paused(&self) {
+    /// Called by vCPU thread `index` before each `KVM_RUN`: blocks while the VM is paused,
+    /// running the jobs handed to it meanwhile.
+    pub fn park_if_paused(&self, index: usize, target: &mut T) {
         let mut state = self.lock();
         if !state.paused {
             return;
@@ -66,9 +99,25 @@ impl PauseGate {
         state.parked += 1;
         self.changed.notify_all();
         while state.paused {
+            if let Some(job) = state.jobs.get_mut(index).and_then(Option::take) {
+                drop(state);
+                job(target);
+                state = self.lock();
+                continue;
+            }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         state.parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Hands `job` to parked thread `index`.
+    fn give_job(&self, index: usize, job: Job<T>) {
+        let mut state = self.lock();
+        if state.jobs.len() <= index {
+            state.jobs.resize_with(index + 1, || None);
+        }
+        state.jobs[index] = Some(job);
         self.changed.notify_all();
     }
 
@@ -95,18 +144,20 @@ impl PauseGate {
 /// The running vCPU threads.
 pub struct VcpuThreads {
     threads: Vec<JoinHandle<()>>,
-    gate: Arc<PauseGate>,
+    gate: Arc<PauseGate<VcpuFd>>,
 }
 
 impl VcpuThreads {
-    /// Starts one thread per vCPU.
+    /// Starts one thread per vCPU; with `paused` they park before their first `KVM_RUN`.
     pub fn start(
         vcpus: Vec<VcpuFd>,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         exit: Arc<ExitNotifier>,
+        paused: bool,
     ) -> Result<Self, VcpuError> {
         let gate = Arc::new(PauseGate::default());
+        gate.set_paused(paused);
         let mut threads = Vec::with_capacity(vcpus.len());
         for (index, vcpu) in vcpus.into_iter().enumerate() {
             let (pio, mmio, exit, gate) = (pio.clone(), mmio.clone(), exit.clone(), gate.clone());
@@ -154,6 +205,44 @@ impl VcpuThreads {
         self.gate.is_paused()
     }
 
+    /// While paused: reads every vCPU's state on its own thread (see [`persist::save`]).
+    pub fn save_states(
+        &self,
+        msr_index: &Arc<Vec<u32>>,
+        timeout: Duration,
+    ) -> Result<Vec<persist::VcpuState>, VcpuError> {
+        if !self.gate.is_paused() {
+            return Err(VcpuError::NotPaused);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        for index in 0..self.threads.len() {
+            let (tx, msr_index) = (tx.clone(), msr_index.clone());
+            self.gate.give_job(
+                index,
+                Box::new(move |vcpu: &mut VcpuFd| {
+                    let _ = tx.send((index, persist::save(index, vcpu, &msr_index)));
+                }),
+            );
+        }
+        drop(tx);
+        let mut states: Vec<Option<persist::VcpuState>> =
+            (0..self.threads.len()).map(|_| None).collect();
+        let deadline = Instant::now() + timeout;
+        for _ in 0..self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let missing = || states.iter().position(Option::is_none).unwrap_or(0);
+            match rx.recv_timeout(left) {
+                Ok((index, state)) => states[index] = Some(state?),
+                Err(_) => return Err(VcpuError::JobTimeout(missing(), timeout)),
+            }
+        }
+        states
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.ok_or(VcpuError::JobTimeout(i, timeout)))
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.threads.len()
     }
@@ -188,13 +277,13 @@ fn run_vcpu(
     pio: &Bus,
     mmio: &Bus,
     exit: &ExitNotifier,
-    gate: &PauseGate,
+    gate: &PauseGate<VcpuFd>,
 ) {
     loop {
         if exit.reason().is_some() {
             return;
         }
-        gate.park_if_paused();
+        gate.park_if_paused(index, &mut vcpu);
         let next = match vcpu.run() {
             Ok(vcpu_exit) => handle_exit(index, vcpu_exit, pio, mmio),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Next::Continue,
@@ -270,18 +359,33 @@ mod tests {
 
     #[test]
     fn gate_parks_until_resumed() {
-        let gate = Arc::new(PauseGate::default());
+        let gate = Arc::new(PauseGate::<u32>::default());
         gate.set_paused(true);
         let g = gate.clone();
-        let worker = std::thread::spawn(move || g.park_if_paused());
+        let worker = std::thread::spawn(move || {
+            let mut value = 7u32;
+            g.park_if_paused(0, &mut value);
+            value
+        });
         assert!(gate.wait_parked(1, Duration::from_secs(5)));
         assert!(!worker.is_finished());
+        // A parked thread runs the jobs it is given, on its own value, and stays parked.
+        let (tx, rx) = std::sync::mpsc::channel();
+        gate.give_job(
+            0,
+            Box::new(move |v: &mut u32| {
+                *v += 1;
+                tx.send(*v).unwrap();
+            }),
+        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 8);
+        assert!(!worker.is_finished());
         gate.resume_for_test();
-        worker.join().unwrap();
+        assert_eq!(worker.join().unwrap(), 8);
         assert!(gate.wait_parked(0, Duration::from_millis(1)));
     }
 
-    impl PauseGate {
+    impl<T> PauseGate<T> {
         fn resume_for_test(&self) {
             self.set_paused(false);
         }

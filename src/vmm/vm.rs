@@ -22,7 +22,10 @@ use super::devices::serial::{ConsoleOutput, SerialDevice, SerialError};
 use super::exit::{ExitNotifier, VmExit};
 use super::layout::{self, RamLayout};
 use super::memory::{self, GuestMemory, MemoryError};
+use super::snapshot::{self, memory as snapshot_memory, PendingSnapshot, SnapshotError};
 use super::vcpu::{self, VcpuError, VcpuThreads};
+
+pub mod persist;
 
 /// Why the VM could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -62,19 +65,52 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Virtio(#[from] VirtioError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    VmState(#[from] persist::VmPersistError),
+    #[error("the snapshot's memory layout does not match a {memory_mib} MiB VM; the snapshot is corrupt")]
+    SnapshotLayout { memory_mib: u64 },
+    #[error("the snapshot has {saved} vCPUs but its configuration says {config}; the snapshot is corrupt")]
+    SnapshotVcpus { saved: usize, config: u8 },
+    #[error(
+        "a snapshot can be taken only while the VM is paused; send {{\"cmd\":\"pause\"}} first"
+    )]
+    NotPaused,
+    #[error("the VM is ending; it cannot be paused, resumed or snapshotted")]
+    Ending,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+/// The port I/O devices, kept for snapshots.
+struct LegacyDevices {
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
+    acpi_pm: Arc<Mutex<AcpiSleep>>,
+}
+
+/// What a finished snapshot holds, for the control answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub memory_bytes: u64,
+    pub memory_data_bytes: u64,
+    pub took_ms: u64,
+}
+
 /// A running VM. Dropping it does not stop the vCPU threads: the process exits instead.
 pub struct Vm {
     // Kept alive for the lifetime of the VM: KVM objects and the memory they reference.
-    _kvm: Kvm,
-    _vm_fd: Arc<VmFd>,
-    _mem: GuestMemory,
-    _devices: device_wiring::AttachedDevices,
+    kvm: Kvm,
+    vm_fd: Arc<VmFd>,
+    mem: GuestMemory,
+    devices: device_wiring::AttachedDevices,
+    legacy: LegacyDevices,
+    config: VmConfig,
+    /// Serializes pause, resume and snapshot (each control client has its own thread).
+    control: Mutex<()>,
     vcpus: VcpuThreads,
     exit: Arc<ExitNotifier>,
     power_button: EventFd,
@@ -97,6 +133,24 @@ const REQUIRED_CAPS: [(Cap, &str); 5] = [
 impl Vm {
     /// Builds the VM described by `config` (already validated) and starts its vCPUs.
     pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
+        Vm::build(config, None)
+    }
+
+    /// Builds the VM saved in the snapshot at `dir`, as `config` (the saved configuration with
+    /// the command line's overrides) says, and starts its vCPUs, paused if `paused`.
+    pub fn restore(
+        config: &VmConfig,
+        dir: &std::path::Path,
+        state: &snapshot::SnapshotState,
+        paused: bool,
+    ) -> Result<Vm, VmError> {
+        Vm::build(config, Some((dir, state, paused)))
+    }
+
+    fn build(
+        config: &VmConfig,
+        restore: Option<(&std::path::Path, &snapshot::SnapshotState, bool)>,
+    ) -> Result<Vm, VmError> {
         let started = Instant::now();
         memory::check_host_memory(config.memory_mib)?;
         if !crate::vmm::host::cpu_has_hardware_virtualization() {
@@ -106,6 +160,15 @@ impl Vm {
         for (cap, what) in REQUIRED_CAPS {
             if !kvm.check_extension(cap) {
                 return Err(VmError::MissingCapability(what));
+            }
+        }
+        if let Some((_, state, _)) = restore {
+            snapshot::HostFacts::probe(&kvm)?.check(&state.host)?;
+            if state.vcpus.len() != usize::from(config.vcpus) {
+                return Err(VmError::SnapshotVcpus {
+                    saved: state.vcpus.len(),
+                    config: config.vcpus,
+                });
             }
         }
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("create a VM"))?);
@@ -119,7 +182,24 @@ impl Vm {
 
         tracing::debug!("KVM VM created at {:?}", started.elapsed());
         let ram = RamLayout::new(config.memory_mib << 20);
-        let mem = memory::allocate(&ram)?;
+        let mem = match restore {
+            None => memory::allocate(&ram)?,
+            Some((dir, state, _)) => {
+                let expected: Vec<(u64, u64)> = ram.ranges();
+                let saved: Vec<(u64, u64)> = state
+                    .memory
+                    .iter()
+                    .map(|r| (r.guest_addr, r.size))
+                    .collect();
+                if expected != saved {
+                    return Err(VmError::SnapshotLayout {
+                        memory_mib: config.memory_mib,
+                    });
+                }
+                snapshot_memory::map_private(&dir.join(snapshot::MEMORY_FILE), &state.memory)
+                    .map_err(SnapshotError::from)?
+            }
+        };
         memory::register(&vm_fd, &mem)?;
         tracing::debug!("memory registered at {:?}", started.elapsed());
 
@@ -137,7 +217,13 @@ impl Vm {
         let exit = Arc::new(ExitNotifier::new().map_err(VmError::EventFd)?);
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        add_legacy_devices(&vm_fd, &mut pio, config, &exit)?;
+        let legacy = add_legacy_devices(
+            &vm_fd,
+            &mut pio,
+            config,
+            &exit,
+            restore.map(|(_, s, _)| &s.legacy),
+        )?;
         let power_button = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
         vm_fd
             .register_irqfd(&power_button, layout::POWER_BUTTON_GSI)
@@ -145,35 +231,73 @@ impl Vm {
 
         let devices = device_wiring::attach(&vm_fd, &mem, &mut mmio, config)?;
         let windows: Vec<VirtioMmioWindow> = devices.windows().to_vec();
-        acpi::build(config.vcpus, &windows)?.write_to(&mem)?;
-
-        tracing::debug!("devices and ACPI ready at {:?}", started.elapsed());
-        let (entry, format) = boot::load(
-            &mem,
-            &ram,
-            &config.kernel,
-            config.initrd.as_deref(),
-            &config.cmdline,
-            config.host_decompress,
-        )?;
-        tracing::debug!("kernel loaded ({format:?}) at {:?}", started.elapsed());
-        regs::write_boot_tables(&mem)?;
-        let vcpu_fds = create_vcpus(&kvm, &vm_fd, config.vcpus, entry.rip)?;
+        let vcpu_fds = match restore {
+            None => {
+                acpi::build(config.vcpus, &windows)?.write_to(&mem)?;
+                tracing::debug!("devices and ACPI ready at {:?}", started.elapsed());
+                let (entry, format) = boot::load(
+                    &mem,
+                    &ram,
+                    &config.kernel,
+                    config.initrd.as_deref(),
+                    &config.cmdline,
+                    config.host_decompress,
+                )?;
+                tracing::debug!("kernel loaded ({format:?}) at {:?}", started.elapsed());
+                regs::write_boot_tables(&mem)?;
+                create_vcpus(&kvm, &vm_fd, config.vcpus, entry.rip)?
+            }
+            Some((_, state, _)) => {
+                // ACPI tables, kernel and page tables are in the restored RAM already.
+                devices.restore(&state.virtio)?;
+                persist::restore(&vm_fd, &state.vm)?;
+                let mut fds = Vec::with_capacity(state.vcpus.len());
+                for (index, saved) in state.vcpus.iter().enumerate() {
+                    let fd = vm_fd
+                        .create_vcpu(index as u64)
+                        .map_err(kvm_err("create a vCPU"))?;
+                    vcpu::persist::restore(index, &fd, saved).map_err(VcpuError::from)?;
+                    fds.push(fd);
+                }
+                persist::restore_clock(&vm_fd, &state.vm)?;
+                tracing::debug!("state restored at {:?}", started.elapsed());
+                fds
+            }
+        };
+        let start_paused = matches!(restore, Some((_, _, true)));
+        if start_paused {
+            devices.pause();
+        }
 
         vcpu::install_kick_handler()?;
-        let vcpus = VcpuThreads::start(vcpu_fds, Arc::new(pio), Arc::new(mmio), exit.clone())?;
+        let vcpus = VcpuThreads::start(
+            vcpu_fds,
+            Arc::new(pio),
+            Arc::new(mmio),
+            exit.clone(),
+            start_paused,
+        )?;
         tracing::info!(
-            "VM started in {:?}: {} vCPU(s), {} MiB, {} virtio device(s)",
+            "VM {} in {:?}: {} vCPU(s), {} MiB, {} virtio device(s){}",
+            if restore.is_some() {
+                "restored"
+            } else {
+                "started"
+            },
             started.elapsed(),
             config.vcpus,
             config.memory_mib,
-            windows.len()
+            windows.len(),
+            if start_paused { ", paused" } else { "" }
         );
         Ok(Vm {
-            _kvm: kvm,
-            _vm_fd: vm_fd,
-            _mem: mem,
-            _devices: devices,
+            kvm,
+            vm_fd,
+            mem,
+            devices,
+            legacy,
+            config: config.clone(),
+            control: Mutex::new(()),
             vcpus,
             exit,
             power_button,
@@ -206,7 +330,7 @@ impl Vm {
             *deadline = Some(Instant::now() + self.shutdown_timeout);
         }
         // A paused guest cannot react to the button.
-        self.vcpus.resume();
+        self.resume();
     }
 
     /// After the exit reason is set: gets the vCPU threads out of the guest. Returns false if some
@@ -229,12 +353,83 @@ impl Vm {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn pause(&self) -> Result<(), VcpuError> {
-        self.vcpus.pause(Duration::from_secs(5))
+    fn lock_control(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stops every vCPU (outside KVM_RUN) and then every device worker (at a queue boundary).
+    pub fn pause(&self) -> Result<(), VmError> {
+        let _guard = self.lock_control();
+        if self.exit.reason().is_some() {
+            return Err(VmError::Ending);
+        }
+        self.vcpus.pause(Duration::from_secs(5))?;
+        // No vCPU can touch a device register now, so the workers stop on a settled queue.
+        self.devices.pause();
+        Ok(())
+    }
+
+    /// Lets devices and then vCPUs run again.
     pub fn resume(&self) {
+        let _guard = self.lock_control();
+        self.devices.resume();
         self.vcpus.resume()
+    }
+
+    /// Writes a snapshot of the paused VM to `dir` (see [`snapshot`]); the VM stays paused.
+    pub fn snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, VmError> {
+        let _guard = self.lock_control();
+        let started = Instant::now();
+        if self.exit.reason().is_some() {
+            return Err(VmError::Ending);
+        }
+        if !self.vcpus.is_paused() {
+            return Err(VmError::NotPaused);
+        }
+        let msr_index = Arc::new(
+            self.kvm
+                .get_msr_index_list()
+                .map_err(kvm_err("list the MSRs to save (KVM_GET_MSR_INDEX_LIST)"))?
+                .as_slice()
+                .to_vec(),
+        );
+        let vcpus = self
+            .vcpus
+            .save_states(&msr_index, Duration::from_secs(10))?;
+        let vm = persist::save(&self.vm_fd)?;
+        let legacy = snapshot::LegacyDevicesState {
+            serial: lock(&self.legacy.serial).save(),
+            i8042: lock(&self.legacy.i8042).save(),
+            acpi_pm: lock(&self.legacy.acpi_pm).save(),
+        };
+        let virtio = self.devices.save();
+        let host = snapshot::HostFacts::probe(&self.kvm)?;
+        let pending = PendingSnapshot::create(dir)?;
+        let stats = snapshot_memory::write_sparse(&self.mem, &pending.memory_path())
+            .map_err(SnapshotError::from)?;
+        let state = snapshot::SnapshotState {
+            host,
+            config: self.config.clone(),
+            memory: snapshot_memory::layout(&self.mem),
+            vm,
+            vcpus,
+            legacy,
+            virtio,
+            taken_unix_ms: snapshot::now_unix_ms(),
+        };
+        pending.finish(&state)?;
+        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            "snapshot written to {} in {took_ms} ms: {} MiB of RAM, {} MiB of it data",
+            dir.display(),
+            stats.ram_bytes >> 20,
+            stats.data_bytes >> 20
+        );
+        Ok(SnapshotInfo {
+            memory_bytes: stats.ram_bytes,
+            memory_data_bytes: stats.data_bytes,
+            took_ms,
+        })
     }
 
     /// What the control socket's `status` reports.
@@ -258,35 +453,49 @@ impl Vm {
     }
 }
 
-/// COM1, the i8042 and the ACPI sleep registers on the port I/O bus.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// COM1, the i8042 and the ACPI sleep registers on the port I/O bus; in their saved state when
+/// restoring (the i8042 and ACPI registers have none).
 fn add_legacy_devices(
     vm_fd: &VmFd,
     pio: &mut Bus,
     config: &VmConfig,
     exit: &Arc<ExitNotifier>,
-) -> Result<(), VmError> {
+    saved: Option<&snapshot::LegacyDevicesState>,
+) -> Result<LegacyDevices, VmError> {
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
     vm_fd
         .register_irqfd(&serial_irq, layout::SERIAL_GSI)
         .map_err(kvm_err("register the serial interrupt"))?;
     let console = ConsoleOutput::new(config.console_log.as_deref(), config.console_stdout)?;
-    let serial = SerialDevice::new(serial_irq, console);
+    let serial = match saved {
+        None => SerialDevice::new(serial_irq, console),
+        Some(s) => SerialDevice::restore(serial_irq, console, &s.serial)?,
+    };
+    let devices = LegacyDevices {
+        serial: Arc::new(Mutex::new(serial)),
+        i8042: Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        acpi_pm: Arc::new(Mutex::new(AcpiSleep::new(exit.clone()))),
+    };
     pio.insert(
         u64::from(layout::SERIAL_PORT),
         u64::from(layout::SERIAL_PORT_COUNT),
-        Arc::new(Mutex::new(serial)),
+        devices.serial.clone(),
     )?;
     pio.insert(
         u64::from(layout::I8042_DATA_PORT),
         i8042::PORT_SPAN,
-        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        devices.i8042.clone(),
     )?;
     pio.insert(
         u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
         acpi_pm::PORT_SPAN,
-        Arc::new(Mutex::new(AcpiSleep::new(exit.clone()))),
+        devices.acpi_pm.clone(),
     )?;
-    Ok(())
+    Ok(devices)
 }
 
 /// Creates the vCPUs with their CPUID, MSRs, FPU and LAPIC; the boot CPU also gets the boot

@@ -125,6 +125,9 @@ mod tests {
             Err("cannot pause".into())
         }
         fn resume(&self) {}
+        fn snapshot(&self, dir: &Path) -> Result<super::super::SnapshotDone, String> {
+            Err(format!("not paused, so no snapshot to {}", dir.display()))
+        }
         fn shutdown(&self) {}
         fn force_stop(&self) {}
     }
@@ -145,6 +148,11 @@ mod tests {
             "{err}"
         );
         assert!(client.request(&ControlRequest::RESUME, t).await.is_ok());
+        let snap = ControlRequest::Snapshot {
+            dir: d.path().join("snap"),
+        };
+        let err = client.request(&snap, t).await.unwrap_err();
+        assert!(err.to_string().contains("not paused"), "{err}");
     }
 
     #[tokio::test]

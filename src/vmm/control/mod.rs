@@ -3,7 +3,11 @@
 //! Requests, one JSON object per line:
 //! - `{"cmd":"status"}` -> `{"ok":true,"state":"running"|"paused"|"shutting-down"|"stopping",
 //!   "vcpus":N,"memory_mib":M,"uptime_ms":T,"pid":P}`
-//! - `{"cmd":"pause"}`, `{"cmd":"resume"}` -> `{"ok":true}`
+//! - `{"cmd":"pause"}` (vCPUs, then device workers at a queue boundary), `{"cmd":"resume"}`
+//!   -> `{"ok":true}`
+//! - `{"cmd":"snapshot","dir":"/path"}`, only while paused: writes a snapshot to DIR (see
+//!   [`crate::vmm::snapshot`]; whole or absent), the VM stays paused ->
+//!   `{"ok":true,"memory_bytes":N,"memory_data_bytes":D,"snapshot_ms":T}`
 //! - `{"cmd":"shutdown"}` presses the ACPI power button (hard stop after the configured timeout);
 //!   `{"cmd":"shutdown","force":true}` stops the VM at once. -> `{"ok":true}`
 //!
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use client::{ControlClient, ControlClientError};
-pub use protocol::{ControlRequest, ControlResponse, RunState, VmStatus};
+pub use protocol::{ControlRequest, ControlResponse, RunState, SnapshotDone, VmStatus};
 
 /// Longest request line accepted; a client sending more is cut off.
 pub const MAX_LINE: u64 = 64 * 1024;
@@ -42,6 +46,8 @@ pub trait Controllable: Send + Sync + 'static {
     fn status(&self) -> VmStatus;
     fn pause(&self) -> Result<(), String>;
     fn resume(&self);
+    /// Writes a snapshot to `dir`; refused unless paused.
+    fn snapshot(&self, dir: &Path) -> Result<SnapshotDone, String>;
     fn shutdown(&self);
     fn force_stop(&self);
 }
@@ -64,6 +70,10 @@ pub fn handle_line(vm: &dyn Controllable, line: &str) -> ControlResponse {
             vm.resume();
             ControlResponse::done()
         }
+        ControlRequest::Snapshot { dir } => match vm.snapshot(&dir) {
+            Ok(done) => ControlResponse::snapshot(done),
+            Err(e) => ControlResponse::failed(e),
+        },
         ControlRequest::Shutdown { force } => {
             if force {
                 vm.force_stop();
@@ -198,6 +208,17 @@ mod tests {
         fn resume(&self) {
             self.calls.lock().unwrap().push("resume");
         }
+        fn snapshot(&self, dir: &Path) -> Result<SnapshotDone, String> {
+            self.calls.lock().unwrap().push("snapshot");
+            if dir == Path::new("/refused") {
+                return Err("not paused".into());
+            }
+            Ok(SnapshotDone {
+                memory_bytes: 2,
+                memory_data_bytes: 1,
+                snapshot_ms: 3,
+            })
+        }
         fn shutdown(&self) {
             self.calls.lock().unwrap().push("shutdown");
         }
@@ -217,9 +238,13 @@ mod tests {
         assert!(handle_line(&vm, r#"{"cmd":"resume"}"#).ok);
         assert!(handle_line(&vm, r#"{"cmd":"shutdown"}"#).ok);
         assert!(handle_line(&vm, r#"{"cmd":"shutdown","force":true}"#).ok);
+        let snap = handle_line(&vm, r#"{"cmd":"snapshot","dir":"/s"}"#);
+        assert_eq!(snap.snapshot.unwrap().memory_data_bytes, 1);
+        let refused = handle_line(&vm, r#"{"cmd":"snapshot","dir":"/refused"}"#);
+        assert_eq!(refused, ControlResponse::failed("not paused"));
         assert_eq!(
             *vm.calls.lock().unwrap(),
-            vec!["status", "pause", "resume", "shutdown", "force"]
+            vec!["status", "pause", "resume", "shutdown", "force", "snapshot", "snapshot"]
         );
     }
 

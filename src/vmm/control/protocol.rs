@@ -1,6 +1,8 @@
 //! The control socket's wire types, one JSON object per line each way. The VMM's server and the
 //! daemon's client both use these; the wire format is documented in the parent module.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// A request line. Every command is a struct variant (possibly empty) so that unknown fields are
@@ -10,10 +12,14 @@ use serde::{Deserialize, Serialize};
 pub enum ControlRequest {
     /// What the VM is doing.
     Status {},
-    /// Stops every vCPU (they finish their current exit first).
+    /// Stops every vCPU (they finish their current exit first), then every device worker (at a
+    /// queue boundary).
     Pause {},
-    /// Lets paused vCPUs run again.
+    /// Lets paused devices and vCPUs run again.
     Resume {},
+    /// Writes a snapshot of the paused VM to `dir` (whole or absent; an existing `dir` is
+    /// replaced); the VM stays paused. See `crate::vmm::snapshot` for the layout.
+    Snapshot { dir: PathBuf },
     /// Presses the ACPI power button (hard stop after the VMM's shutdown timeout); `force` stops
     /// the VM at once.
     Shutdown {
@@ -29,8 +35,7 @@ impl ControlRequest {
 }
 
 /// The one-line usage text in error answers.
-pub const USAGE: &str =
-    "expected {\"cmd\": \"status\"|\"pause\"|\"resume\"|\"shutdown\"[, \"force\": true]}";
+pub const USAGE: &str = "expected {\"cmd\": \"status\"|\"pause\"|\"resume\"|\"shutdown\"[, \"force\": true]} or {\"cmd\": \"snapshot\", \"dir\": \"/path\"}";
 
 /// What the VM is doing, as `status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +59,17 @@ pub struct VmStatus {
     pub pid: u32,
 }
 
-/// An answer line: `{"ok":true}` (plus the status fields for `status`), or
-/// `{"ok":false,"error":"..."}`.
+/// The answer to `snapshot`: the memory file's size, how much of it is data (the rest are
+/// holes), and how long the snapshot took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDone {
+    pub memory_bytes: u64,
+    pub memory_data_bytes: u64,
+    pub snapshot_ms: u64,
+}
+
+/// An answer line: `{"ok":true}` (plus the status fields for `status`, the snapshot fields for
+/// `snapshot`), or `{"ok":false,"error":"..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlResponse {
     pub ok: bool,
@@ -63,6 +77,8 @@ pub struct ControlResponse {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
     pub status: Option<VmStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    pub snapshot: Option<SnapshotDone>,
 }
 
 impl ControlResponse {
@@ -71,6 +87,7 @@ impl ControlResponse {
             ok: true,
             error: None,
             status: None,
+            snapshot: None,
         }
     }
 
@@ -78,15 +95,21 @@ impl ControlResponse {
         ControlResponse {
             ok: false,
             error: Some(error.into()),
-            status: None,
+            ..ControlResponse::done()
         }
     }
 
     pub fn status(status: VmStatus) -> ControlResponse {
         ControlResponse {
-            ok: true,
-            error: None,
             status: Some(status),
+            ..ControlResponse::done()
+        }
+    }
+
+    pub fn snapshot(done: SnapshotDone) -> ControlResponse {
+        ControlResponse {
+            snapshot: Some(done),
+            ..ControlResponse::done()
         }
     }
 }
@@ -103,10 +126,18 @@ mod tests {
         assert_eq!(line, r#"{"cmd":"shutdown","force":true}"#);
         let parsed: ControlRequest = serde_json::from_str(r#"{"cmd":"shutdown"}"#).unwrap();
         assert_eq!(parsed, ControlRequest::Shutdown { force: false });
+        let snap = ControlRequest::Snapshot {
+            dir: "/var/lib/deskd/c/snap".into(),
+        };
+        let line = serde_json::to_string(&snap).unwrap();
+        assert_eq!(line, r#"{"cmd":"snapshot","dir":"/var/lib/deskd/c/snap"}"#);
+        assert_eq!(serde_json::from_str::<ControlRequest>(&line).unwrap(), snap);
         for bad in [
             r#"{"cmd":"status","x":1}"#,
             r#"{"cmd":"pause","force":true}"#,
             r#"{"cmd":"reboot"}"#,
+            r#"{"cmd":"snapshot"}"#,
+            r#"{"cmd":"snapshot","dir":"/x","force":true}"#,
             r#"{}"#,
         ] {
             assert!(
@@ -139,5 +170,19 @@ mod tests {
         );
         let failed: ControlResponse = serde_json::from_str(r#"{"ok":false,"error":"e"}"#).unwrap();
         assert_eq!(failed, ControlResponse::failed("e"));
+        let snap = ControlResponse::snapshot(SnapshotDone {
+            memory_bytes: 1 << 28,
+            memory_data_bytes: 1 << 20,
+            snapshot_ms: 42,
+        });
+        let line = serde_json::to_string(&snap).unwrap();
+        assert_eq!(
+            line,
+            r#"{"ok":true,"memory_bytes":268435456,"memory_data_bytes":1048576,"snapshot_ms":42}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ControlResponse>(&line).unwrap(),
+            snap
+        );
     }
 }

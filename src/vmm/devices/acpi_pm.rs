@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use super::bus::BusDevice;
+
+pub mod persist;
 use crate::vmm::acpi::S5_SLEEP_TYPE;
 use crate::vmm::exit::{ExitNotifier, VmExit};
 
@@ -28,6 +30,13 @@ pub struct AcpiSleep {
 impl AcpiSleep {
     pub fn new(exit: Arc<ExitNotifier>) -> Self {
         AcpiSleep { exit }
+    }
+}
+
+impl AcpiSleep {
+    /// Nothing to save; see [`persist`].
+    pub fn save(&self) -> persist::AcpiPmState {
+        persist::AcpiPmState {}
     }
 }
 

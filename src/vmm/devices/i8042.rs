@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use super::bus::BusDevice;
+
+pub mod persist;
 use crate::vmm::exit::{ExitNotifier, VmExit};
 
 /// Offset of the command/status port (0x64) from the data port (0x60), where this is registered.
@@ -23,6 +25,13 @@ pub struct I8042 {
 impl I8042 {
     pub fn new(exit: Arc<ExitNotifier>) -> Self {
         I8042 { exit }
+    }
+}
+
+impl I8042 {
+    /// Nothing to save; see [`persist`].
+    pub fn save(&self) -> persist::I8042State {
+        persist::I8042State {}
     }
 }
 

@@ -11,11 +11,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::BusDevice;
 
+pub mod persist;
+
 /// Why the serial console could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
     #[error("cannot open the console log {path}: {source}")]
     OpenLog { path: PathBuf, source: io::Error },
+    #[error("the snapshot's serial port state is invalid: {0}")]
+    Restore(String),
 }
 
 /// Raises the UART's interrupt by writing the eventfd registered as COM1's irqfd.
@@ -98,6 +102,27 @@ impl SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),
         }
     }
+
+    /// The UART's registers for a snapshot.
+    pub fn save(&self) -> persist::SerialSnapshot {
+        persist::SerialSnapshot::from(&self.uart.state())
+    }
+
+    /// A UART in the saved state (a pending interrupt is raised again).
+    pub fn restore(
+        irq: EventFd,
+        out: ConsoleOutput,
+        state: &persist::SerialSnapshot,
+    ) -> Result<Self, SerialError> {
+        let uart = Serial::from_state(
+            &vm_superio::serial::SerialState::from(state),
+            IrqTrigger(irq),
+            vm_superio::serial::NoEvents,
+            out,
+        )
+        .map_err(|e| SerialError::Restore(format!("{e:?}")))?;
+        Ok(SerialDevice { uart })
+    }
 }
 
 impl BusDevice for SerialDevice {
@@ -155,6 +180,54 @@ mod tests {
         dev.write(0, &[]);
         assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_restored_uart_has_the_saved_registers_and_keeps_logging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(
+            irq.try_clone().unwrap(),
+            ConsoleOutput::new(Some(&path), false).unwrap(),
+        );
+        dev.write(3, &[0x83]); // LCR: DLAB on, 8 data bits
+        dev.write(0, &[0x0c]); // divisor low: 9600 baud
+        dev.write(3, &[0x03]); // DLAB off
+        dev.write(7, &[0x5a]); // scratch
+        dev.write(1, &[0x02]); // IER: THR empty
+        dev.write(0, b"a");
+        let saved = dev.save();
+        let bytes = postcard::to_stdvec(&saved).unwrap();
+        let saved: persist::SerialSnapshot = postcard::from_bytes(&bytes).unwrap();
+        drop(dev);
+        let _ = irq.read();
+        let mut restored = SerialDevice::restore(
+            irq.try_clone().unwrap(),
+            ConsoleOutput::new(Some(&path), false).unwrap(),
+            &saved,
+        )
+        .unwrap();
+        let read = |d: &mut SerialDevice, off: u64| {
+            let mut b = [0u8; 1];
+            d.read(off, &mut b);
+            b[0]
+        };
+        assert_eq!(read(&mut restored, 7), 0x5a);
+        assert_eq!(read(&mut restored, 3), 0x03);
+        assert_eq!(read(&mut restored, 1), 0x02);
+        restored.write(3, &[0x83]);
+        assert_eq!(read(&mut restored, 0), 0x0c, "divisor kept");
+        restored.write(3, &[0x03]);
+        // The THR-empty interrupt that was pending is raised again.
+        assert!(irq.read().unwrap() >= 1);
+        restored.write(0, b"b");
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab");
+        // A FIFO longer than the UART's is refused, not trusted.
+        let mut bad = saved.clone();
+        bad.in_buffer = vec![0; 1000];
+        let err = SerialDevice::restore(irq, ConsoleOutput::new(None, false).unwrap(), &bad);
+        assert!(err.is_err());
     }
 
     #[test]

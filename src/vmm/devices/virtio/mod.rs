@@ -59,6 +59,7 @@ pub mod chain;
 pub mod cursor;
 #[cfg(test)]
 mod hostile_guest_tests;
+pub mod persist;
 pub mod rng;
 #[cfg(test)]
 mod testing;
@@ -139,6 +140,19 @@ impl Interrupt {
         self.needs_reset.store(false, Ordering::SeqCst);
     }
 
+    /// On restore: the status register and broken flag as saved.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
+    /// Signals the interrupt line again without changing the status.
+    pub fn resend(&self) {
+        if let Err(e) = self.irq_evt.write(1) {
+            tracing::warn!("virtio: cannot signal the interrupt eventfd: {e}");
+        }
+    }
+
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         // A full eventfd counter (2^64 - 2 pending writes) cannot happen in practice, and a lost
@@ -188,6 +202,19 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops the worker thread and drops the queues; the device can be activated again after.
     fn reset(&mut self);
+    /// Stops the worker at a queue boundary, keeping its queues and backend state (open host
+    /// connections too); a no-op when the device is not active.
+    fn pause(&mut self);
+    /// Lets a paused worker run on from where it stopped.
+    fn resume(&mut self) -> Result<(), ActivateError>;
+    /// The queues as the paused worker left them; `None` when the device is not active (or not
+    /// paused), in which case the transport's own copies are the state.
+    fn paused_queues(&self) -> Option<Vec<virtio_queue::QueueState>>;
+    /// The device's own state for a snapshot (see each device's `persist` module).
+    fn save(&self) -> persist::DeviceState;
+    /// On restore, before the transport re-activates the device: checks that `state` was saved
+    /// from a device like this one and takes what the device needs from it.
+    fn restore(&mut self, state: &persist::DeviceState) -> Result<(), persist::PersistError>;
 }
 
 /// Copies `data` out of a little config-space image, zero-filling past its end. Shared by devices

@@ -2,6 +2,7 @@
 //! write-zeroes (hole punching), read-only mode.
 
 mod discard;
+pub mod persist;
 mod request;
 
 use std::fs::{File, OpenOptions};
@@ -18,7 +19,8 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{spawn_single_queue, Worker};
+use super::persist::{DeviceState, PersistError};
+use super::worker::{spawn_single_queue, SingleQueue, Worker};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 pub use request::Disk;
 
@@ -93,7 +95,7 @@ pub struct Block {
     _lock: Option<nix::fcntl::Flock<File>>,
     disk: Disk,
     config_space: Vec<u8>,
-    worker: Option<Worker>,
+    worker: Option<Worker<SingleQueue>>,
 }
 
 impl Block {
@@ -221,13 +223,45 @@ impl VirtioDevice for Block {
             queues,
             queue_evts,
             MAX_REQUEST_LEN,
-            move |mem, chain| Ok(disk.execute(mem, chain)),
+            Box::new(move |mem, chain| Ok(disk.execute(mem, chain))),
         )?);
         Ok(())
     }
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn pause(&mut self) {
+        if let Some(w) = self.worker.as_mut() {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        match self.worker.as_mut() {
+            Some(w) => w.resume().map_err(ActivateError::Worker),
+            None => Ok(()),
+        }
+    }
+
+    fn paused_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        let body = self.worker.as_ref()?.paused_body()?;
+        Some(vec![body.queue_state()])
+    }
+
+    fn save(&self) -> DeviceState {
+        DeviceState::Block(persist::save(&self.disk))
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), PersistError> {
+        match state {
+            DeviceState::Block(saved) => persist::check(saved, &self.disk),
+            other => Err(PersistError::WrongKind {
+                saved: other.kind(),
+                here: "virtio-blk",
+            }),
+        }
     }
 }
 

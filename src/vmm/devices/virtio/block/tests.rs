@@ -454,3 +454,103 @@ fn a_writable_image_opens_in_one_vmm_only() {
     drop(first);
     drop(Block::new(config(false)).unwrap());
 }
+
+#[test]
+fn a_restored_disk_continues_the_queue_where_it_stopped() {
+    let tmp = image();
+    let mem = memory();
+    let mut rig = Rig::new(&mem, block(&tmp, false));
+    mem.write_slice(&[0xab; 512], GuestAddress(DATA))
+        .expect("data");
+    let (st, _) = rig.request(VIRTIO_BLK_T_OUT, 63, Some((512, false)));
+    assert_eq!(st, VIRTIO_BLK_S_OK);
+
+    // Paused: a request the driver makes available (and notifies) is not served.
+    rig.t.pause();
+    mem.write_slice(&[0u8; 512], GuestAddress(DATA))
+        .expect("clear");
+    header(&mem, VIRTIO_BLK_T_IN, 63);
+    rig.next_desc = add_chain(
+        &rig.vq,
+        rig.next_desc,
+        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+    );
+    write_reg(&mut rig.t, 0x50, 0);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        used_idx(&mem, &rig.vq),
+        1,
+        "a paused device served a request"
+    );
+
+    // Saved mid-queue: one chain used, the pending one not taken yet.
+    // The restored device is another VMM's: it gets the disk as it is now, in a file of its own
+    // (the first VMM still holds the original's lock, as a source VM does for a clone).
+    let copy = TempFile::new().expect("temp file");
+    std::fs::copy(tmp.as_path(), copy.as_path()).expect("copy the disk");
+    let saved = snapshot_restore(&mut rig.t, Box::new(block(&copy, false)), &mem);
+    assert!(saved.activated);
+    assert_eq!(
+        (saved.queues[0].next_avail, saved.queues[0].next_used),
+        (1, 1)
+    );
+    // The restored device looks at its queue by itself and serves the pending request.
+    assert!(
+        wait_used(&mem, &rig.vq, 2),
+        "pending request not served after restore"
+    );
+    rig.done = 2;
+    assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
+    let mut got = vec![0u8; 512];
+    mem.read_slice(&mut got, GuestAddress(DATA)).expect("read");
+    assert_eq!(got, vec![0xab; 512]);
+    // And the next request continues the ring.
+    let (st, used) = rig.request(VIRTIO_BLK_T_GET_ID, 0, Some((20, true)));
+    assert_eq!((st, used), (VIRTIO_BLK_S_OK, 21));
+    assert_eq!(
+        used_elem(&mem, &rig.vq, 2).0,
+        6,
+        "third chain starts at descriptor 6"
+    );
+}
+
+#[test]
+fn pause_and_resume_keep_the_device_serving() {
+    let tmp = image();
+    let mem = memory();
+    let mut rig = Rig::new(&mem, block(&tmp, false));
+    rig.t.pause();
+    rig.t.pause(); // twice is harmless
+    rig.t.resume();
+    let (st, _) = rig.request(VIRTIO_BLK_T_IN, 1, Some((512, true)));
+    assert_eq!(st, VIRTIO_BLK_S_OK);
+}
+
+#[test]
+fn a_disk_of_another_size_or_mode_is_refused_on_restore() {
+    let tmp = image();
+    let mem = memory();
+    let rig = Rig::new(&mem, block(&tmp, false));
+    let mut t = rig.t;
+    t.pause();
+    let saved = t.save();
+    let small = TempFile::new().expect("temp file");
+    small.as_file().set_len(8 * 512).expect("size");
+    let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    let mut other = MmioTransport::new(Box::new(block(&small, false)), mem.clone(), irq).unwrap();
+    let err = other.restore(&saved).unwrap_err();
+    assert!(err.to_string().contains("disk size"), "{err}");
+    let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    let mut ro = MmioTransport::new(Box::new(block(&tmp, true)), mem.clone(), irq).unwrap();
+    let err = ro.restore(&saved).unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    let mut rng = MmioTransport::new(
+        Box::new(crate::vmm::devices::virtio::rng::Rng::new()),
+        mem.clone(),
+        irq,
+    )
+    .unwrap();
+    let err = rng.restore(&saved).unwrap_err();
+    assert!(err.to_string().contains("device type"), "{err}");
+}

@@ -9,8 +9,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::Chain;
 use super::cursor::Cursor;
-use super::worker::{spawn_single_queue, QueueError, Worker};
+use super::persist::{DeviceState, PersistError};
+use super::worker::{spawn_single_queue, QueueError, SingleQueue, Worker};
 use super::{ActivateError, GuestMemory, Interrupt, VirtioDevice};
+
+pub mod persist;
 
 const QUEUE_SIZES: [u16; 1] = [256];
 /// Most bytes given for one request; bigger buffers are filled only this far (the driver reads
@@ -20,7 +23,7 @@ const MAX_FILL: usize = 64 * 1024;
 /// The virtio-rng device model.
 #[derive(Debug, Default)]
 pub struct Rng {
-    worker: Option<Worker>,
+    worker: Option<Worker<SingleQueue>>,
 }
 
 impl Rng {
@@ -85,13 +88,45 @@ impl VirtioDevice for Rng {
             queues,
             queue_evts,
             u64::MAX,
-            serve,
+            Box::new(serve),
         )?);
         Ok(())
     }
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn pause(&mut self) {
+        if let Some(w) = self.worker.as_mut() {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        match self.worker.as_mut() {
+            Some(w) => w.resume().map_err(ActivateError::Worker),
+            None => Ok(()),
+        }
+    }
+
+    fn paused_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        let body = self.worker.as_ref()?.paused_body()?;
+        Some(vec![body.queue_state()])
+    }
+
+    fn save(&self) -> DeviceState {
+        DeviceState::Rng(persist::RngState {})
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), PersistError> {
+        match state {
+            DeviceState::Rng(_) => Ok(()),
+            other => Err(PersistError::WrongKind {
+                saved: other.kind(),
+                here: "virtio-rng",
+            }),
+        }
     }
 }
 

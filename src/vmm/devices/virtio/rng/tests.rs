@@ -72,3 +72,34 @@ fn wrong_queue_count_is_refused_with_the_real_count() {
         .unwrap_err();
     assert!(matches!(err, ActivateError::QueueCount { want: 1, got: 0 }));
 }
+
+#[test]
+fn a_restored_rng_continues_the_queue_and_keeps_a_broken_device_broken() {
+    let mem = memory();
+    let vq = mock_queue(&mem, 0, 16);
+    let (mut t, _irq) = activate(Box::new(Rng::new()), &mem, &[&vq], 16);
+    let next = add_chain(&vq, 0, &[(DATA_BASE, 64, true)]);
+    write_reg(&mut t, 0x50, 0);
+    assert!(wait_used(&mem, &vq, 1));
+    let saved = snapshot_restore(&mut t, Box::new(Rng::new()), &mem);
+    assert_eq!(saved.queues[0].next_used, 1);
+    let next = add_chain(&vq, next, &[(DATA_BASE + 0x1000, 32, true)]);
+    write_reg(&mut t, 0x50, 0);
+    assert!(
+        wait_used(&mem, &vq, 2),
+        "the restored device serves the next chain"
+    );
+    assert_eq!(used_elem(&mem, &vq, 1), (1, 32));
+
+    // Broken before the snapshot: still DEVICE_NEEDS_RESET after it, and serving nothing.
+    add_chain(&vq, next, &[(MEM_SIZE as u64 - 16, 64, true)]);
+    write_reg(&mut t, 0x50, 0);
+    assert!(wait_needs_reset(&mut t));
+    let saved = snapshot_restore(&mut t, Box::new(Rng::new()), &mem);
+    assert!(saved.needs_reset);
+    assert!(wait_needs_reset(&mut t));
+    assert_eq!(used_idx(&mem, &vq), 2);
+    // A driver reset brings it back, as before the snapshot.
+    write_reg(&mut t, 0x70, 0);
+    assert_eq!(read_reg(&mut t, 0x70), 0);
+}

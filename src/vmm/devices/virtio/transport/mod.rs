@@ -464,5 +464,6 @@ impl BusDevice for MmioTransport {
     }
 }
 
+pub mod persist;
 #[cfg(test)]
 mod tests;

@@ -10,9 +10,8 @@ pub mod connection;
 pub(crate) mod host;
 pub mod muxer;
 pub mod packet;
+pub mod persist;
 
-use crate::vmm::log_limit::LogLimit;
-use crate::vmm::socket_path::{self, SocketPathError};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
@@ -27,8 +26,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::total_len;
 use super::cursor::Cursor;
-use super::worker::{drain, next_chain, signal_used, EventLoop, QueueError, Worker, STOP_TOKEN};
+use super::persist::{DeviceState, PersistError};
+use super::worker::{
+    drain, next_chain, signal_used, EventLoop, QueueError, Worker, WorkerBody, STOP_TOKEN,
+};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
+use crate::vmm::log_limit::LogLimit;
+use crate::vmm::socket_path::{self, SocketPathError};
 use muxer::Muxer;
 use packet::{read_packet, HEADER_LEN, MAX_PAYLOAD};
 
@@ -62,7 +66,9 @@ pub enum VsockError {
 pub struct Vsock {
     config: VsockConfig,
     listener: UnixListener,
-    worker: Option<Worker>,
+    worker: Option<Worker<VsockWorker>>,
+    /// Restored from a snapshot: the next activation tells the guest its connections are gone.
+    reset_pending: bool,
 }
 
 impl Vsock {
@@ -83,6 +89,7 @@ impl Vsock {
             config,
             listener,
             worker: None,
+            reset_pending: false,
         })
     }
 }
@@ -128,7 +135,7 @@ impl VirtioDevice for Vsock {
         queue_evts: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
         let got = queues.len();
-        let (Ok([rx, tx, _event]), Ok(evts)) = (
+        let (Ok([rx, tx, event]), Ok(evts)) = (
             <[Queue; 3]>::try_from(queues),
             <[EventFd; 3]>::try_from(queue_evts),
         ) else {
@@ -138,35 +145,34 @@ impl VirtioDevice for Vsock {
             .listener
             .try_clone()
             .map_err(|e| ActivateError::Backend(format!("cannot share the vsock listener: {e}")))?;
-        let config = self.config.clone();
-        self.worker = Some(
-            Worker::spawn("virtio-vsock", move |event_loop| {
-                let muxer = match Muxer::new(
-                    u64::from(config.guest_cid),
-                    &config.uds_path,
-                    listener,
-                    &event_loop,
-                ) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::error!("vsock: cannot watch the host socket: {e}");
-                        interrupt.set_needs_reset();
-                        return;
-                    }
-                };
-                let worker = VsockWorker {
-                    mem,
-                    interrupt,
-                    rx,
-                    tx,
-                    evts,
-                    muxer,
-                    tx_stalled: false,
-                };
-                worker.run(event_loop)
-            })
-            .map_err(ActivateError::Worker)?,
-        );
+        let event_loop = EventLoop::new().map_err(ActivateError::Worker)?;
+        for (token, evt) in [RX_TOKEN, TX_TOKEN, EVENT_TOKEN].into_iter().zip(&evts) {
+            event_loop
+                .add(evt.as_raw_fd(), token, vmm_sys_util::epoll::EventSet::IN)
+                .map_err(ActivateError::Worker)?;
+        }
+        let muxer = Muxer::new(
+            u64::from(self.config.guest_cid),
+            &self.config.uds_path,
+            listener,
+            &event_loop,
+        )
+        .map_err(|e| ActivateError::Backend(format!("cannot watch the vsock host socket: {e}")))?;
+        let broken = interrupt.needs_reset();
+        let body = VsockWorker {
+            mem,
+            interrupt,
+            rx,
+            tx,
+            event,
+            evts,
+            muxer,
+            tx_stalled: false,
+            broken,
+            reset_pending: std::mem::take(&mut self.reset_pending),
+        };
+        self.worker =
+            Some(Worker::start("virtio-vsock", event_loop, body).map_err(ActivateError::Worker)?);
         Ok(())
     }
 
@@ -174,43 +180,85 @@ impl VirtioDevice for Vsock {
         // Dropping the worker's muxer closes every connection's host socket.
         self.worker = None;
     }
+
+    fn pause(&mut self) {
+        // The muxer (and so every host connection) stays with the paused body.
+        if let Some(w) = self.worker.as_mut() {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        match self.worker.as_mut() {
+            Some(w) => w.resume().map_err(ActivateError::Worker),
+            None => Ok(()),
+        }
+    }
+
+    fn paused_queues(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        let body = self.worker.as_ref()?.paused_body()?;
+        Some(vec![body.rx.state(), body.tx.state(), body.event.state()])
+    }
+
+    fn save(&self) -> DeviceState {
+        DeviceState::Vsock(persist::save(&self.config))
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), PersistError> {
+        match state {
+            DeviceState::Vsock(saved) => {
+                persist::log_restore(saved, &self.config);
+                self.reset_pending = true;
+                Ok(())
+            }
+            other => Err(PersistError::WrongKind {
+                saved: other.kind(),
+                here: "virtio-vsock",
+            }),
+        }
+    }
 }
 
 /// State of the device thread.
-struct VsockWorker {
+pub struct VsockWorker {
     mem: GuestMemory,
     interrupt: Arc<Interrupt>,
     rx: Queue,
     tx: Queue,
+    /// The event queue: its only event is the transport reset sent after a restore.
+    event: Queue,
     evts: [EventFd; 3],
     muxer: Muxer,
     /// Tx processing paused because the muxer's answer backlog is full.
     tx_stalled: bool,
+    /// The guest's queues were found broken; nothing is processed until a driver reset.
+    broken: bool,
+    /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` is owed to the guest (it waits for an event buffer).
+    reset_pending: bool,
+}
+
+impl WorkerBody for VsockWorker {
+    fn run(&mut self, event_loop: &EventLoop) {
+        self.run_loop(event_loop)
+    }
 }
 
 impl VsockWorker {
-    fn run(mut self, event_loop: EventLoop) {
-        for (token, evt) in [RX_TOKEN, TX_TOKEN, EVENT_TOKEN]
-            .into_iter()
-            .zip(&self.evts)
-        {
-            if let Err(e) =
-                event_loop.add(evt.as_raw_fd(), token, vmm_sys_util::epoll::EventSet::IN)
-            {
-                tracing::error!("vsock: cannot watch queue {token}: {e}");
-                self.interrupt.set_needs_reset();
-                return;
-            }
-        }
+    fn run_loop(&mut self, event_loop: &EventLoop) {
         let mut events = vec![EpollEvent::default(); 32];
-        let mut broken = false;
+        if self.reset_pending && !self.broken {
+            self.send_transport_reset();
+        }
         loop {
             let ready = match event_loop.wait(&mut events) {
                 Ok(ready) => ready,
                 Err(e) => {
                     tracing::error!("vsock: epoll_wait failed: {e}");
                     self.interrupt.set_needs_reset();
-                    return;
+                    self.broken = true;
+                    // Sleeping here instead of returning keeps the stop request answerable.
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
                 }
             };
             let mut tx_kicked = false;
@@ -222,26 +270,29 @@ impl VsockWorker {
                         drain(&self.evts[1]);
                         tx_kicked = true;
                     }
-                    // The event queue only matters for migration; its buffers are left alone.
-                    EVENT_TOKEN => drain(&self.evts[2]),
-                    _ => self.muxer.handle_event(&event_loop, token, set),
+                    // The guest posted event buffers: one may be owed a transport reset.
+                    EVENT_TOKEN => {
+                        drain(&self.evts[2]);
+                        if self.reset_pending && !self.broken {
+                            self.send_transport_reset();
+                        }
+                    }
+                    _ => self.muxer.handle_event(event_loop, token, set),
                 }
             }
-            if broken {
+            if self.broken {
                 continue;
             }
             let mut result = Ok(());
             if tx_kicked || self.tx_stalled {
-                result = self.process_tx(&event_loop);
+                result = self.process_tx(event_loop);
             }
             if result.is_ok() {
                 result = self.process_rx();
             }
             // Rx buffers freed the backlog: take the tx packets that were left waiting.
             if result.is_ok() && self.tx_stalled && !self.muxer.backlog_full() {
-                result = self
-                    .process_tx(&event_loop)
-                    .and_then(|()| self.process_rx());
+                result = self.process_tx(event_loop).and_then(|()| self.process_rx());
             }
             if let Err(e) = result {
                 static NEEDS_RESET: LogLimit = LogLimit::new(10_000);
@@ -249,7 +300,46 @@ impl VsockWorker {
                     NEEDS_RESET,
                     "vsock: {e}; the device needs a reset by the driver"
                 );
-                broken = true;
+                self.broken = true;
+                self.interrupt.set_needs_reset();
+            }
+        }
+    }
+
+    /// Puts `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` in the guest's next event buffer (virtio 1.2
+    /// 5.10.6.6): the guest drops its connections, re-reads its CID and keeps its listeners.
+    /// Without a buffer yet, it stays owed until the guest posts one.
+    fn send_transport_reset(&mut self) {
+        let result =
+            next_chain(&mut self.event, &self.mem, u64::from(u32::MAX)).and_then(|chain| {
+                let Some(chain) = chain else {
+                    return Ok(false);
+                };
+                let mut out = Cursor::new(&self.mem, &chain.writable);
+                out.write_all(&persist::TRANSPORT_RESET_EVENT.to_le_bytes())
+                    .map_err(|e| {
+                        QueueError::Device(format!("cannot write the vsock event: {e}"))
+                    })?;
+                self.event
+                    .add_used(&self.mem, chain.head, out.done() as u32)
+                    .map_err(QueueError::Queue)?;
+                signal_used(&self.mem, &mut self.event, &self.interrupt, true)?;
+                Ok(true)
+            });
+        match result {
+            Ok(sent) => {
+                if sent {
+                    tracing::info!("vsock: transport reset sent to the guest after the restore");
+                }
+                self.reset_pending = !sent;
+            }
+            Err(e) => {
+                static EVENT_NEEDS_RESET: LogLimit = LogLimit::new(10_000);
+                crate::warn_limited!(
+                    EVENT_NEEDS_RESET,
+                    "vsock: event queue: {e}; the device needs a reset by the driver"
+                );
+                self.broken = true;
                 self.interrupt.set_needs_reset();
             }
         }

@@ -539,3 +539,56 @@ fn socket_path_rules() {
         Err(VsockError::SocketPath(SocketPathError::NotASocket(_)))
     ));
 }
+
+#[test]
+fn pause_keeps_connections_and_a_restore_resets_them_with_the_event() {
+    const EVT_BUF: u64 = 0x60_0000;
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let (client, req) = g.host_connect(1024);
+
+    // Paused and resumed in the same process: the host connection goes on.
+    g.t.pause();
+    g.t.resume();
+    g.send(g.header(op::RESPONSE, 1024, req.src_port, 0), &[]);
+    assert_eq!(read_line(&client), format!("OK {}\n", req.src_port));
+
+    // The guest driver keeps an event buffer posted, as Linux does.
+    mem.write_obj(0xffff_ffffu32, GuestAddress(EVT_BUF))
+        .expect("event buffer");
+    add_chain(&g._evq, 0, &[(EVT_BUF, 4, true)]);
+
+    // Restored in "another process": a new device on another socket path.
+    let path2 = g._dir.as_path().join("v2.sock");
+    let dev = Vsock::new(VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: path2.clone(),
+    })
+    .expect("vsock device");
+    let saved = snapshot_restore(&mut g.t, Box::new(dev), &mem);
+    assert_eq!(saved.queues.len(), 3);
+    assert_eq!(
+        saved.queues[0].next_used, g.rx_seen,
+        "rx saved where it stopped"
+    );
+    assert_eq!(
+        saved.queues[1].next_used, g.tx_sent,
+        "tx saved where it stopped"
+    );
+    // The guest gets VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (id 0) in its event buffer.
+    assert!(wait_used(&mem, &g._evq, 1), "no transport reset event");
+    assert_eq!(used_elem(&mem, &g._evq, 0).1, 4);
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(EVT_BUF)).unwrap(), 0);
+    // The old host connection is gone with the old device.
+    let mut buf = [0u8; 8];
+    let mut c = &client;
+    assert!(
+        matches!(c.read(&mut buf), Ok(0) | Err(_)),
+        "old connection still open"
+    );
+    // New host connections reach the guest through the new socket, on the same rx ring.
+    g.path = path2;
+    let (_client2, req2) = g.host_connect(1024);
+    assert_eq!(req2.op, op::REQUEST);
+    g.send(g.header(op::RESPONSE, 1024, req2.src_port, 0), &[]);
+}
