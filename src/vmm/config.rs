@@ -232,8 +232,8 @@ pub struct VmmArgs {
     pub pid_file: Option<PathBuf>,
     /// Start the VM from the snapshot in DIR (written by the control request `snapshot`) instead
     /// of booting. Its saved configuration is used; --control-socket, --vsock-socket/--vsock-cid,
-    /// --console-log, --console-stdout, --exit-status-file, --shutdown-timeout and --disk
-    /// (same count and sizes) override it.
+    /// --console-log, --console-stdout, --exit-status-file, --log-file, --pid-file,
+    /// --shutdown-timeout and --disk (same count and sizes) override it.
     #[arg(long, value_name = "DIR")]
     pub restore: Option<PathBuf>,
     /// With --restore: keep vCPUs and devices paused until the control request `resume`.
@@ -410,7 +410,6 @@ impl VmConfig {
         if let Some(path) = &args.exit_status_file {
             config.exit_status_file = Some(path.clone());
         }
-        // A copy runs in another computer's directory: its log and pid file go there too.
         if let Some(path) = &args.log_file {
             config.log_file = Some(path.clone());
         }

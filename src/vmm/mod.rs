@@ -22,6 +22,7 @@ pub mod exit;
 pub mod host;
 pub mod kvmprobe;
 pub mod pidfile;
+pub mod snapshot;
 pub mod vsock_client;
 
 pub(crate) mod acpi;
@@ -32,7 +33,6 @@ pub(crate) mod devices;
 pub(crate) mod layout;
 pub(crate) mod log_limit;
 pub(crate) mod memory;
-pub mod snapshot;
 pub(crate) mod socket_path;
 pub(crate) mod vcpu;
 pub(crate) mod vm;

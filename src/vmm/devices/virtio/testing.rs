@@ -159,24 +159,23 @@ pub fn wait_needs_reset(t: &mut MmioTransport) -> bool {
     false
 }
 
-/// Snapshots `t` (pause, save, through the snapshot encoding and back) and replaces it with a new
-/// transport for `device` restored from that state, as a restored VMM would build it. Returns the
-/// saved state.
+/// Snapshots `t` (pause, save, through the snapshot encoding and back), drops it as the old
+/// process would end, and restores a transport for the device `device` builds from that state,
+/// as a restored VMM would. Returns it and the saved state.
 pub fn snapshot_restore(
-    t: &mut MmioTransport,
-    device: Box<dyn VirtioDevice>,
+    mut t: MmioTransport,
+    device: impl FnOnce() -> Box<dyn VirtioDevice>,
     mem: &GuestMemory,
-) -> super::transport::persist::TransportState {
+) -> (MmioTransport, super::transport::persist::TransportState) {
     t.pause();
     let saved = t.save();
+    drop(t);
     let bytes = postcard::to_stdvec(&saved).expect("encode the transport state");
     let decoded: super::transport::persist::TransportState =
         postcard::from_bytes(&bytes).expect("decode the transport state");
     assert_eq!(decoded, saved);
     let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-    let mut restored = MmioTransport::new(device, mem.clone(), irq).expect("transport");
+    let mut restored = MmioTransport::new(device(), mem.clone(), irq).expect("transport");
     restored.restore(&decoded).expect("restore the transport");
-    // The old device (and its paused worker) goes away, as the old process would.
-    *t = restored;
-    saved
+    (restored, saved)
 }

@@ -484,11 +484,8 @@ fn a_restored_disk_continues_the_queue_where_it_stopped() {
     );
 
     // Saved mid-queue: one chain used, the pending one not taken yet.
-    // The restored device is another VMM's: it gets the disk as it is now, in a file of its own
-    // (the first VMM still holds the original's lock, as a source VM does for a clone).
-    let copy = TempFile::new().expect("temp file");
-    std::fs::copy(tmp.as_path(), copy.as_path()).expect("copy the disk");
-    let saved = snapshot_restore(&mut rig.t, Box::new(block(&copy, false)), &mem);
+    let (t, saved) = snapshot_restore(rig.t, || Box::new(block(&tmp, false)), &mem);
+    rig.t = t;
     assert!(saved.activated);
     assert_eq!(
         (saved.queues[0].next_avail, saved.queues[0].next_used),

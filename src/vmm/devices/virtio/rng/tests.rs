@@ -81,7 +81,7 @@ fn a_restored_rng_continues_the_queue_and_keeps_a_broken_device_broken() {
     let next = add_chain(&vq, 0, &[(DATA_BASE, 64, true)]);
     write_reg(&mut t, 0x50, 0);
     assert!(wait_used(&mem, &vq, 1));
-    let saved = snapshot_restore(&mut t, Box::new(Rng::new()), &mem);
+    let (mut t, saved) = snapshot_restore(t, || Box::new(Rng::new()), &mem);
     assert_eq!(saved.queues[0].next_used, 1);
     let next = add_chain(&vq, next, &[(DATA_BASE + 0x1000, 32, true)]);
     write_reg(&mut t, 0x50, 0);
@@ -95,7 +95,7 @@ fn a_restored_rng_continues_the_queue_and_keeps_a_broken_device_broken() {
     add_chain(&vq, next, &[(MEM_SIZE as u64 - 16, 64, true)]);
     write_reg(&mut t, 0x50, 0);
     assert!(wait_needs_reset(&mut t));
-    let saved = snapshot_restore(&mut t, Box::new(Rng::new()), &mem);
+    let (mut t, saved) = snapshot_restore(t, || Box::new(Rng::new()), &mem);
     assert!(saved.needs_reset);
     assert!(wait_needs_reset(&mut t));
     assert_eq!(used_idx(&mem, &vq), 2);

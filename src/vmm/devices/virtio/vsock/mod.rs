@@ -12,6 +12,8 @@ pub mod muxer;
 pub mod packet;
 pub mod persist;
 
+use crate::vmm::log_limit::LogLimit;
+use crate::vmm::socket_path::{self, SocketPathError};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
@@ -31,8 +33,6 @@ use super::worker::{
     drain, next_chain, signal_used, EventLoop, QueueError, Worker, WorkerBody, STOP_TOKEN,
 };
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
-use crate::vmm::log_limit::LogLimit;
-use crate::vmm::socket_path::{self, SocketPathError};
 use muxer::Muxer;
 use packet::{read_packet, HEADER_LEN, MAX_PAYLOAD};
 

@@ -540,6 +540,17 @@ fn socket_path_rules() {
     ));
 }
 
+/// A throwaway transport to hold a place while the real one is moved out.
+fn spare_transport(mem: &GuestMemory) -> MmioTransport {
+    let irq = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    MmioTransport::new(
+        Box::new(crate::vmm::devices::virtio::rng::Rng::new()),
+        mem.clone(),
+        irq,
+    )
+    .unwrap()
+}
+
 #[test]
 fn pause_keeps_connections_and_a_restore_resets_them_with_the_event() {
     const EVT_BUF: u64 = 0x60_0000;
@@ -565,7 +576,13 @@ fn pause_keeps_connections_and_a_restore_resets_them_with_the_event() {
         uds_path: path2.clone(),
     })
     .expect("vsock device");
-    let saved = snapshot_restore(&mut g.t, Box::new(dev), &mem);
+    let saved = {
+        // The Guest keeps its transport; swap a restored one in.
+        let old = std::mem::replace(&mut g.t, spare_transport(&mem));
+        let (t, saved) = snapshot_restore(old, move || Box::new(dev), &mem);
+        g.t = t;
+        saved
+    };
     assert_eq!(saved.queues.len(), 3);
     assert_eq!(
         saved.queues[0].next_used, g.rx_seen,
