@@ -161,15 +161,33 @@ fn serve_client(stream: UnixStream, vm: &dyn Controllable, wake: &EventFd) {
         } else {
             match std::str::from_utf8(&line) {
                 Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) if ends_the_vm(text.trim()) => {
+                    // The VM (and this process) may end as soon as the request is carried out:
+                    // the answer goes out first, or the client could be left without one.
+                    let _ = write_answer(&mut writer, &ControlResponse::done());
+                    handle_line(vm, text.trim());
+                    let _ = wake.write(1);
+                    continue;
+                }
                 Ok(text) => handle_line(vm, text.trim()),
                 Err(_) => ControlResponse::failed("request is not UTF-8"),
             }
         };
-        let _ = wake.write(1);
+        // Answer first, then wake the lifecycle loop (which may end the process).
         if write_answer(&mut writer, &answer).is_err() {
+            let _ = wake.write(1);
             return;
         }
+        let _ = wake.write(1);
     }
+}
+
+/// Whether a request line is a shutdown, which always succeeds and may end the process.
+fn ends_the_vm(line: &str) -> bool {
+    matches!(
+        serde_json::from_str::<ControlRequest>(line),
+        Ok(ControlRequest::Shutdown { .. })
+    )
 }
 
 fn write_answer(writer: &mut UnixStream, answer: &ControlResponse) -> io::Result<()> {
