@@ -52,7 +52,10 @@ impl EventHub {
             data,
         };
         for c in clients {
-            if !lock(&c.subscribed).contains(&kind) {
+            // The subscription stays locked until the event is queued, so an unsubscribe (which
+            // purges the queue under the same lock) is never overtaken by an event it excluded.
+            let subscribed = lock(&c.subscribed);
+            if !subscribed.contains(&kind) {
                 continue;
             }
             let mut q = lock(&c.queue);
@@ -61,6 +64,7 @@ impl EventHub {
             }
             q.push_back(event.clone());
             drop(q);
+            drop(subscribed);
             c.wake.notify_one();
         }
     }
@@ -121,6 +125,22 @@ async fn send(ws: &mut WebSocket, msg: &EventsOut) -> bool {
     }
 }
 
+/// Subscribes to or unsubscribes from `kinds`. Unsubscribing also drops the queued events of
+/// those kinds: after the `unsubscribed` answer none of them arrives.
+fn update_subscription(client: &Client, kinds: &[EventKind], subscribe: bool) {
+    let mut set = lock(&client.subscribed);
+    for k in kinds {
+        if subscribe {
+            set.insert(*k);
+        } else {
+            set.remove(k);
+        }
+    }
+    if !subscribe {
+        lock(&client.queue).retain(|e| !kinds.contains(&e.data.kind()));
+    }
+}
+
 async fn handle_message(ws: &mut WebSocket, client: &Client, text: &str) -> bool {
     let msg = match serde_json::from_str::<EventsIn>(text) {
         Ok(m) => m,
@@ -141,16 +161,7 @@ async fn handle_message(ws: &mut WebSocket, client: &Client, text: &str) -> bool
             return false;
         }
     }
-    {
-        let mut set = lock(&client.subscribed);
-        for k in &known {
-            if subscribe {
-                set.insert(*k);
-            } else {
-                set.remove(k);
-            }
-        }
-    }
+    update_subscription(client, &known, subscribe);
     let event_types = known.iter().map(|k| k.name().to_string()).collect();
     let reply = if subscribe {
         EventsOut::Subscribed { event_types }
@@ -206,6 +217,20 @@ mod tests {
         assert_eq!(q.len(), EVENT_QUEUE_SIZE);
         assert_eq!(q[0].data, EventData::Idle(IdleData { idle_seconds: 10 }));
         assert!(q.iter().all(|e| e.data.kind() == EventKind::Idle));
+    }
+
+    #[test]
+    fn unsubscribing_drops_what_was_queued() {
+        let hub = EventHub::new();
+        let c = hub.add();
+        update_subscription(&c, &[EventKind::Idle, EventKind::Active], true);
+        hub.emit(EventData::Idle(IdleData { idle_seconds: 1 }));
+        hub.emit(EventData::Active(NoData {}));
+        update_subscription(&c, &[EventKind::Idle], false);
+        hub.emit(EventData::Idle(IdleData { idle_seconds: 2 }));
+        let q = lock(&c.queue);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].data, EventData::Active(NoData {}));
     }
 
     #[test]
