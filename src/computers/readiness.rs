@@ -99,7 +99,11 @@ async fn probe(agents: &AgentClient, socket: &std::path::Path) -> Result<(), Str
     let reply = agents
         .request(
             socket,
-            AgentCall::get("/health", PROBE_DEADLINE, limits::HEALTH),
+            AgentCall::get(
+                deskd_agent::protocol::paths::HEALTH,
+                PROBE_DEADLINE,
+                limits::HEALTH,
+            ),
         )
         .await
         .map_err(|e| e.to_string())?;
