@@ -149,11 +149,16 @@ fn disk_by_kind(data_dir: &Path) -> BTreeMap<&'static str, u64> {
     }
     kinds.insert("screenshots", disk_used(&data_dir.join("storage")));
     kinds.insert("images", disk_used(&data_dir.join("images")));
-    let db: u64 = ["deskd.db", "deskd.db-wal", "deskd.db-shm"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(data_dir.join(f)).ok())
-        .map(|m| m.blocks() * 512)
-        .sum();
+    let db_file = crate::store::DB_FILE;
+    let db: u64 = [
+        db_file.to_string(),
+        format!("{db_file}-wal"),
+        format!("{db_file}-shm"),
+    ]
+    .iter()
+    .filter_map(|f| std::fs::metadata(data_dir.join(f)).ok())
+    .map(|m| m.blocks() * 512)
+    .sum();
     kinds.insert("database", db);
     kinds
 }
