@@ -10,6 +10,7 @@
 
 pub mod events;
 pub mod health;
+pub mod resumed;
 pub mod screenshot;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,8 @@ pub const VSOCK_PORT: u32 = 1024;
 pub mod paths {
     /// `GET`: [`super::Health`], the readiness probe.
     pub const HEALTH: &str = "/health";
+    /// `POST`: after a restore, [`super::resumed::Resumed`] → [`super::resumed::ResumedDone`].
+    pub const RESUMED: &str = "/resumed";
     /// `GET`: the screen as an image, see [`super::ScreenshotQuery`].
     pub const SCREENSHOT: &str = "/screenshot";
     /// WebSocket: a terminal, see [`super::TerminalSize`], [`super::TerminalIn`].

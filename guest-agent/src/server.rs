@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::events::EventHub;
+use crate::protocol::resumed::{Resumed, ResumedDone};
 use crate::protocol::*;
 use crate::run::{self, DesktopUser};
 use crate::x11::{capture, input, keys, readiness, Desktop, X11Error, XSession};
@@ -210,6 +211,7 @@ pub fn router(agent: Shared) -> Router {
         .route("/wait", post(wait))
         .route("/bash", post(bash))
         .route("/exec", post(exec))
+        .route(paths::RESUMED, post(resumed))
         .route(paths::WS_TERMINAL, get(ws_terminal))
         .route(paths::WS_EVENTS, get(ws_events))
         .fallback(|| async {
@@ -433,6 +435,25 @@ async fn exec(
     let timeout = Duration::from_secs_f64(EXEC_TIMEOUT.check(req.timeout).map_err(ApiError::bad)?);
     let out = run::python::exec(&agent.user, &req.code, timeout, agent.output_cap).await?;
     Ok(Json(out))
+}
+
+/// After a restore: the wall clock, and for a copy its new identity (see `crate::resumed`).
+async fn resumed(JsonBody(req): JsonBody<Resumed>) -> ApiResult<Json<ResumedDone>> {
+    let done = tokio::task::spawn_blocking(move || crate::resumed::apply(&req))
+        .await
+        .map_err(|e| ApiError::internal(format!("the restore task failed: {e}")))?;
+    match done {
+        Ok(done) => {
+            tracing::info!(
+                "restored: clock stepped {} ms, new identity: {}",
+                done.clock_step_ms,
+                done.identity_applied
+            );
+            Ok(Json(done))
+        }
+        Err(crate::resumed::ResumedError::BadRequest(m)) => Err(ApiError::bad(m)),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
 }
 
 async fn ws_terminal(
