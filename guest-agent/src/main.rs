@@ -31,9 +31,13 @@ struct Args {
     /// Seconds one X call may take before the request fails with 503 (a hung X server).
     #[arg(long, default_value_t = 30)]
     x_timeout: u64,
+    /// Run as the root helper of `POST /resumed` instead: one request on stdin, the answer on
+    /// stdout (started by deskd-restore.socket; see deskd_agent::resumed).
+    #[arg(long)]
+    apply_resumed: bool,
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -42,6 +46,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.apply_resumed {
+        return deskd_agent::resumed::serve_helper();
+    }
     let listen: Listen = match args.listen.parse() {
         Ok(l) => l,
         Err(e) => {
@@ -72,4 +79,5 @@ fn main() {
         eprintln!("deskd-agent: {e}");
         std::process::exit(1);
     }
+    std::process::ExitCode::SUCCESS
 }

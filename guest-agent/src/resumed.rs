@@ -1,6 +1,11 @@
 //! What the agent does when the daemon says the VM was restored ([`crate::protocol::resumed`]):
 //! step the wall clock to the host's, and for a copy of a VM take its new identity (hostname,
-//! machine-id, a reseeded kernel RNG). Needs root, which the agent's unit gives it.
+//! machine-id, a reseeded kernel RNG).
+//!
+//! The agent runs as the desktop user, so the work that needs root is done by `deskd-agent
+//! --apply-resumed`, started by systemd as root for each connection to [`HELPER_SOCKET`]
+//! (`deskd-restore.socket`, which only the agent's user may open): the agent writes the request,
+//! shuts its side down and reads one [`HelperAnswer`].
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,9 +27,86 @@ pub enum ResumedError {
     },
     #[error("cannot reseed the kernel RNG: {0}")]
     Entropy(String),
+    #[error("{0}")]
+    Helper(String),
 }
 
-/// Applies `req`; blocking (small file writes and syscalls).
+/// The socket of the root helper (`images/rootfs/etc/systemd/system/deskd-restore.socket`).
+pub const HELPER_SOCKET: &str = "/run/deskd-restore.sock";
+/// How long the helper may take (it writes three small files and makes a few syscalls).
+const HELPER_DEADLINE: Duration = Duration::from_secs(20);
+/// Cap on what is read from either side of the helper socket.
+const HELPER_MAX_BYTES: u64 = 64 * 1024;
+
+/// What the helper answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum HelperAnswer {
+    Done(ResumedDone),
+    BadRequest(String),
+    Failed(String),
+}
+
+/// Has the root helper apply `req` (the agent's side).
+pub async fn apply_through_helper(req: &Resumed) -> Result<ResumedDone, ResumedError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(HELPER_SOCKET)
+            .await
+            .map_err(|e| format!("cannot reach the root helper at {HELPER_SOCKET}: {e}"))?;
+        let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        stream.write_all(&body).await.map_err(|e| e.to_string())?;
+        stream.shutdown().await.map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        stream
+            .take(HELPER_MAX_BYTES)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice::<HelperAnswer>(&answer)
+            .map_err(|e| format!("the root helper's answer does not parse ({e}); see its journal"))
+    };
+    match tokio::time::timeout(HELPER_DEADLINE, exchange).await {
+        Err(_) => Err(ResumedError::Helper(format!(
+            "the root helper did not answer within {} s",
+            HELPER_DEADLINE.as_secs()
+        ))),
+        Ok(Err(e)) => Err(ResumedError::Helper(e)),
+        Ok(Ok(HelperAnswer::Done(done))) => Ok(done),
+        Ok(Ok(HelperAnswer::BadRequest(m))) => Err(ResumedError::BadRequest(m)),
+        Ok(Ok(HelperAnswer::Failed(m))) => Err(ResumedError::Helper(m)),
+    }
+}
+
+/// `deskd-agent --apply-resumed`: the root helper's side, one request on stdin, the answer on
+/// stdout (both are the socket systemd accepted).
+pub fn serve_helper() -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let mut body = Vec::new();
+    let read = std::io::stdin()
+        .take(HELPER_MAX_BYTES)
+        .read_to_end(&mut body);
+    let answer = match read {
+        Err(e) => HelperAnswer::Failed(format!("cannot read the request: {e}")),
+        Ok(_) => match serde_json::from_slice::<Resumed>(&body) {
+            Err(e) => HelperAnswer::BadRequest(format!("bad request: {e}")),
+            Ok(req) => match apply(&req) {
+                Ok(done) => HelperAnswer::Done(done),
+                Err(ResumedError::BadRequest(m)) => HelperAnswer::BadRequest(m),
+                Err(e) => HelperAnswer::Failed(e.to_string()),
+            },
+        },
+    };
+    let ok = matches!(answer, HelperAnswer::Done(_));
+    let text = serde_json::to_vec(&answer).unwrap_or_default();
+    let _ = std::io::stdout().write_all(&text);
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Applies `req` (as root); blocking (small file writes and syscalls).
 pub fn apply(req: &Resumed) -> Result<ResumedDone, ResumedError> {
     let entropy = match &req.identity {
         Some(id) => Some(id.check().map_err(ResumedError::BadRequest)?),

@@ -439,10 +439,7 @@ async fn exec(
 
 /// After a restore: the wall clock, and for a copy its new identity (see `crate::resumed`).
 async fn resumed(JsonBody(req): JsonBody<Resumed>) -> ApiResult<Json<ResumedDone>> {
-    let done = tokio::task::spawn_blocking(move || crate::resumed::apply(&req))
-        .await
-        .map_err(|e| ApiError::internal(format!("the restore task failed: {e}")))?;
-    match done {
+    match crate::resumed::apply_through_helper(&req).await {
         Ok(done) => {
             tracing::info!(
                 "restored: clock stepped {} ms, new identity: {}",
