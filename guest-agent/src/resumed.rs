@@ -134,7 +134,8 @@ fn step_clock(host_ns: u64) -> Result<i64, ResumedError> {
         Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
     };
     let ts = nix::sys::time::TimeSpec::from_duration(Duration::from_nanos(host_ns));
-    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(ResumedError::Clock)?;
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
+        .map_err(ResumedError::Clock)?;
     Ok(step_ms)
 }
 

@@ -362,6 +362,17 @@ pub async fn restart(
     Ok(transition_answer(&c))
 }
 
+/// `POST /computers/{id}/suspend` (ours): saves the running VM and frees its memory; `start`
+/// resumes it with its processes.
+pub async fn suspend(
+    State(state): State<AppState>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
+    JsonObject(_): JsonObject,
+) -> Answer {
+    let c = state.lifecycle.suspend(&c.id).await?;
+    Ok(transition_answer(&c))
+}
+
 /// `POST /computers/{id}/ensure-running`: the computer, once it runs.
 pub async fn ensure_running(
     State(state): State<AppState>,
@@ -424,9 +435,10 @@ pub async fn clone(
     ScopedComputer { computer: src, .. }: ScopedComputer,
     JsonObject(_): JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if src.status.expects_vm() {
+    // A running source is copied live (paused for a moment); one on its way up or down is not.
+    if src.status.expects_vm() && src.status != ComputerStatus::Running {
         return Err(LifecycleError::Conflict(format!(
-            "Stop the computer before cloning it (it is {}): deskd cannot yet pause a running VM to copy its disk consistently.",
+            "The computer is {}; clone it once it is running or stopped.",
             src.status.as_str()
         ))
         .into());

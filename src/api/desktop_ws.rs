@@ -129,6 +129,8 @@ async fn close_with(mut client: WebSocket, code: u16, reason: &str) {
 
 /// Relays messages between the client and the agent until either side ends.
 async fn relay(state: &AppState, client: WebSocket, target: Target) {
+    // An open session keeps the computer from being suspended for disuse.
+    let _session = state.lifecycle.session(&target.computer_id);
     let opened = tokio::time::timeout(AGENT_HANDSHAKE_DEADLINE, async {
         let stream = state
             .lifecycle

@@ -230,6 +230,14 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "post",
+        "/api/computers/{id}/suspend",
+        "Suspend (ours): save the running VM with its processes and free its memory; start resumes it (409 unless running)",
+        200,
+        None,
+        "Transition",
+    ),
+    op(
+        "post",
         "/api/computers/{id}/ensure-running",
         "Start if needed and wait until running",
         200,
@@ -255,7 +263,7 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "post",
         "/api/computers/{id}/clone",
-        "Clone (stopped computers only for now)",
+        "Clone: a stopped computer's disk, a suspended one's disk and saved VM, a running one copied live (it is paused for a moment; the clone resumes that VM with a new identity)",
         201,
         None,
         "Clone",

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/computers/{id}/start", post(computers::start))
         .route("/api/computers/{id}/stop", post(computers::stop))
         .route("/api/computers/{id}/restart", post(computers::restart))
+        .route("/api/computers/{id}/suspend", post(computers::suspend))
         .route(
             "/api/computers/{id}/ensure-running",
             post(computers::ensure_running),

@@ -49,6 +49,8 @@ pub fn computer(state: &AppState, c: &Computer, workspace_name: &str) -> Value {
             "disk_size_gb": c.disk_size_gb,
             "status": c.status.as_str(),
             "error": c.status_reason,
+            // A suspended computer's saved VM (or a clone's copy) on disk, bytes; null if none.
+            "saved_vm_bytes": state.lifecycle.saved_vm_bytes(&c.id),
         },
     })
 }

@@ -53,8 +53,22 @@ pub enum BackendError {
 pub trait VmBackend: Send + Sync + 'static {
     /// Whether this host can run VMs; the error says why not and what to do.
     fn host_check(&self) -> Result<(), BackendError>;
-    /// Boots a VM for `spec`. Returns once the VMM process runs; the guest may still be booting.
-    fn start(&self, spec: &VmSpec) -> Result<(), BackendError>;
+    /// Runs a VM for `spec`: restores the computer's saved VM if it has one, else boots. Returns
+    /// once the VMM process runs; a booted guest may still be starting.
+    fn start(&self, spec: &VmSpec) -> Result<Started, BackendError>;
+    /// Saves the running VM (memory and device state, next to its disk) and ends its VMM: the
+    /// next [`VmBackend::start`] restores it. On failure the VM runs on.
+    fn suspend(&self, computer_id: &str) -> Result<Saved, BackendError>;
+    /// Gives computer `to_id` a copy of the running VM of `from_id` (its memory and state, and
+    /// its disk copied while it is paused), which `to_id`'s next start restores; `from_id` runs on.
+    fn clone_running(&self, from_id: &str, to_id: &str) -> Result<(), BackendError>;
+    /// Bytes on disk of the computer's saved VM, if it has one.
+    fn saved_bytes(&self, computer_id: &str) -> Option<u64>;
+    /// Drops the computer's saved VM (its disk moves on without it: a stop, a cold restart).
+    fn discard_saved(&self, computer_id: &str) -> Result<(), BackendError>;
+    /// Lets the VM run if a daemon that died in the middle of a suspend or a clone left it
+    /// paused; a running VM is not affected.
+    fn unpause(&self, computer_id: &str);
     /// Stops the VM (asking first, then forcing after `grace`). Stopping an absent VM is fine.
     fn stop(&self, computer_id: &str, grace: std::time::Duration) -> Result<(), BackendError>;
     /// Current state of a VM this backend started or attached. Cheap: it looks at the process,
@@ -72,6 +86,27 @@ pub trait VmBackend: Send + Sync + 'static {
     fn clone_disk(&self, from_id: &str, to_id: &str) -> Result<(), BackendError>;
     /// Changes one dimension of a running VM; returns the value now in effect.
     fn hotplug(&self, computer_id: &str, change: Hotplug) -> Result<u64, BackendError>;
+}
+
+/// How [`VmBackend::start`] brought the VM up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// A fresh boot.
+    Booted,
+    /// From the computer's saved VM; `copy` when it was another computer's (a clone), which must
+    /// take a new identity before it is used.
+    Restored { copy: bool },
+}
+
+/// A saved VM, as a suspend reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// Guest RAM, bytes.
+    pub memory_bytes: u64,
+    /// What the snapshot costs on disk.
+    pub disk_bytes: u64,
+    /// How long the VMM took to write it.
+    pub snapshot_ms: u64,
 }
 
 /// A resize of a running VM.

@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::agent_client::{AgentCall, AgentClient, AgentError, AgentReply};
-use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
-use super::readiness::Readiness;
+use super::backend::{BackendError, Hotplug, Started, VmBackend, VmSpec, VmState};
+use super::readiness::{AfterRestore, Readiness};
 use super::vmm_config::files;
+use deskd_agent::protocol::resumed::{hex_encode, NewIdentity};
 
 use crate::store::{Computer, ComputerStatus, Store, StoreError};
 
@@ -65,6 +66,31 @@ pub struct Lifecycle {
     agents: Arc<AgentClient>,
     /// Whether each booting VM's desktop is up yet.
     readiness: Readiness,
+    /// When each computer was last used, for auto-stop.
+    activity: Mutex<HashMap<String, Activity>>,
+}
+
+/// Use of one computer: the last API call, and the sessions (WebSockets, VNC) open now.
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    last: std::time::Instant,
+    sessions: usize,
+}
+
+/// Counts an open session (a WebSocket, a VNC viewer) as activity until dropped.
+pub struct SessionGuard {
+    lifecycle: Arc<Lifecycle>,
+    id: String,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut activity = self.lifecycle.activity();
+        if let Some(a) = activity.get_mut(&self.id) {
+            a.sessions = a.sessions.saturating_sub(1);
+            a.last = std::time::Instant::now();
+        }
+    }
 }
 
 impl Lifecycle {
@@ -79,7 +105,57 @@ impl Lifecycle {
             reboots: Mutex::new(HashMap::new()),
             readiness: Readiness::new(agents.clone()),
             agents,
+            activity: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn activity(&self) -> std::sync::MutexGuard<'_, HashMap<String, Activity>> {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records use of computer `id` now (any API call on it): auto-stop counts from here.
+    pub fn touch(&self, id: &str) {
+        let now = std::time::Instant::now();
+        self.activity()
+            .entry(id.to_string())
+            .and_modify(|a| a.last = now)
+            .or_insert(Activity {
+                last: now,
+                sessions: 0,
+            });
+    }
+
+    /// Counts a session on computer `id` as activity for as long as the guard lives.
+    pub fn session(self: &Arc<Self>, id: &str) -> SessionGuard {
+        self.touch(id);
+        if let Some(a) = self.activity().get_mut(id) {
+            a.sessions += 1;
+        }
+        SessionGuard {
+            lifecycle: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    /// How long computer `id` has been unused (zero while a session is open). A computer not
+    /// seen since the daemon started counts from now.
+    fn idle_for(&self, id: &str) -> Duration {
+        let now = std::time::Instant::now();
+        let mut activity = self.activity();
+        let a = activity.entry(id.to_string()).or_insert(Activity {
+            last: now,
+            sessions: 0,
+        });
+        if a.sessions > 0 {
+            Duration::ZERO
+        } else {
+            now.duration_since(a.last)
+        }
+    }
+
+    /// Bytes on disk of computer `id`'s saved VM (suspended, or a clone's copy), if any.
+    pub fn saved_vm_bytes(&self, id: &str) -> Option<u64> {
+        self.backend.saved_bytes(id)
     }
 
     /// The daemon's data directory.
@@ -118,14 +194,18 @@ impl Lifecycle {
         self.computers_dir.join(id).join(files::CONSOLE_LOG)
     }
 
-    /// Waits while a computer is on its way up (`creating`, `starting`, `restarting`), at most
-    /// `timeout`; returns it as it then is. Actions call this so that a client that acts right
+    /// Waits while a computer is on its way up (`creating`, `starting`, `restarting`; a
+    /// `suspended` one is resumed first), at most `timeout`; returns it as it then is. Actions call this so that a client that acts right
     /// after create (the SDK does, without polling) gets its answer once the desktop is up.
     pub async fn wait_while_booting(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         timeout: Duration,
     ) -> Result<Computer, LifecycleError> {
+        // A suspended computer is resumed by the first action on it.
+        if self.load(id)?.status == ComputerStatus::Suspended {
+            self.start(id).await?;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let c = self.load(id)?;
@@ -239,11 +319,21 @@ impl Lifecycle {
         Ok(Some(self.spec(&c)))
     }
 
-    /// Boots a prepared computer; a failure becomes `error` with the reason.
+    /// Boots (or restores) a prepared computer; a failure becomes `error` with the reason.
     async fn boot(&self, spec: VmSpec) {
         let id = spec.computer_id.clone();
+        let instance_id = spec.instance_id.clone();
         let reason = match self.blocking(move |b| b.start(&spec)).await {
-            Ok(Ok(())) => return,
+            Ok(Ok(Started::Booted)) => return,
+            Ok(Ok(Started::Restored { copy })) => {
+                // Pooled connections to the agent ended with the old VM's vsock transport.
+                self.agents.forget(&self.agent_socket(&id));
+                let identity = copy.then(|| new_identity(&instance_id));
+                self.readiness
+                    .expect_restore(&id, AfterRestore { identity });
+                tracing::info!(computer = %id, copy, "restored its saved VM");
+                return;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
@@ -331,6 +421,11 @@ impl Lifecycle {
             _ => {}
         }
         if !c.status.expects_vm() {
+            // A restart is a fresh boot: a suspended computer's saved VM is dropped.
+            let cid = c.id.clone();
+            self.blocking(move |b| b.discard_saved(&cid))
+                .await?
+                .map_err(|e| LifecycleError::Host(e.to_string()))?;
             let Some(spec) = self.prepare_start(id, ComputerStatus::Restarting)? else {
                 return self.load(id);
             };
@@ -436,8 +531,9 @@ impl Lifecycle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        self.readiness.forget(id);
+        self.readiness.forget_all(id);
         self.agents.forget(&self.agent_socket(id));
+        self.activity().remove(id);
         Ok(())
     }
 
@@ -450,20 +546,72 @@ impl Lifecycle {
             .map_err(|e| LifecycleError::Host(e.to_string()))
     }
 
-    /// Copies a computer's disk to another (clone). The source must not be running: a live disk
-    /// cannot be copied consistently without pausing the VM, which the VMM cannot do yet.
-    pub async fn clone_disk(&self, from: &Computer, to_id: &str) -> Result<(), LifecycleError> {
-        if from.status.expects_vm() {
-            return Err(LifecycleError::Conflict(format!(
-                "Stop the computer before cloning it (it is {}): deskd cannot yet pause a running VM \
-                 to copy its disk consistently.",
-                from.status.as_str()
-            )));
+    /// Suspends a running computer: its VM (memory, processes, devices) is saved beside its disk
+    /// and its VMM ends, freeing its memory; `start` resumes it. Suspending a suspended computer
+    /// is a no-op. A failure leaves the computer running.
+    pub async fn suspend(&self, id: &str) -> Result<Computer, LifecycleError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let c = self.load(id)?;
+        match c.status {
+            ComputerStatus::Suspended => return Ok(c),
+            ComputerStatus::Running => {}
+            other => {
+                return Err(LifecycleError::Conflict(format!(
+                    "Only a running computer can be suspended; this one is {}.",
+                    other.as_str()
+                )))
+            }
         }
-        let (f, t) = (from.id.clone(), to_id.to_string());
-        self.blocking(move |b| b.clone_disk(&f, &t))
+        let cid = c.id.clone();
+        let saved = self
+            .blocking(move |b| b.suspend(&cid))
             .await?
-            .map_err(|e| LifecycleError::Host(e.to_string()))
+            .map_err(|e| {
+                LifecycleError::Host(format!("The computer could not be suspended: {e}"))
+            })?;
+        self.readiness.forget(id);
+        self.agents.forget(&self.agent_socket(id));
+        self.store
+            .set_computer_status(id, ComputerStatus::Suspended, None)?;
+        tracing::info!(
+            computer = %id,
+            memory_mib = saved.memory_bytes >> 20,
+            on_disk_mib = saved.disk_bytes >> 20,
+            snapshot_ms = saved.snapshot_ms,
+            "suspended"
+        );
+        self.load(id)
+    }
+
+    /// Gives computer `to_id` a copy of `from` (clone): a stopped computer's disk; a suspended
+    /// one's disk and saved VM; a running one's disk and VM, copied while it is paused for a
+    /// moment (the clone restores that VM and takes a new identity). A computer on its way up or
+    /// down is a conflict.
+    pub async fn clone_disk(&self, from: &Computer, to_id: &str) -> Result<(), LifecycleError> {
+        let lock = self.lock_for(&from.id);
+        let _guard = lock.lock().await;
+        let from = self.load(&from.id)?;
+        let running = match from.status {
+            ComputerStatus::Running => true,
+            s if s.expects_vm() => {
+                return Err(LifecycleError::Conflict(format!(
+                    "The computer is {}; clone it once it is running or stopped.",
+                    s.as_str()
+                )))
+            }
+            _ => false,
+        };
+        let (f, t) = (from.id.clone(), to_id.to_string());
+        self.blocking(move |b| {
+            if running {
+                b.clone_running(&f, &t)
+            } else {
+                b.clone_disk(&f, &t)
+            }
+        })
+        .await?
+        .map_err(|e| LifecycleError::Host(e.to_string()))
     }
 
     /// Applies one resize dimension to a running VM.
@@ -536,8 +684,9 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// One supervision pass over every computer that should have a VM.
-    pub async fn supervise(&self) {
+    /// One supervision pass over every computer that should have a VM; running computers unused
+    /// for their `auto_stop_minutes` are suspended (in the background).
+    pub async fn supervise(self: &Arc<Self>) {
         let computers = match self.store.all_computers() {
             Ok(c) => c,
             Err(e) => {
@@ -556,6 +705,21 @@ impl Lifecycle {
             };
             if let Err(e) = self.supervise_one(&c.id).await {
                 tracing::warn!(computer = %c.id, "supervision failed: {e}");
+            }
+            drop(_guard);
+            if let (ComputerStatus::Running, Some(minutes)) = (c.status, c.auto_stop_minutes) {
+                let limit = Duration::from_secs(u64::from(minutes) * 60);
+                if minutes > 0 && self.idle_for(&c.id) >= limit {
+                    // Counted as activity so the next pass does not start a second suspend.
+                    self.touch(&c.id);
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        tracing::info!(computer = %c.id, "unused for {minutes} min: suspending (auto-stop)");
+                        if let Err(e) = this.suspend(&c.id).await {
+                            tracing::warn!(computer = %c.id, "auto-stop could not suspend it: {e}");
+                        }
+                    });
+                }
             }
         }
     }
@@ -586,6 +750,25 @@ impl Lifecycle {
         let cid = c.id.clone();
         let state = self.blocking(move |b| b.attach(&cid)).await?;
         let alive = matches!(state, VmState::Alive { .. });
+        if alive && c.status != ComputerStatus::Suspended {
+            // A daemon that died in a suspend or a clone may have left the VM paused, and a saved
+            // VM beside a running one is stale (its disk has moved on).
+            let cid = c.id.clone();
+            self.blocking(move |b| {
+                b.unpause(&cid);
+                b.discard_saved(&cid)
+            })
+            .await?
+            .map_err(|e| LifecycleError::Host(e.to_string()))?;
+        }
+        let saved = !alive && self.backend.saved_bytes(&c.id).is_some();
+        if saved && c.status.expects_vm() && c.status != ComputerStatus::Stopping {
+            // A suspend whose VMM had ended when the daemon died, before it recorded the status.
+            tracing::info!(computer = %c.id, "finishing a suspend interrupted by a restart");
+            self.store
+                .set_computer_status(&c.id, ComputerStatus::Suspended, None)?;
+            return Ok(());
+        }
         let (next, reason): (ComputerStatus, Option<String>) = match (c.status, &state) {
             (ComputerStatus::Deleting, _) => {
                 // A delete was cut short: finish it.
@@ -669,6 +852,22 @@ impl Lifecycle {
                 this.supervise().await;
             }
         })
+    }
+}
+
+/// A new identity for a copy of a VM: its hostname from its instance id (as a booted computer's),
+/// a random machine-id and fresh entropy for its kernel RNG.
+fn new_identity(instance_id: &str) -> NewIdentity {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut machine_id = [0u8; 16];
+    rng.fill(&mut machine_id[..]);
+    let mut entropy = [0u8; 64];
+    rng.fill(&mut entropy[..]);
+    NewIdentity {
+        hostname: format!("deskd-{instance_id}"),
+        machine_id: hex_encode(&machine_id),
+        entropy_hex: hex_encode(&entropy),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `agent_client`: the one client of the guest agents (pooled connections, deadlines, caps).
 //! - `readiness`: per-VM tasks that ask each guest agent whether its desktop is usable.
 //! - `quota`: the commitment quotas checked at create.
+//! - `saved_vm`: a computer's saved VM (suspend, clone of a running computer), restored at start.
 
 pub mod agent_client;
 mod backend;
@@ -18,9 +19,10 @@ mod lifecycle;
 mod process;
 pub mod quota;
 mod readiness;
+mod saved_vm;
 mod vmm_config;
 
-pub use backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
+pub use backend::{BackendError, Hotplug, Saved, Started, VmBackend, VmSpec, VmState};
 pub use images::GuestImage;
 pub use lifecycle::{new_vnc_password, Lifecycle, LifecycleError};
 pub use process::VmmProcessBackend;

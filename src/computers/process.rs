@@ -23,9 +23,13 @@ use nix::unistd::Pid;
 
 use crate::vmm::{exit, pidfile};
 
-use super::backend::{BackendError, Hotplug, VmBackend, VmSpec, VmState};
+use super::backend::{BackendError, Hotplug, Saved, Started, VmBackend, VmSpec, VmState};
 use super::vmm_config::{self, files};
-use super::{disk, images};
+use super::{disk, images, saved_vm};
+
+/// How long a restored VMM may take to load its snapshot and answer (it maps memory, so size
+/// hardly matters; the rig is slow).
+const RESTORE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Where `tests/rig/serve` is, for messages on hosts that cannot run VMs.
 const RIG_HINT: &str =
@@ -134,7 +138,7 @@ impl VmBackend for VmmProcessBackend {
         Ok(())
     }
 
-    fn start(&self, spec: &VmSpec) -> Result<(), BackendError> {
+    fn start(&self, spec: &VmSpec) -> Result<Started, BackendError> {
         self.host_check()?;
         // A VMM this daemon does not track yet (it was started by a previous daemon and recovery
         // has not reached it) is found by its pid file: never a second VMM on the same disk.
@@ -142,53 +146,36 @@ impl VmBackend for VmmProcessBackend {
             self.attach(&spec.computer_id);
         }
         if matches!(self.state(&spec.computer_id), VmState::Alive { .. }) {
-            return Ok(());
+            return Ok(Started::Booted);
         }
-        let image = images::resolve(&self.images_dir, &spec.template_ref)?;
         std::fs::create_dir_all(&spec.dir).map_err(|e| {
             BackendError::NotReady(format!("cannot create {}: {e}", spec.dir.display()))
         })?;
+        if saved_vm::present(&spec.dir) {
+            let copy = saved_vm::is_copy(&spec.dir);
+            match self.restore(spec) {
+                Ok(()) => return Ok(Started::Restored { copy }),
+                // A snapshot this VMM refuses (corrupt, another host, another format) would be
+                // refused again: boot afresh from the disk, which is what the guest last wrote.
+                Err(why) => {
+                    tracing::warn!(computer = %spec.computer_id, "the saved VM cannot be restored, booting afresh: {why}");
+                    saved_vm::discard(&spec.dir)?;
+                }
+            }
+        }
+        let image = images::resolve(&self.images_dir, &spec.template_ref)?;
         let disk = disk::prepare(spec, &image)?;
         let config = vmm_config::vm_config(spec, &image, &disk);
         let config_path = spec.dir.join(files::CONFIG);
         vmm_config::write(&config, &config_path).map_err(|e| {
             BackendError::Process(format!("cannot write {}: {e}", config_path.display()))
         })?;
-        // A previous run's exit status would be taken for how this one ended. Its sockets stay:
-        // the VMM replaces stale ones itself and refuses live ones (another VMM's).
-        let _ = std::fs::remove_file(spec.dir.join(files::EXIT_STATUS));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(spec.dir.join(files::VMM_LOG))
-            .map_err(|e| BackendError::Process(format!("cannot open the VMM log: {e}")))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| BackendError::Process(format!("cannot open the VMM log: {e}")))?;
-        let child = Command::new(&self.exe)
-            .arg("vmm")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            // Own process group: signals for the daemon (Ctrl-C, systemd stop) do not reach VMs.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                BackendError::Process(format!("cannot run {} vmm: {e}", self.exe.display()))
-            })?;
-        let pid = child.id() as i32;
-        // The VMM writes its own pid file before its guest runs (and does not start without it).
-        let start_time = pidfile::start_time(pid).unwrap_or(0);
-        self.procs().insert(
-            spec.computer_id.clone(),
-            Tracked {
-                pid,
-                start_time,
-                child: Some(child),
-            },
-        );
+        let args: Vec<std::ffi::OsString> = vec![
+            "vmm".into(),
+            "--config".into(),
+            config_path.into_os_string(),
+        ];
+        self.spawn(spec, &args)?;
         // A VMM that rejects its configuration exits at once: report that as the start's failure
         // rather than as a later surprise.
         let deadline = Instant::now() + Duration::from_millis(300);
@@ -200,10 +187,62 @@ impl VmBackend for VmmProcessBackend {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        Ok(Started::Booted)
+    }
+
+    fn suspend(&self, computer_id: &str) -> Result<Saved, BackendError> {
+        if !matches!(self.state(computer_id), VmState::Alive { .. }) {
+            return Err(BackendError::NotReady("the VM is not running".into()));
+        }
+        let dir = self.dir(computer_id);
+        let done = saved_vm::pause_and_save(&dir, &dir)?;
+        // The VM is paused and saved: it must end without running another instruction (a power
+        // button would let the guest write its disk past the snapshot).
+        self.end_now(computer_id);
+        Ok(Saved {
+            memory_bytes: done.memory_bytes,
+            disk_bytes: saved_vm::allocated_bytes(&dir).unwrap_or(done.memory_data_bytes),
+            snapshot_ms: done.snapshot_ms,
+        })
+    }
+
+    fn clone_running(&self, from_id: &str, to_id: &str) -> Result<(), BackendError> {
+        if !matches!(self.state(from_id), VmState::Alive { .. }) {
+            return Err(BackendError::NotReady("the VM is not running".into()));
+        }
+        let (from, to) = (self.dir(from_id), self.dir(to_id));
+        std::fs::create_dir_all(&to)
+            .map_err(|e| BackendError::Process(format!("cannot create {}: {e}", to.display())))?;
+        saved_vm::pause_and_save(&from, &to)?;
+        // The disk is copied while the source is still paused, so it matches the snapshot.
+        let copied = disk::clone(&from, &to).and_then(|()| saved_vm::mark_copy(&to));
+        saved_vm::resume(&from);
+        if let Err(e) = copied {
+            let _ = saved_vm::discard(&to);
+            return Err(e);
+        }
         Ok(())
     }
 
+    fn saved_bytes(&self, computer_id: &str) -> Option<u64> {
+        saved_vm::allocated_bytes(&self.dir(computer_id))
+    }
+
+    fn discard_saved(&self, computer_id: &str) -> Result<(), BackendError> {
+        saved_vm::discard(&self.dir(computer_id))
+    }
+
+    fn unpause(&self, computer_id: &str) {
+        let dir = self.dir(computer_id);
+        saved_vm::remove_unfinished(&dir);
+        if matches!(self.state(computer_id), VmState::Alive { .. }) {
+            saved_vm::resume(&dir);
+        }
+    }
+
     fn stop(&self, computer_id: &str, grace: Duration) -> Result<(), BackendError> {
+        // A stopped computer boots afresh next time: its saved VM (if suspended) is gone.
+        saved_vm::discard(&self.dir(computer_id))?;
         let tracked = self.procs().remove(computer_id);
         let mut tracked = match tracked {
             Some(t) => t,
@@ -322,7 +361,13 @@ impl VmBackend for VmmProcessBackend {
     }
 
     fn clone_disk(&self, from_id: &str, to_id: &str) -> Result<(), BackendError> {
-        disk::clone(&self.dir(from_id), &self.dir(to_id))
+        let (from, to) = (self.dir(from_id), self.dir(to_id));
+        disk::clone(&from, &to)?;
+        // A suspended computer's clone resumes where its source was, as itself.
+        if saved_vm::present(&from) {
+            saved_vm::copy(&from, &to)?;
+        }
+        Ok(())
     }
 
     fn hotplug(&self, computer_id: &str, change: Hotplug) -> Result<u64, BackendError> {
@@ -334,6 +379,97 @@ impl VmBackend for VmmProcessBackend {
 }
 
 impl VmmProcessBackend {
+    /// Spawns `deskd <args>` for `spec`'s computer and tracks it.
+    fn spawn(&self, spec: &VmSpec, args: &[std::ffi::OsString]) -> Result<(), BackendError> {
+        // A previous run's exit status would be taken for how this one ended. Its sockets stay:
+        // the VMM replaces stale ones itself and refuses live ones (another VMM's).
+        let _ = std::fs::remove_file(spec.dir.join(files::EXIT_STATUS));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.dir.join(files::VMM_LOG))
+            .map_err(|e| BackendError::Process(format!("cannot open the VMM log: {e}")))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| BackendError::Process(format!("cannot open the VMM log: {e}")))?;
+        let child = Command::new(&self.exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Own process group: signals for the daemon (Ctrl-C, systemd stop) do not reach VMs.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                BackendError::Process(format!("cannot run {} vmm: {e}", self.exe.display()))
+            })?;
+        let pid = child.id() as i32;
+        // The VMM writes its own pid file before its guest runs (and does not start without it).
+        let start_time = pidfile::start_time(pid).unwrap_or(0);
+        self.procs().insert(
+            spec.computer_id.clone(),
+            Tracked {
+                pid,
+                start_time,
+                child: Some(child),
+            },
+        );
+        Ok(())
+    }
+
+    /// Restores `spec`'s saved VM; once its VMM answers (the snapshot is loaded and mapped), the
+    /// saved VM is discarded: the guest runs on from it and its disk moves on.
+    fn restore(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        self.spawn(spec, &saved_vm::restore_args(&spec.dir))?;
+        let deadline = Instant::now() + RESTORE_DEADLINE;
+        loop {
+            match self.state(&spec.computer_id) {
+                VmState::Alive { .. } if saved_vm::answers(&spec.dir) => break,
+                VmState::Alive { .. } if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                VmState::Alive { .. } => {
+                    self.end_now(&spec.computer_id);
+                    return Err(BackendError::Process(format!(
+                        "the restored VMM did not answer within {} s",
+                        RESTORE_DEADLINE.as_secs()
+                    )));
+                }
+                VmState::Exited { reason } | VmState::GuestRebooted { reason } => {
+                    return Err(BackendError::Process(reason))
+                }
+                VmState::Absent => {
+                    return Err(BackendError::Process("the restored VMM vanished".into()))
+                }
+            }
+        }
+        saved_vm::discard(&spec.dir)
+    }
+
+    /// Ends a VMM without letting its guest run on: a forced shutdown on its control socket,
+    /// SIGKILL if that does not end it soon.
+    fn end_now(&self, computer_id: &str) {
+        let dir = self.dir(computer_id);
+        let Some(mut tracked) = self.procs().remove(computer_id) else {
+            return;
+        };
+        if let Err(e) = saved_vm::force_shutdown(&dir) {
+            tracing::debug!(computer = %computer_id, "forced shutdown request failed: {e}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(Self::alive(&mut tracked), Ok(true)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(Self::alive(&mut tracked), Ok(true)) {
+            signal_group(tracked.pid, Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(Self::alive(&mut tracked), Ok(true)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_file(dir.join(files::PID));
+    }
+
     /// Every live `deskd vmm` process of this data directory, found by its command line
     /// (`vmm --config <computers dir>/<id>/vmm.json`): computer id, pid, start time.
     fn running_vmms(&self) -> Vec<(String, i32, u64)> {
@@ -353,21 +489,33 @@ impl VmmProcessBackend {
                 continue;
             };
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            let Some(config) = args
+            // Booted: `vmm --config <computer dir>/vmm.json`; restored: `vmm --restore <computer
+            // dir>/saved`.
+            let Some((path, expected)) = args
                 .windows(3)
-                .find(|w| w[0] == b"vmm" && w[1] == b"--config")
-                .map(|w| std::path::Path::new(std::ffi::OsStr::from_bytes(w[2])))
+                .find(|w| w[0] == b"vmm" && (w[1] == b"--config" || w[1] == b"--restore"))
+                .map(|w| {
+                    let file = if w[1] == b"--config" {
+                        files::CONFIG
+                    } else {
+                        files::SAVED_VM
+                    };
+                    (
+                        std::path::Path::new(std::ffi::OsStr::from_bytes(w[2])),
+                        file,
+                    )
+                })
             else {
                 continue;
             };
-            let Ok(rest) = config.strip_prefix(&self.computers_dir) else {
+            let Ok(rest) = path.strip_prefix(&self.computers_dir) else {
                 continue;
             };
             let mut parts = rest.components();
             let (Some(id), Some(file), None) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
-            if file.as_os_str() != files::CONFIG {
+            if file.as_os_str() != expected {
                 continue;
             }
             if let (Some(id), Some(start)) = (id.as_os_str().to_str(), pidfile::start_time(pid)) {

@@ -2,6 +2,10 @@
 //! guest agent's `/health` (with one deadline per probe) until the agent says the desktop is ready.
 //! The supervisor only reads the answer: no probe ever runs under a lifecycle lock or holds up
 //! another computer, and a guest that never answers costs one sleeping task.
+//!
+//! A VM restored from a saved VM is ready once its agent has also taken what the restore needs
+//! (`POST /resumed`: the host's wall clock, and for a copy its new identity): nobody uses a
+//! restored computer whose clock is behind or a clone that still has its source's identity.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deskd_agent::protocol::resumed::{NewIdentity, Resumed, ResumedDone};
 use deskd_agent::protocol::Health;
 
 use super::agent_client::{limits, AgentCall, AgentClient};
@@ -31,10 +36,19 @@ impl Drop for Watch {
     }
 }
 
+/// What a restored VM's agent must be told before the VM counts as ready.
+#[derive(Debug, Clone)]
+pub struct AfterRestore {
+    /// For a copy of another computer's VM.
+    pub identity: Option<NewIdentity>,
+}
+
 /// The readiness of every booting VM.
 pub struct Readiness {
     agents: Arc<AgentClient>,
     watches: Mutex<HashMap<String, Watch>>,
+    /// Restores whose probe has not started yet, by computer.
+    restored: Mutex<HashMap<String, AfterRestore>>,
 }
 
 impl Readiness {
@@ -42,7 +56,18 @@ impl Readiness {
         Readiness {
             agents,
             watches: Mutex::new(HashMap::new()),
+            restored: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records that computer `id`'s next VM is a restore: its probe tells the agent `after`
+    /// before it reports the VM ready.
+    pub fn expect_restore(&self, id: &str, after: AfterRestore) {
+        self.restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), after);
+        self.forget(id);
     }
 
     fn watches(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watch>> {
@@ -59,11 +84,17 @@ impl Readiness {
             }
         }
         let ready = Arc::new(AtomicBool::new(false));
+        let after = self
+            .restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let task = tokio::spawn(probe_until_ready(
             self.agents.clone(),
             socket,
             ready.clone(),
             id.to_string(),
+            after,
         ));
         watches.insert(id.to_string(), Watch { pid, ready, task });
         false
@@ -73,6 +104,15 @@ impl Readiness {
     pub fn forget(&self, id: &str) {
         self.watches().remove(id);
     }
+
+    /// Forgets `id` altogether (deleted).
+    pub fn forget_all(&self, id: &str) {
+        self.forget(id);
+        self.restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
 }
 
 /// Asks the agent until it says the desktop is ready, then records that and ends.
@@ -81,9 +121,24 @@ async fn probe_until_ready(
     socket: PathBuf,
     ready: Arc<AtomicBool>,
     id: String,
+    after: Option<AfterRestore>,
 ) {
     loop {
-        match probe(&agents, &socket).await {
+        let outcome = match probe(&agents, &socket).await {
+            Ok(()) => match &after {
+                None => Ok(()),
+                Some(after) => tell_restored(&agents, &socket, after).await.map(|done| {
+                    tracing::info!(
+                        computer = %id,
+                        clock_step_ms = done.clock_step_ms,
+                        new_identity = done.identity_applied,
+                        "restored VM's agent is up to date"
+                    );
+                }),
+            },
+            Err(why) => Err(why),
+        };
+        match outcome {
             Ok(()) => {
                 ready.store(true, Ordering::Release);
                 return;
@@ -92,6 +147,41 @@ async fn probe_until_ready(
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
+}
+
+/// `POST /resumed` with the host's clock read now, and the copy's identity if any.
+async fn tell_restored(
+    agents: &AgentClient,
+    socket: &std::path::Path,
+    after: &AfterRestore,
+) -> Result<ResumedDone, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| format!("the host's clock is before 1970: {e}"))?;
+    let body = Resumed {
+        host_time_unix_ns: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+        identity: after.identity.clone(),
+    };
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let reply = agents
+        .request(
+            socket,
+            AgentCall::post_json(
+                deskd_agent::protocol::paths::RESUMED,
+                body.into(),
+                PROBE_DEADLINE * 4,
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !reply.status.is_success() {
+        return Err(format!(
+            "the agent answered {} to /resumed: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        ));
+    }
+    serde_json::from_slice(&reply.body).map_err(|e| format!("the agent's /resumed answer: {e}"))
 }
 
 /// One probe: `Ok` when the agent answers 200 with a health report that says ready.

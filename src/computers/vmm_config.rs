@@ -25,6 +25,10 @@ pub mod files {
     pub const PID: &str = "vmm.pid";
     /// Written by the VMM when its VM ends: `<exit status> <word>`.
     pub const EXIT_STATUS: &str = "vmm.exit";
+    /// The saved VM (a snapshot directory) the next start restores: see `saved_vm`.
+    pub const SAVED_VM: &str = "saved";
+    /// Present when the saved VM is a copy of another computer's (a clone of a running one).
+    pub const SAVED_VM_IS_COPY: &str = "saved.copy";
 }
 
 /// The VM description for `spec`, booting `image` with `disk` as its root disk.

@@ -52,7 +52,9 @@ impl NewIdentity {
         }
         let id = &self.machine_id;
         if id.len() != 32
-            || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             || id.bytes().all(|b| b == b'0')
         {
             return Err("machine_id must be 32 lowercase hex digits, not all zero".into());

@@ -1,0 +1,283 @@
+//! A computer's saved VM: the snapshot its VMM wrote into `<dir>/saved/` (see
+//! [`crate::vmm::snapshot`]), which the computer's next start restores instead of booting. A
+//! suspend writes it for the same computer; a clone of a running computer writes it into the
+//! clone's directory, marked as a copy (the clone then takes a new identity once it runs).
+//!
+//! The snapshot holds memory and device state but not the disk: it is valid only with the disk as
+//! it was when the VM was paused. So it is discarded as soon as a VM restored from it runs (its
+//! memory mapping keeps the file's pages), and whenever the computer is stopped or rebooted.
+
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::vmm::control::client::{ControlClient, ControlClientError};
+use crate::vmm::control::protocol::{ControlRequest, SnapshotDone};
+
+use super::backend::BackendError;
+use super::vmm_config::files;
+
+/// A pause waits for every vCPU to leave guest code and every device worker to settle.
+const PAUSE_DEADLINE: Duration = Duration::from_secs(30);
+/// Writing the memory file: the rig writes a few hundred MB/s at best, and RAM may be 64 GiB.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(600);
+/// Answers that need no work from the VM.
+const QUICK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The snapshot directory of the computer whose directory is `dir`.
+pub fn saved_dir(dir: &Path) -> PathBuf {
+    dir.join(files::SAVED_VM)
+}
+
+/// Whether the computer has a saved VM to restore.
+pub fn present(dir: &Path) -> bool {
+    saved_dir(dir).join("state").is_file()
+}
+
+/// Whether the saved VM is a copy of another computer's (it needs a new identity once it runs).
+pub fn is_copy(dir: &Path) -> bool {
+    dir.join(files::SAVED_VM_IS_COPY).exists()
+}
+
+/// What the saved VM costs on disk (allocated blocks: the memory file is sparse), if present.
+pub fn allocated_bytes(dir: &Path) -> Option<u64> {
+    let saved = saved_dir(dir);
+    let entries = std::fs::read_dir(&saved).ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum(),
+    )
+}
+
+/// Removes the saved VM, its copy mark and any unfinished snapshot a dead VMM left beside it.
+pub fn discard(dir: &Path) -> Result<(), BackendError> {
+    let saved = saved_dir(dir);
+    remove_dir(&saved)?;
+    let _ = std::fs::remove_file(dir.join(files::SAVED_VM_IS_COPY));
+    remove_unfinished(dir);
+    Ok(())
+}
+
+/// Removes `.<saved>.tmp-<pid>` directories: snapshots whose VMM died while writing them.
+pub fn remove_unfinished(dir: &Path) {
+    let prefix = format!(".{}.tmp-", files::SAVED_VM);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<(), BackendError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(BackendError::Process(format!(
+            "cannot remove the saved VM {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Runs one control request on a private runtime: backend calls are blocking.
+fn control(
+    dir: &Path,
+    request: &ControlRequest,
+    deadline: Duration,
+) -> Result<(), ControlClientError> {
+    control_answer(dir, request, deadline).map(|_| ())
+}
+
+fn control_answer(
+    dir: &Path,
+    request: &ControlRequest,
+    deadline: Duration,
+) -> Result<Option<SnapshotDone>, ControlClientError> {
+    let client = ControlClient::new(&dir.join(files::CONTROL));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ControlClientError::Io {
+            path: dir.join(files::CONTROL),
+            source,
+        })?;
+    runtime
+        .block_on(client.request(request, deadline))
+        .map(|answer| answer.snapshot)
+}
+
+/// Pauses the VM of `dir` and writes its snapshot to `into` (a computer directory). On failure the
+/// VM runs again and nothing is left in `into`.
+pub fn pause_and_save(dir: &Path, into: &Path) -> Result<SnapshotDone, BackendError> {
+    control(dir, &ControlRequest::PAUSE, PAUSE_DEADLINE)
+        .map_err(|e| BackendError::Process(format!("cannot pause the VM: {e}")))?;
+    let saved = control_answer(
+        dir,
+        &ControlRequest::Snapshot {
+            dir: saved_dir(into),
+        },
+        SNAPSHOT_DEADLINE,
+    );
+    match saved {
+        Ok(Some(done)) => Ok(done),
+        outcome => {
+            let why = match outcome {
+                Err(e) => e.to_string(),
+                _ => "the VMM's answer carried no snapshot".to_string(),
+            };
+            let _ = discard(into);
+            resume(dir);
+            Err(BackendError::Process(format!(
+                "cannot save the VM (it runs on): {why}"
+            )))
+        }
+    }
+}
+
+/// Lets a paused VM run again; a VM that is not paused is left as it is.
+pub fn resume(dir: &Path) {
+    if let Err(e) = control(dir, &ControlRequest::RESUME, QUICK_DEADLINE) {
+        tracing::warn!("cannot resume the VM of {}: {e}", dir.display());
+    }
+}
+
+/// Ends the VM at once (no power button: a saved VM must not run on past its snapshot).
+pub fn force_shutdown(dir: &Path) -> Result<(), ControlClientError> {
+    control(
+        dir,
+        &ControlRequest::Shutdown { force: true },
+        QUICK_DEADLINE,
+    )
+}
+
+/// Copies the saved VM of `from` (a suspended computer) to `to` as a copy: written beside the
+/// target and renamed when whole, so `to` has a saved VM or none.
+pub fn copy(from: &Path, to: &Path) -> Result<(), BackendError> {
+    let target = saved_dir(to);
+    let tmp = to.join(format!(".{}.tmp-{}", files::SAVED_VM, std::process::id()));
+    let fail = |e: std::io::Error| {
+        BackendError::Process(format!(
+            "cannot copy the saved VM of {} to {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    };
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(fail)?;
+    let copied = std::fs::read_dir(saved_dir(from))
+        .and_then(|entries| {
+            for entry in entries {
+                let entry = entry?;
+                super::disk::copy_sparse(&entry.path(), &tmp.join(entry.file_name()))?;
+            }
+            Ok(())
+        })
+        .and_then(|()| std::fs::rename(&tmp, &target));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(fail(e));
+    }
+    mark_copy(to)
+}
+
+/// Marks the saved VM in `dir` as a copy of another computer's.
+pub fn mark_copy(dir: &Path) -> Result<(), BackendError> {
+    std::fs::write(dir.join(files::SAVED_VM_IS_COPY), b"")
+        .map_err(|e| BackendError::Process(format!("cannot mark {} as a copy: {e}", dir.display())))
+}
+
+/// The arguments of `deskd vmm` that restore the saved VM of the computer in `dir`, with every
+/// runtime path the computer's own (a clone's snapshot names its source's).
+pub fn restore_args(dir: &Path) -> Vec<OsString> {
+    let path = |name: &str| dir.join(name).into_os_string();
+    let mut args: Vec<OsString> = vec!["vmm".into(), "--restore".into()];
+    args.push(saved_dir(dir).into_os_string());
+    for (flag, file) in [
+        ("--disk", files::DISK),
+        ("--vsock-socket", files::VSOCK),
+        ("--control-socket", files::CONTROL),
+        ("--console-log", files::CONSOLE_LOG),
+        ("--exit-status-file", files::EXIT_STATUS),
+        ("--log-file", files::VMM_LOG),
+        ("--pid-file", files::PID),
+    ] {
+        args.push(flag.into());
+        args.push(path(file));
+    }
+    args
+}
+
+/// Whether the VMM of `dir` answers on its control socket (a restore has finished loading).
+pub fn answers(dir: &Path) -> bool {
+    control(dir, &ControlRequest::STATUS, Duration::from_secs(2)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_args_name_only_the_computers_own_files() {
+        let dir = Path::new("/var/lib/deskd/computers/c2");
+        let args = restore_args(dir);
+        assert_eq!(args[0], "vmm");
+        assert_eq!(args[1], "--restore");
+        assert_eq!(args[2], "/var/lib/deskd/computers/c2/saved");
+        // Every value after a flag is inside the computer's directory.
+        for pair in args[3..].chunks(2) {
+            assert!(pair[0].to_string_lossy().starts_with("--"));
+            assert!(Path::new(&pair[1]).starts_with(dir), "{pair:?}");
+        }
+        // The VMM's own parser takes them.
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            vmm: crate::vmm::config::VmmArgs,
+        }
+        let parsed = Cli::try_parse_from(
+            std::iter::once(OsString::from("deskd")).chain(args.into_iter().skip(1)),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.vmm.disks,
+            vec!["/var/lib/deskd/computers/c2/disk.img"]
+        );
+    }
+
+    #[test]
+    fn discard_removes_the_snapshot_its_mark_and_unfinished_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let saved = saved_dir(d.path());
+        std::fs::create_dir_all(&saved).unwrap();
+        std::fs::write(saved.join("state"), b"s").unwrap();
+        std::fs::write(saved.join("memory"), vec![1u8; 8192]).unwrap();
+        mark_copy(d.path()).unwrap();
+        let unfinished = d.path().join(format!(".{}.tmp-77", files::SAVED_VM));
+        std::fs::create_dir_all(&unfinished).unwrap();
+        std::fs::write(d.path().join(files::DISK), b"disk").unwrap();
+        assert!(present(d.path()) && is_copy(d.path()));
+        assert!(allocated_bytes(d.path()).unwrap() >= 8192);
+        discard(d.path()).unwrap();
+        assert!(!present(d.path()) && !is_copy(d.path()) && !unfinished.exists());
+        assert_eq!(allocated_bytes(d.path()), None);
+        assert!(d.path().join(files::DISK).exists(), "the disk stays");
+        // Discarding nothing is fine.
+        discard(d.path()).unwrap();
+    }
+
+    #[test]
+    fn a_vm_that_does_not_answer_is_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let err = pause_and_save(d.path(), d.path()).unwrap_err();
+        assert!(err.to_string().contains("cannot pause"), "{err}");
+        assert!(!answers(d.path()));
+    }
+}
