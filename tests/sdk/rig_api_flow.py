@@ -9,7 +9,8 @@ Run by tests/sdk-rig-e2e against `deskd serve` inside the rig (tests/rig/serve),
   as response_format=url; bash (uname, the hostname the daemon gave it); the agent through
   /desktops/{instance}/proxy/health; the console log; the daemon SIGKILLed and started again
   re-attaches to the running VM (same boot); a reboot inside the guest boots it again (a new boot);
-  stop -> stopped, start -> running; the VMM SIGKILLed -> error with a reason, the daemon carries
+  suspend -> suspended, start resumes it (same boot, a background process alive, a counting loop
+  went on, the clock set), a live clone runs with its own hostname, machine-id and RNG; stop -> stopped, start -> running; the VMM SIGKILLed -> error with a reason, the daemon carries
   on; delete -> 404.
 
 Faults are injected through the supervisor inside (tests/rig/supervise: files in `ctl`); the one
@@ -196,6 +197,8 @@ def flow(api, ctl):
     expect(new_boot != after, "the boot id did not change across the guest's reboot")
     step(f"a reboot inside the guest booted it again in {time.monotonic() - t0:.0f} s (went through: {' '.join(seen)})")
 
+    suspend_resume_and_clone(api, cid, new_boot)
+
     # Stop and start: the power button ends the VM (`stopped`, no VM left), start boots it again.
     r = api.json("POST", f"/api/computers/{cid}/stop")
     expect(r.get("success") is True, f"stop answered {r}")
@@ -212,6 +215,8 @@ def flow(api, ctl):
     expect(status == "running", f"after start the computer is {status!r}")
     started = boot_id()
     expect(started != new_boot, "start did not boot the guest anew")
+    code, gone = api.call("GET", f"/api/computers/{cid}")
+    expect(gone["instance_details"].get("saved_vm_bytes") is None, "a stopped computer kept its saved VM")
     step(f"start: running again after {time.monotonic() - t0:.0f} s (a new boot)")
 
     # The VMM dies: its computer turns to error with the reason, and the daemon carries on.
@@ -228,6 +233,85 @@ def flow(api, ctl):
     code, _ = api.call("GET", f"/api/computers/{cid}")
     expect(code == 404, f"delete left the computer (GET answers {code})")
     step("deleted")
+
+
+def bash(api, cid, command):
+    r = api.json("POST", f"/api/computers/{cid}/bash", {"command": command})
+    expect(r.get("exit_code") == 0, f"bash {command!r} exited {r.get('exit_code')}: {r.get('output', '')[:300]}")
+    return r["output"].strip()
+
+
+def guest_clock_offset(api, cid):
+    """Guest wall clock minus the daemon's (the answer's Date header, 1 s resolution), seconds."""
+    conn = UnixHTTP(api.sock, 120)
+    body = json.dumps({"command": "date +%s.%N"})
+    conn.request("POST", f"/api/computers/{cid}/bash", body=body,
+                 headers={"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"})
+    r = conn.getresponse()
+    out = json.loads(r.read())
+    date = r.getheader("Date")
+    conn.close()
+    import email.utils
+    daemon = email.utils.parsedate_to_datetime(date).timestamp()
+    return float(out["output"].strip()) - daemon
+
+
+def suspend_resume_and_clone(api, cid, boot):
+    """Issue 11: a suspended desktop resumes with its processes; a running computer clones live."""
+    # A background process with a known pid and a loop that appends to a file every second.
+    pid = bash(api, cid, "setsid sleep 100000 >/dev/null 2>&1 < /dev/null & echo $!")
+    bash(api, cid, "rm -f /tmp/loop; setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i >> /tmp/loop; sleep 1; done' "
+                   ">/dev/null 2>&1 < /dev/null &")
+    time.sleep(3)
+    before_lines = int(bash(api, cid, "wc -l < /tmp/loop"))
+    t0 = time.monotonic()
+    r = api.json("POST", f"/api/computers/{cid}/suspend", timeout=900)
+    expect(r.get("status") == "suspended", f"suspend answered {r}")
+    took = time.monotonic() - t0
+    c = api.json("GET", f"/api/computers/{cid}")
+    saved = c["instance_details"].get("saved_vm_bytes")
+    expect(c["status"] == "suspended" and saved, f"after suspend: status {c['status']}, saved_vm_bytes {saved}")
+    step(f"suspended in {took:.1f} s (saved VM on disk: {saved / 2**20:.0f} MiB)")
+    time.sleep(10)
+    t0 = time.monotonic()
+    r = api.json("POST", f"/api/computers/{cid}/start")
+    expect(r.get("success") is True, f"start of the suspended computer answered {r}")
+    poll("the suspended computer runs again", lambda: api.status_of(cid) in ("running", "error"), 300, every_s=0.5)
+    expect(api.status_of(cid) == "running", f"after resume the computer is {api.status_of(cid)}")
+    resumed_in = time.monotonic() - t0
+    expect(bash(api, cid, "cat /proc/sys/kernel/random/boot_id") == boot, "resume booted the guest anew")
+    expect(bash(api, cid, f"kill -0 {pid} && echo alive") == "alive", f"process {pid} did not survive the suspend")
+    time.sleep(2)
+    lines = [int(x) for x in bash(api, cid, "cat /tmp/loop").split()]
+    expect(lines == list(range(1, len(lines) + 1)), "the loop's file is not one unbroken count")
+    expect(len(lines) > before_lines, "the loop did not go on after the resume")
+    offset = guest_clock_offset(api, cid)
+    expect(abs(offset) <= 2.5, f"the resumed guest's clock is {offset:+.1f} s off the host's")
+    shot = api.json("GET", f"/api/computers/{cid}/screenshot")
+    expect((shot.get("width"), shot.get("height")) == (WIDTH, HEIGHT), "screenshot after resume")
+    step(f"resumed in {resumed_in:.1f} s: same boot, pid {pid} alive, loop went on ({before_lines} -> {len(lines)} lines), "
+         f"clock {offset:+.1f} s off the daemon's")
+
+    # A running computer cloned live: both run, the clone has its own identity.
+    src_ids = bash(api, cid, "hostname; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'").split()
+    t0 = time.monotonic()
+    clone = api.json("POST", f"/api/computers/{cid}/clone", timeout=900)
+    clone_id = clone["id"]
+    step(f"clone answered in {time.monotonic() - t0:.1f} s: {clone_id} ({clone.get('status')})")
+    poll("the clone runs", lambda: api.status_of(clone_id) in ("running", "error"), 300, every_s=0.5)
+    expect(api.status_of(clone_id) == "running", f"the clone is {api.status_of(clone_id)}")
+    clone_ids = bash(api, clone_id, "hostname; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'").split()
+    expect(bash(api, cid, "echo source") == "source", "the source stopped answering after the clone")
+    for what, a, b in zip(("hostname", "machine-id", "urandom"), src_ids, clone_ids):
+        expect(a != b, f"the clone has its source's {what} ({a})")
+    clone_c = api.json("GET", f"/api/computers/{clone_id}")
+    expect(clone_ids[0] == f"deskd-{clone_c['instance_id']}", f"the clone's hostname {clone_ids[0]} is not its own")
+    expect(clone_c["vnc_password"] != api.json("GET", f"/api/computers/{cid}")["vnc_password"], "same vnc_password")
+    expect(bash(api, clone_id, f"kill -0 {pid} && echo alive") == "alive", "the clone lost the source's processes")
+    step(f"clone runs {time.monotonic() - t0:.1f} s after the request: hostname {clone_ids[0]} (source {src_ids[0]}), "
+         "own machine-id and RNG output, the source's processes")
+    r = api.json("DELETE", f"/api/computers/{clone_id}")
+    expect(r.get("success") is True, f"deleting the clone answered {r}")
 
 
 def main():
