@@ -212,6 +212,14 @@ fn lifecycle_routes_answer_truthfully() {
         assert_ne!(pw1, pw2);
     }
 
+    // Suspend needs a running computer; the answer says what it is instead.
+    let m = d.post(&path("/suspend"), json!({})).error(409);
+    assert!(
+        m.contains("Only a running computer can be suspended") && m.contains(" is "),
+        "{m}"
+    );
+    assert!(d.get(&path("")).expect(200)["instance_details"]["saved_vm_bytes"].is_null());
+
     // Actions need a running computer.
     for (method, action) in [
         ("POST", "/click"),
