@@ -80,8 +80,6 @@ pub fn computer(state: &AppState, key: &ApiKey, id: &str) -> Result<Computer, Ap
         .computer(id)?
         .ok_or_else(|| ApiError::not_found("Computer not found"))?;
     check_scope(key, Some(&c.workspace_id))?;
-    // Any call on a computer is use of it: auto-stop counts from the last one.
-    state.lifecycle.touch(&c.id);
     Ok(c)
 }
 

@@ -113,7 +113,9 @@ impl Lifecycle {
         self.activity.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records use of computer `id` now (any API call on it): auto-stop counts from here.
+    /// Records use of computer `id` now (an action, a start): auto-stop counts from here. Reading
+    /// the computer's record or settings is not use (a dashboard that polls must not keep every
+    /// computer awake).
     pub fn touch(&self, id: &str) {
         let now = std::time::Instant::now();
         self.activity()
@@ -262,6 +264,7 @@ impl Lifecycle {
     /// `starting` and the slow part (copying the image to the disk, spawning the VMM) goes on in
     /// the background, its failure recorded as `error` with the reason.
     pub async fn start(self: &Arc<Self>, id: &str) -> Result<Computer, LifecycleError> {
+        self.touch(id);
         let lock = self.lock_for(id);
         let guard = lock.clone().lock_owned().await;
         let Some(spec) = self.prepare_start(id, ComputerStatus::Starting)? else {
@@ -408,6 +411,7 @@ impl Lifecycle {
     /// Restarts a computer: stop (if a VM runs) then start, with status `restarting` meanwhile.
     /// Without a VM it is a start; a failure to start is reported like `start`'s.
     pub async fn restart(self: &Arc<Self>, id: &str) -> Result<Computer, LifecycleError> {
+        self.touch(id);
         let lock = self.lock_for(id);
         let guard = lock.clone().lock_owned().await;
         let c = self.load(id)?;
@@ -969,6 +973,52 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not installed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sessions_and_actions_keep_a_computer_in_use() {
+        let (_d, _store, lc, id) = setup(false);
+        assert!(
+            lc.idle_for(&id) < Duration::from_millis(50),
+            "unseen counts from now"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(lc.idle_for(&id) >= Duration::from_millis(60));
+        lc.touch(&id);
+        assert!(
+            lc.idle_for(&id) < Duration::from_millis(50),
+            "an action resets it"
+        );
+        let session = lc.session(&id);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(lc.idle_for(&id), Duration::ZERO, "an open session is use");
+        drop(session);
+        assert!(
+            lc.idle_for(&id) < Duration::from_millis(50),
+            "idle counts from its end"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_running_computer_can_be_suspended() {
+        let (_d, store, lc, id) = setup(false);
+        for status in [
+            ComputerStatus::Stopped,
+            ComputerStatus::Error,
+            ComputerStatus::Starting,
+        ] {
+            store.set_computer_status(&id, status, None).unwrap();
+            let err = lc.suspend(&id).await.unwrap_err();
+            assert!(err.to_string().contains(status.as_str()), "{err}");
+        }
+        store
+            .set_computer_status(&id, ComputerStatus::Suspended, None)
+            .unwrap();
+        assert_eq!(
+            lc.suspend(&id).await.unwrap().status,
+            ComputerStatus::Suspended,
+            "suspending a suspended computer is a no-op"
+        );
     }
 
     #[tokio::test]

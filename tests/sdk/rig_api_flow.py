@@ -292,6 +292,18 @@ def suspend_resume_and_clone(api, cid, boot):
     step(f"resumed in {resumed_in:.1f} s: same boot, pid {pid} alive, loop went on ({before_lines} -> {len(lines)} lines), "
          f"clock {offset:+.1f} s off the daemon's")
 
+    # Auto-stop: unused for a minute (reading its record is not use), it is suspended; the first
+    # action resumes it and is answered.
+    api.json("PATCH", f"/api/computers/{cid}/auto-stop", {"auto_stop_minutes": 1})
+    t0 = time.monotonic()
+    poll("auto-stop suspends the unused computer", lambda: api.status_of(cid) == "suspended", 240, every_s=2)
+    idle = time.monotonic() - t0
+    api.json("PATCH", f"/api/computers/{cid}/auto-stop", {"auto_stop_minutes": 0})
+    t0 = time.monotonic()
+    expect(bash(api, cid, f"kill -0 {pid} && echo alive") == "alive", "after auto-stop the process is gone")
+    step(f"auto-stop suspended it after {idle:.0f} s unused; a bash call resumed it and was answered in "
+         f"{time.monotonic() - t0:.1f} s")
+
     # A running computer cloned live: both run, the clone has its own identity.
     src_ids = bash(api, cid, "hostname; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'").split()
     t0 = time.monotonic()
