@@ -173,7 +173,17 @@ fn check_disk_quota(state: &AppState, disk_gb: u32) -> Result<(), ApiError> {
 
 /// 507 when the data directory's filesystem is down to its reserve.
 fn check_free_space(state: &AppState) -> Result<(), ApiError> {
-    quota::check_free_space(&state.config.quotas, state.lifecycle.data_dir(), 0).map_err(|e| {
+    check_free_space_for(state, 0)
+}
+
+/// [`check_free_space`] with room for `needed_bytes` more (a saved VM is at most its RAM).
+fn check_free_space_for(state: &AppState, needed_bytes: u64) -> Result<(), ApiError> {
+    quota::check_free_space(
+        &state.config.quotas,
+        state.lifecycle.data_dir(),
+        needed_bytes,
+    )
+    .map_err(|e| {
         ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e).with("code", "insufficient_storage")
     })
 }
@@ -369,6 +379,9 @@ pub async fn suspend(
     ScopedComputer { computer: c, .. }: ScopedComputer,
     JsonObject(_): JsonObject,
 ) -> Answer {
+    if c.status == ComputerStatus::Running {
+        check_free_space_for(&state, u64::from(c.ram_gb) << 30)?;
+    }
     let c = state.lifecycle.suspend(&c.id).await?;
     Ok(transition_answer(&c))
 }
@@ -443,7 +456,13 @@ pub async fn clone(
         ))
         .into());
     }
-    check_free_space(&state)?;
+    // A live copy writes the source's memory too (at most its RAM; sparse in practice).
+    let live_copy_bytes = if src.status == ComputerStatus::Running {
+        u64::from(src.ram_gb) << 30
+    } else {
+        0
+    };
+    check_free_space_for(&state, live_copy_bytes)?;
     let taken = state
         .store
         .computer_names_like(&src.workspace_id, &format!("{} (clone", src.name))?;
