@@ -67,7 +67,7 @@ pub trait VmBackend: Send + Sync + 'static {
     /// Drops the computer's saved VM (its disk moves on without it: a stop, a cold restart).
     fn discard_saved(&self, computer_id: &str) -> Result<(), BackendError>;
     /// Lets the VM run if a daemon that died in the middle of a suspend or a clone left it
-    /// paused; a running VM is not affected.
+    /// paused (after any snapshot it is still writing); a running VM is not affected.
     fn unpause(&self, computer_id: &str);
     /// Stops the VM (asking first, then forcing after `grace`). Stopping an absent VM is fine.
     fn stop(&self, computer_id: &str, grace: std::time::Duration) -> Result<(), BackendError>;

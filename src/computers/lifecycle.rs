@@ -755,15 +755,22 @@ impl Lifecycle {
         let state = self.blocking(move |b| b.attach(&cid)).await?;
         let alive = matches!(state, VmState::Alive { .. });
         if alive && c.status != ComputerStatus::Suspended {
-            // A daemon that died in a suspend or a clone may have left the VM paused, and a saved
-            // VM beside a running one is stale (its disk has moved on).
-            let cid = c.id.clone();
-            self.blocking(move |b| {
-                b.unpause(&cid);
-                b.discard_saved(&cid)
-            })
-            .await?
-            .map_err(|e| LifecycleError::Host(e.to_string()))?;
+            // A daemon that died in a suspend or a clone may have left the VM paused (perhaps
+            // still writing the snapshot), and a saved VM beside a running one is stale (its disk
+            // has moved on). In the background, holding the computer: the snapshot may take a
+            // while and the other computers' recovery does not wait for it.
+            let (backend, lock, cid) = (self.backend.clone(), self.lock_for(&c.id), c.id.clone());
+            tokio::spawn(async move {
+                let _guard = lock.lock_owned().await;
+                let outcome = tokio::task::spawn_blocking(move || {
+                    backend.unpause(&cid);
+                    backend.discard_saved(&cid).map_err(|e| (cid, e))
+                })
+                .await;
+                if let Ok(Err((cid, e))) = outcome {
+                    tracing::warn!(computer = %cid, "cannot drop a stale saved VM: {e}");
+                }
+            });
         }
         let saved = !alive && self.backend.saved_bytes(&c.id).is_some();
         if saved && c.status.expects_vm() && c.status != ComputerStatus::Stopping {

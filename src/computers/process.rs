@@ -234,10 +234,10 @@ impl VmBackend for VmmProcessBackend {
 
     fn unpause(&self, computer_id: &str) {
         let dir = self.dir(computer_id);
-        saved_vm::remove_unfinished(&dir);
         if matches!(self.state(computer_id), VmState::Alive { .. }) {
-            saved_vm::resume(&dir);
+            saved_vm::resume_after_any_snapshot(&dir);
         }
+        saved_vm::remove_unfinished(&dir);
     }
 
     fn stop(&self, computer_id: &str, grace: Duration) -> Result<(), BackendError> {

@@ -148,6 +148,15 @@ pub fn resume(dir: &Path) {
     }
 }
 
+/// [`resume`], waiting as long as a snapshot may take: the VMM carries out control requests one
+/// at a time, so a resume sent while a snapshot is being written (by a daemon that died since)
+/// is answered once the snapshot is complete.
+pub fn resume_after_any_snapshot(dir: &Path) {
+    if let Err(e) = control(dir, &ControlRequest::RESUME, SNAPSHOT_DEADLINE) {
+        tracing::warn!("cannot resume the VM of {}: {e}", dir.display());
+    }
+}
+
 /// Ends the VM at once (no power button: a saved VM must not run on past its snapshot).
 pub fn force_shutdown(dir: &Path) -> Result<(), ControlClientError> {
     control(

@@ -197,7 +197,7 @@ def flow(api, ctl):
     expect(new_boot != after, "the boot id did not change across the guest's reboot")
     step(f"a reboot inside the guest booted it again in {time.monotonic() - t0:.0f} s (went through: {' '.join(seen)})")
 
-    suspend_resume_and_clone(api, cid, new_boot)
+    suspend_resume_and_clone(api, cid, new_boot, ctl)
 
     # Stop and start: the power button ends the VM (`stopped`, no VM left), start boots it again.
     r = api.json("POST", f"/api/computers/{cid}/stop")
@@ -256,7 +256,7 @@ def guest_clock_offset(api, cid):
     return float(out["output"].strip()) - daemon
 
 
-def suspend_resume_and_clone(api, cid, boot):
+def suspend_resume_and_clone(api, cid, boot, ctl):
     """Issue 11: a suspended desktop resumes with its processes; a running computer clones live."""
     # A background process with a known pid and a loop that appends to a file every second.
     pid = bash(api, cid, "setsid sleep 100000 >/dev/null 2>&1 < /dev/null & echo $!")
@@ -291,6 +291,30 @@ def suspend_resume_and_clone(api, cid, boot):
     expect((shot.get("width"), shot.get("height")) == (WIDTH, HEIGHT), "screenshot after resume")
     step(f"resumed in {resumed_in:.1f} s: same boot, pid {pid} alive, loop went on ({before_lines} -> {len(lines)} lines), "
          f"clock {offset:+.1f} s off the daemon's")
+
+    # The daemon SIGKILLed while it suspends: after its restart the computer is running or
+    # suspended, never lost, and runs on with its processes.
+    import threading
+    def suspend_call():
+        try:
+            api.call("POST", f"/api/computers/{cid}/suspend", timeout=900)
+        except (OSError, http.client.HTTPException):
+            pass  # the daemon died under it, as intended
+    threading.Thread(target=suspend_call, daemon=True).start()
+    time.sleep(1.5)
+    open(os.path.join(ctl, "kill-daemon"), "w").close()
+    time.sleep(3)
+    poll("the daemon answers again after its restart", lambda: api.status_of(cid) != "unreachable", 120)
+    after_kill = api.status_of(cid)
+    expect(after_kill in ("running", "suspended"), f"a daemon killed during a suspend left the computer {after_kill!r}")
+    if after_kill == "suspended":
+        api.json("POST", f"/api/computers/{cid}/start")
+    poll("the computer runs after the interrupted suspend",
+         lambda: api.status_of(cid) in ("running", "error"), 300, every_s=0.5)
+    expect(api.status_of(cid) == "running", f"after the interrupted suspend the computer is {api.status_of(cid)}")
+    expect(bash(api, cid, f"kill -0 {pid} && echo alive") == "alive", "the interrupted suspend lost the process")
+    expect(bash(api, cid, "cat /proc/sys/kernel/random/boot_id") == boot, "the interrupted suspend rebooted the guest")
+    step(f"daemon SIGKILLed during a suspend: the computer was {after_kill} after the restart and runs on (same boot)")
 
     # Auto-stop: unused for a minute (reading its record is not use), it is suspended; the first
     # action resumes it and is answered.
