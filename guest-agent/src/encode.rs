@@ -1,4 +1,4 @@
-//! Encodes captured frames as PNG (fast deflate) or JPEG.
+//! Encodes captured frames as PNG (fast deflate) or JPEG, and scales them down.
 
 use crate::x11::capture::Frame;
 
@@ -10,6 +10,33 @@ pub enum EncodeError {
     Jpeg(#[from] jpeg_encoder::EncodingError),
     #[error("image {0}x{1} is too large for JPEG (65535 max per side)")]
     TooLarge(u32, u32),
+    #[error("scaling the screenshot failed: {0}")]
+    Scale(String),
+}
+
+/// `frame` scaled to `width` x `height` with a bilinear filter (sharp enough for text at the
+/// scales models ask for, and fast). The fourth byte is padding, not alpha, so it is ignored.
+pub fn scale(frame: Frame, width: u32, height: u32) -> Result<Frame, EncodeError> {
+    use fast_image_resize::{
+        images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+    };
+    if (width, height) == (frame.width, frame.height) {
+        return Ok(frame);
+    }
+    let src = Image::from_vec_u8(frame.width, frame.height, frame.bgrx, PixelType::U8x4)
+        .map_err(|e| EncodeError::Scale(e.to_string()))?;
+    let mut dst = Image::new(width, height, PixelType::U8x4);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .use_alpha(false);
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| EncodeError::Scale(e.to_string()))?;
+    Ok(Frame {
+        width,
+        height,
+        bgrx: dst.into_vec(),
+    })
 }
 
 /// PNG with the `Fast` preset: fdeflate plus the Up filter, several times faster than zlib's
@@ -83,5 +110,38 @@ mod tests {
         let bytes = jpeg(&frame(), 80).unwrap();
         assert_eq!(&bytes[..2], &[0xff, 0xd8]);
         assert_eq!(&bytes[bytes.len() - 2..], &[0xff, 0xd9]);
+    }
+
+    #[test]
+    fn scaling_keeps_colours_with_a_zero_padding_byte() {
+        // 40x20: left half red, right half blue; the padding byte is 0, as X sends it, which
+        // must not be read as transparent.
+        let mut bgrx = Vec::new();
+        for _ in 0..20 {
+            for x in 0..40 {
+                bgrx.extend_from_slice(if x < 20 {
+                    &[0, 0, 255, 0]
+                } else {
+                    &[255, 0, 0, 0]
+                });
+            }
+        }
+        let f = scale(
+            Frame {
+                width: 40,
+                height: 20,
+                bgrx,
+            },
+            10,
+            5,
+        )
+        .unwrap();
+        assert_eq!((f.width, f.height, f.bgrx.len()), (10, 5, 10 * 5 * 4));
+        assert_eq!(&f.bgrx[..3], &[0, 0, 255]);
+        let last = f.bgrx.len() - 4;
+        assert_eq!(&f.bgrx[last..last + 3], &[255, 0, 0]);
+        // Same size: the frame comes back untouched.
+        let same = scale(frame(), 2, 1).unwrap();
+        assert_eq!(same.bgrx, frame().bgrx);
     }
 }

@@ -22,7 +22,8 @@ pub use events::{
 };
 pub use health::{DesktopParts, Health};
 pub use screenshot::{
-    ImageFormat, ScreenshotOptions, ScreenshotQuery, DEFAULT_JPEG_QUALITY, JPEG_QUALITY,
+    scaled_size, ImageFormat, Region, ScreenshotOptions, ScreenshotQuery, DEFAULT_JPEG_QUALITY,
+    JPEG_QUALITY, MAX_PIXELS,
 };
 
 /// Port the agent listens on inside the guest (virtio-vsock).
@@ -40,12 +41,19 @@ pub mod paths {
     pub const WS_TERMINAL: &str = "/ws/terminal";
     /// WebSocket: desktop events, see [`super::EventsIn`].
     pub const WS_EVENTS: &str = "/ws/events";
+    /// `GET`: [`super::CursorPosition`].
+    pub const CURSOR_POSITION: &str = "/cursor_position";
+    /// `GET`: [`super::ClipboardText`]; `POST` a [`super::ClipboardSet`] to set it.
+    pub const CLIPBOARD: &str = "/clipboard";
 }
 
 /// Screenshot answers: width of the image in pixels.
 pub const HEADER_WIDTH: &str = "x-deskd-width";
 /// Screenshot answers: height of the image in pixels.
 pub const HEADER_HEIGHT: &str = "x-deskd-height";
+/// Scaled screenshot answers (`max_pixels`): image pixels per screen pixel, see
+/// [`ScreenshotOptions::scale`].
+pub const HEADER_SCALE: &str = "x-deskd-scale";
 /// Default cap on captured bash/exec output.
 pub const DEFAULT_OUTPUT_CAP: usize = 10 * 1024 * 1024;
 
@@ -95,6 +103,13 @@ pub const DRAG_DURATION: Seconds = Seconds {
     min: 0.0,
     max: 60.0,
 };
+/// `/hold_key` `duration`: how long the key stays down.
+pub const HOLD_KEY_DURATION: Seconds = Seconds {
+    field: "duration",
+    default: 0.5,
+    min: 0.0,
+    max: 60.0,
+};
 /// `/wait` `seconds` (alias `duration`).
 pub const WAIT: Seconds = Seconds {
     field: "seconds",
@@ -110,6 +125,9 @@ pub const MAX_TYPE_DELAY_MS: u64 = 5000;
 pub const DEFAULT_SCROLL_AMOUNT: i64 = 3;
 /// `/scroll` `amount`: the range accepted.
 pub const SCROLL_AMOUNT: std::ops::RangeInclusive<i64> = 1..=1000;
+/// `/click` `clicks`: 1 (a click), 2 (as `double: true`) or 3 (a triple click, which selects a
+/// line or paragraph in most toolkits).
+pub const CLICKS: std::ops::RangeInclusive<i64> = 1..=3;
 
 /// Body of every non-2xx answer. The daemon adds `request_id` and `upstream_status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -134,6 +152,103 @@ pub struct ClickRequest {
     pub button: Option<String>,
     #[serde(default)]
     pub double: bool,
+    /// See [`CLICKS`]; `double: true` with no `clicks` means 2.
+    #[serde(default)]
+    pub clicks: Option<i64>,
+}
+
+impl ClickRequest {
+    /// How many clicks the request asks for, or the message for a 400.
+    pub fn click_count(&self) -> Result<u8, String> {
+        match self.clicks {
+            None => Ok(if self.double { 2 } else { 1 }),
+            Some(n) if CLICKS.contains(&n) => {
+                if self.double && n != 2 {
+                    return Err(format!(
+                        "double: true means clicks: 2, but clicks is {n}; send one of the two"
+                    ));
+                }
+                Ok(n as u8)
+            }
+            Some(n) => Err(format!(
+                "clicks must be {} to {} (got {n})",
+                CLICKS.start(),
+                CLICKS.end()
+            )),
+        }
+    }
+
+    /// The answer's `action` for `clicks` clicks.
+    pub fn action_name(clicks: u8) -> &'static str {
+        match clicks {
+            2 => "double_click",
+            3 => "triple_click",
+            _ => "click",
+        }
+    }
+}
+
+/// `/mouse_down` and `/mouse_up`: press or release `button` (default left), first moving to
+/// (`x`, `y`) when both are given.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MouseButtonRequest {
+    #[serde(default)]
+    pub button: Option<String>,
+    #[serde(default)]
+    pub x: Option<i64>,
+    #[serde(default)]
+    pub y: Option<i64>,
+}
+
+impl MouseButtonRequest {
+    /// Where to move first: both coordinates or neither, else the message for a 400.
+    pub fn position(&self) -> Result<Option<(i64, i64)>, String> {
+        match (self.x, self.y) {
+            (Some(x), Some(y)) => Ok(Some((x, y))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("y is missing: give both x and y, or neither".into()),
+            (None, Some(_)) => Err("x is missing: give both x and y, or neither".into()),
+        }
+    }
+}
+
+/// `/hold_key`: holds `key` (a key or a `+` combo, as for `/key`) down for `duration` seconds
+/// ([`HOLD_KEY_DURATION`]); other actions sent meanwhile see it held.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HoldKeyRequest {
+    pub key: String,
+    #[serde(default)]
+    pub duration: Option<f64>,
+}
+
+/// Largest clipboard text the agent reads or sets, in bytes.
+pub const MAX_CLIPBOARD_BYTES: usize = 16 << 20;
+
+/// `POST /clipboard`: the text to own the CLIPBOARD selection with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClipboardSet {
+    pub text: String,
+}
+
+/// Answer of `GET /clipboard`: the CLIPBOARD selection as text (empty when nobody owns it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClipboardText {
+    pub success: bool,
+    pub text: String,
+    /// Someone owns the selection (false: `text` is empty because there is no clipboard).
+    pub owned: bool,
+}
+
+/// Answer of `GET /cursor_position`: where the pointer is, in screen pixels.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CursorPosition {
+    pub success: bool,
+    pub action: String,
+    pub x: i64,
+    pub y: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -203,6 +203,10 @@ pub fn router(agent: Shared) -> Router {
         .route(paths::HEALTH, get(health))
         .route(paths::SCREENSHOT, get(screenshot))
         .route("/click", post(click))
+        .route("/mouse_down", post(mouse_down))
+        .route("/mouse_up", post(mouse_up))
+        .route("/hold_key", post(hold_key))
+        .route(paths::CURSOR_POSITION, get(cursor_position))
         .route("/move", post(move_pointer))
         .route("/drag", post(drag))
         .route("/scroll", post(scroll))
@@ -254,17 +258,23 @@ async fn screenshot(
 ) -> ApiResult<Response> {
     let Query(q) = query.map_err(|e| ApiError::bad(format!("bad query: {e}")))?;
     let options = q.parse().map_err(ApiError::bad)?;
-    let (format, quality) = (options.format, options.quality);
-    let frame = on_desktop(&agent, capture::capture).await?;
-    let (w, h) = (frame.width, frame.height);
-    let bytes = tokio::task::spawn_blocking(move || match format {
-        ImageFormat::Png => encode::png(&frame),
-        ImageFormat::Jpeg => encode::jpeg(&frame, quality),
+    let (format, quality, region) = (options.format, options.quality, options.region);
+    let frame = on_desktop(&agent, move |s| capture::capture_area(s, region)).await?;
+    let (w, h, scale) = match options.max_pixels {
+        Some(max) => scaled_size(frame.width, frame.height, max),
+        None => (frame.width, frame.height, 1.0),
+    };
+    let bytes = tokio::task::spawn_blocking(move || {
+        let frame = encode::scale(frame, w, h)?;
+        match format {
+            ImageFormat::Png => encode::png(&frame),
+            ImageFormat::Jpeg => encode::jpeg(&frame, quality),
+        }
     })
     .await
     .map_err(|e| ApiError::internal(format!("encoder task failed: {e}")))?
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok((
+    let mut response = (
         [
             (header::CONTENT_TYPE, format.mime().to_string()),
             (header::HeaderName::from_static(HEADER_WIDTH), w.to_string()),
@@ -275,7 +285,15 @@ async fn screenshot(
         ],
         Body::from(bytes),
     )
-        .into_response())
+        .into_response();
+    if options.max_pixels.is_some() {
+        if let Ok(v) = header::HeaderValue::from_str(&scale.to_string()) {
+            response
+                .headers_mut()
+                .insert(header::HeaderName::from_static(HEADER_SCALE), v);
+        }
+    }
+    Ok(response)
 }
 
 async fn click(
@@ -283,16 +301,88 @@ async fn click(
     JsonBody(req): JsonBody<ClickRequest>,
 ) -> ApiResult<Json<ActionResponse>> {
     let button = parse_button(req.button.as_deref())?;
+    let clicks = req.click_count().map_err(ApiError::bad)?;
     let (x, y, double) = (req.x, req.y, req.double);
     on_desktop(&agent, move |s| {
         let (xi, yi) = input::check_on_screen(s, x, y)?;
-        input::click(s, xi, yi, button, double)
+        input::click(s, xi, yi, button, clicks)
     })
     .await?;
-    let name = if double { "double_click" } else { "click" };
+    let mut details = json!({"x": x, "y": y, "button": button, "double": double});
+    // Answers to requests without `clicks` keep the contract's shape exactly.
+    if req.clicks.is_some() {
+        details["clicks"] = json!(clicks);
+    }
+    Ok(action(ClickRequest::action_name(clicks), details))
+}
+
+/// `/mouse_down` and `/mouse_up`.
+async fn mouse_button(
+    agent: Shared,
+    req: MouseButtonRequest,
+    down: bool,
+) -> ApiResult<Json<ActionResponse>> {
+    let button = parse_button(req.button.as_deref())?;
+    let at = req.position().map_err(ApiError::bad)?;
+    on_desktop(&agent, move |s| {
+        if let Some((x, y)) = at {
+            let (xi, yi) = input::check_on_screen(s, x, y)?;
+            input::move_to(s, xi, yi)?;
+        }
+        input::mouse_button(s, button, down)
+    })
+    .await?;
+    let mut details = json!({"button": button});
+    if let Some((x, y)) = at {
+        details["x"] = json!(x);
+        details["y"] = json!(y);
+    }
     Ok(action(
-        name,
-        json!({"x": x, "y": y, "button": button, "double": double}),
+        if down { "mouse_down" } else { "mouse_up" },
+        details,
+    ))
+}
+
+async fn mouse_down(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<MouseButtonRequest>,
+) -> ApiResult<Json<ActionResponse>> {
+    mouse_button(agent, req, true).await
+}
+
+async fn mouse_up(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<MouseButtonRequest>,
+) -> ApiResult<Json<ActionResponse>> {
+    mouse_button(agent, req, false).await
+}
+
+async fn cursor_position(State(agent): State<Shared>) -> ApiResult<Json<CursorPosition>> {
+    let (x, y) = on_desktop(&agent, input::cursor_position).await?;
+    Ok(Json(CursorPosition {
+        success: true,
+        action: "cursor_position".into(),
+        x: x.into(),
+        y: y.into(),
+    }))
+}
+
+async fn hold_key(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<HoldKeyRequest>,
+) -> ApiResult<Json<ActionResponse>> {
+    let combo = keys::parse_combo(&req.key).map_err(|e| ApiError::bad(e.to_string()))?;
+    let duration = HOLD_KEY_DURATION
+        .check(req.duration)
+        .map_err(ApiError::bad)?;
+    let limit = agent.x_call_limit + Duration::from_secs_f64(duration);
+    on_desktop_within(&agent, limit, move |s| {
+        input::hold_combo(s, &combo, Duration::from_secs_f64(duration))
+    })
+    .await?;
+    Ok(action(
+        "hold_key",
+        json!({"key": req.key, "duration": duration}),
     ))
 }
 

@@ -122,6 +122,7 @@ fn agent_timeout(action: &str, body: &Map<String, Value>) -> Duration {
         "exec" => asked_secs(body, &["timeout"], protocol::EXEC_TIMEOUT.default),
         "wait" => asked_secs(body, &["seconds", "duration"], protocol::WAIT.default),
         "drag" => asked_secs(body, &["duration"], protocol::DRAG_DURATION.default),
+        "hold_key" => asked_secs(body, &["duration"], protocol::HOLD_KEY_DURATION.default),
         "type" => {
             let chars = body
                 .get("text")
@@ -136,8 +137,7 @@ fn agent_timeout(action: &str, body: &Map<String, Value>) -> Duration {
 }
 
 /// Forwards a JSON action to the agent and returns its JSON answer as the public answer (the
-/// agent's answers already have the public shapes). The answer is checked to be JSON and passed
-/// through as it came: a large answer is never built into a tree of values.
+/// agent's answers already have the public shapes).
 async fn forward_json(
     state: &AppState,
     key: &ApiKey,
@@ -145,17 +145,28 @@ async fn forward_json(
     action: &'static str,
     body: Map<String, Value>,
 ) -> Result<Response, ApiError> {
-    let c = running(state, key, id).await?;
-    let started = std::time::Instant::now();
     let timeout = agent_timeout(action, &body);
     let bytes = serde_json::to_vec(&Value::Object(body))
         .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
+    let call = AgentCall::post_json(format!("/{action}"), Bytes::from(bytes), timeout);
+    forward_call(state, key, id, action, call).await
+}
+
+/// Sends `call` to the agent of the running computer `id` and passes its JSON answer through.
+/// The answer is checked to be JSON and passed through as it came: a large answer is never built
+/// into a tree of values.
+async fn forward_call(
+    state: &AppState,
+    key: &ApiKey,
+    id: &str,
+    action: &'static str,
+    call: AgentCall,
+) -> Result<Response, ApiError> {
+    let c = running(state, key, id).await?;
+    let started = std::time::Instant::now();
     let reply = state
         .lifecycle
-        .agent_request(
-            &c.id,
-            AgentCall::post_json(format!("/{action}"), Bytes::from(bytes), timeout),
-        )
+        .agent_request(&c.id, call)
         .await
         .map_err(|e| failed(state, e))?;
     if !reply.status.is_success() {
@@ -198,9 +209,24 @@ json_action!(type_text, "type");
 json_action!(key, "key");
 json_action!(wait, "wait");
 json_action!(bash, "bash");
+json_action!(hold_key, "hold_key");
+json_action!(mouse_down, "mouse_down");
+json_action!(mouse_up, "mouse_up");
+
+/// `GET /computers/{id}/cursor_position` (ours): where the pointer is.
+pub async fn cursor_position(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let call = AgentCall::get(protocol::paths::CURSOR_POSITION, AGENT_MARGIN, limits::JSON);
+    forward_call(&state, &key, &id, "cursor_position", call).await
+}
 json_action!(exec, "exec");
 
-/// `GET /computers/{id}/screenshot?response_format=base64|url&format=png|jpeg&quality=N`.
+/// `GET /computers/{id}/screenshot?response_format=base64|url&format=png|jpeg&quality=N`, and
+/// (ours) `x, y, width, height` for a region at full resolution and `max_pixels` for a scaled
+/// image; those answers add `region` and `scale` (image pixels per screen pixel), and only those.
 pub async fn screenshot(
     State(state): State<AppState>,
     Extension(AuthKey(key)): Extension<AuthKey>,
@@ -221,6 +247,11 @@ pub async fn screenshot(
     let options = ScreenshotQuery {
         format: query.get("format").cloned(),
         quality: query.get("quality").cloned(),
+        x: query.get("x").cloned(),
+        y: query.get("y").cloned(),
+        width: query.get("width").cloned(),
+        height: query.get("height").cloned(),
+        max_pixels: query.get("max_pixels").cloned(),
     }
     .parse()
     .map_err(ApiError::bad_request)?;
@@ -259,10 +290,28 @@ pub async fn screenshot(
         )
         .with("upstream_status", reply.status.as_u16()));
     };
+    let scale = match options.max_pixels {
+        None => None,
+        Some(_) => Some(
+            reply
+                .headers
+                .get(protocol::HEADER_SCALE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| {
+                    ApiError::internal(
+                        "The desktop's agent sent a scaled screenshot without its scale; \
+                         update the agent in the image.",
+                    )
+                    .with("upstream_status", reply.status.as_u16())
+                })?,
+        ),
+    };
     state.metrics.action("screenshot", started.elapsed());
-    if as_url {
+    let mut answer = if as_url {
         let stored = storage::store_screenshot(&state, &c, &mime, &reply.body)?;
-        return Ok(Json(json!({
+        json!({
             "success": true,
             "image": stored.url,
             "mime_type": mime,
@@ -274,15 +323,23 @@ pub async fn screenshot(
                 "size": reply.body.len(),
                 "storage_path": stored.storage_path,
             },
-        })));
+        })
+    } else {
+        json!({
+            "success": true,
+            "image": base64::engine::general_purpose::STANDARD.encode(&reply.body),
+            "mime_type": mime,
+            "width": width,
+            "height": height,
+        })
+    };
+    if let Some(region) = options.region {
+        answer["region"] = json!(region);
     }
-    Ok(Json(json!({
-        "success": true,
-        "image": base64::engine::general_purpose::STANDARD.encode(&reply.body),
-        "mime_type": mime,
-        "width": width,
-        "height": height,
-    })))
+    if let Some(scale) = scale {
+        answer["scale"] = json!(scale);
+    }
+    Ok(Json(answer))
 }
 
 /// Section 5 streaming: not built yet. A computer that is not running gets the contract's 400.
@@ -408,6 +465,14 @@ mod tests {
         assert_eq!(
             agent_timeout("bash", &body(json!({"command": "x", "timeout": 5}))),
             AGENT_MARGIN + Duration::from_secs(5)
+        );
+        assert_eq!(
+            agent_timeout("hold_key", &body(json!({"key": "a", "duration": 30}))),
+            AGENT_MARGIN + Duration::from_secs(30)
+        );
+        assert_eq!(
+            agent_timeout("hold_key", &body(json!({"key": "a"}))),
+            AGENT_MARGIN + Duration::from_millis(500)
         );
         assert_eq!(
             agent_timeout("wait", &body(json!({"duration": 2}))),

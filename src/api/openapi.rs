@@ -303,10 +303,42 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "post",
         "/api/computers/{id}/click",
-        "Click (needs a running computer)",
+        "Click (needs a running computer); ours: clicks 1-3 (3 = triple_click, `double` kept as clicks 2)",
         200,
-        Some("Any"),
+        Some("Click"),
         "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/mouse_down",
+        "Ours: press a mouse button (moving to x, y first when both are given); needs a running computer",
+        200,
+        Some("MouseButton"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/mouse_up",
+        "Ours: release a mouse button (moving to x, y first when both are given); needs a running computer",
+        200,
+        Some("MouseButton"),
+        "Action",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/hold_key",
+        "Ours: hold a key or combo down for duration seconds (0-60, default 0.5); actions sent meanwhile see it held",
+        200,
+        Some("HoldKey"),
+        "Action",
+    ),
+    op(
+        "get",
+        "/api/computers/{id}/cursor_position",
+        "Ours: where the pointer is ({success, action, x, y}); needs a running computer",
+        200,
+        None,
+        "CursorPosition",
     ),
     op(
         "post",
@@ -351,7 +383,7 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "get",
         "/api/computers/{id}/screenshot",
-        "Screenshot (needs a running computer)",
+        "Screenshot (needs a running computer). Query: response_format base64|url; ours: format png|jpeg, quality 1-100, x, y, width, height (a region at full resolution; the answer adds region), max_pixels 1024-4294967296 (scaled down to at most that many pixels; the answer adds scale, image pixels per screen pixel)",
         200,
         None,
         "Action",
@@ -610,7 +642,33 @@ fn schemas() -> Value {
             }
         },
         "ResizeResult": {"type": "object", "properties": {"results": s("object"), "partial": s("boolean")}},
-        "Action": {"type": "object", "properties": {"success": s("boolean"), "action": s("string")}}
+        "Action": {"type": "object", "properties": {"success": s("boolean"), "action": s("string")}},
+        "Click": {
+            "type": "object", "required": ["x", "y"],
+            "properties": {
+                "x": {"type": "integer", "minimum": 0}, "y": {"type": "integer", "minimum": 0},
+                "button": {"enum": ["left", "right", "middle"]}, "double": s("boolean"),
+                "clicks": {"type": "integer", "minimum": 1, "maximum": 3}
+            }
+        },
+        "MouseButton": {
+            "type": "object", "additionalProperties": false,
+            "properties": {
+                "button": {"enum": ["left", "right", "middle"]},
+                "x": {"type": "integer", "minimum": 0}, "y": {"type": "integer", "minimum": 0}
+            }
+        },
+        "HoldKey": {
+            "type": "object", "required": ["key"], "additionalProperties": false,
+            "properties": {
+                "key": s("string"),
+                "duration": {"type": "number", "minimum": 0, "maximum": 60}
+            }
+        },
+        "CursorPosition": {
+            "type": "object",
+            "properties": {"success": s("boolean"), "action": s("string"), "x": s("integer"), "y": s("integer")}
+        }
     })
 }
 

@@ -77,6 +77,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/computers/{id}/console", get(console::serial_log))
         // Section 3: forwarded to the guest agent (waiting while the computer boots).
         .route("/api/computers/{id}/click", post(actions::click))
+        .route("/api/computers/{id}/mouse_down", post(actions::mouse_down))
+        .route("/api/computers/{id}/mouse_up", post(actions::mouse_up))
+        .route("/api/computers/{id}/hold_key", post(actions::hold_key))
+        .route(
+            "/api/computers/{id}/cursor_position",
+            get(actions::cursor_position),
+        )
         .route("/api/computers/{id}/drag", post(actions::drag))
         .route("/api/computers/{id}/scroll", post(actions::scroll))
         .route("/api/computers/{id}/type", post(actions::type_text))

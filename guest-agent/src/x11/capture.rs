@@ -1,4 +1,4 @@
-//! Grabs the root window's pixels: MIT-SHM (the server writes straight into memory we mapped, no
+//! Grabs the root window's pixels (all of it or a region): MIT-SHM (the server writes straight into memory we mapped, no
 //! copy through the socket), falling back to a plain GetImage when SHM is unavailable.
 
 use std::os::fd::AsRawFd;
@@ -10,6 +10,7 @@ use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat};
 use x11rb::rust_connection::RustConnection;
 
 use super::{X11Error, XSession};
+use crate::protocol::Region;
 
 /// A captured frame: 4 bytes per pixel in B, G, R, X order, rows packed (stride = width * 4).
 pub struct Frame {
@@ -113,11 +114,29 @@ impl Capturer {
 
 /// Captures the whole root window.
 pub fn capture(session: &XSession) -> Result<Frame, X11Error> {
-    let (w, h) = session.screen_size()?;
+    capture_area(session, None)
+}
+
+/// Captures `region` of the root window at full resolution (all of it for `None`). A region off
+/// the screen is a `BadInput` naming the field that overshoots.
+pub fn capture_area(session: &XSession, region: Option<Region>) -> Result<Frame, X11Error> {
+    let (sw, sh) = session.screen_size()?;
+    let area = match region {
+        None => Region {
+            x: 0,
+            y: 0,
+            width: sw,
+            height: sh,
+        },
+        Some(r) => {
+            r.check_on(sw, sh).map_err(X11Error::BadInput)?;
+            r
+        }
+    };
     check_format(session)?;
     let mut cap = session.capturer.lock().unwrap_or_else(|p| p.into_inner());
     if cap.shm_supported {
-        match capture_shm(session, &mut cap, w, h) {
+        match capture_shm(session, &mut cap, area) {
             Ok(frame) => return Ok(frame),
             Err(e) if e.is_connection_lost() => return Err(e),
             Err(e) => {
@@ -127,7 +146,7 @@ pub fn capture(session: &XSession) -> Result<Frame, X11Error> {
         }
     }
     drop(cap);
-    capture_get_image(session, w, h)
+    capture_get_image(session, area)
 }
 
 fn check_format(session: &XSession) -> Result<(), X11Error> {
@@ -146,7 +165,18 @@ fn check_format(session: &XSession) -> Result<(), X11Error> {
     Ok(())
 }
 
-fn capture_shm(session: &XSession, cap: &mut Capturer, w: u16, h: u16) -> Result<Frame, X11Error> {
+/// The origin of `area` as X coordinates (checked against the screen, which X keeps within i16).
+fn origin(area: Region) -> Result<(i16, i16), X11Error> {
+    let x =
+        i16::try_from(area.x).map_err(|_| X11Error::BadInput(format!("x {} too large", area.x)))?;
+    let y =
+        i16::try_from(area.y).map_err(|_| X11Error::BadInput(format!("y {} too large", area.y)))?;
+    Ok((x, y))
+}
+
+fn capture_shm(session: &XSession, cap: &mut Capturer, area: Region) -> Result<Frame, X11Error> {
+    let (w, h) = (area.width, area.height);
+    let (x, y) = origin(area)?;
     let need = usize::from(w) * usize::from(h) * 4;
     if cap.segment.as_ref().is_none_or(|s| s.size < need) {
         if let Some(old) = cap.segment.take() {
@@ -162,8 +192,8 @@ fn capture_shm(session: &XSession, cap: &mut Capturer, w: u16, h: u16) -> Result
         .conn
         .shm_get_image(
             session.root,
-            0,
-            0,
+            x,
+            y,
             w,
             h,
             !0,
@@ -179,10 +209,12 @@ fn capture_shm(session: &XSession, cap: &mut Capturer, w: u16, h: u16) -> Result
     })
 }
 
-fn capture_get_image(session: &XSession, w: u16, h: u16) -> Result<Frame, X11Error> {
+fn capture_get_image(session: &XSession, area: Region) -> Result<Frame, X11Error> {
+    let (w, h) = (area.width, area.height);
+    let (x, y) = origin(area)?;
     let reply = session
         .conn
-        .get_image(ImageFormat::Z_PIXMAP, session.root, 0, 0, w, h, !0)?
+        .get_image(ImageFormat::Z_PIXMAP, session.root, x, y, w, h, !0)?
         .reply()?;
     let need = usize::from(w) * usize::from(h) * 4;
     if reply.data.len() < need {

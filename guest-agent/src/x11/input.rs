@@ -170,16 +170,70 @@ pub fn move_to(s: &XSession, x: i16, y: i16) -> Result<(), X11Error> {
     sync(&s.conn)
 }
 
-pub fn click(s: &XSession, x: i16, y: i16, button: Button, double: bool) -> Result<(), X11Error> {
+/// `clicks` clicks (1 to 3) at (x, y), `DOUBLE_CLICK_GAP` apart.
+pub fn click(s: &XSession, x: i16, y: i16, button: Button, clicks: u8) -> Result<(), X11Error> {
     let b = button_code(button);
     fake(s, MOTION_NOTIFY_EVENT, 0, x, y)?;
-    fake(s, BUTTON_PRESS_EVENT, b, 0, 0)?;
-    fake(s, BUTTON_RELEASE_EVENT, b, 0, 0)?;
-    if double {
-        sync(&s.conn)?;
-        sleep(DOUBLE_CLICK_GAP);
+    for n in 0..clicks.max(1) {
+        if n > 0 {
+            sync(&s.conn)?;
+            sleep(DOUBLE_CLICK_GAP);
+        }
         fake(s, BUTTON_PRESS_EVENT, b, 0, 0)?;
         fake(s, BUTTON_RELEASE_EVENT, b, 0, 0)?;
+    }
+    sync(&s.conn)
+}
+
+/// Presses (`down`) or releases `button` where the pointer is.
+pub fn mouse_button(s: &XSession, button: Button, down: bool) -> Result<(), X11Error> {
+    let kind = if down {
+        BUTTON_PRESS_EVENT
+    } else {
+        BUTTON_RELEASE_EVENT
+    };
+    fake(s, kind, button_code(button), 0, 0)?;
+    sync(&s.conn)
+}
+
+/// Where the pointer is on the root window.
+pub fn cursor_position(s: &XSession) -> Result<(i16, i16), X11Error> {
+    let p = s.conn.query_pointer(s.root)?.reply()?;
+    Ok((p.root_x, p.root_y))
+}
+
+/// The keycodes of `combo` in press order (modifiers first), bound if the keymap lacks them.
+fn combo_keycodes(s: &XSession, kb: &mut Keyboard, combo: &Combo) -> Result<Vec<u8>, X11Error> {
+    kb.reload(&s.conn)?;
+    let mut codes = Vec::new();
+    for m in &combo.modifiers {
+        codes.push(kb.ensure(&s.conn, *m)?.0);
+    }
+    let (kc, needs_shift) = kb.ensure(&s.conn, combo.key)?;
+    if needs_shift && !combo.modifiers.contains(&XK_SHIFT_L) {
+        codes.push(kb.ensure(&s.conn, XK_SHIFT_L)?.0);
+    }
+    codes.push(kc);
+    Ok(codes)
+}
+
+/// Holds `combo` down for `duration`. The keyboard lock is let go while the keys are down, so
+/// `type` and `key` sent meanwhile run with them held (shift held while typing gives capitals).
+pub fn hold_combo(s: &XSession, combo: &Combo, duration: Duration) -> Result<(), X11Error> {
+    let codes = {
+        let mut kb = s.keyboard.lock().unwrap_or_else(|p| p.into_inner());
+        let codes = combo_keycodes(s, &mut kb, combo)?;
+        for kc in &codes {
+            key_kc(s, *kc, true)?;
+        }
+        sync(&s.conn)?;
+        codes
+    };
+    sleep(duration);
+    let mut kb = s.keyboard.lock().unwrap_or_else(|p| p.into_inner());
+    for kc in codes.iter().rev() {
+        key_kc(s, *kc, false)?;
+        kb.touch(*kc);
     }
     sync(&s.conn)
 }
@@ -236,26 +290,19 @@ fn key_kc(s: &XSession, kc: u8, press: bool) -> Result<(), X11Error> {
 
 pub fn press_combo(s: &XSession, combo: &Combo) -> Result<(), X11Error> {
     let mut kb = s.keyboard.lock().unwrap_or_else(|p| p.into_inner());
-    kb.reload(&s.conn)?;
-    let mut mods = Vec::new();
-    for m in &combo.modifiers {
-        mods.push(kb.ensure(&s.conn, *m)?.0);
-    }
-    let (kc, needs_shift) = kb.ensure(&s.conn, combo.key)?;
-    let shift_kc = if needs_shift && !combo.modifiers.contains(&XK_SHIFT_L) {
-        Some(kb.ensure(&s.conn, XK_SHIFT_L)?.0)
-    } else {
-        None
+    let codes = combo_keycodes(s, &mut kb, combo)?;
+    let Some((kc, mods)) = codes.split_last() else {
+        return Ok(());
     };
-    for m in mods.iter().chain(shift_kc.iter()) {
+    for m in mods {
         key_kc(s, *m, true)?;
     }
-    key_kc(s, kc, true)?;
-    key_kc(s, kc, false)?;
-    for m in mods.iter().chain(shift_kc.iter()).rev() {
+    key_kc(s, *kc, true)?;
+    key_kc(s, *kc, false)?;
+    for m in mods.iter().rev() {
         key_kc(s, *m, false)?;
     }
-    kb.touch(kc);
+    kb.touch(*kc);
     sync(&s.conn)
 }
 
