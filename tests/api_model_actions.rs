@@ -1,6 +1,7 @@
 //! The actions models emit (ours, issue 16) on a real daemon whose computers cannot run here:
 //! the routes exist, are documented, refuse a computer that is not running with the contract's
-//! 400, and check the screenshot region and scale query before anything else. Their effect on a
+//! 400, and check the screenshot region and scale query before anything else. The clipboard
+//! routes too. Their effect on a
 //! real desktop is tested against Xvfb in guest-agent/tests/model_actions.rs.
 
 mod common;
@@ -20,12 +21,25 @@ fn new_actions_need_a_running_computer_and_check_their_query() {
         ("mouse_up", json!({})),
         ("hold_key", json!({"key": "shift", "duration": 1})),
         ("click", json!({"x": 1, "y": 1, "clicks": 3})),
+        ("clipboard", json!({"text": "hello"})),
     ] {
         let e = d.post(&format!("/api/computers/{id}/{path}"), body);
         assert_eq!(e.error(400), "Desktop instance not available", "{path}");
     }
-    let e = d.get(&format!("/api/computers/{id}/cursor_position"));
-    assert_eq!(e.error(400), "Desktop instance not available");
+    for path in ["cursor_position", "clipboard"] {
+        let e = d.get(&format!("/api/computers/{id}/{path}"));
+        assert_eq!(e.error(400), "Desktop instance not available", "{path}");
+    }
+    // The body must be a JSON object before anything else is looked at.
+    let e = d.send(
+        "POST",
+        &format!("/api/computers/{id}/clipboard"),
+        Some(&d.key),
+        Some("not json"),
+    );
+    e.error(400);
+    d.delete(&format!("/api/computers/{id}/clipboard"))
+        .error(405);
     d.post(&format!("/api/computers/{id}/cursor_position"), json!({}))
         .error(405);
     // Unknown computers are 404 on the new routes too.
@@ -78,4 +92,6 @@ fn new_actions_need_a_running_computer_and_check_their_query() {
         );
     }
     assert!(doc["paths"]["/api/computers/{id}/cursor_position"]["get"].is_object());
+    assert!(doc["paths"]["/api/computers/{id}/clipboard"]["get"].is_object());
+    assert!(doc["paths"]["/api/computers/{id}/clipboard"]["post"].is_object());
 }

@@ -20,6 +20,7 @@ use crate::events::EventHub;
 use crate::protocol::resumed::{Resumed, ResumedDone};
 use crate::protocol::*;
 use crate::run::{self, DesktopUser};
+use crate::x11::clipboard::Clipboard;
 use crate::x11::{capture, input, keys, readiness, Desktop, X11Error, XSession};
 use crate::{encode, terminal};
 
@@ -52,6 +53,8 @@ impl std::str::FromStr for Listen {
 /// Everything a request handler needs.
 pub struct Agent {
     pub desktop: Desktop,
+    /// The CLIPBOARD selection, read and owned on connections of its own.
+    pub clipboard: Arc<Clipboard>,
     pub user: DesktopUser,
     pub output_cap: usize,
     pub events: EventHub,
@@ -207,6 +210,7 @@ pub fn router(agent: Shared) -> Router {
         .route("/mouse_up", post(mouse_up))
         .route("/hold_key", post(hold_key))
         .route(paths::CURSOR_POSITION, get(cursor_position))
+        .route(paths::CLIPBOARD, get(clipboard_get).post(clipboard_set))
         .route("/move", post(move_pointer))
         .route("/drag", post(drag))
         .route("/scroll", post(scroll))
@@ -365,6 +369,51 @@ async fn cursor_position(State(agent): State<Shared>) -> ApiResult<Json<CursorPo
         x: x.into(),
         y: y.into(),
     }))
+}
+
+/// Runs clipboard work off the async threads; the clipboard's own waits are bounded, and this
+/// bounds them again in case the X server itself stops answering.
+async fn on_clipboard<T: Send + 'static>(
+    agent: &Shared,
+    f: impl FnOnce(&Clipboard) -> Result<T, X11Error> + Send + 'static,
+) -> ApiResult<T> {
+    let clipboard = agent.clipboard.clone();
+    let limit = agent.x_call_limit + Duration::from_secs(15);
+    let task = tokio::task::spawn_blocking(move || f(&clipboard));
+    match tokio::time::timeout(limit, task).await {
+        Ok(joined) => joined
+            .map_err(|e| ApiError::internal(format!("clipboard task failed: {e}")))?
+            .map_err(ApiError::from),
+        Err(_) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "the clipboard did not answer within {:.1} s; the X server may be hung",
+                limit.as_secs_f64()
+            ),
+        }),
+    }
+}
+
+async fn clipboard_get(State(agent): State<Shared>) -> ApiResult<Json<ClipboardText>> {
+    let text = on_clipboard(&agent, |c| c.get()).await?;
+    Ok(Json(ClipboardText {
+        success: true,
+        owned: text.is_some(),
+        text: text.unwrap_or_default(),
+    }))
+}
+
+async fn clipboard_set(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<ClipboardSet>,
+) -> ApiResult<Json<ActionResponse>> {
+    let chars = req.text.chars().count();
+    let bytes = req.text.len();
+    on_clipboard(&agent, move |c| c.set(req.text)).await?;
+    Ok(action(
+        "clipboard_set",
+        json!({"text_length": chars, "bytes": bytes}),
+    ))
 }
 
 async fn hold_key(

@@ -37,6 +37,7 @@ pub fn build(cfg: &Config) -> Result<Arc<Agent>, StartError> {
     events::start_sources(&events, &cfg.display, user.home.clone(), cfg.idle_after);
     Ok(Arc::new(Agent {
         desktop: x11::Desktop::new(&cfg.display),
+        clipboard: Arc::new(x11::clipboard::Clipboard::new(&cfg.display)),
         user,
         output_cap: cfg.output_cap,
         events,

@@ -213,6 +213,28 @@ json_action!(hold_key, "hold_key");
 json_action!(mouse_down, "mouse_down");
 json_action!(mouse_up, "mouse_up");
 
+/// `GET /computers/{id}/clipboard` (ours): the CLIPBOARD selection as text,
+/// `{success, text, owned}`.
+pub async fn clipboard_get(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let call = AgentCall::get(protocol::paths::CLIPBOARD, AGENT_MARGIN, limits::JSON);
+    forward_call(&state, &key, &id, "clipboard", call).await
+}
+
+/// `POST /computers/{id}/clipboard {"text"}` (ours): the agent owns the CLIPBOARD selection
+/// with this text until something else is copied.
+pub async fn clipboard_set(
+    State(state): State<AppState>,
+    Extension(AuthKey(key)): Extension<AuthKey>,
+    Path(id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    forward_json(&state, &key, &id, "clipboard", body).await
+}
+
 /// `GET /computers/{id}/cursor_position` (ours): where the pointer is.
 pub async fn cursor_position(
     State(state): State<AppState>,

@@ -334,6 +334,22 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "get",
+        "/api/computers/{id}/clipboard",
+        "Ours: the CLIPBOARD selection as UTF-8 text ({success, text, owned}; owned false: nobody has copied anything); needs a running computer",
+        200,
+        None,
+        "Clipboard",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/clipboard",
+        "Ours: set the CLIPBOARD selection to text (the desktop's agent owns it until something else is copied; at most max_json_body_bytes of JSON); needs a running computer",
+        200,
+        Some("ClipboardSet"),
+        "Action",
+    ),
+    op(
+        "get",
         "/api/computers/{id}/cursor_position",
         "Ours: where the pointer is ({success, action, x, y}); needs a running computer",
         200,
@@ -664,6 +680,14 @@ fn schemas() -> Value {
                 "key": s("string"),
                 "duration": {"type": "number", "minimum": 0, "maximum": 60}
             }
+        },
+        "Clipboard": {
+            "type": "object",
+            "properties": {"success": s("boolean"), "text": s("string"), "owned": s("boolean")}
+        },
+        "ClipboardSet": {
+            "type": "object", "required": ["text"], "additionalProperties": false,
+            "properties": {"text": s("string")}
         },
         "CursorPosition": {
             "type": "object",

@@ -81,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/computers/{id}/mouse_up", post(actions::mouse_up))
         .route("/api/computers/{id}/hold_key", post(actions::hold_key))
         .route(
+            "/api/computers/{id}/clipboard",
+            get(actions::clipboard_get).post(actions::clipboard_set),
+        )
+        .route(
             "/api/computers/{id}/cursor_position",
             get(actions::cursor_position),
         )

@@ -28,6 +28,8 @@ const TICK: Duration = Duration::from_millis(500);
 const RECONNECT: Duration = Duration::from_secs(2);
 /// Clipboard contents larger than this are cut (in 4-byte units for GetProperty).
 const CLIPBOARD_MAX_WORDS: u32 = 256 * 1024;
+/// The same limit in bytes, for contents that arrive piecewise (INCR).
+const CLIPBOARD_MAX_BYTES: usize = CLIPBOARD_MAX_WORDS as usize * 4;
 
 #[derive(Debug, thiserror::Error)]
 enum WatchError {
@@ -70,6 +72,9 @@ struct Watcher {
     screen: (u16, u16),
     idle: bool,
     has_screensaver: bool,
+    /// A clipboard content arriving piecewise (INCR): what came so far. Read to its end even
+    /// past the limit, since an owner serves its next requestor only once a transfer is done.
+    incr: Option<Vec<u8>>,
 }
 
 pub fn start(hub: EventHub, display: String, idle_after: Duration) {
@@ -108,7 +113,8 @@ fn watch(hub: &EventHub, display: &str, idle_after: Duration) -> Result<(), Watc
         0,
         WindowClass::INPUT_ONLY,
         0,
-        &CreateWindowAux::new(),
+        // Pieces of an INCR transfer arrive as property changes on this window.
+        &CreateWindowAux::new().event_mask(EventMask::PROPERTY_CHANGE),
     )?;
     let atoms = Atoms {
         client_list: intern(&conn, "_NET_CLIENT_LIST")?,
@@ -152,6 +158,7 @@ fn watch(hub: &EventHub, display: &str, idle_after: Duration) -> Result<(), Watc
         screen: screen_size,
         idle: false,
         has_screensaver,
+        incr: None,
     };
     w.refresh_windows(false)?;
     w.refresh_focus(false)?;
@@ -251,13 +258,40 @@ impl Watcher {
                     )?
                     .reply()?;
                 if reply.type_ == self.atoms.incr {
-                    // Owners send very large selections piecewise (INCR); those are not
-                    // reported rather than reported wrong.
-                    tracing::debug!("clipboard content too large for one transfer; skipped");
+                    // Deleting the property (done by the read) asks for the first piece.
+                    self.incr = Some(Vec::new());
                 } else {
+                    self.incr = None;
                     let content = String::from_utf8_lossy(&reply.value).into_owned();
                     self.hub
                         .emit(EventData::Clipboard(ClipboardData { content }));
+                }
+            }
+            XEvent::PropertyNotify(p)
+                if p.window == self.own
+                    && p.atom == self.atoms.target_prop
+                    && p.state == x11rb::protocol::xproto::Property::NEW_VALUE
+                    && self.incr.is_some() =>
+            {
+                let piece = self
+                    .conn
+                    .get_property(
+                        true,
+                        self.own,
+                        self.atoms.target_prop,
+                        AtomEnum::ANY,
+                        0,
+                        CLIPBOARD_MAX_WORDS,
+                    )?
+                    .reply()?;
+                if piece.value.is_empty() {
+                    let got = self.incr.take().unwrap_or_default();
+                    let content = String::from_utf8_lossy(&got).into_owned();
+                    self.hub
+                        .emit(EventData::Clipboard(ClipboardData { content }));
+                } else if let Some(got) = self.incr.as_mut() {
+                    let room = CLIPBOARD_MAX_BYTES.saturating_sub(got.len());
+                    got.extend_from_slice(&piece.value[..piece.value.len().min(room)]);
                 }
             }
             XEvent::RandrScreenChangeNotify(s) => {

@@ -2,6 +2,7 @@
 //! the server comes back after going away.
 
 pub mod capture;
+pub mod clipboard;
 pub mod input;
 pub mod keys;
 mod keysym_names;
@@ -31,6 +32,8 @@ pub enum X11Error {
     BadInput(String),
     #[error("unsupported screen pixel format: {0}")]
     PixelFormat(String),
+    #[error("{0}")]
+    Clipboard(String),
 }
 
 impl From<ReplyError> for X11Error {
