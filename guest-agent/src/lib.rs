@@ -11,6 +11,8 @@ pub mod encode;
 #[cfg(feature = "agent")]
 pub mod events;
 #[cfg(feature = "agent")]
+pub mod files;
+#[cfg(feature = "agent")]
 pub mod resumed;
 #[cfg(feature = "agent")]
 pub mod run;

@@ -9,6 +9,7 @@
 //! the headers named below.
 
 pub mod events;
+pub mod files;
 pub mod health;
 pub mod resumed;
 pub mod screenshot;

@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::events::EventHub;
+use crate::files::FileError;
+use crate::protocol::files::{self, FileWritten, ReadQuery, WriteQuery};
 use crate::protocol::resumed::{Resumed, ResumedDone};
 use crate::protocol::*;
 use crate::run::{self, DesktopUser};
@@ -106,6 +108,22 @@ impl From<X11Error> for ApiError {
             }
             X11Error::BadInput(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(e: FileError) -> ApiError {
+        let status = match &e {
+            FileError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            FileError::Outside(_) => StatusCode::FORBIDDEN,
+            FileError::NotFound(_) => StatusCode::NOT_FOUND,
+            FileError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            FileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,
@@ -211,6 +229,8 @@ pub fn router(agent: Shared) -> Router {
         .route("/hold_key", post(hold_key))
         .route(paths::CURSOR_POSITION, get(cursor_position))
         .route(paths::CLIPBOARD, get(clipboard_get).post(clipboard_set))
+        .route(files::WRITE, post(file_write))
+        .route(files::READ, get(file_read))
         .route("/move", post(move_pointer))
         .route("/drag", post(drag))
         .route("/scroll", post(scroll))
@@ -414,6 +434,38 @@ async fn clipboard_set(
         "clipboard_set",
         json!({"text_length": chars, "bytes": bytes}),
     ))
+}
+
+/// `POST /files/write?name=`: the body, streamed to the Desktop (not through the body limit).
+async fn file_write(
+    State(agent): State<Shared>,
+    query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> ApiResult<Json<FileWritten>> {
+    let Query(q) = query.map_err(|e| ApiError::bad(format!("bad query: {e}")))?;
+    Ok(Json(crate::files::write(&agent.user, &q.name, body).await?))
+}
+
+/// `GET /files/read?path=`: a file below the home, streamed.
+async fn file_read(
+    State(agent): State<Shared>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| ApiError::bad(format!("bad query: {e}")))?;
+    let (file, size) = crate::files::open(&agent.user.home, &q.path).await?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (
+                header::HeaderName::from_static(files::HEADER_FILE_SIZE),
+                size.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn hold_key(

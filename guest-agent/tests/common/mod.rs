@@ -218,6 +218,11 @@ impl Reply {
 
 /// One HTTP/1.1 request over the agent's Unix socket.
 pub async fn request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Reply {
+    request_bytes(socket, method, path, body.unwrap_or("").as_bytes().to_vec()).await
+}
+
+/// [`request`] with a body of any bytes.
+pub async fn request_bytes(socket: &Path, method: &str, path: &str, body: Vec<u8>) -> Reply {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .expect("connect agent");
@@ -231,7 +236,7 @@ pub async fn request(socket: &Path, method: &str, path: &str, body: Option<&str>
         .uri(path)
         .header("host", "agent")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .body(Full::new(Bytes::from(body)))
         .expect("request");
     let resp = sender.send_request(req).await.expect("send");
     let status = resp.status().as_u16();
