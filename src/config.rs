@@ -69,6 +69,8 @@ pub struct Limits {
     pub max_json_body_bytes: usize,
     /// Largest file upload accepted, in bytes (the service's limit is 10 MB).
     pub max_upload_bytes: usize,
+    /// Most bytes the stored files (uploads and exports) of one workspace may take together.
+    pub max_workspace_files_bytes: u64,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Limits {
         Limits {
             max_json_body_bytes: 1024 * 1024,
             max_upload_bytes: 10 * 1024 * 1024,
+            max_workspace_files_bytes: 1024 * 1024 * 1024,
         }
     }
 }

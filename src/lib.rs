@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod computers;
 pub mod config;
+pub mod files;
 pub mod serve;
 pub mod store;
 pub mod vmm;

@@ -85,6 +85,13 @@ pub async fn delete(
         super::storage::forget_computer(&state, &c.id);
     }
     state.store.delete_workspace(&ws.id)?;
+    // The records are gone; bytes left behind by a failure here are unreachable, not served.
+    if let Err(e) = crate::files::remove_workspace(state.lifecycle.data_dir(), &ws.id) {
+        tracing::warn!(
+            "could not remove the stored files of workspace {}: {e}",
+            ws.id
+        );
+    }
     Ok(Json(json!({ "success": true })))
 }
 

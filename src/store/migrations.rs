@@ -58,6 +58,22 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX computers_by_workspace ON computers (workspace_id);
     "#,
+    // 2: files uploaded to or exported from computers (api.md section 7). The bytes live in the
+    // data directory (`files::blob_path`); a row is written only once they are complete.
+    // `computer_id` is not a foreign key: a file outlives the computer it came from.
+    r#"
+    CREATE TABLE files (
+        id           TEXT PRIMARY KEY,
+        workspace_id TEXT NOT NULL REFERENCES workspaces (id),
+        computer_id  TEXT,
+        filename     TEXT NOT NULL,
+        size_bytes   INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        created_at   TEXT NOT NULL
+    );
+    CREATE INDEX files_by_workspace ON files (workspace_id, created_at);
+    "#,
 ];
 
 /// Brings the schema up to date.

@@ -1,9 +1,10 @@
-//! SQLite state: keys, workspaces, computers. One database file (`deskd.db`) in the data
+//! SQLite state: keys, workspaces, computers, files. One database file (`deskd.db`) in the data
 //! directory, WAL mode, versioned migrations; every change that touches more than one row runs in
 //! one transaction, so a `kill -9` at any moment leaves a consistent database.
 
 mod cli;
 mod computers;
+mod files;
 mod keys;
 mod migrations;
 mod workspaces;
@@ -15,6 +16,7 @@ use rusqlite::Connection;
 
 pub use cli::{keys_command, KeysCommand};
 pub use computers::{Commitment, Computer, ComputerStatus, NewComputer};
+pub use files::{FileSource, NewFile, StoredFile};
 pub use keys::{generate_key, hash_key, ApiKey, CreatedKey, KEY_PREFIX};
 pub use workspaces::{Workspace, WorkspaceStatus};
 

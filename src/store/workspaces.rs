@@ -136,6 +136,8 @@ impl Store {
         let tx = conn.transaction()?;
         let computers = super::computers::in_workspace(&tx, id)?;
         tx.execute("DELETE FROM computers WHERE workspace_id = ?1", [id])?;
+        // The files' bytes go with the workspace's directory (files::workspace_dir).
+        tx.execute("DELETE FROM files WHERE workspace_id = ?1", [id])?;
         let n = tx.execute("DELETE FROM workspaces WHERE id = ?1", [id])?;
         if n == 0 {
             return Err(StoreError::NotFound { what: "workspace" });
