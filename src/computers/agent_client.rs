@@ -326,7 +326,7 @@ async fn handshake(stream: UnixStream) -> Result<SendRequest<Full<Bytes>>, Agent
 
 /// A vsock stream to the agent, tried again for up to [`CONNECT_RETRY_WINDOW`] while the VM's
 /// socket exists (a missing socket means the VM is not running: no point waiting).
-async fn connect_retrying(socket: &Path) -> Result<UnixStream, AgentError> {
+pub(crate) async fn connect_retrying(socket: &Path) -> Result<UnixStream, AgentError> {
     let started = tokio::time::Instant::now();
     let mut backoff = CONNECT_FIRST_BACKOFF;
     loop {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::agent_client::{AgentCall, AgentClient, AgentError, AgentReply};
+use super::agent_client::{limits, AgentCall, AgentClient, AgentError, AgentReply};
 use super::backend::{BackendError, Hotplug, Started, VmBackend, VmSpec, VmState};
 use super::readiness::{AfterRestore, Readiness};
 use super::vmm_config::files;
@@ -189,6 +189,33 @@ impl Lifecycle {
         self.agents
             .open_stream(&self.agent_socket(id), timeout)
             .await
+    }
+
+    /// Streams `file` (`size` bytes) to computer `id`'s agent as `POST path` (uploads).
+    pub async fn agent_send_file(
+        &self,
+        id: &str,
+        path: &str,
+        file: tokio::fs::File,
+        size: u64,
+        timeout: Duration,
+    ) -> Result<super::agent_files::Transfer, AgentError> {
+        let socket = self.agent_socket(id);
+        super::agent_files::send_file(&socket, path, file, size, timeout, limits::JSON).await
+    }
+
+    /// Streams the answer of computer `id`'s agent to `GET path` into the new file `dest`, at
+    /// most `max_bytes` (exports).
+    pub async fn agent_fetch_file(
+        &self,
+        id: &str,
+        path: &str,
+        dest: &std::path::Path,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<super::agent_files::Transfer, AgentError> {
+        let socket = self.agent_socket(id);
+        super::agent_files::fetch_file(&socket, path, dest, max_bytes, timeout).await
     }
 
     /// The guest's serial console log.

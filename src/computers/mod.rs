@@ -12,6 +12,7 @@
 //! - `saved_vm`: a computer's saved VM (suspend, clone of a running computer), restored at start.
 
 pub mod agent_client;
+pub mod agent_files;
 mod backend;
 mod disk;
 mod images;
