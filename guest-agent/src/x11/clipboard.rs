@@ -27,6 +27,8 @@ use crate::protocol::MAX_CLIPBOARD_BYTES;
 /// How long the selection's owner may take to answer a read, and the owner thread to take the
 /// selection.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// How long a read waits for the owner's first sign of an answer before asking again.
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(1);
 /// An INCR transfer whose requestor took no piece for this long is given up (a client that
 /// asked and went away, or the events watcher, which does not read INCR transfers).
 const STALLED_AFTER: Duration = Duration::from_secs(30);
@@ -182,13 +184,27 @@ pub fn read(display: &str) -> Result<Option<String>, X11Error> {
     }
     let deadline = Instant::now() + ANSWER_WITHIN;
     for target in [a.utf8_string, AtomEnum::STRING.into()] {
-        ep.conn
-            .convert_selection(ep.window, a.clipboard, target, a.transfer, CURRENT_TIME)?;
         let notified = loop {
-            match ep.next_event(deadline, None)? {
-                Some(Event::SelectionNotify(n)) if n.requestor == ep.window => break n,
-                Some(_) => continue,
-                None => return Err(no_answer()),
+            ep.conn
+                .convert_selection(ep.window, a.clipboard, target, a.transfer, CURRENT_TIME)?;
+            // Some owners (xclip among them) drop a request that comes while they are sending
+            // to someone else piecewise: ask again until the deadline, as long as nothing of
+            // an answer has arrived.
+            let retry_at = (Instant::now() + ASK_AGAIN_AFTER).min(deadline);
+            let mut started = false;
+            let got = loop {
+                let until = if started { deadline } else { retry_at };
+                match ep.next_event(until, None)? {
+                    Some(Event::SelectionNotify(n)) if n.requestor == ep.window => break Some(n),
+                    Some(Event::PropertyNotify(p)) if p.window == ep.window => started = true,
+                    Some(_) => continue,
+                    None => break None,
+                }
+            };
+            match got {
+                Some(n) => break n,
+                None if Instant::now() >= deadline => return Err(no_answer()),
+                None => continue,
             }
         };
         if notified.property == NONE {
