@@ -32,6 +32,8 @@ pub struct Config {
     pub quotas: Quotas,
     pub rate_limit: RateLimit,
     pub limits: Limits,
+    /// Guest networking's host side (src/network); off by default.
+    pub network: crate::network::NetworkConfig,
 }
 
 /// Host quotas: the self-hosted form of the service's plan limits.
@@ -80,6 +82,7 @@ impl Default for Config {
             quotas: Quotas::default(),
             rate_limit: RateLimit::default(),
             limits: Limits::default(),
+            network: crate::network::NetworkConfig::default(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Config {
         if self.limits.max_json_body_bytes < 1024 {
             return Err("limits.max_json_body_bytes must be at least 1024".into());
         }
+        self.network.check()?;
         Ok(())
     }
 

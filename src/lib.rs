@@ -14,6 +14,7 @@ pub mod cli;
 pub mod computers;
 pub mod config;
 pub mod files;
+pub mod network;
 pub mod serve;
 pub mod store;
 pub mod vmm;

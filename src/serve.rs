@@ -43,6 +43,8 @@ pub struct ServeArgs {
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("guest networking: {0} (or set [network] enabled = false)")]
+    Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -143,7 +145,17 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
         backend,
         args.data_dir.clone(),
     ));
+    // Guest networking (issue 12) is off unless `[network] enabled`; when on, a host that cannot
+    // provide it (no nf_tables, no resolver) refuses to start rather than run guests unfiltered.
+    // TODO(lead): reconcile with the running computers and call setup/teardown from the
+    // lifecycle (see src/network/mod.rs).
+    let network = if config.network.enabled {
+        Some(crate::network::Network::start(config.network.clone()).await?)
+    } else {
+        None
+    };
     let state = AppState {
+        network,
         account_id: store.account_id()?.into(),
         store: store.clone(),
         lifecycle: lifecycle.clone(),

@@ -16,6 +16,7 @@ use super::body::{
 use super::error::ApiError;
 use super::middleware::AuthKey;
 use super::{views, AppState};
+use crate::network::EgressPolicy;
 use crate::computers::{new_vnc_password, quota, Hotplug, LifecycleError};
 use crate::store::{Commitment, Computer, ComputerStatus, NewComputer};
 
@@ -154,6 +155,11 @@ fn parse_auto_stop(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
     Ok(optional_int(body, "auto_stop_minutes", 0, 525_600)?.map(|n| n as u32))
 }
 
+/// `egress_policy`: 400 naming the rule that is wrong.
+fn parse_egress_policy(v: &Value) -> Result<EgressPolicy, ApiError> {
+    EgressPolicy::from_json(v).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
 /// The quota check run inside the create transaction.
 fn admit(
     state: &AppState,
@@ -255,6 +261,9 @@ pub async fn create(
                 _ => DEFAULT_TEMPLATE.to_string(),
             },
         };
+    let egress_policy = field(&body, "egress_policy")
+        .map(parse_egress_policy)
+        .transpose()?;
     check_disk_quota(&state, disk_size_gb)?;
     let ws = access::workspace(&state, &key, &workspace_id)?;
     let new = NewComputer {
@@ -270,6 +279,7 @@ pub async fn create(
         template_ref,
         image,
         vnc_password: new_vnc_password(),
+        egress_policy,
     };
     let c = state
         .store
@@ -494,6 +504,8 @@ pub async fn clone(
         template_ref: src.template_ref.clone(),
         image: src.image.clone(),
         vnc_password: new_vnc_password(),
+        // A clone keeps its source's egress policy (explicitly, so it survives later changes).
+        egress_policy: Some(state.store.egress_policy(&src.id)?),
     };
     let c = state
         .store
@@ -703,4 +715,37 @@ mod tests {
             .message
             .contains("1, 2, 4"));
     }
+}
+
+/// `GET /computers/{id}/egress-policy` (ours).
+pub async fn egress_policy(
+    State(state): State<AppState>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
+) -> Answer {
+    Ok(Json(state.store.egress_policy(&c.id)?.to_json()))
+}
+
+/// `PUT /computers/{id}/egress-policy` (ours): stores the policy and, when the computer has a
+/// network now, applies it live as one nftables transaction.
+pub async fn put_egress_policy(
+    State(state): State<AppState>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
+    JsonObject(body): JsonObject,
+) -> Answer {
+    let policy = parse_egress_policy(&Value::Object(body))?;
+    state.store.set_egress_policy(&c.id, &policy)?;
+    let applied = match &state.network {
+        Some(net) => net.set_policy(&c.id, &policy).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The policy was stored but could not be applied to the running computer: {e}. Restart the computer to apply it."),
+            )
+        })?,
+        None => false,
+    };
+    let mut out = policy.to_json();
+    if let Value::Object(m) = &mut out {
+        m.insert("applied".into(), Value::Bool(applied));
+    }
+    Ok(Json(out))
 }

@@ -50,4 +50,6 @@ pub struct AppState {
     pub host: HostFacts,
     pub metrics: Arc<metrics::Metrics>,
     pub account_id: Arc<str>,
+    /// Guest networking's host side; `None` while `[network] enabled` is off.
+    pub network: Option<Arc<crate::network::Network>>,
 }

@@ -64,6 +64,10 @@ pub fn router(state: AppState) -> Router {
             get(computers::auto_stop_get).patch(computers::auto_stop_patch),
         )
         .route("/api/computers/{id}/clone", post(computers::clone))
+        .route(
+            "/api/computers/{id}/egress-policy",
+            get(computers::egress_policy).put(computers::put_egress_policy),
+        )
         // PATCH moves the computer to another workspace; POST is the mouse-move action.
         .route(
             "/api/computers/{id}/move",

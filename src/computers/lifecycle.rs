@@ -944,6 +944,7 @@ mod tests {
         let c = store
             .insert_computer(
                 &NewComputer {
+                    egress_policy: None,
                     workspace_id: ws.id,
                     name: "c".into(),
                     os: "linux".into(),

@@ -101,6 +101,8 @@ pub struct NewComputer {
     pub template_ref: String,
     pub image: Option<String>,
     pub vnc_password: String,
+    /// Stored in the same transaction as the computer; `None` means the default policy.
+    pub egress_policy: Option<crate::network::EgressPolicy>,
 }
 
 /// What all existing computers hold together: what quotas are checked against.
@@ -244,7 +246,12 @@ impl Store {
                 ],
             );
             match result {
-                Ok(_) => break,
+                Ok(_) => {
+                    if let Some(p) = &new.egress_policy {
+                        super::network::put_egress_policy(&tx, &computer.id, p)?;
+                    }
+                    break;
+                }
                 Err(e) if is_unique_violation(&e) => {
                     let same_name: Option<String> = tx
                         .query_row(
@@ -411,6 +418,7 @@ mod tests {
 
     fn new(ws: &str, name: &str) -> NewComputer {
         NewComputer {
+            egress_policy: None,
             workspace_id: ws.into(),
             name: name.into(),
             os: "linux".into(),

@@ -74,6 +74,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX files_by_workspace ON files (workspace_id, created_at);
     "#,
+    // 3: a computer's egress policy (issue 12); no row means the default policy.
+    r#"
+    CREATE TABLE computer_egress (
+        computer_id TEXT PRIMARY KEY REFERENCES computers (id) ON DELETE CASCADE,
+        policy      TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date.

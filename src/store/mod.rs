@@ -7,6 +7,7 @@ mod computers;
 mod files;
 mod keys;
 mod migrations;
+mod network;
 mod workspaces;
 
 use std::path::{Path, PathBuf};
