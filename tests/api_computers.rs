@@ -517,3 +517,79 @@ fn restarts_keep_every_record() {
     // The first key was not replaced, and the socket was reused.
     assert_eq!(d.log_text().matches("created the first API key").count(), 1);
 }
+
+#[test]
+fn egress_policy_at_create_read_replace_and_refused_with_the_rule_named() {
+    let mut d = Daemon::start();
+    let ws = d.workspace("w");
+    let policy = json!({"mode": "allow", "rules": [
+        {"domain": "*.Example.com"}, {"ip": "1.2.3.4", "ports": [443]}, {"cidr": "10.0.0.0/8"}
+    ]});
+    let c = d
+        .post(
+            "/api/computers",
+            json!({"workspace_id": ws, "name": "net", "egress_policy": policy}),
+        )
+        .expect(201);
+    let path = format!("/api/computers/{}/egress-policy", id(&c));
+    let got = d.get(&path).expect(200);
+    assert_eq!(
+        got,
+        json!({"mode": "allow", "rules": [
+            {"domain": "*.example.com"}, {"ip": "1.2.3.4", "ports": [443]}, {"cidr": "10.0.0.0/8"}
+        ]})
+    );
+    // A computer created without one has the default: block nothing (beyond what is never
+    // reachable).
+    let plain = d.computer(&ws, "plain");
+    let default = d
+        .get(&format!("/api/computers/{}/egress-policy", id(&plain)))
+        .expect(200);
+    assert_eq!(default, json!({"mode": "block", "rules": []}));
+
+    let put = |body: Value| d.send("PUT", &path, Some(&d.key), Some(&body.to_string()));
+    let replaced = put(json!({"mode": "block", "rules": [{"domain": "bad.test"}]})).expect(200);
+    assert_eq!(replaced["applied"], false, "no network on this daemon: applies at start");
+    assert_eq!(
+        d.get(&path).expect(200),
+        json!({"mode": "block", "rules": [{"domain": "bad.test"}]})
+    );
+    for (body, message) in [
+        (json!({"mode": "deny"}), "egress_policy: mode must be \"allow\" or \"block\", not \"deny\""),
+        (
+            json!({"mode": "block", "rules": [{"ip": "1.1.1.1"}, {"cidr": "10.0.0.1/8"}]}),
+            "egress_policy: rules[1]: \"10.0.0.1/8\" has host bits set: the network is 10.0.0.0/8",
+        ),
+        (
+            json!({"mode": "block", "rules": [{"domain": "x.test", "ports": [70000]}]}),
+            "egress_policy: rules[0]: port 70000 is not a number 1-65535",
+        ),
+    ] {
+        let e = put(body).expect(400);
+        assert_eq!(e["error"], message);
+    }
+    let e = d
+        .post(
+            "/api/computers",
+            json!({"workspace_id": ws, "name": "bad", "egress_policy": {"mode": "allow", "rules": [{"host": "x"}]}}),
+        )
+        .expect(400);
+    assert!(e["error"].as_str().unwrap().contains("rules[0]: unknown key \"host\""), "{e}");
+    // Stored, not remembered: it survives a daemon restart.
+    d.restart(false);
+    assert_eq!(
+        d.get(&path).expect(200),
+        json!({"mode": "block", "rules": [{"domain": "bad.test"}]})
+    );
+    // A clone keeps its source's policy.
+    if !kvm_capable() {
+        let cl = d
+            .post(&format!("/api/computers/{}/clone", id(&c)), json!({}))
+            .expect(201);
+        assert_eq!(
+            d.get(&format!("/api/computers/{}/egress-policy", id(&cl)))
+                .expect(200)["mode"],
+            "block"
+        );
+    }
+}

@@ -261,6 +261,22 @@ pub const OPERATIONS: &[Operation] = &[
         "AutoStop",
     ),
     op(
+        "get",
+        "/api/computers/{id}/egress-policy",
+        "Ours: the computer's egress policy (what its guest may reach outside the host)",
+        200,
+        None,
+        "EgressPolicy",
+    ),
+    op(
+        "put",
+        "/api/computers/{id}/egress-policy",
+        "Ours: replace the egress policy; applied live to a running computer (one nftables transaction). 400 names the rule that is wrong",
+        200,
+        Some("EgressPolicy"),
+        "EgressPolicyResult",
+    ),
+    op(
         "post",
         "/api/computers/{id}/clone",
         "Clone: a stopped computer's disk, a suspended one's disk and saved VM, a running one copied live (it is paused for a moment; the clone resumes that VM with a new identity)",
@@ -571,7 +587,47 @@ pub fn document() -> Value {
     })
 }
 
+/// The egress policy's schemas (ours; src/network/policy.rs is the type), apart from
+/// `schemas()` only to stay within `json!`'s recursion limit.
+fn egress_schemas() -> Value {
+    let s = |t: &str| json!({"type": t});
+    json!({
+        "EgressPolicy": {
+            "type": "object", "required": ["mode"],
+            "description": "mode says what the rules do: allow = only the rules' destinations are reachable; block = the rules' destinations are not, everything else public is. Domain rules hold for every port (the computer's resolver feeds their addresses to the firewall). Private, link-local and the host's own networks are unreachable unless an ip/cidr rule of an allow policy names them; the host itself and other computers never are.",
+            "properties": {
+                "mode": {"enum": ["allow", "block"]},
+                "rules": {"type": "array", "maxItems": 256, "items": schema_ref("EgressRule")}
+            }
+        },
+        "EgressRule": {
+            "type": "object",
+            "description": "Exactly one of domain (example.com or *.example.com), ip (IPv4), cidr (IPv4, no host bits); ports narrows it to those TCP/UDP destination ports.",
+            "properties": {
+                "domain": s("string"), "ip": s("string"), "cidr": s("string"),
+                "ports": {"type": "array", "minItems": 1, "maxItems": 16, "items": {"type": "integer", "minimum": 1, "maximum": 65535}}
+            }
+        },
+        "EgressPolicyResult": {
+            "type": "object",
+            "properties": {
+                "mode": {"enum": ["allow", "block"]},
+                "rules": {"type": "array", "items": schema_ref("EgressRule")},
+                "applied": {"type": "boolean", "description": "true when a running computer's firewall was changed now; false when it applies at the next start"}
+            }
+        }
+    })
+}
+
 fn schemas() -> Value {
+    let mut all = schemas_core();
+    if let (Value::Object(a), Value::Object(b)) = (&mut all, egress_schemas()) {
+        a.extend(b);
+    }
+    all
+}
+
+fn schemas_core() -> Value {
     let s = |t: &str| json!({"type": t});
     let ns = |t: &str| json!({"type": [t, "null"]});
     json!({
@@ -622,7 +678,8 @@ fn schemas() -> Value {
                 "disk_size_gb": {"type": "integer", "minimum": 8},
                 "resolution": {"type": "string", "pattern": "^[0-9]+x[0-9]+(x(16|24))?$"},
                 "auto_stop_minutes": {"type": ["integer", "null"], "minimum": 0},
-                "template_ref": s("string"), "image": s("string")
+                "template_ref": s("string"), "image": s("string"),
+                "egress_policy": schema_ref("EgressPolicy")
             }
         },
         "Computer": {
