@@ -76,7 +76,7 @@ image-boot-test: build-debug
 	tests/rig/retry-on-crash tests/image/boot-test --variant $(VARIANT)
 
 ## Benchmarks: each prints its figures next to what they were compared with in the same run.
-bench: bench-agent bench-api
+bench: bench-agent bench-api bench-network
 
 ## Create-to-running and the daemon's overhead on screenshot/click/bash against a real VM, in the rig.
 .PHONY: bench-computer
@@ -88,6 +88,11 @@ bench-agent:
 
 bench-api:
 	$(CARGO) bench --bench api
+
+## Guest networking's host side: set-up/teardown per computer, p50/p99 over 50 (root; no VM).
+.PHONY: bench-network
+bench-network:
+	$(CARGO) bench --bench network
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -549,13 +549,19 @@ fn egress_policy_at_create_read_replace_and_refused_with_the_rule_named() {
 
     let put = |body: Value| d.send("PUT", &path, Some(&d.key), Some(&body.to_string()));
     let replaced = put(json!({"mode": "block", "rules": [{"domain": "bad.test"}]})).expect(200);
-    assert_eq!(replaced["applied"], false, "no network on this daemon: applies at start");
+    assert_eq!(
+        replaced["applied"], false,
+        "no network on this daemon: applies at start"
+    );
     assert_eq!(
         d.get(&path).expect(200),
         json!({"mode": "block", "rules": [{"domain": "bad.test"}]})
     );
     for (body, message) in [
-        (json!({"mode": "deny"}), "egress_policy: mode must be \"allow\" or \"block\", not \"deny\""),
+        (
+            json!({"mode": "deny"}),
+            "egress_policy: mode must be \"allow\" or \"block\", not \"deny\"",
+        ),
         (
             json!({"mode": "block", "rules": [{"ip": "1.1.1.1"}, {"cidr": "10.0.0.1/8"}]}),
             "egress_policy: rules[1]: \"10.0.0.1/8\" has host bits set: the network is 10.0.0.0/8",
@@ -574,7 +580,13 @@ fn egress_policy_at_create_read_replace_and_refused_with_the_rule_named() {
             json!({"workspace_id": ws, "name": "bad", "egress_policy": {"mode": "allow", "rules": [{"host": "x"}]}}),
         )
         .expect(400);
-    assert!(e["error"].as_str().unwrap().contains("rules[0]: unknown key \"host\""), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("rules[0]: unknown key \"host\""),
+        "{e}"
+    );
     // Stored, not remembered: it survives a daemon restart.
     d.restart(false);
     assert_eq!(

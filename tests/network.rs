@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deskd::network::{namespace, tap, EgressPolicy, Network, NetworkConfig};
+use deskd::network::{addresses, namespace, tap, EgressPolicy, Network, NetworkConfig};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
@@ -48,13 +48,14 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for id in &self.ids {
             ip_quiet(&format!("netns del deskd-{id}"));
-            let veth: String = id.chars().filter(|c| c.is_ascii_hexdigit()).take(12).collect();
-            ip_quiet(&format!("link del dkv{veth}"));
+            ip_quiet(&format!("link del {}", addresses::host_veth_name(id)));
         }
         for g in ["dk-test-guest-a", "dk-test-guest-b", "dk-test-guest-d"] {
             ip_quiet(&format!("netns del {g}"));
         }
-        let _ = Command::new("nft").args(["delete", "table", "ip", "deskd_host"]).output();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", "deskd_host"])
+            .output();
         stop_internet();
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.forwarding);
     }
@@ -139,44 +140,49 @@ fn connects(ns: Option<&str>, to: Ipv4Addr, port: u16, from: Option<Ipv4Addr>) -
 
 /// A TCP connection from `from` (if given) with a short timeout.
 fn socket2_connect(to: Ipv4Addr, port: u16, from: Option<Ipv4Addr>) -> Option<TcpStream> {
-    let to = SocketAddr::from((to, port));
-    match from {
-        None => TcpStream::connect_timeout(&to, Duration::from_millis(1500)).ok(),
-        Some(src) => {
-            // std has no bind-before-connect: let the kernel pick the source via a route-less
-            // trick is not possible, so use a raw libc socket.
-            // SAFETY: plain socket calls on a descriptor this function owns; the addresses are
-            // valid sockaddr_in values that live across the calls.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-                assert!(fd >= 0);
-                let mk = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: port.to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(ip.octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                let a = mk(src, 0);
-                let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                assert_eq!(libc::bind(fd, &a as *const _ as *const libc::sockaddr, len), 0);
-                let tv = libc::timeval { tv_sec: 1, tv_usec: 500_000 };
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
-                let b = mk(*to.ip().to_string().parse::<Ipv4Addr>().as_ref().unwrap(), port_of(&to));
-                if libc::connect(fd, &b as *const _ as *const libc::sockaddr, len) != 0 {
-                    libc::close(fd);
-                    return None;
-                }
-                use std::os::fd::FromRawFd;
-                Some(TcpStream::from_raw_fd(fd))
-            }
+    let Some(src) = from else {
+        return TcpStream::connect_timeout(
+            &SocketAddr::from((to, port)),
+            Duration::from_millis(1500),
+        )
+        .ok();
+    };
+    // std cannot bind before connecting: a libc socket, bound to the (spoofed) source first.
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let (local, remote) = (sockaddr(src, 0), sockaddr(to, port));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 500_000,
+    };
+    // SAFETY: socket calls on a descriptor this function owns (closed on failure, else handed to
+    // TcpStream); every pointer is to a local that outlives the call, with its exact size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let ok = libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) == 0
+            && libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &timeout as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            ) == 0
+            && libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) == 0;
+        if !ok {
+            libc::close(fd);
+            return None;
         }
+        use std::os::fd::FromRawFd;
+        Some(TcpStream::from_raw_fd(fd))
     }
-}
-
-fn port_of(a: &SocketAddr) -> u16 {
-    a.port()
 }
 
 /// A DNS query from inside `ns` to `server`: the answer's code and A records.
@@ -214,8 +220,12 @@ fn start_upstream(records: HashMap<&'static str, Ipv4Addr>) -> SocketAddr {
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
-            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
             let mut r = Message::response(q.metadata.id, q.metadata.op_code);
             r.metadata.recursion_available = true;
             r.queries = q.queries.clone();
@@ -239,12 +249,12 @@ fn start_upstream(records: HashMap<&'static str, Ipv4Addr>) -> SocketAddr {
 
 /// A TCP server in `ns` answering every connection with "hello".
 fn serve_hello(ns: Option<&str>, at: SocketAddr) {
-    let l = in_ns(ns, move || TcpListener::bind(at).expect("bind stand-in server"));
+    let l = in_ns(ns, move || {
+        TcpListener::bind(at).expect("bind stand-in server")
+    });
     std::thread::spawn(move || {
-        for s in l.incoming() {
-            if let Ok(mut s) = s {
-                let _ = s.write_all(b"hello");
-            }
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(b"hello");
         }
     });
 }
@@ -255,7 +265,9 @@ fn start_internet() {
     ip_quiet(&format!("netns del {INET_NS}"));
     ip_quiet("link del dkt-inet");
     ip(&format!("netns add {INET_NS}"));
-    ip(&format!("link add dkt-inet type veth peer name eth0 netns {INET_NS}"));
+    ip(&format!(
+        "link add dkt-inet type veth peer name eth0 netns {INET_NS}"
+    ));
     ip("addr add 198.18.0.1/30 dev dkt-inet");
     ip("link set dkt-inet up");
     ip(&format!("-n {INET_NS} link set lo up"));
@@ -294,7 +306,9 @@ impl Guest {
         let ns = name.to_string();
         let gtap = in_ns(Some(name), || tap::open("gtap").expect("guest tap"));
         ip(&format!("-n {name} link set lo up"));
-        ip(&format!("-n {name} link set gtap address 02:de:5c:00:00:02"));
+        ip(&format!(
+            "-n {name} link set gtap address 02:de:5c:00:00:02"
+        ));
         ip(&format!("-n {name} link set gtap up"));
         ip(&format!("-n {name} addr add 172.16.0.2/30 dev gtap"));
         ip(&format!("-n {name} route add default via 172.16.0.1"));
@@ -319,7 +333,10 @@ impl Drop for Guest {
 fn pump(from: &OwnedFd, to: &OwnedFd, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
-        let mut fds = [nix::poll::PollFd::new(from.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            from.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         if !matches!(nix::poll::poll(&mut fds, 100u16), Ok(n) if n > 0) {
             continue;
         }
@@ -355,7 +372,9 @@ fn link_exists(name: &str) -> bool {
 }
 
 fn table_in_ns(id: &str) -> String {
-    sh(&format!("ip netns exec deskd-{id} nft list table ip deskd 2>&1"))
+    sh(&format!(
+        "ip netns exec deskd-{id} nft list table ip deskd 2>&1"
+    ))
 }
 
 fn forwarding() -> String {
@@ -376,9 +395,15 @@ fn isolation_nat_dns_policy_spoofing_and_teardown() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let a_id = "0a000000-0000-4000-8000-00000000000a";
     let b_id = "0b000000-0000-4000-8000-00000000000b";
-    let _cleanup = Cleanup { ids: vec![a_id, b_id], forwarding: forwarding() };
+    let _cleanup = Cleanup {
+        ids: vec![a_id, b_id],
+        forwarding: forwarding(),
+    };
     start_internet();
-    let upstream = start_upstream(HashMap::from([("ok.test", OK_IP), ("blocked.test", BLOCKED_IP)]));
+    let upstream = start_upstream(HashMap::from([
+        ("ok.test", OK_IP),
+        ("blocked.test", BLOCKED_IP),
+    ]));
     let host_port = {
         let l = TcpListener::bind("0.0.0.0:0").unwrap();
         let p = l.local_addr().unwrap().port();
@@ -390,70 +415,145 @@ fn isolation_nat_dns_policy_spoofing_and_teardown() {
         p
     };
     let rt = rt();
-    let net = rt.block_on(Network::start(config(upstream))).expect("start");
+    let net = rt
+        .block_on(Network::start(config(upstream)))
+        .expect("start");
     let t0 = Instant::now();
-    let a = rt.block_on(net.setup(a_id, &EgressPolicy::default())).expect("setup a");
+    let a = rt
+        .block_on(net.setup(a_id, &EgressPolicy::default()))
+        .expect("setup a");
     eprintln!("setup of one computer: {:?}", t0.elapsed());
-    let b = rt.block_on(net.setup(b_id, &EgressPolicy::default())).expect("setup b");
+    let b = rt
+        .block_on(net.setup(b_id, &EgressPolicy::default()))
+        .expect("setup b");
     assert_ne!(a.link, b.link);
     let ga = Guest::attach("dk-test-guest-a", &a.tap);
     let _gb = Guest::attach("dk-test-guest-b", &b.tap);
     let g = Some(ga.ns.as_str());
 
     // Out through both NATs to the stand-in internet.
-    assert!(connects(g, OK_IP, 80, None), "guest A reaches the stand-in server");
-    assert!(connects(Some("dk-test-guest-b"), OK_IP, 80, None), "guest B too");
+    assert!(
+        connects(g, OK_IP, 80, None),
+        "guest A reaches the stand-in server"
+    );
+    assert!(
+        connects(Some("dk-test-guest-b"), OK_IP, 80, None),
+        "guest B too"
+    );
     // Controls: from the host these are reachable, so a failure below is the guest's rules.
     assert!(connects(None, METADATA_IP, 80, None));
     assert!(connects(None, LAN_IP, 80, None));
     assert!(connects(None, a.link.host, host_port, None));
     // Isolation.
-    assert!(!connects(g, METADATA_IP, 80, None), "metadata address blocked");
+    assert!(
+        !connects(g, METADATA_IP, 80, None),
+        "metadata address blocked"
+    );
     assert!(!connects(g, LAN_IP, 80, None), "private range blocked");
-    assert!(!connects(g, a.link.host, host_port, None), "own host link blocked");
-    assert!(!connects(g, b.link.host, host_port, None), "other computer's host link blocked");
-    assert!(!connects(g, b.link.ns, 53, None), "other computer's namespace blocked");
-    assert!(!connects(g, Ipv4Addr::new(198, 18, 0, 1), host_port, None), "host's other address blocked");
+    assert!(
+        !connects(g, a.link.host, host_port, None),
+        "own host link blocked"
+    );
+    assert!(
+        !connects(g, b.link.host, host_port, None),
+        "other computer's host link blocked"
+    );
+    assert!(
+        !connects(g, b.link.ns, 53, None),
+        "other computer's namespace blocked"
+    );
+    assert!(
+        !connects(g, Ipv4Addr::new(198, 18, 0, 1), host_port, None),
+        "host's other address blocked"
+    );
 
     // DNS at the gateway, and captured when the guest names another server.
-    assert_eq!(resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "ok.test"), Some((ResponseCode::NoError, vec![OK_IP])));
-    assert_eq!(resolve(&ga.ns, Ipv4Addr::new(203, 0, 113, 53), "ok.test"), Some((ResponseCode::NoError, vec![OK_IP])));
-    assert_eq!(resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "blocked.test"), Some((ResponseCode::NoError, vec![BLOCKED_IP])));
+    assert_eq!(
+        resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "ok.test"),
+        Some((ResponseCode::NoError, vec![OK_IP]))
+    );
+    assert_eq!(
+        resolve(&ga.ns, Ipv4Addr::new(203, 0, 113, 53), "ok.test"),
+        Some((ResponseCode::NoError, vec![OK_IP]))
+    );
+    assert_eq!(
+        resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "blocked.test"),
+        Some((ResponseCode::NoError, vec![BLOCKED_IP]))
+    );
     assert!(connects(g, BLOCKED_IP, 80, None), "before the block rule");
 
     // A block rule for one name, live: the name is refused and its address unreachable; the
     // other name still works.
     let block = policy(serde_json::json!({"mode":"block","rules":[{"domain":"blocked.test"}]}));
     assert!(rt.block_on(net.set_policy(a_id, &block)).unwrap());
-    assert_eq!(resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "blocked.test").map(|r| r.0), Some(ResponseCode::NXDomain));
-    assert!(!connects(g, BLOCKED_IP, 80, None), "blocked name's address unreachable");
+    assert_eq!(
+        resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "blocked.test").map(|r| r.0),
+        Some(ResponseCode::NXDomain)
+    );
+    assert!(
+        !connects(g, BLOCKED_IP, 80, None),
+        "blocked name's address unreachable"
+    );
     assert!(connects(g, OK_IP, 80, None), "other name still reachable");
-    assert!(connects(Some("dk-test-guest-b"), BLOCKED_IP, 80, None), "computer B is not affected");
+    assert!(
+        connects(Some("dk-test-guest-b"), BLOCKED_IP, 80, None),
+        "computer B is not affected"
+    );
 
     // Allow mode: only what a rule names, and a domain's addresses only once resolved.
-    let allow = policy(serde_json::json!({"mode":"allow","rules":[{"domain":"ok.test","ports":[80]},{"cidr":"192.168.77.0/24"}]}));
+    let allow = policy(
+        serde_json::json!({"mode":"allow","rules":[{"domain":"ok.test","ports":[80]},{"cidr":"192.168.77.0/24"}]}),
+    );
     assert!(rt.block_on(net.set_policy(a_id, &allow)).unwrap());
     assert!(!connects(g, OK_IP, 80, None), "not resolved yet");
-    assert_eq!(resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "blocked.test").map(|r| r.0), Some(ResponseCode::NXDomain));
-    assert_eq!(resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "ok.test").map(|r| r.1), Some(vec![OK_IP]));
+    assert_eq!(
+        resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "blocked.test").map(|r| r.0),
+        Some(ResponseCode::NXDomain)
+    );
+    assert_eq!(
+        resolve(&ga.ns, Ipv4Addr::new(172, 16, 0, 1), "ok.test").map(|r| r.1),
+        Some(vec![OK_IP])
+    );
     assert!(connects(g, OK_IP, 80, None), "allowed after resolving");
-    assert!(connects(g, LAN_IP, 80, None), "an allow cidr opens a private range");
+    assert!(
+        connects(g, LAN_IP, 80, None),
+        "an allow cidr opens a private range"
+    );
     assert!(!connects(g, BLOCKED_IP, 80, None));
     assert!(!connects(g, METADATA_IP, 80, None));
     let table = table_in_ns(a_id);
-    assert!(table.contains("198.51.100.10"), "the learnt address is in a set:\n{table}");
+    assert!(
+        table.contains("198.51.100.10"),
+        "the learnt address is in a set:\n{table}"
+    );
     // The host's own networks (here the stand-in link, present when the daemon started) are
     // denied like the private ranges.
-    assert!(table.contains("ip daddr 198.18.0.0/30 drop"), "host network denied:\n{table}");
-    rt.block_on(net.set_policy(a_id, &EgressPolicy::default())).unwrap();
+    assert!(
+        table.contains("ip daddr 198.18.0.0/30 drop"),
+        "host network denied:\n{table}"
+    );
+    rt.block_on(net.set_policy(a_id, &EgressPolicy::default()))
+        .unwrap();
 
     // Spoofing: another source address, or another MAC, gets nowhere.
     ip(&format!("-n {} addr add 10.99.0.9/32 dev gtap", ga.ns));
-    assert!(connects(g, OK_IP, 80, Some(Ipv4Addr::new(172, 16, 0, 2))), "control: own address");
-    assert!(!connects(g, OK_IP, 80, Some(Ipv4Addr::new(10, 99, 0, 9))), "spoofed source dropped");
-    ip(&format!("-n {} link set gtap address 02:00:00:00:00:99", ga.ns));
+    assert!(
+        connects(g, OK_IP, 80, Some(Ipv4Addr::new(172, 16, 0, 2))),
+        "control: own address"
+    );
+    assert!(
+        !connects(g, OK_IP, 80, Some(Ipv4Addr::new(10, 99, 0, 9))),
+        "spoofed source dropped"
+    );
+    ip(&format!(
+        "-n {} link set gtap address 02:00:00:00:00:99",
+        ga.ns
+    ));
     assert!(!connects(g, OK_IP, 80, None), "spoofed MAC dropped");
-    ip(&format!("-n {} link set gtap address 02:de:5c:00:00:02", ga.ns));
+    ip(&format!(
+        "-n {} link set gtap address 02:de:5c:00:00:02",
+        ga.ns
+    ));
     assert!(connects(g, OK_IP, 80, None), "back to its own MAC");
 
     // Teardown leaves nothing.
@@ -461,12 +561,15 @@ fn isolation_nat_dns_policy_spoofing_and_teardown() {
     drop(a);
     rt.block_on(net.teardown(a_id)).unwrap();
     assert!(!ns_exists(a_id));
-    assert!(!link_exists("dkv0a0000000000"));
-    assert!(connects(Some("dk-test-guest-b"), OK_IP, 80, None), "B unaffected by A's teardown");
+    assert!(!link_exists(&addresses::host_veth_name(a_id)));
+    assert!(
+        connects(Some("dk-test-guest-b"), OK_IP, 80, None),
+        "B unaffected by A's teardown"
+    );
     drop(b);
     rt.block_on(net.shutdown()).unwrap();
     assert!(!ns_exists(b_id));
-    assert!(!link_exists("dkv0b0000000000"));
+    assert!(!link_exists(&addresses::host_veth_name(b_id)));
     assert!(!sh("nft list tables").contains("deskd_host"));
 }
 
@@ -476,15 +579,21 @@ fn reconcile_removes_leftovers_and_restores_running_computers() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let gone = "0c000000-0000-4000-8000-00000000000c";
     let kept = "0d000000-0000-4000-8000-00000000000d";
-    let _cleanup = Cleanup { ids: vec![gone, kept], forwarding: forwarding() };
+    let _cleanup = Cleanup {
+        ids: vec![gone, kept],
+        forwarding: forwarding(),
+    };
     start_internet();
     let upstream = start_upstream(HashMap::from([("ok.test", OK_IP)]));
     // A daemon that dies without tearing down (its runtime, tasks and sockets just vanish).
     let kept_tap = {
         let rt = rt();
         let net = rt.block_on(Network::start(config(upstream))).unwrap();
-        rt.block_on(net.setup(gone, &EgressPolicy::default())).unwrap();
-        let h = rt.block_on(net.setup(kept, &EgressPolicy::default())).unwrap();
+        rt.block_on(net.setup(gone, &EgressPolicy::default()))
+            .unwrap();
+        let h = rt
+            .block_on(net.setup(kept, &EgressPolicy::default()))
+            .unwrap();
         drop(net);
         drop(rt);
         h.tap
@@ -499,10 +608,13 @@ fn reconcile_removes_leftovers_and_restores_running_computers() {
     assert_eq!(report.restored, vec![kept.to_string()]);
     assert!(report.lost.is_empty());
     assert!(!ns_exists(gone));
-    assert!(!link_exists("dkv0c0000000000"));
+    assert!(!link_exists(&addresses::host_veth_name(gone)));
     // The running computer's guest (its VMM kept the TAP) still has DNS and its way out.
     let g = Guest::attach("dk-test-guest-d", &kept_tap);
-    assert_eq!(resolve(&g.ns, Ipv4Addr::new(172, 16, 0, 1), "ok.test").map(|r| r.1), Some(vec![OK_IP]));
+    assert_eq!(
+        resolve(&g.ns, Ipv4Addr::new(172, 16, 0, 1), "ok.test").map(|r| r.1),
+        Some(vec![OK_IP])
+    );
     assert!(connects(Some(g.ns.as_str()), OK_IP, 80, None));
     assert!(!connects(Some(g.ns.as_str()), METADATA_IP, 80, None));
     drop(g);
@@ -511,6 +623,6 @@ fn reconcile_removes_leftovers_and_restores_running_computers() {
     let report = rt.block_on(net.reconcile(&[])).unwrap();
     assert_eq!(report.removed_namespaces, vec![format!("deskd-{kept}")]);
     assert!(!ns_exists(kept));
-    assert!(!link_exists("dkv0d0000000000"));
+    assert!(!link_exists(&addresses::host_veth_name(kept)));
     rt.block_on(net.shutdown()).unwrap();
 }

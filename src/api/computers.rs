@@ -16,8 +16,8 @@ use super::body::{
 use super::error::ApiError;
 use super::middleware::AuthKey;
 use super::{views, AppState};
-use crate::network::EgressPolicy;
 use crate::computers::{new_vnc_password, quota, Hotplug, LifecycleError};
+use crate::network::EgressPolicy;
 use crate::store::{Commitment, Computer, ComputerStatus, NewComputer};
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -658,6 +658,39 @@ pub async fn events(ScopedComputer { computer: c, .. }: ScopedComputer) -> Answe
     })))
 }
 
+/// `GET /computers/{id}/egress-policy` (ours).
+pub async fn egress_policy(
+    State(state): State<AppState>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
+) -> Answer {
+    Ok(Json(state.store.egress_policy(&c.id)?.to_json()))
+}
+
+/// `PUT /computers/{id}/egress-policy` (ours): stores the policy and, when the computer has a
+/// network now, applies it live as one nftables transaction.
+pub async fn put_egress_policy(
+    State(state): State<AppState>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
+    JsonObject(body): JsonObject,
+) -> Answer {
+    let policy = parse_egress_policy(&Value::Object(body))?;
+    state.store.set_egress_policy(&c.id, &policy)?;
+    let applied = match &state.network {
+        Some(net) => net.set_policy(&c.id, &policy).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The policy was stored but could not be applied to the running computer: {e}. Restart the computer to apply it."),
+            )
+        })?,
+        None => false,
+    };
+    let mut out = policy.to_json();
+    if let Value::Object(m) = &mut out {
+        m.insert("applied".into(), Value::Bool(applied));
+    }
+    Ok(Json(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,37 +748,4 @@ mod tests {
             .message
             .contains("1, 2, 4"));
     }
-}
-
-/// `GET /computers/{id}/egress-policy` (ours).
-pub async fn egress_policy(
-    State(state): State<AppState>,
-    ScopedComputer { computer: c, .. }: ScopedComputer,
-) -> Answer {
-    Ok(Json(state.store.egress_policy(&c.id)?.to_json()))
-}
-
-/// `PUT /computers/{id}/egress-policy` (ours): stores the policy and, when the computer has a
-/// network now, applies it live as one nftables transaction.
-pub async fn put_egress_policy(
-    State(state): State<AppState>,
-    ScopedComputer { computer: c, .. }: ScopedComputer,
-    JsonObject(body): JsonObject,
-) -> Answer {
-    let policy = parse_egress_policy(&Value::Object(body))?;
-    state.store.set_egress_policy(&c.id, &policy)?;
-    let applied = match &state.network {
-        Some(net) => net.set_policy(&c.id, &policy).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("The policy was stored but could not be applied to the running computer: {e}. Restart the computer to apply it."),
-            )
-        })?,
-        None => false,
-    };
-    let mut out = policy.to_json();
-    if let Value::Object(m) = &mut out {
-        m.insert("applied".into(), Value::Bool(applied));
-    }
-    Ok(Json(out))
 }

@@ -40,15 +40,13 @@ pub fn netns_name(computer_id: &str) -> String {
     format!("{NETNS_PREFIX}{computer_id}")
 }
 
-/// The host-side veth name: 12 hex digits of the id (48 bits; the namespace name carries the full
-/// id, and reconcile goes by the namespace first).
+/// The host-side veth name: 12 hex digits of a SHA-256 of the id (48 bits, evenly spread
+/// whatever the ids look like; the namespace name carries the full id, and reconcile maps running
+/// computers to their veth names with this same function).
 pub fn host_veth_name(computer_id: &str) -> String {
-    let hex: String = computer_id
-        .chars()
-        .filter(|c| c.is_ascii_hexdigit())
-        .map(|c| c.to_ascii_lowercase())
-        .take(12)
-        .collect();
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(computer_id.as_bytes());
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     format!("{HOST_VETH_PREFIX}{hex}")
 }
 
@@ -105,7 +103,10 @@ mod tests {
         let pool = Cidr::parse("10.203.0.0/16").unwrap();
         assert_eq!(pool_size(pool), 16384);
         let l = link_net(pool, 0).unwrap();
-        assert_eq!((l.host, l.ns), (Ipv4Addr::new(10, 203, 0, 1), Ipv4Addr::new(10, 203, 0, 2)));
+        assert_eq!(
+            (l.host, l.ns),
+            (Ipv4Addr::new(10, 203, 0, 1), Ipv4Addr::new(10, 203, 0, 2))
+        );
         let last = link_net(pool, 16383).unwrap();
         assert_eq!(last.ns, Ipv4Addr::new(10, 203, 255, 254));
         assert!(link_net(pool, 16384).is_none());
@@ -116,8 +117,9 @@ mod tests {
     #[test]
     fn names_fit_the_kernel() {
         let id = "0f8e3c2a-1b2c-4d5e-8f90-123456789abc";
-        assert_eq!(host_veth_name(id), "dkv0f8e3c2a1b2c");
-        assert!(host_veth_name(id).len() <= 15);
+        let name = host_veth_name(id);
+        assert!(name.starts_with("dkv") && name.len() == 15, "{name}");
+        assert_ne!(name, host_veth_name("0f8e3c2a-1b2c-4d5e-8f90-123456789abd"));
         assert_eq!(netns_name(id), format!("deskd-{id}"));
     }
 }

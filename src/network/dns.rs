@@ -57,12 +57,7 @@ impl LearntCache {
     }
 
     /// Records `name`'s addresses; `None` when that would go over the cap.
-    fn admit(
-        &mut self,
-        name: &str,
-        set: &str,
-        addrs: &[(Ipv4Addr, u32)],
-    ) -> Option<Vec<Learnt>> {
+    fn admit(&mut self, name: &str, set: &str, addrs: &[(Ipv4Addr, u32)]) -> Option<Vec<Learnt>> {
         let now = Instant::now();
         self.prune(now);
         let fresh = addrs
@@ -76,7 +71,10 @@ impl LearntCache {
         for &(addr, ttl) in addrs {
             let secs = (u64::from(ttl) + TTL_GRACE).clamp(MIN_TIMEOUT, MAX_TIMEOUT);
             let until = now + Duration::from_secs(secs);
-            let e = self.entries.entry((name.to_string(), addr)).or_insert(until);
+            let e = self
+                .entries
+                .entry((name.to_string(), addr))
+                .or_insert(until);
             if *e < until {
                 *e = until;
             }
@@ -93,14 +91,17 @@ impl LearntCache {
     pub fn rebind(&mut self, policy: &EgressPolicy) -> Vec<Learnt> {
         let now = Instant::now();
         self.prune(now);
-        self.entries.retain(|(name, _), _| set_for(policy, name).is_some());
+        self.entries
+            .retain(|(name, _), _| set_for(policy, name).is_some());
         self.entries
             .iter()
             .filter_map(|((name, addr), until)| {
                 Some(Learnt {
                     set: set_for(policy, name)?,
                     addr: *addr,
-                    timeout: until.saturating_duration_since(now).max(Duration::from_secs(1)),
+                    timeout: until
+                        .saturating_duration_since(now)
+                        .max(Duration::from_secs(1)),
                 })
             })
             .collect()
@@ -240,7 +241,12 @@ async fn answer(ctx: &Ctx, raw: &[u8]) -> Option<Vec<u8>> {
         .to_ascii()
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    let policy = ctx.comp.policy.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let policy = ctx
+        .comp
+        .policy
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let resolves = policy.resolves(&name);
     let set = set_for(&policy, &name);
     if !resolves && set.is_none() {
@@ -275,10 +281,9 @@ async fn answer(ctx: &Ctx, raw: &[u8]) -> Option<Vec<u8>> {
                 return reply(&query, ResponseCode::ServFail);
             };
             let comp = ctx.comp.clone();
-            let fed = tokio::task::spawn_blocking(move || {
-                comp.commit(firewall::Batch::learnt(&learnt))
-            })
-            .await;
+            let fed =
+                tokio::task::spawn_blocking(move || comp.commit(firewall::Batch::learnt(&learnt)))
+                    .await;
             if !matches!(fed, Ok(Ok(()))) {
                 tracing::warn!(computer = %ctx.comp.id, "DNS: cannot add addresses to the firewall: {fed:?}");
                 return reply(&query, ResponseCode::ServFail);
@@ -307,13 +312,19 @@ mod tests {
         let mut c = LearntCache::new(2);
         let a = Ipv4Addr::new(192, 0, 2, 1);
         let b = Ipv4Addr::new(192, 0, 2, 2);
-        let l = c.admit("a.test", &set_for(&p, "a.test").unwrap(), &[(a, 30)]).unwrap();
+        let l = c
+            .admit("a.test", &set_for(&p, "a.test").unwrap(), &[(a, 30)])
+            .unwrap();
         assert_eq!(l[0].set, LEARNT_ANY);
         assert_eq!(l[0].timeout, Duration::from_secs(MIN_TIMEOUT));
         // The same address again is no new entry.
         assert!(c.admit("a.test", LEARNT_ANY, &[(a, 100_000_000)]).is_some());
-        assert!(c.admit("b.test", &set_for(&p, "b.test").unwrap(), &[(b, 30)]).is_some());
-        assert!(c.admit("b.test", "learnt_1", &[(Ipv4Addr::new(192, 0, 2, 3), 30)]).is_none());
+        assert!(c
+            .admit("b.test", &set_for(&p, "b.test").unwrap(), &[(b, 30)])
+            .is_some());
+        assert!(c
+            .admit("b.test", "learnt_1", &[(Ipv4Addr::new(192, 0, 2, 3), 30)])
+            .is_none());
         assert_eq!(c.len(), 2);
         let only_b = EgressPolicy::from_json(&json!({"mode":"allow","rules":[
             {"domain":"b.test"}

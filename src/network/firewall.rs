@@ -22,16 +22,14 @@ use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions,
     Hook, Immediate, InetHookNumber, ListAttribute, Lookup, Meta, MetaKey, NfTablesMessage,
     Operator, Payload, Register, RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute,
-    SetElementList, SetElementMessage, SetFlags, SetMessage, TableAttribute, TableMessage,
-    Verdict, VerdictAttribute,
+    SetElementList, SetElementMessage, SetFlags, SetMessage, TableAttribute, TableMessage, Verdict,
+    VerdictAttribute,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-use super::addresses::{
-    GATEWAY_IP, GUEST_IP, GUEST_MAC, HOST_VETH_PREFIX, NS_VETH_NAME, TAP_NAME,
-};
+use super::addresses::{GATEWAY_IP, GUEST_IP, GUEST_MAC, HOST_VETH_PREFIX, NS_VETH_NAME, TAP_NAME};
 use super::policy::{Cidr, EgressPolicy, Mode, Target};
 use super::NetworkError;
 
@@ -227,7 +225,10 @@ fn l4proto(p: u8) -> Vec<Expr> {
 }
 
 fn dport(p: u16) -> Vec<Expr> {
-    vec![payload(TH, 2, 2), cmp(Operator::Equal, p.to_be_bytes().to_vec())]
+    vec![
+        payload(TH, 2, 2),
+        cmp(Operator::Equal, p.to_be_bytes().to_vec()),
+    ]
 }
 
 /// `ip saddr`/`ip daddr` in `net`.
@@ -245,7 +246,10 @@ fn daddr_in(net: Cidr) -> Vec<Expr> {
 }
 
 fn host(ip: Ipv4Addr) -> Cidr {
-    Cidr { addr: ip, prefix: 32 }
+    Cidr {
+        addr: ip,
+        prefix: 32,
+    }
 }
 
 fn daddr_in_set(set: &str) -> Vec<Expr> {
@@ -305,12 +309,7 @@ impl Batch {
     }
 
     /// A base chain (`hook` Some) or a regular one.
-    fn chain(
-        &mut self,
-        table: &str,
-        name: &str,
-        hook: Option<(InetHookNumber, i32, &str, u32)>,
-    ) {
+    fn chain(&mut self, table: &str, name: &str, hook: Option<(InetHookNumber, i32, &str, u32)>) {
         let mut attributes = vec![
             ChainAttribute::Table(table.to_string()),
             ChainAttribute::Name(name.to_string()),
@@ -437,13 +436,14 @@ impl Batch {
                     "nftables did not answer within 5 s".into(),
                 ));
             }
-            let (data, _) = sock.recv_from_full().map_err(|e| {
-                NetworkError::Firewall(format!("no answer from nftables: {e}"))
-            })?;
+            let (data, _) = sock
+                .recv_from_full()
+                .map_err(|e| NetworkError::Firewall(format!("no answer from nftables: {e}")))?;
             let mut off = 0;
             while off + 16 <= data.len() {
-                let len = u32::from_ne_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]])
-                    as usize;
+                let len =
+                    u32::from_ne_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]])
+                        as usize;
                 if len < 16 || off + len > data.len() {
                     break;
                 }
@@ -533,9 +533,17 @@ pub fn namespace_ruleset(
     b.add_elements(t, learnt);
 
     // Anti-spoofing, before conntrack (raw priority): from the TAP only the guest's MAC and IP.
-    b.chain(t, "pre", Some((InetHookNumber::PreRouting, -300, "filter", NF_ACCEPT)));
+    b.chain(
+        t,
+        "pre",
+        Some((InetHookNumber::PreRouting, -300, "filter", NF_ACCEPT)),
+    );
     let mut r = iif(TAP_NAME);
-    r.extend([payload(LL, 6, 6), cmp(Operator::NotEqual, GUEST_MAC.to_vec()), verdict(NF_DROP)]);
+    r.extend([
+        payload(LL, 6, 6),
+        cmp(Operator::NotEqual, GUEST_MAC.to_vec()),
+        verdict(NF_DROP),
+    ]);
     b.rule(t, "pre", r);
     let mut r = iif(TAP_NAME);
     r.extend(addr_in(12, host(GUEST_IP), Operator::NotEqual));
@@ -543,7 +551,11 @@ pub fn namespace_ruleset(
     b.rule(t, "pre", r);
 
     // Every DNS query of the guest goes to its resolver, whatever server it names.
-    b.chain(t, "dns", Some((InetHookNumber::PreRouting, -100, "nat", NF_ACCEPT)));
+    b.chain(
+        t,
+        "dns",
+        Some((InetHookNumber::PreRouting, -100, "nat", NF_ACCEPT)),
+    );
     for proto in [IPPROTO_UDP, IPPROTO_TCP] {
         let mut r = iif(TAP_NAME);
         r.extend(l4proto(proto));
@@ -553,7 +565,11 @@ pub fn namespace_ruleset(
     }
 
     // The namespace itself offers the guest its resolver and ping, nothing else.
-    b.chain(t, "input", Some((InetHookNumber::LocalIn, 0, "filter", NF_DROP)));
+    b.chain(
+        t,
+        "input",
+        Some((InetHookNumber::LocalIn, 0, "filter", NF_DROP)),
+    );
     let mut r = iif("lo");
     r.push(verdict(NF_ACCEPT));
     b.rule(t, "input", r);
@@ -574,7 +590,11 @@ pub fn namespace_ruleset(
     b.rule(t, "input", r);
 
     // Forwarding: replies, and what the egress chain lets out of the TAP to the veth.
-    b.chain(t, "forward", Some((InetHookNumber::Forward, 0, "filter", NF_DROP)));
+    b.chain(
+        t,
+        "forward",
+        Some((InetHookNumber::Forward, 0, "filter", NF_DROP)),
+    );
     let mut r = ct_established();
     r.push(verdict(NF_ACCEPT));
     b.rule(t, "forward", r);
@@ -586,7 +606,11 @@ pub fn namespace_ruleset(
 
     egress_rules(&mut b, policy, pool, host_nets);
 
-    b.chain(t, "post", Some((InetHookNumber::PostRouting, 100, "nat", NF_ACCEPT)));
+    b.chain(
+        t,
+        "post",
+        Some((InetHookNumber::PostRouting, 100, "nat", NF_ACCEPT)),
+    );
     let mut r = oif(NS_VETH_NAME);
     r.push(masquerade());
     b.rule(t, "post", r);
@@ -680,7 +704,11 @@ pub fn host_ruleset(pool: Cidr) -> Batch {
     let t = HOST_TABLE;
     let mut b = Batch::new();
     b.replace_table(t);
-    b.chain(t, "input", Some((InetHookNumber::LocalIn, 0, "filter", NF_ACCEPT)));
+    b.chain(
+        t,
+        "input",
+        Some((InetHookNumber::LocalIn, 0, "filter", NF_ACCEPT)),
+    );
     let mut r = iif_prefix(HOST_VETH_PREFIX, Operator::Equal);
     r.extend(ct_established());
     r.push(verdict(NF_ACCEPT));
@@ -688,12 +716,20 @@ pub fn host_ruleset(pool: Cidr) -> Batch {
     let mut r = iif_prefix(HOST_VETH_PREFIX, Operator::Equal);
     r.push(verdict(NF_DROP));
     b.rule(t, "input", r);
-    b.chain(t, "forward", Some((InetHookNumber::Forward, 0, "filter", NF_ACCEPT)));
+    b.chain(
+        t,
+        "forward",
+        Some((InetHookNumber::Forward, 0, "filter", NF_ACCEPT)),
+    );
     let mut r = iif_prefix(HOST_VETH_PREFIX, Operator::Equal);
     r.extend(oif_prefix(HOST_VETH_PREFIX, Operator::Equal));
     r.push(verdict(NF_DROP));
     b.rule(t, "forward", r);
-    b.chain(t, "post", Some((InetHookNumber::PostRouting, 100, "nat", NF_ACCEPT)));
+    b.chain(
+        t,
+        "post",
+        Some((InetHookNumber::PostRouting, 100, "nat", NF_ACCEPT)),
+    );
     let mut r = addr_in(12, pool, Operator::Equal);
     r.extend(oif_prefix(HOST_VETH_PREFIX, Operator::NotEqual));
     r.push(masquerade());

@@ -52,7 +52,11 @@ impl Links {
     pub async fn with_prefix(&self, prefix: &str) -> Result<Vec<(u32, String)>, NetworkError> {
         let mut s = self.handle.link().get().execute();
         let mut out = Vec::new();
-        while let Some(m) = s.try_next().await.map_err(|e| err("cannot list links", e))? {
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| err("cannot list links", e))?
+        {
             for a in &m.attributes {
                 if let LinkAttribute::IfName(n) = a {
                     if n.starts_with(prefix) {
@@ -121,7 +125,11 @@ impl Links {
     pub async fn ipv4_networks(&self, skip: &str) -> Result<Vec<(Ipv4Addr, u8)>, NetworkError> {
         let mut names = std::collections::HashMap::new();
         let mut s = self.handle.link().get().execute();
-        while let Some(m) = s.try_next().await.map_err(|e| err("cannot list links", e))? {
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| err("cannot list links", e))?
+        {
             for a in &m.attributes {
                 if let LinkAttribute::IfName(n) = a {
                     names.insert(m.header.index, n.clone());
@@ -152,7 +160,11 @@ impl Links {
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetworkError> {
         self.handle
             .route()
-            .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build())
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gateway)
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|e| err(format!("cannot add the default route via {gateway}"), e))

@@ -102,7 +102,9 @@ impl NetworkConfig {
             ));
         }
         if self.max_dns_in_flight == 0 || self.max_learnt_addresses == 0 {
-            return Err("network.max_dns_in_flight and max_learnt_addresses must be at least 1".into());
+            return Err(
+                "network.max_dns_in_flight and max_learnt_addresses must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -153,7 +155,12 @@ impl ComputerNet {
     }
 
     fn stop_resolver(&self) {
-        for h in self.resolver.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for h in self
+            .resolver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             h.abort();
         }
     }
@@ -226,17 +233,20 @@ fn build(
             let ns = links::connect()?;
             ns.up("lo").await?;
             let tap = tap::open(addresses::TAP_NAME)?;
-            ns.add_address(addresses::TAP_NAME, GATEWAY_IP, INNER_PREFIX).await?;
+            ns.add_address(addresses::TAP_NAME, GATEWAY_IP, INNER_PREFIX)
+                .await?;
             ns.up(addresses::TAP_NAME).await?;
-            ns.add_veth(addresses::NS_VETH_NAME, &veth, &host_ns).await?;
+            ns.add_veth(addresses::NS_VETH_NAME, &veth, &host_ns)
+                .await?;
             ns.add_address(addresses::NS_VETH_NAME, link.ns, addresses::LINK_PREFIX)
                 .await?;
             ns.up(addresses::NS_VETH_NAME).await?;
             ns.add_default_route(link.host).await?;
             let nft = firewall::socket()?;
-            firewall::namespace_ruleset(policy, pool, &host_nets, &[]).commit(&nft)?;
+            firewall::namespace_ruleset(policy, pool, host_nets, &[]).commit(&nft)?;
             let (udp, tcp) = bind_resolver_sockets()?;
-            host.add_address(&veth, link.host, addresses::LINK_PREFIX).await?;
+            host.add_address(&veth, link.host, addresses::LINK_PREFIX)
+                .await?;
             host.up(&veth).await?;
             Ok::<_, NetworkError>(Built {
                 tap: Some(tap),
@@ -269,7 +279,7 @@ fn reopen(
     namespace::enter(&netns_name(id))?;
     let result = (|| {
         let nft = firewall::socket()?;
-        firewall::namespace_ruleset(policy, pool, &host_nets, &[]).commit(&nft)?;
+        firewall::namespace_ruleset(policy, pool, host_nets, &[]).commit(&nft)?;
         let (udp, tcp) = bind_resolver_sockets()?;
         Ok(Built {
             tap: None,
@@ -366,12 +376,12 @@ impl Network {
         let pool = self.config.pool;
         let index = match wanted {
             Some(i) => i,
-            None => (0..pool_size(pool))
-                .find(|i| !st.used.contains(i))
-                .ok_or(NetworkError::PoolFull {
+            None => (0..pool_size(pool)).find(|i| !st.used.contains(i)).ok_or(
+                NetworkError::PoolFull {
                     pool: pool.to_string(),
                     size: pool_size(pool),
-                })?,
+                },
+            )?,
         };
         st.used.insert(index);
         link_net(pool, index).ok_or(NetworkError::PoolFull {
@@ -384,7 +394,12 @@ impl Network {
         self.lock().used.remove(&index);
     }
 
-    fn register(&self, id: &str, built: Built, policy: EgressPolicy) -> Result<Arc<ComputerNet>, NetworkError> {
+    fn register(
+        &self,
+        id: &str,
+        built: Built,
+        policy: EgressPolicy,
+    ) -> Result<Arc<ComputerNet>, NetworkError> {
         let comp = Arc::new(ComputerNet {
             id: id.to_string(),
             link: built.link,
@@ -407,7 +422,11 @@ impl Network {
 
     /// Builds the computer's network; call before its VMM spawns. Anything left from an earlier
     /// life of this computer (a crash) is removed first.
-    pub async fn setup(&self, id: &str, policy: &EgressPolicy) -> Result<NetworkHandle, NetworkError> {
+    pub async fn setup(
+        &self,
+        id: &str,
+        policy: &EgressPolicy,
+    ) -> Result<NetworkHandle, NetworkError> {
         self.teardown(id).await?;
         let link = self.reserve(None)?;
         let (owned, pol, pool) = (id.to_string(), policy.clone(), self.config.pool);
@@ -481,7 +500,10 @@ impl Network {
 
     /// At daemon start: removes namespaces and host veths of computers not in `running`, and
     /// restores the firewall and resolver of those that are (their VMMs kept their TAPs).
-    pub async fn reconcile(&self, running: &[(String, EgressPolicy)]) -> Result<ReconcileReport, NetworkError> {
+    pub async fn reconcile(
+        &self,
+        running: &[(String, EgressPolicy)],
+    ) -> Result<ReconcileReport, NetworkError> {
         let mut report = ReconcileReport::default();
         let wanted: HashMap<&str, &EgressPolicy> =
             running.iter().map(|(id, p)| (id.as_str(), p)).collect();

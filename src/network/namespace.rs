@@ -46,7 +46,10 @@ pub fn create_and_enter(name: &str) -> Result<(), NetworkError> {
         .map_err(|e| err(&format!("cannot create {}", target.display()), e))?;
     if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
         let _ = std::fs::remove_file(&target);
-        return Err(err("unshare(CLONE_NEWNET) failed (deskd needs CAP_SYS_ADMIN)", e));
+        return Err(err(
+            "unshare(CLONE_NEWNET) failed (deskd needs CAP_SYS_ADMIN)",
+            e,
+        ));
     }
     if let Err(e) = mount(
         Some("/proc/thread-self/ns/net"),
@@ -56,7 +59,10 @@ pub fn create_and_enter(name: &str) -> Result<(), NetworkError> {
         None::<&str>,
     ) {
         let _ = std::fs::remove_file(&target);
-        return Err(err(&format!("cannot bind-mount the namespace on {}", target.display()), e));
+        return Err(err(
+            &format!("cannot bind-mount the namespace on {}", target.display()),
+            e,
+        ));
     }
     Ok(())
 }

@@ -228,7 +228,10 @@ fn parse_rule(i: usize, v: &Value) -> Result<Rule, PolicyError> {
             }
         };
         if target.replace(t).is_some() {
-            return Err(rule_err(i, "has more than one of domain, ip, cidr: one per rule"));
+            return Err(rule_err(
+                i,
+                "has more than one of domain, ip, cidr: one per rule",
+            ));
         }
     }
     let target = target.ok_or_else(|| rule_err(i, "needs one of domain, ip or cidr"))?;
@@ -236,9 +239,12 @@ fn parse_rule(i: usize, v: &Value) -> Result<Rule, PolicyError> {
 }
 
 fn parse_ports(i: usize, v: &Value) -> Result<Vec<u16>, PolicyError> {
-    let list = v
-        .as_array()
-        .ok_or_else(|| rule_err(i, format!("ports must be an array of numbers, not {}", kind(v))))?;
+    let list = v.as_array().ok_or_else(|| {
+        rule_err(
+            i,
+            format!("ports must be an array of numbers, not {}", kind(v)),
+        )
+    })?;
     if list.is_empty() || list.len() > MAX_PORTS_PER_RULE {
         return Err(rule_err(
             i,
@@ -260,7 +266,10 @@ impl EgressPolicy {
     /// Parses and checks the JSON form a client sent.
     pub fn from_json(v: &Value) -> Result<EgressPolicy, PolicyError> {
         let obj = v.as_object().ok_or_else(|| {
-            PolicyError(format!("must be an object with mode and rules, not {}", kind(v)))
+            PolicyError(format!(
+                "must be an object with mode and rules, not {}",
+                kind(v)
+            ))
         })?;
         if let Some(k) = obj.keys().find(|k| *k != "mode" && *k != "rules") {
             return Err(PolicyError(format!(
@@ -270,7 +279,11 @@ impl EgressPolicy {
         let mode = match obj.get("mode") {
             Some(Value::String(s)) if s == "allow" => Mode::Allow,
             Some(Value::String(s)) if s == "block" => Mode::Block,
-            None => return Err(PolicyError("mode is required: \"allow\" or \"block\"".into())),
+            None => {
+                return Err(PolicyError(
+                    "mode is required: \"allow\" or \"block\"".into(),
+                ))
+            }
             Some(other) => {
                 return Err(PolicyError(format!(
                     "mode must be \"allow\" or \"block\", not {other}"
@@ -364,20 +377,29 @@ mod tests {
     fn errors_name_the_rule_and_the_problem() {
         assert!(err(json!({"mode":"deny"})).contains("mode must be"));
         assert!(err(json!({"rules":[]})).contains("mode is required"));
-        assert!(err(json!({"mode":"block","rules":[{"ip":"1.2.3.4"},{"ip":"::1"}]}))
-            .contains("rules[1]: ip \"::1\""));
+        assert!(
+            err(json!({"mode":"block","rules":[{"ip":"1.2.3.4"},{"ip":"::1"}]}))
+                .contains("rules[1]: ip \"::1\"")
+        );
         assert!(err(json!({"mode":"block","rules":[{"cidr":"10.0.0.1/8"}]}))
             .contains("rules[0]: \"10.0.0.1/8\" has host bits set: the network is 10.0.0.0/8"));
         assert!(err(json!({"mode":"block","rules":[{"domain":"a.*.com"}]})).contains("rules[0]"));
         assert!(err(json!({"mode":"block","rules":[{"domain":"*.com"}]})).contains("two labels"));
-        assert!(err(json!({"mode":"block","rules":[{"ip":"1.2.3.4","domain":"x.com"}]}))
-            .contains("more than one"));
+        assert!(
+            err(json!({"mode":"block","rules":[{"ip":"1.2.3.4","domain":"x.com"}]}))
+                .contains("more than one")
+        );
         assert!(err(json!({"mode":"block","rules":[{"ports":[1]}]})).contains("needs one of"));
-        assert!(err(json!({"mode":"block","rules":[{"ip":"1.1.1.1","ports":[0]}]}))
-            .contains("port 0"));
-        assert!(err(json!({"mode":"block","rules":[{"ip":"1.1.1.1","ports":[]}]}))
-            .contains("1-16 ports"));
-        assert!(err(json!({"mode":"block","rules":[{"host":"x"}]})).contains("unknown key \"host\""));
+        assert!(
+            err(json!({"mode":"block","rules":[{"ip":"1.1.1.1","ports":[0]}]})).contains("port 0")
+        );
+        assert!(
+            err(json!({"mode":"block","rules":[{"ip":"1.1.1.1","ports":[]}]}))
+                .contains("1-16 ports")
+        );
+        assert!(
+            err(json!({"mode":"block","rules":[{"host":"x"}]})).contains("unknown key \"host\"")
+        );
         assert!(err(json!({"mode":"block","extra":1})).contains("unknown key \"extra\""));
         assert!(err(json!({"mode":"block","rules":[{"domain":"1.2.3.4"}]})).contains("use {\"ip\""));
         let many: Vec<Value> = (0..=MAX_RULES).map(|_| json!({"ip":"1.1.1.1"})).collect();

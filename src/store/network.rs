@@ -49,9 +49,11 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let exists: Option<String> = tx
-            .query_row("SELECT id FROM computers WHERE id = ?1", [computer_id], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT id FROM computers WHERE id = ?1",
+                [computer_id],
+                |r| r.get(0),
+            )
             .optional()?;
         if exists.is_none() {
             return Err(StoreError::NotFound { what: "computer" });
