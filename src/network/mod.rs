@@ -124,6 +124,25 @@ pub struct NetworkHandle {
     pub link: LinkNet,
 }
 
+impl NetworkHandle {
+    /// The VMM's card for this network, given the descriptor number the TAP has in the VMM
+    /// process (the daemon dup2()s a copy of [`NetworkHandle::tap`] there before exec). The rate
+    /// limit is the caller's (`bandwidth_limit_mbps`).
+    pub fn net_config(
+        &self,
+        fd_in_vmm: i32,
+        limit: Option<crate::vmm::config::NetRateLimit>,
+    ) -> Result<crate::vmm::config::NetConfig, crate::vmm::config::NetConfigError> {
+        let card = crate::vmm::config::NetConfig {
+            tap: crate::vmm::config::TapSource::Fd(fd_in_vmm),
+            mac: crate::vmm::config::MacAddr::new(self.mac)?,
+            limit,
+        };
+        card.validate()?;
+        Ok(card)
+    }
+}
+
 /// What `reconcile` did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -581,5 +600,14 @@ impl Network {
             self.teardown(&id).await?;
         }
         blocking(|| firewall::delete_host_table().commit(&firewall::socket()?)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fixed_mac_is_a_card_address_the_vmm_accepts() {
+        let mac = crate::vmm::config::MacAddr::new(super::GUEST_MAC).unwrap();
+        assert_eq!(mac.to_string(), "02:de:5c:00:00:02");
     }
 }
