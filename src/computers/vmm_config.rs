@@ -51,6 +51,8 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
             socket: spec.dir.join(files::VSOCK),
             guest_cid: GUEST_CID,
         }),
+        // Guest networking is issue 12's host side (branch net-host).
+        net: Vec::new(),
         rng: true,
         console_log: Some(spec.dir.join(files::CONSOLE_LOG)),
         console_stdout: false,

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::layout;
 
+mod net;
+
+pub use net::{MacAddr, NetArg, NetConfig, NetConfigError, NetRateLimit, TapSource};
+
 /// Most vCPUs a VM may have (the MADT, CPUID topology and tests are sized for this).
 pub const MAX_VCPUS: u8 = 16;
 /// Command line used when none is given: serial console, reboot through the i8042, reboot (and
@@ -75,6 +79,14 @@ pub enum ConfigError {
         "the snapshot has {saved} disks; --disk was given {given} times, give all of them or none"
     )]
     RestoreDiskCount { saved: usize, given: usize },
+    #[error(transparent)]
+    Net(#[from] NetConfigError),
+    #[error(
+        "the snapshot has {saved} network cards; --net was given {given} times, give all of them or none"
+    )]
+    RestoreNetCount { saved: usize, given: usize },
+    #[error("network card {index}: the MAC cannot change when restoring a snapshot (the guest already has {saved}); leave mac= out")]
+    RestoreMac { index: usize, saved: MacAddr },
 }
 
 /// One virtio-blk disk: a raw image file.
@@ -123,6 +135,9 @@ pub struct VmConfig {
     /// virtio-vsock, if wanted.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-net cards, in the order the guest sees them (eth0, eth1, ...).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// Whether to give the guest a virtio-rng.
     #[serde(default = "default_true")]
     pub rng: bool,
@@ -174,7 +189,7 @@ fn default_shutdown_timeout() -> u64 {
 #[derive(clap::Args, Debug, Default)]
 pub struct VmmArgs {
     /// JSON file with the VM description: kernel, initrd, cmdline, disks [{path, read_only}],
-    /// vcpus, memory_mib, vsock {socket, guest_cid}, rng, console_log, console_stdout,
+    /// vcpus, memory_mib, vsock {socket, guest_cid}, net [{tap: {fd}|{name}, mac, limit}], rng, console_log, console_stdout,
     /// control_socket, shutdown_timeout_secs, host_decompress, exit_status_file, log_file,
     /// pid_file.
     #[arg(long, value_name = "FILE")]
@@ -203,6 +218,11 @@ pub struct VmmArgs {
     /// Guest context ID of the virtio-vsock device (>= 3).
     #[arg(long, value_name = "CID")]
     pub vsock_cid: Option<u64>,
+    /// A virtio-net card on a TAP device, opened by name (`tap=NAME`) or inherited open
+    /// (`fd=N`), with its MAC and optional limits in bytes and frames per second:
+    /// `tap=NAME|fd=N,mac=52:54:00:12:34:56[,bandwidth=BYTES][,pps=N]`. Repeat for more cards.
+    #[arg(long = "net", value_name = "tap=NAME,mac=MAC")]
+    pub net: Vec<String>,
     /// Do not give the guest a virtio-rng.
     #[arg(long)]
     pub no_rng: bool,
@@ -233,7 +253,8 @@ pub struct VmmArgs {
     /// Start the VM from the snapshot in DIR (written by the control request `snapshot`) instead
     /// of booting. Its saved configuration is used; --control-socket, --vsock-socket/--vsock-cid,
     /// --console-log, --console-stdout, --exit-status-file, --log-file, --pid-file,
-    /// --shutdown-timeout and --disk (same count and sizes) override it.
+    /// --shutdown-timeout, --disk (same count and sizes) and --net (same count and MACs: a new
+    /// TAP, and limits) override it.
     #[arg(long, value_name = "DIR")]
     pub restore: Option<PathBuf>,
     /// With --restore: keep vCPUs and devices paused until the control request `resume`.
@@ -278,6 +299,7 @@ impl VmConfig {
             vcpus: default_vcpus(),
             memory_mib: default_memory_mib(),
             vsock: None,
+            net: Vec::new(),
             rng: true,
             console_log: None,
             console_stdout: false,
@@ -320,6 +342,13 @@ impl VmConfig {
             }
             (None, None) => {}
             _ => return Err(ConfigError::VsockHalf),
+        }
+        if !args.net.is_empty() {
+            config.net = args
+                .net
+                .iter()
+                .map(|a| a.parse::<NetArg>().and_then(|n| n.into_config(a)))
+                .collect::<Result<_, _>>()?;
         }
         if args.no_rng {
             config.rng = false;
@@ -386,6 +415,27 @@ impl VmConfig {
                 .map(|d| parse_disk(d))
                 .collect::<Result<_, _>>()?;
         }
+        if !args.net.is_empty() {
+            if args.net.len() != config.net.len() {
+                return Err(ConfigError::RestoreNetCount {
+                    saved: config.net.len(),
+                    given: args.net.len(),
+                });
+            }
+            for (index, (card, arg)) in config.net.iter_mut().zip(&args.net).enumerate() {
+                let arg: NetArg = arg.parse()?;
+                if arg.mac.is_some_and(|mac| mac != card.mac) {
+                    return Err(ConfigError::RestoreMac {
+                        index,
+                        saved: card.mac,
+                    });
+                }
+                card.tap = arg.tap;
+                if arg.limit.is_some() {
+                    card.limit = arg.limit;
+                }
+            }
+        }
         if let Some(vsock) = config.vsock.as_mut() {
             match (&args.vsock_socket, args.vsock_cid) {
                 (Some(socket), Some(cid)) => {
@@ -433,7 +483,10 @@ impl VmConfig {
 
     /// Number of virtio-mmio devices this configuration asks for.
     pub fn virtio_device_count(&self) -> usize {
-        self.disks.len() + usize::from(self.vsock.is_some()) + usize::from(self.rng)
+        self.disks.len()
+            + self.net.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
     }
 
     /// Checks the values and that every file can be opened as needed. Does not touch /dev/kvm.
@@ -488,6 +541,9 @@ impl VmConfig {
                 return Err(ConfigError::GuestCid(vsock.guest_cid));
             }
             require_parent_dir(&vsock.socket)?;
+        }
+        for card in &self.net {
+            card.validate()?;
         }
         for path in [
             &self.console_log,
@@ -661,6 +717,20 @@ mod tests {
         assert_eq!(config.disks.len(), 1);
         assert_eq!(config.vsock.as_ref().unwrap().guest_cid, 42);
         assert_eq!(config.virtio_device_count(), 3);
+        let config = VmConfig::from_args(&VmmArgs {
+            config: Some(file.clone()),
+            net: vec!["tap=tap0,mac=52:54:00:00:00:01".into(), "fd=4".into()],
+            ..Default::default()
+        });
+        assert!(config.unwrap_err().to_string().contains("no mac"));
+        let config = VmConfig::from_args(&VmmArgs {
+            config: Some(file.clone()),
+            net: vec!["tap=tap0,mac=52:54:00:00:00:01".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.net[0].tap, TapSource::Name("tap0".into()));
+        assert_eq!(config.virtio_device_count(), 4);
 
         std::fs::write(&file, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
         let err = VmConfig::from_file(&file).unwrap_err();
@@ -718,6 +788,33 @@ mod tests {
         assert!(matches!(
             err,
             ConfigError::RestoreDiskCount { saved: 1, given: 2 }
+        ));
+        // Network cards: a new TAP (and limit) per card, the same MAC.
+        let mut with_net = saved.clone();
+        with_net.net = vec![NetConfig {
+            tap: TapSource::Name("tap0".into()),
+            mac: "52:54:00:00:00:07".parse().unwrap(),
+            limit: None,
+        }];
+        let net_restore = |net: &[&str]| {
+            VmConfig::for_restore(
+                with_net.clone(),
+                &VmmArgs {
+                    net: net.iter().map(|n| n.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+        };
+        let moved = net_restore(&["fd=5,pps=100"]).unwrap();
+        assert_eq!(moved.net[0].tap, TapSource::Fd(5));
+        assert_eq!(moved.net[0].mac, with_net.net[0].mac);
+        assert_eq!(moved.net[0].limit.unwrap().packets_per_sec, Some(100));
+        net_restore(&["fd=5,mac=52:54:00:00:00:07"]).unwrap();
+        let err = net_restore(&["fd=5,mac=52:54:00:00:00:08"]).unwrap_err();
+        assert!(err.to_string().contains("MAC cannot change"), "{err}");
+        assert!(matches!(
+            net_restore(&["fd=5", "fd=6"]),
+            Err(ConfigError::RestoreNetCount { saved: 1, given: 2 })
         ));
         let mut no_vsock = saved.clone();
         no_vsock.vsock = None;

@@ -11,7 +11,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::acpi::VirtioMmioWindow;
-use super::config::VmConfig;
+use super::config::{NetRateLimit, VmConfig};
 use super::devices::bus::{Bus, BusError};
 use super::devices::virtio::block::{Block, BlockConfig, BlockError};
 use super::devices::virtio::persist::PersistError;
@@ -46,6 +46,8 @@ pub enum VirtioError {
     Bus(#[from] BusError),
     #[error("{0} virtio devices do not fit; at most {max}", max = layout::VIRTIO_MMIO_MAX_DEVICES)]
     TooMany(usize),
+    #[error("the VM has no network card {card} (it has {count}; the first is 0)")]
+    NoNetCard { card: usize, count: usize },
     #[error("cannot restore virtio device {index} from the snapshot: {source}")]
     Restore { index: usize, source: PersistError },
 }
@@ -78,6 +80,12 @@ impl AttachedDevices {
     /// Lets every device worker run again.
     pub fn resume(&self) {
         self.each(|t| t.resume());
+    }
+
+    /// Replaces the rate limit of network card `card`.
+    pub fn set_net_limit(&self, card: usize, _limit: NetRateLimit) -> Result<(), VirtioError> {
+        // The virtio-net device is not attached yet (issue 12, in progress on this branch).
+        Err(VirtioError::NoNetCard { card, count: 0 })
     }
 
     /// Every transport's state, in attach order; call while paused.
@@ -204,6 +212,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 128,
             vsock: None,
+            net: Vec::new(),
             rng: true,
             console_log: None,
             console_stdout: false,

@@ -88,6 +88,9 @@ impl Controllable for Vm {
             })
             .map_err(|e| e.to_string())
     }
+    fn set_net_limit(&self, card: usize, limit: config::NetRateLimit) -> Result<(), String> {
+        Vm::set_net_limit(self, card, limit).map_err(|e| e.to_string())
+    }
     fn shutdown(&self) {
         self.request_shutdown()
     }

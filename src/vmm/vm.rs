@@ -376,6 +376,15 @@ impl Vm {
         self.vcpus.resume()
     }
 
+    /// Replaces the rate limit of network card `card` while the VM runs (or is paused).
+    pub fn set_net_limit(
+        &self,
+        card: usize,
+        limit: super::config::NetRateLimit,
+    ) -> Result<(), VmError> {
+        Ok(self.devices.set_net_limit(card, limit)?)
+    }
+
     /// Writes a snapshot of the paused VM to `dir` (see [`snapshot`]); the VM stays paused.
     pub fn snapshot(&self, dir: &std::path::Path) -> Result<SnapshotInfo, VmError> {
         let _guard = self.lock_control();

@@ -128,6 +128,13 @@ mod tests {
         fn snapshot(&self, dir: &Path) -> Result<super::super::SnapshotDone, String> {
             Err(format!("not paused, so no snapshot to {}", dir.display()))
         }
+        fn set_net_limit(
+            &self,
+            _: usize,
+            _: crate::vmm::config::NetRateLimit,
+        ) -> Result<(), String> {
+            Err("no network card".into())
+        }
         fn shutdown(&self) {}
         fn force_stop(&self) {}
     }

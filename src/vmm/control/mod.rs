@@ -8,6 +8,9 @@
 //! - `{"cmd":"snapshot","dir":"/path"}`, only while paused: writes a snapshot to DIR (see
 //!   [`crate::vmm::snapshot`]; whole or absent), the VM stays paused ->
 //!   `{"ok":true,"memory_bytes":N,"memory_data_bytes":D,"snapshot_ms":T}`
+//! - `{"cmd":"set-net-limit","card":0,"limit":{"bandwidth_bytes_per_sec":N,"packets_per_sec":N}}`
+//!   replaces network card 0's rate limit while the VM runs (either rate may be left out; `{}`
+//!   lifts the limit) -> `{"ok":true}`
 //! - `{"cmd":"shutdown"}` presses the ACPI power button (hard stop after the configured timeout);
 //!   `{"cmd":"shutdown","force":true}` stops the VM at once. -> `{"ok":true}`
 //!
@@ -23,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::vmm::config::NetRateLimit;
 
 pub use client::{ControlClient, ControlClientError};
 pub use protocol::{ControlRequest, ControlResponse, RunState, SnapshotDone, VmStatus};
@@ -48,6 +53,8 @@ pub trait Controllable: Send + Sync + 'static {
     fn resume(&self);
     /// Writes a snapshot to `dir`; refused unless paused.
     fn snapshot(&self, dir: &Path) -> Result<SnapshotDone, String>;
+    /// Replaces the rate limit of network card `card`.
+    fn set_net_limit(&self, card: usize, limit: NetRateLimit) -> Result<(), String>;
     fn shutdown(&self);
     fn force_stop(&self);
 }
@@ -74,6 +81,16 @@ pub fn handle_line(vm: &dyn Controllable, line: &str) -> ControlResponse {
             Ok(done) => ControlResponse::snapshot(done),
             Err(e) => ControlResponse::failed(e),
         },
+        ControlRequest::SetNetLimit { card, limit } => {
+            match limit
+                .validate()
+                .map_err(|e| e.to_string())
+                .and_then(|()| vm.set_net_limit(card, limit))
+            {
+                Ok(()) => ControlResponse::done(),
+                Err(e) => ControlResponse::failed(e),
+            }
+        }
         ControlRequest::Shutdown { force } => {
             if force {
                 vm.force_stop();
@@ -237,6 +254,13 @@ mod tests {
                 snapshot_ms: 3,
             })
         }
+        fn set_net_limit(&self, card: usize, _: NetRateLimit) -> Result<(), String> {
+            self.calls.lock().unwrap().push("set-net-limit");
+            if card > 0 {
+                return Err(format!("no network card {card}"));
+            }
+            Ok(())
+        }
         fn shutdown(&self) {
             self.calls.lock().unwrap().push("shutdown");
         }
@@ -260,9 +284,32 @@ mod tests {
         assert_eq!(snap.snapshot.unwrap().memory_data_bytes, 1);
         let refused = handle_line(&vm, r#"{"cmd":"snapshot","dir":"/refused"}"#);
         assert_eq!(refused, ControlResponse::failed("not paused"));
+        let limit = r#"{"cmd":"set-net-limit","card":0,"limit":{"packets_per_sec":10}}"#;
+        assert!(handle_line(&vm, limit).ok);
+        let no_card = r#"{"cmd":"set-net-limit","card":1,"limit":{}}"#;
+        assert_eq!(
+            handle_line(&vm, no_card),
+            ControlResponse::failed("no network card 1")
+        );
+        // A zero rate is refused before the VM sees it.
+        let zero = r#"{"cmd":"set-net-limit","card":0,"limit":{"packets_per_sec":0}}"#;
+        assert!(handle_line(&vm, zero)
+            .error
+            .unwrap()
+            .contains("leave it out"));
         assert_eq!(
             *vm.calls.lock().unwrap(),
-            vec!["status", "pause", "resume", "shutdown", "force", "snapshot", "snapshot"]
+            vec![
+                "status",
+                "pause",
+                "resume",
+                "shutdown",
+                "force",
+                "snapshot",
+                "snapshot",
+                "set-net-limit",
+                "set-net-limit"
+            ]
         );
     }
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::vmm::config::NetRateLimit;
+
 /// A request line. Every command is a struct variant (possibly empty) so that unknown fields are
 /// refused for all of them, not only for those with fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +22,10 @@ pub enum ControlRequest {
     /// Writes a snapshot of the paused VM to `dir` (whole or absent; an existing `dir` is
     /// replaced); the VM stays paused. See `crate::vmm::snapshot` for the layout.
     Snapshot { dir: PathBuf },
+    /// Replaces the rate limit of network card `card` (0 is the first, as in the VM's `net`
+    /// list) while the VM runs; `{}` lifts it. Applies to each direction separately, as in the
+    /// VM configuration.
+    SetNetLimit { card: usize, limit: NetRateLimit },
     /// Presses the ACPI power button (hard stop after the VMM's shutdown timeout); `force` stops
     /// the VM at once.
     Shutdown {
@@ -35,7 +41,7 @@ impl ControlRequest {
 }
 
 /// The one-line usage text in error answers.
-pub const USAGE: &str = "expected {\"cmd\": \"status\"|\"pause\"|\"resume\"|\"shutdown\"[, \"force\": true]} or {\"cmd\": \"snapshot\", \"dir\": \"/path\"}";
+pub const USAGE: &str = "expected {\"cmd\": \"status\"|\"pause\"|\"resume\"|\"shutdown\"[, \"force\": true]} or {\"cmd\": \"snapshot\", \"dir\": \"/path\"} or {\"cmd\": \"set-net-limit\", \"card\": 0, \"limit\": {\"bandwidth_bytes_per_sec\": N, \"packets_per_sec\": N}}";
 
 /// What the VM is doing, as `status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +138,25 @@ mod tests {
         let line = serde_json::to_string(&snap).unwrap();
         assert_eq!(line, r#"{"cmd":"snapshot","dir":"/var/lib/deskd/c/snap"}"#);
         assert_eq!(serde_json::from_str::<ControlRequest>(&line).unwrap(), snap);
+        let limit = ControlRequest::SetNetLimit {
+            card: 1,
+            limit: NetRateLimit {
+                bandwidth_bytes_per_sec: Some(1_250_000),
+                packets_per_sec: None,
+            },
+        };
+        let line = serde_json::to_string(&limit).unwrap();
+        assert_eq!(
+            line,
+            r#"{"cmd":"set-net-limit","card":1,"limit":{"bandwidth_bytes_per_sec":1250000}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ControlRequest>(&line).unwrap(),
+            limit
+        );
         for bad in [
+            r#"{"cmd":"set-net-limit","card":0}"#,
+            r#"{"cmd":"set-net-limit","card":0,"limit":{"bandwidth":1}}"#,
             r#"{"cmd":"status","x":1}"#,
             r#"{"cmd":"pause","force":true}"#,
             r#"{"cmd":"reboot"}"#,

@@ -16,6 +16,7 @@ fn sample_config() -> VmConfig {
         vcpus: 2,
         memory_mib: 256,
         vsock: None,
+        net: Vec::new(),
         rng: true,
         console_log: Some("/tmp/console.log".into()),
         console_stdout: false,
