@@ -49,6 +49,8 @@
 //!   bound by `Vsock::new`, so clients may connect before the guest driver is up; a driver reset
 //!   drops every connection.
 //! - [`rng::Rng`]: virtio-rng from getrandom(2).
+//! - [`net::Net`]: virtio-net on a TAP device, with offloads, mergeable receive buffers and a
+//!   rate limiter the control socket can change while the VM runs.
 //!
 //! Verified with Debian 12's stock cloud kernel (6.1) in the rig: `/dev/vda` with its serial, reads,
 //! writes, O_DIRECT multi-MiB transfers and `blkdiscard`; `virtio_rng.0` as the current hwrng; vsock
@@ -59,6 +61,7 @@ pub mod chain;
 pub mod cursor;
 #[cfg(test)]
 mod hostile_guest_tests;
+pub mod net;
 pub mod persist;
 pub mod rng;
 #[cfg(test)]
