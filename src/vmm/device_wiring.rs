@@ -134,10 +134,11 @@ impl AttachedDevices {
     }
 }
 
+/// The device models in guest order, and the network cards' limit handles.
+type Models = (Vec<Box<dyn VirtioDevice>>, Vec<NetHandle>);
+
 /// Builds the device models `config` asks for, in guest order, and the network cards' handles.
-fn device_models(
-    config: &VmConfig,
-) -> Result<(Vec<Box<dyn VirtioDevice>>, Vec<NetHandle>), VirtioError> {
+fn device_models(config: &VmConfig) -> Result<Models, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
         devices.push(Box::new(Block::new(BlockConfig {
@@ -284,6 +285,24 @@ mod tests {
         c.vsock.as_mut().unwrap().guest_cid = 1 << 33;
         assert!(matches!(device_models(&c), Err(VirtioError::Cid(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_network_card_without_its_tap_is_reported_with_its_index() {
+        let mut c = config();
+        c.net = vec![crate::vmm::config::NetConfig {
+            tap: crate::vmm::config::TapSource::Fd(1_000_000),
+            mac: "52:54:00:00:00:01".parse().unwrap(),
+            limit: None,
+        }];
+        let err = device_models(&c).err().unwrap();
+        assert!(matches!(err, VirtioError::Net { index: 0, .. }), "{err}");
+        assert!(err.to_string().contains("1000000"), "{err}");
+        assert!(AttachedDevices::default()
+            .set_net_limit(0, NetRateLimit::default())
+            .unwrap_err()
+            .to_string()
+            .contains("no network card 0"));
     }
 
     #[test]

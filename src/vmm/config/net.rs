@@ -24,6 +24,8 @@ pub enum NetConfigError {
     TapName(String),
     #[error("bad TAP descriptor {0}: it must be an inherited descriptor above 2 (0-2 are stdio)")]
     TapFd(i32),
+    #[error("TAP descriptor {0} is given to more than one network card; give each card its own")]
+    DuplicateFd(i32),
     #[error("the {0} limit is 0, which would stop all traffic; leave it out for no limit")]
     ZeroLimit(&'static str),
     #[error("bad --net value {arg:?}: {why}; expected tap=NAME|fd=N,mac=MAC[,bandwidth=BYTES_PER_SEC][,pps=PACKETS_PER_SEC]")]

@@ -38,12 +38,15 @@
 //! unchanged pages), then the VM, vCPU and device state are set before the first `KVM_RUN`.
 //! The saved configuration is used, with these overridable on the command line for a copy that
 //! lives elsewhere: `--control-socket`, `--vsock-socket`/`--vsock-cid`, `--console-log`,
-//! `--console-stdout`, `--exit-status-file`, `--shutdown-timeout`, `--disk` (same count and sizes).
+//! `--console-stdout`, `--exit-status-file`, `--shutdown-timeout`, `--disk` (same count and sizes),
+//! `--net` (same count and MACs: each card's TAP, `tap=NAME` or `fd=N`, and optionally its limit;
+//! the limits saved are those in force at the snapshot, `set-net-limit` included).
 //! `--restore-paused` leaves vCPUs and devices paused until `{"cmd":"resume"}`, so the daemon can
 //! prepare a copy before it runs. After the restore the guest's vsock connections are reset (the
 //! device sends `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`; listeners stay), its monotonic clock goes on
 //! from the snapshot instant, and its wall clock is behind by the time it was away until the agent
-//! sets it.
+//! sets it. A frame a network card held for the guest at the snapshot is lost (the guest's TCP
+//! sends again); a clone in its own network namespace keeps the MAC and addresses it had.
 
 //! # What the daemon does with it
 //!

@@ -300,4 +300,4 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

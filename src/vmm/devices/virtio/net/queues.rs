@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::EpollEvent;
 use vmm_sys_util::eventfd::EventFd;
@@ -263,6 +263,11 @@ impl NetWorker {
                             if let Some(why) = self.refuse_rx(len) {
                                 self.dropped(Direction::Rx, &why);
                                 continue;
+                            }
+                            if !vnet::has(self.acked, VIRTIO_NET_F_GUEST_CSUM) {
+                                // 5.1.6.4.1: without GUEST_CSUM the flags are zero (the TAP
+                                // marks checksummed frames DATA_VALID regardless).
+                                self.rx_buf[0] = 0;
                             }
                             self.rx_len = Some(len);
                             len
