@@ -95,8 +95,9 @@ pub use memory::{MemoryFileError, MemoryRegion, WriteStats};
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"DESKDSNP";
 /// The state layout this VMM writes and the only one it reads. Bump it with any change to
-/// `SnapshotState` or anything in it (postcard is not self-describing).
-pub const FORMAT_VERSION: u32 = 1;
+/// `SnapshotState` or anything in it (postcard is not self-describing). 2: the configuration's
+/// network cards (`VmConfig::net`) and the virtio-net device state.
+pub const FORMAT_VERSION: u32 = 2;
 /// Name of the state file in a snapshot directory.
 pub const STATE_FILE: &str = "state";
 /// Name of the memory file in a snapshot directory.
