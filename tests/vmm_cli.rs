@@ -98,7 +98,7 @@ fn unusable_snapshots_are_refused_before_any_guest_runs() {
         &vmm(&["--restore", snap.to_str().unwrap()]),
         "format version 99",
     );
-    future[8..12].copy_from_slice(&1u32.to_le_bytes());
+    future[8..12].copy_from_slice(&deskd::vmm::snapshot::FORMAT_VERSION.to_le_bytes());
     std::fs::write(snap.join("state"), &future[..30]).unwrap();
     assert_one_line_error(&vmm(&["--restore", snap.to_str().unwrap()]), "truncated");
     assert_one_line_error(

@@ -542,8 +542,13 @@ impl VmConfig {
             }
             require_parent_dir(&vsock.socket)?;
         }
-        for card in &self.net {
+        for (i, card) in self.net.iter().enumerate() {
             card.validate()?;
+            if let TapSource::Fd(fd) = card.tap {
+                if self.net[..i].iter().any(|c| c.tap == card.tap) {
+                    return Err(NetConfigError::DuplicateFd(fd).into());
+                }
+            }
         }
         for path in [
             &self.console_log,
@@ -731,6 +736,17 @@ mod tests {
         .unwrap();
         assert_eq!(config.net[0].tap, TapSource::Name("tap0".into()));
         assert_eq!(config.virtio_device_count(), 4);
+        let mut twice = config.clone();
+        twice.disks.clear();
+        twice.net = vec!["fd=5,mac=52:54:00:00:00:01", "fd=5,mac=52:54:00:00:00:02"]
+            .into_iter()
+            .map(|a| a.parse::<NetArg>().unwrap().into_config(a).unwrap())
+            .collect();
+        let err = twice.validate_runtime().unwrap_err();
+        assert!(
+            err.to_string().contains("more than one network card"),
+            "{err}"
+        );
 
         std::fs::write(&file, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
         let err = VmConfig::from_file(&file).unwrap_err();

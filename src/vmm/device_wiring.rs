@@ -3,7 +3,8 @@
 //! notification eventfd registered as an ioeventfd on the window's QueueNotify register.
 //!
 //! Order (and so the guest's names): the disks in configuration order (vda, vdb, ...), then
-//! vsock, then rng.
+//! vsock, then rng, then the network cards in configuration order (last, so that adding a card
+//! moves no other device's window or GSI).
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,7 @@ use super::acpi::VirtioMmioWindow;
 use super::config::{NetRateLimit, VmConfig};
 use super::devices::bus::{Bus, BusError};
 use super::devices::virtio::block::{Block, BlockConfig, BlockError};
+use super::devices::virtio::net::{Net, NetError, NetHandle};
 use super::devices::virtio::persist::PersistError;
 use super::devices::virtio::rng::Rng;
 use super::devices::virtio::transport::persist::TransportState;
@@ -30,6 +32,8 @@ pub enum VirtioError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error("network card {index}: {source}")]
+    Net { index: usize, source: NetError },
     #[error("the vsock guest CID {0} does not fit in 32 bits")]
     Cid(u64),
     #[error("cannot set up a virtio transport: {0}")]
@@ -58,6 +62,8 @@ pub struct AttachedDevices {
     windows: Vec<VirtioMmioWindow>,
     /// Each device's transport, also reachable through the MMIO bus.
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The network cards' limit handles, in configuration order.
+    nets: Vec<NetHandle>,
 }
 
 impl AttachedDevices {
@@ -83,9 +89,19 @@ impl AttachedDevices {
     }
 
     /// Replaces the rate limit of network card `card`.
-    pub fn set_net_limit(&self, card: usize, _limit: NetRateLimit) -> Result<(), VirtioError> {
-        // The virtio-net device is not attached yet (issue 12, in progress on this branch).
-        Err(VirtioError::NoNetCard { card, count: 0 })
+    pub fn set_net_limit(&self, card: usize, limit: NetRateLimit) -> Result<(), VirtioError> {
+        let handle = self.nets.get(card).ok_or(VirtioError::NoNetCard {
+            card,
+            count: self.nets.len(),
+        })?;
+        handle.set_limit(Some(limit));
+        tracing::info!("net {card}: limit now {limit:?}");
+        Ok(())
+    }
+
+    /// Each card's limit in force, in configuration order (for the snapshot's configuration).
+    pub fn net_limits(&self) -> Vec<Option<NetRateLimit>> {
+        self.nets.iter().map(|h| h.limit()).collect()
     }
 
     /// Every transport's state, in attach order; call while paused.
@@ -118,8 +134,11 @@ impl AttachedDevices {
     }
 }
 
-/// Builds the device models `config` asks for, in guest order.
-fn device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
+/// The device models in guest order, and the network cards' limit handles.
+type Models = (Vec<Box<dyn VirtioDevice>>, Vec<NetHandle>);
+
+/// Builds the device models `config` asks for, in guest order, and the network cards' handles.
+fn device_models(config: &VmConfig) -> Result<Models, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
         devices.push(Box::new(Block::new(BlockConfig {
@@ -139,7 +158,13 @@ fn device_models(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, Virtio
     if config.rng {
         devices.push(Box::new(Rng::new()));
     }
-    Ok(devices)
+    let mut nets = Vec::new();
+    for (index, card) in config.net.iter().enumerate() {
+        let net = Net::new(card).map_err(|source| VirtioError::Net { index, source })?;
+        nets.push(net.handle());
+        devices.push(Box::new(net));
+    }
+    Ok((devices, nets))
 }
 
 /// Creates and attaches every virtio device `config` asks for.
@@ -149,11 +174,14 @@ pub fn attach(
     mmio: &mut Bus,
     config: &VmConfig,
 ) -> Result<AttachedDevices, VirtioError> {
-    let models = device_models(config)?;
+    let (models, nets) = device_models(config)?;
     if models.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
         return Err(VirtioError::TooMany(models.len()));
     }
-    let mut attached = AttachedDevices::default();
+    let mut attached = AttachedDevices {
+        nets,
+        ..AttachedDevices::default()
+    };
     for (index, model) in models.into_iter().enumerate() {
         let kvm = |what: &'static str| {
             move |source| VirtioError::Kvm {
@@ -248,6 +276,7 @@ mod tests {
         });
         let types: Vec<u32> = device_models(&c)
             .unwrap()
+            .0
             .iter()
             .map(|d| d.device_type())
             .collect();
@@ -256,6 +285,24 @@ mod tests {
         c.vsock.as_mut().unwrap().guest_cid = 1 << 33;
         assert!(matches!(device_models(&c), Err(VirtioError::Cid(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_network_card_without_its_tap_is_reported_with_its_index() {
+        let mut c = config();
+        c.net = vec![crate::vmm::config::NetConfig {
+            tap: crate::vmm::config::TapSource::Fd(1_000_000),
+            mac: "52:54:00:00:00:01".parse().unwrap(),
+            limit: None,
+        }];
+        let err = device_models(&c).err().unwrap();
+        assert!(matches!(err, VirtioError::Net { index: 0, .. }), "{err}");
+        assert!(err.to_string().contains("1000000"), "{err}");
+        assert!(AttachedDevices::default()
+            .set_net_limit(0, NetRateLimit::default())
+            .unwrap_err()
+            .to_string()
+            .contains("no network card 0"));
     }
 
     #[test]

@@ -416,9 +416,15 @@ impl Vm {
         let pending = PendingSnapshot::create(dir)?;
         let stats = snapshot_memory::write_sparse(&self.mem, &pending.memory_path())
             .map_err(SnapshotError::from)?;
+        // The limits in force, which `set-net-limit` may have changed since the start, so that a
+        // restore keeps them (unless it is given others).
+        let mut config = self.config.clone();
+        for (card, limit) in config.net.iter_mut().zip(self.devices.net_limits()) {
+            card.limit = limit;
+        }
         let state = snapshot::SnapshotState {
             host,
-            config: self.config.clone(),
+            config,
             memory: snapshot_memory::layout(&self.mem),
             vm,
             vcpus,

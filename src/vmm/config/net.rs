@@ -24,6 +24,8 @@ pub enum NetConfigError {
     TapName(String),
     #[error("bad TAP descriptor {0}: it must be an inherited descriptor above 2 (0-2 are stdio)")]
     TapFd(i32),
+    #[error("TAP descriptor {0} is given to more than one network card; give each card its own")]
+    DuplicateFd(i32),
     #[error("the {0} limit is 0, which would stop all traffic; leave it out for no limit")]
     ZeroLimit(&'static str),
     #[error("bad --net value {arg:?}: {why}; expected tap=NAME|fd=N,mac=MAC[,bandwidth=BYTES_PER_SEC][,pps=PACKETS_PER_SEC]")]
@@ -136,14 +138,17 @@ impl TapSource {
 /// A card's token-bucket limit. One configuration applies to each direction separately: a card
 /// limited to 1 MB/s may receive 1 MB/s and send 1 MB/s at the same time. Either rate may be
 /// absent (not limited); a rate of 0 is refused rather than meaning "no traffic".
+///
+/// Absent rates serialise as `null`, never left out: the snapshot's configuration is encoded with
+/// postcard, which needs every field.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetRateLimit {
     /// Frame bytes per second (Ethernet frame without the virtio-net header).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bandwidth_bytes_per_sec: Option<u64>,
     /// Frames per second.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub packets_per_sec: Option<u64>,
 }
 
@@ -310,9 +315,24 @@ mod tests {
         let json = serde_json::to_string(&card).unwrap();
         assert_eq!(
             json,
-            r#"{"tap":{"fd":3},"mac":"52:54:00:12:34:56","limit":{"bandwidth_bytes_per_sec":1250000}}"#
+            r#"{"tap":{"fd":3},"mac":"52:54:00:12:34:56","limit":{"bandwidth_bytes_per_sec":1250000,"packets_per_sec":null}}"#
         );
         assert_eq!(serde_json::from_str::<NetConfig>(&json).unwrap(), card);
+        // Absent rates may be left out in JSON.
+        let short = r#"{"tap":{"fd":3},"mac":"52:54:00:12:34:56","limit":{"bandwidth_bytes_per_sec":1250000}}"#;
+        assert_eq!(serde_json::from_str::<NetConfig>(short).unwrap(), card);
+        // The snapshot encodes the configuration with postcard: every shape must survive it.
+        for c in [
+            card.clone(),
+            NetConfig {
+                tap: TapSource::Name("tap0".into()),
+                limit: None,
+                ..card.clone()
+            },
+        ] {
+            let bytes = postcard::to_stdvec(&c).unwrap();
+            assert_eq!(postcard::from_bytes::<NetConfig>(&bytes).unwrap(), c);
+        }
         let named: NetConfig =
             serde_json::from_str(r#"{"tap":{"name":"tap0"},"mac":"52:54:00:00:00:01"}"#).unwrap();
         assert_eq!(named.tap, TapSource::Name("tap0".into()));

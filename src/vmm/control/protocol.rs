@@ -148,7 +148,7 @@ mod tests {
         let line = serde_json::to_string(&limit).unwrap();
         assert_eq!(
             line,
-            r#"{"cmd":"set-net-limit","card":1,"limit":{"bandwidth_bytes_per_sec":1250000}}"#
+            r#"{"cmd":"set-net-limit","card":1,"limit":{"bandwidth_bytes_per_sec":1250000,"packets_per_sec":null}}"#
         );
         assert_eq!(
             serde_json::from_str::<ControlRequest>(&line).unwrap(),

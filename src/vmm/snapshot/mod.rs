@@ -38,12 +38,15 @@
 //! unchanged pages), then the VM, vCPU and device state are set before the first `KVM_RUN`.
 //! The saved configuration is used, with these overridable on the command line for a copy that
 //! lives elsewhere: `--control-socket`, `--vsock-socket`/`--vsock-cid`, `--console-log`,
-//! `--console-stdout`, `--exit-status-file`, `--shutdown-timeout`, `--disk` (same count and sizes).
+//! `--console-stdout`, `--exit-status-file`, `--shutdown-timeout`, `--disk` (same count and sizes),
+//! `--net` (same count and MACs: each card's TAP, `tap=NAME` or `fd=N`, and optionally its limit;
+//! the limits saved are those in force at the snapshot, `set-net-limit` included).
 //! `--restore-paused` leaves vCPUs and devices paused until `{"cmd":"resume"}`, so the daemon can
 //! prepare a copy before it runs. After the restore the guest's vsock connections are reset (the
 //! device sends `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`; listeners stay), its monotonic clock goes on
 //! from the snapshot instant, and its wall clock is behind by the time it was away until the agent
-//! sets it.
+//! sets it. A frame a network card held for the guest at the snapshot is lost (the guest's TCP
+//! sends again); a clone in its own network namespace keeps the MAC and addresses it had.
 
 //! # What the daemon does with it
 //!
@@ -92,8 +95,9 @@ pub use memory::{MemoryFileError, MemoryRegion, WriteStats};
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"DESKDSNP";
 /// The state layout this VMM writes and the only one it reads. Bump it with any change to
-/// `SnapshotState` or anything in it (postcard is not self-describing).
-pub const FORMAT_VERSION: u32 = 1;
+/// `SnapshotState` or anything in it (postcard is not self-describing). 2: the configuration's
+/// network cards (`VmConfig::net`) and the virtio-net device state.
+pub const FORMAT_VERSION: u32 = 2;
 /// Name of the state file in a snapshot directory.
 pub const STATE_FILE: &str = "state";
 /// Name of the memory file in a snapshot directory.

@@ -11,6 +11,7 @@ use vmm_sys_util::tempdir::TempDir;
 use vmm_sys_util::tempfile::TempFile;
 
 use super::block::{Block, BlockConfig};
+use super::net::Net;
 use super::rng::Rng;
 use super::testing::*;
 use super::vsock::{Vsock, VsockConfig};
@@ -194,6 +195,34 @@ fn hostile_guest_cannot_break_block() {
 #[test]
 fn hostile_guest_cannot_break_rng() {
     abuse(&|| Box::new(Rng::new()), 1, 40, 0);
+}
+
+#[test]
+fn hostile_guest_cannot_break_net() {
+    use super::net::rate_limiter::MonotonicClock;
+    use std::sync::{Arc, Mutex};
+    // The network ends stay open (and unread) for the whole run; each sends a few frames first
+    // so the receive path has work: plain, oversized for small buffers, a runt, a bad header.
+    let peers = Mutex::new(Vec::new());
+    let make = move || -> Box<dyn VirtioDevice> {
+        let (backend, peer) = super::net::tests::pair();
+        for (len, flags) in [(60usize, 0u8), (3000, 0), (2, 0), (100, 1), (1500, 0)] {
+            let mut f = vec![0u8; 12 + len];
+            f[0] = flags;
+            let _ = peer.send(&f[..len.max(2)]);
+        }
+        peers.lock().unwrap().push(peer);
+        Box::new(
+            Net::with_backend(
+                super::net::tests::mac(),
+                backend,
+                None,
+                Arc::new(MonotonicClock::new()),
+            )
+            .expect("net"),
+        )
+    };
+    abuse(&make, 2, 40, 0);
 }
 
 #[test]

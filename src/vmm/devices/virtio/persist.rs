@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::QueueState;
 
 use super::block::persist::BlockState;
+use super::net::persist::NetState;
 use super::rng::persist::RngState;
 use super::vsock::persist::VsockState;
 
@@ -81,6 +82,7 @@ pub enum DeviceState {
     Block(BlockState),
     Vsock(VsockState),
     Rng(RngState),
+    Net(NetState),
 }
 
 impl DeviceState {
@@ -90,6 +92,7 @@ impl DeviceState {
             DeviceState::Block(_) => "virtio-blk",
             DeviceState::Vsock(_) => "virtio-vsock",
             DeviceState::Rng(_) => "virtio-rng",
+            DeviceState::Net(_) => "virtio-net",
         }
     }
 }

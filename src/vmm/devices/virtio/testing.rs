@@ -46,11 +46,16 @@ pub fn write_reg(t: &mut MmioTransport, offset: u64, value: u32) {
 /// Runs the driver side of device initialisation (virtio 1.2 3.1.1) up to FEATURES_OK, accepting
 /// every offered feature.
 pub fn negotiate(t: &mut MmioTransport) {
+    negotiate_masked(t, u64::MAX);
+}
+
+/// [`negotiate`], accepting only the offered features that are also in `mask`.
+pub fn negotiate_masked(t: &mut MmioTransport, mask: u64) {
     write_reg(t, 0x70, 1);
     write_reg(t, 0x70, 3);
     for sel in 0..2 {
         write_reg(t, 0x14, sel);
-        let offered = read_reg(t, 0x10);
+        let offered = read_reg(t, 0x10) & (mask >> (32 * sel)) as u32;
         write_reg(t, 0x24, sel);
         write_reg(t, 0x20, offered);
     }
@@ -87,10 +92,21 @@ pub fn activate(
     queues: &[&MockSplitQueue<'_, GuestMemory>],
     size: u16,
 ) -> (MmioTransport, EventFd) {
+    activate_masked(device, mem, queues, size, u64::MAX)
+}
+
+/// [`activate`], accepting only the offered features that are also in `mask`.
+pub fn activate_masked(
+    device: Box<dyn VirtioDevice>,
+    mem: &GuestMemory,
+    queues: &[&MockSplitQueue<'_, GuestMemory>],
+    size: u16,
+    mask: u64,
+) -> (MmioTransport, EventFd) {
     let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let mut t = MmioTransport::new(device, mem.clone(), irq.try_clone().expect("clone"))
         .expect("transport");
-    negotiate(&mut t);
+    negotiate_masked(&mut t, mask);
     for (i, vq) in queues.iter().enumerate() {
         setup_queue(&mut t, i as u32, vq, size);
     }
