@@ -58,6 +58,13 @@ pub enum ServeError {
     Exe(std::io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Signing(#[from] crate::files::signing::SigningError),
+    #[error("cannot prepare the files directory {path}: {source}; check the data directory")]
+    FilesDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
 }
@@ -145,6 +152,19 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
         backend,
         args.data_dir.clone(),
     ));
+    crate::files::reset_incoming(&args.data_dir).map_err(|source| ServeError::FilesDir {
+        path: crate::files::incoming_dir(&args.data_dir),
+        source,
+    })?;
+    let signer = Arc::new(crate::files::signing::Signer::load_or_create(
+        &args.data_dir,
+    )?);
+    // Uploads waiting for computers that were not running go in when they start.
+    let _deliveries = crate::files::delivery::spawn_on_start(
+        store.clone(),
+        lifecycle.clone(),
+        args.data_dir.clone(),
+    );
     // Guest networking (issue 12) is off unless `[network] enabled`; when on, a host that cannot
     // provide it (no nf_tables, no resolver) refuses to start rather than run guests unfiltered.
     // TODO(lead): reconcile with the running computers and call setup/teardown from the
@@ -156,6 +176,7 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     let state = AppState {
         network,
+        signer,
         account_id: store.account_id()?.into(),
         store: store.clone(),
         lifecycle: lifecycle.clone(),

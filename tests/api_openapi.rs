@@ -74,8 +74,9 @@ fn the_document_matches_the_router() {
     for (path, methods) in &documented {
         if methods.contains("DELETE") {
             let r = d.send("DELETE", &concrete(path), Some(&d.key), None);
+            // Routes that name what they delete in the query (`?id=`) are 400 without it.
             assert!(
-                r.status == 200 || r.status == 404,
+                r.status == 200 || r.status == 404 || (r.status == 400 && !path.contains('{')),
                 "DELETE {path}: {}",
                 r.status
             );

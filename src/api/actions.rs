@@ -49,7 +49,11 @@ fn not_available(c: &Computer) -> ApiError {
 }
 
 /// The computer `id`, once it runs (waiting while it boots).
-async fn running(state: &AppState, key: &ApiKey, id: &str) -> Result<Computer, ApiError> {
+pub(super) async fn running(
+    state: &AppState,
+    key: &ApiKey,
+    id: &str,
+) -> Result<Computer, ApiError> {
     let c = access::computer(state, key, id)?;
     // An action is use of the computer: auto-stop counts from the last one.
     state.lifecycle.touch(&c.id);

@@ -26,7 +26,10 @@ struct KeyIdForLog(String);
 /// Routes that need no key.
 fn is_public(path: &str) -> bool {
     // WebSockets authenticate with the computer's token (browsers cannot send headers).
-    path == "/api/openapi.json" || path.starts_with("/desktops/")
+    // Signed download URLs carry their own proof (files::signing).
+    path == "/api/openapi.json"
+        || path.starts_with("/desktops/")
+        || path.starts_with(crate::files::signing::CONTENT_PREFIX)
 }
 
 /// Outermost layer: gives the request an id, turns panics into 500s, renders every error as the

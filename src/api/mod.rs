@@ -2,7 +2,7 @@
 //!
 //! Layout: `routes` (the router), `middleware` (request ids, error bodies, auth, rate limit),
 //! `body` (JSON bodies and field checks), `error` (the error model), `access` (scope checks),
-//! `views` (JSON shapes), `workspaces`/`computers`/`actions` (handlers; actions are forwarded to
+//! `views` (JSON shapes), `files` (section 7, uploads, exports and signed downloads), `workspaces`/`computers`/`actions` (handlers; actions are forwarded to
 //! the guest agent), `desktop_ws` (section 4 WebSockets relayed to the agent), `storage` (stored
 //! screenshots), `console` (serial log), `openapi`, `listen` (sockets, sd_notify), `rate_limit`
 //! (token buckets).
@@ -14,6 +14,7 @@ mod computers;
 mod console;
 mod desktop_ws;
 mod error;
+mod files;
 pub(crate) mod listen;
 mod metrics;
 mod middleware;
@@ -52,4 +53,6 @@ pub struct AppState {
     pub account_id: Arc<str>,
     /// Guest networking's host side; `None` while `[network] enabled` is off.
     pub network: Option<Arc<crate::network::Network>>,
+    /// Signs and checks the download URLs of stored files.
+    pub signer: Arc<crate::files::signing::Signer>,
 }

@@ -485,6 +485,62 @@ pub const OPERATIONS: &[Operation] = &[
         "Any",
     ),
     op(
+        "post",
+        "/api/files/upload",
+        "Upload a file (multipart: file, projectId or workspaceId, optional desktopId; limit limits.max_upload_bytes, over it 413) into ~/Desktop of the desktop, or of every computer of the workspace (running ones now, the others when they start)",
+        200,
+        Some("Upload"),
+        "UploadResult",
+    ),
+    op(
+        "post",
+        "/api/computers/{id}/files/upload",
+        "Upload a file into ~/Desktop of this computer (older form; multipart: file)",
+        200,
+        Some("Upload"),
+        "UploadResult",
+    ),
+    op(
+        "get",
+        "/api/files",
+        "List stored files (?projectId=&desktopId=, both optional)",
+        200,
+        None,
+        "FileList",
+    ),
+    op(
+        "post",
+        "/api/files/export",
+        "Copy a file below /home/user out of a running computer (403 outside it); answers a signed URL valid 1 h",
+        200,
+        Some("Export"),
+        "ExportResult",
+    ),
+    op(
+        "get",
+        "/api/files/download",
+        "A signed URL for a stored file (?id=), valid 1 h, usable without a key",
+        200,
+        None,
+        "DownloadUrl",
+    ),
+    op(
+        "delete",
+        "/api/files/delete",
+        "Delete a stored file (?id=)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
+        "get",
+        "/api/files/content/{id}",
+        "A stored file's bytes through a signed URL (?expires=&signature=; no key; forged or expired 403, deleted 404)",
+        200,
+        None,
+        "Any",
+    ),
+    op(
         "get",
         "/api/desktops/{instance_id}/proxy/{endpoint}",
         "Forward a GET to the guest agent (needs a running computer)",
@@ -562,9 +618,14 @@ pub fn document() -> Value {
             "responses": responses,
         });
         if let Some(req) = o.request {
-            operation["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": schema_ref(req)}}});
+            let media = if req == "Upload" {
+                "multipart/form-data"
+            } else {
+                "application/json"
+            };
+            operation["requestBody"] = json!({"required": req == "Upload", "content": {media: {"schema": schema_ref(req)}}});
         }
-        if o.path != "/api/openapi.json" {
+        if o.path != "/api/openapi.json" && !o.path.starts_with("/api/files/content/") {
             operation["security"] = json!([{"bearer": []}]);
         }
         if let Some(Value::Object(item)) = paths.get_mut(o.path) {
@@ -630,7 +691,7 @@ fn schemas() -> Value {
 fn schemas_core() -> Value {
     let s = |t: &str| json!({"type": t});
     let ns = |t: &str| json!({"type": [t, "null"]});
-    json!({
+    let mut all = json!({
         "Any": {},
         "Error": {
             "type": "object",
@@ -750,6 +811,55 @@ fn schemas_core() -> Value {
             "type": "object",
             "properties": {"success": s("boolean"), "action": s("string"), "x": s("integer"), "y": s("integer")}
         }
+    });
+    if let (Some(all), Value::Object(files)) = (all.as_object_mut(), file_schemas()) {
+        all.extend(files);
+    }
+    all
+}
+
+/// Section 7's shapes (apart: one `json!` of everything exceeds the macro recursion limit).
+fn file_schemas() -> Value {
+    let s = |t: &str| json!({"type": t});
+    let ns = |t: &str| json!({"type": [t, "null"]});
+    json!({
+        "File": {
+            "type": "object",
+            "properties": {
+                "id": s("string"), "filename": s("string"), "size_bytes": s("integer"),
+                "content_type": s("string"), "created_at": s("string"),
+                "source": {"enum": ["upload", "export"]},
+                "desktop_id": ns("string"), "project_id": s("string"), "workspace_id": s("string")
+            }
+        },
+        "FileList": {"type": "object", "properties": {"files": {"type": "array", "items": schema_ref("File")}}},
+        "Upload": {
+            "type": "object", "required": ["file"],
+            "properties": {
+                "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+                "projectId": s("string"), "workspaceId": s("string"), "desktopId": s("string")
+            }
+        },
+        "UploadResult": {
+            "type": "object",
+            "properties": {
+                "success": s("boolean"), "file": schema_ref("File"),
+                "deliveries": {"type": "array", "items": {"type": "object", "properties": {
+                    "desktop_id": s("string"), "name": s("string"), "path": s("string"),
+                    "size_bytes": s("integer"), "error": s("string")
+                }}},
+                "pending_desktop_ids": {"type": "array", "items": s("string")}
+            }
+        },
+        "Export": {
+            "type": "object", "required": ["desktopId", "path"],
+            "properties": {"desktopId": s("string"), "path": s("string")}
+        },
+        "ExportResult": {
+            "type": "object",
+            "properties": {"success": s("boolean"), "file": schema_ref("File"), "url": s("string")}
+        },
+        "DownloadUrl": {"type": "object", "properties": {"url": s("string"), "expires_in": s("integer")}}
     })
 }
 

@@ -7,7 +7,8 @@ use axum::Router;
 
 use super::error::ApiError;
 use super::{
-    actions, computers, console, desktop_ws, middleware, openapi, storage, workspaces, AppState,
+    actions, computers, console, desktop_ws, files, middleware, openapi, storage, workspaces,
+    AppState,
 };
 
 /// Builds the whole application.
@@ -119,6 +120,22 @@ pub fn router(state: AppState) -> Router {
         // Section 4: token (vnc_password) auth, not the API key (see middleware::is_public).
         .route("/desktops/{id}/ws/{kind}", get(desktop_ws::connect))
         .route("/api/storage/screenshots/{file}", get(storage::screenshot))
+        // Section 7. Uploads stream past the JSON body limit (their own limit is
+        // limits.max_upload_bytes, counted as they arrive).
+        .route(
+            "/api/files/upload",
+            post(files::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/computers/{id}/files/upload",
+            post(files::upload_to_computer).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/files", get(files::list))
+        .route("/api/files/export", post(files::export))
+        .route("/api/files/download", get(files::download))
+        .route("/api/files/delete", axum::routing::delete(files::delete))
+        // Signed URLs: no API key (see middleware::is_public).
+        .route("/api/files/content/{id}", get(files::content))
         // The SDK's legacy Docker build calls.
         .route("/api/builds/create", post(actions::legacy_builds))
         .route("/api/builds/update", post(actions::legacy_builds))

@@ -33,6 +33,8 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 /// this many times within [`REBOOT_WINDOW`]: then it is in a reboot loop and goes to `error`.
 const REBOOT_LIMIT: usize = 5;
 const REBOOT_WINDOW: Duration = Duration::from_secs(600);
+/// Computers that became running a listener of [`Lifecycle::subscribe_running`] may lag behind.
+pub const RUNNING_BACKLOG: usize = 256;
 
 /// Lifecycle failures, each with a message for the client.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub struct Lifecycle {
     readiness: Readiness,
     /// When each computer was last used, for auto-stop.
     activity: Mutex<HashMap<String, Activity>>,
+    /// Ids of computers that just became `running` (uploads waiting for them follow).
+    became_running: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Use of one computer: the last API call, and the sessions (WebSockets, VNC) open now.
@@ -106,7 +110,15 @@ impl Lifecycle {
             readiness: Readiness::new(agents.clone()),
             agents,
             activity: Mutex::new(HashMap::new()),
+            became_running: tokio::sync::broadcast::channel(RUNNING_BACKLOG).0,
         }
+    }
+
+    /// Ids of computers as they become `running`. Sending never waits: what listens does its
+    /// work in tasks of its own, never under a computer's lock; a listener that falls more
+    /// than [`RUNNING_BACKLOG`] behind misses the oldest (and is told so by `Lagged`).
+    pub fn subscribe_running(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.became_running.subscribe()
     }
 
     fn activity(&self) -> std::sync::MutexGuard<'_, HashMap<String, Activity>> {
@@ -710,8 +722,13 @@ impl Lifecycle {
             _ => return Ok(()),
         };
         // Compare-and-set: a stop or delete that raced with this check wins.
-        self.store
+        let moved = self
+            .store
             .compare_and_set_status(id, c.status, next, reason.as_deref())?;
+        if moved && next == ComputerStatus::Running {
+            // No listener is fine (an error only says so).
+            let _ = self.became_running.send(id.to_string());
+        }
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! signed download URLs that serve them without an API key. The records are in the store
 //! (`store::StoredFile`); the routes that tie the two together are in `api`.
 
+pub mod delivery;
 pub mod signing;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,23 @@ fn safe(id: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Where bodies being received are written before they have a record (the name of a workspace
+/// directory never starts with a dot, see `safe`).
+pub fn incoming_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILES_DIR).join(".incoming")
+}
+
+/// Empties [`incoming_dir`] (start-up: what is there was cut off by a stop) and makes sure it
+/// exists.
+pub fn reset_incoming(data_dir: &Path) -> std::io::Result<()> {
+    let dir = incoming_dir(data_dir);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::create_dir_all(dir)
 }
 
 /// Removes a workspace's stored files (nothing there is fine).

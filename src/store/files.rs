@@ -190,6 +190,48 @@ impl Store {
         tx.commit()?;
         Ok(file)
     }
+
+    /// Claims putting upload `file_id` in computer `computer_id`: false when it is there already
+    /// or another task is putting it there now, so no computer gets an upload twice.
+    pub fn claim_delivery(&self, file_id: &str, computer_id: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO file_deliveries (file_id, computer_id, claimed_at)
+             VALUES (?1, ?2, ?3)",
+            params![file_id, computer_id, now_iso()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Gives up a claim whose delivery failed (the next start of the computer tries again).
+    pub fn release_delivery(&self, file_id: &str, computer_id: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "DELETE FROM file_deliveries WHERE file_id = ?1 AND computer_id = ?2",
+            params![file_id, computer_id],
+        )?;
+        Ok(())
+    }
+
+    /// Uploads meant for computer `computer_id` (to it, or to its workspace without a computer)
+    /// that are not in it yet, oldest first.
+    pub fn pending_uploads(&self, computer_id: &str) -> Result<Vec<StoredFile>, StoreError> {
+        let conn = self.lock();
+        let columns: String = COLUMNS
+            .split(", ")
+            .map(|c| format!("f.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {columns} FROM files f JOIN computers c ON c.id = ?1
+             WHERE f.source = 'upload'
+               AND (f.computer_id = c.id OR (f.computer_id IS NULL AND f.workspace_id = c.workspace_id))
+               AND NOT EXISTS (SELECT 1 FROM file_deliveries d
+                               WHERE d.file_id = f.id AND d.computer_id = c.id)
+             ORDER BY f.created_at, f.id"
+        ))?;
+        let rows = stmt.query_map([computer_id], from_row)?;
+        rows.map(|r| finish(r?)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +303,74 @@ mod tests {
             store.insert_file(&new_file("nope", "e", 1), 100),
             Err(StoreError::NotFound { what: "workspace" })
         ));
+    }
+
+    #[test]
+    fn uploads_are_pending_for_their_computers_until_claimed() {
+        use crate::store::NewComputer;
+        let computer = |ws: &str, name: &str| NewComputer {
+            workspace_id: ws.into(),
+            name: name.into(),
+            os: "linux".into(),
+            cpu: 1,
+            ram_gb: 1,
+            gpu: "none".into(),
+            disk_size_gb: 8,
+            resolution: "1280x720x24".into(),
+            auto_stop_minutes: None,
+            template_ref: "system/desktop@1.0.0".into(),
+            image: None,
+            vnc_password: "pw".into(),
+            egress_policy: None,
+        };
+        let (_d, store) = test_store();
+        let ws = store
+            .create_workspace("w", WorkspaceStatus::Active, None)
+            .unwrap();
+        let other = store
+            .create_workspace("o", WorkspaceStatus::Active, None)
+            .unwrap();
+        let c1 = store
+            .insert_computer(&computer(&ws.id, "c1"), |_| Ok(()))
+            .unwrap();
+        let c2 = store
+            .insert_computer(&computer(&ws.id, "c2"), |_| Ok(()))
+            .unwrap();
+        let mut to_ws = new_file(&ws.id, "ws", 1);
+        to_ws.computer_id = None;
+        store.insert_file(&to_ws, 100).unwrap();
+        let mut to_c1 = new_file(&ws.id, "c1f", 1);
+        to_c1.computer_id = Some(c1.id.clone());
+        store.insert_file(&to_c1, 100).unwrap();
+        let mut export = new_file(&ws.id, "exp", 1);
+        export.computer_id = Some(c1.id.clone());
+        export.source = FileSource::Export;
+        store.insert_file(&export, 100).unwrap();
+        let mut elsewhere = new_file(&other.id, "else", 1);
+        elsewhere.computer_id = None;
+        store.insert_file(&elsewhere, 100).unwrap();
+        let ids = |c: &str| -> Vec<String> {
+            let mut ids: Vec<String> = store
+                .pending_uploads(c)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&c1.id), vec!["c1f", "ws"]);
+        assert_eq!(ids(&c2.id), vec!["ws"]);
+        assert!(store.claim_delivery("ws", &c2.id).unwrap());
+        assert!(!store.claim_delivery("ws", &c2.id).unwrap(), "claimed once");
+        assert_eq!(ids(&c2.id), Vec::<String>::new());
+        store.release_delivery("ws", &c2.id).unwrap();
+        assert_eq!(ids(&c2.id), vec!["ws"]);
+        // Claims go with their file and their computer.
+        assert!(store.claim_delivery("ws", &c1.id).unwrap());
+        store.delete_file("ws").unwrap();
+        store.delete_computer(&c1.id).unwrap();
+        assert!(store.claim_delivery("nope", &c2.id).is_err());
     }
 
     #[test]

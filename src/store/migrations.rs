@@ -81,6 +81,17 @@ const MIGRATIONS: &[&str] = &[
         policy      TEXT NOT NULL
     );
     "#,
+    // 4: which computers a stored upload was put in (or is being put in right now), so that a
+    // computer that starts later gets each of its workspace's uploads once.
+    r#"
+    CREATE TABLE file_deliveries (
+        file_id     TEXT NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+        computer_id TEXT NOT NULL REFERENCES computers (id) ON DELETE CASCADE,
+        claimed_at  TEXT NOT NULL,
+        PRIMARY KEY (file_id, computer_id)
+    );
+    CREATE INDEX file_deliveries_by_computer ON file_deliveries (computer_id);
+    "#,
 ];
 
 /// Brings the schema up to date.
