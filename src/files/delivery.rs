@@ -192,3 +192,204 @@ pub fn spawn_on_start(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::computers::VmmProcessBackend;
+    use crate::store::{FileSource, NewComputer, NewFile, WorkspaceStatus};
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    /// A VM socket at computer `id`'s place with an HTTP server behind it that takes uploads
+    /// like the agent's `WRITE` (hashing the body; `refuse.txt` is a 400) and answers a
+    /// [`FileWritten`] whose path carries the body's SHA-256.
+    fn fake_agent(lifecycle: &Lifecycle, id: &str) {
+        let socket = lifecycle.agent_socket(id);
+        std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(stream);
+                    let mut line = String::new();
+                    reader.read_line(&mut line).await.unwrap();
+                    let mut stream = reader.into_inner();
+                    stream.write_all(b"OK 1073741824\n").await.unwrap();
+                    let service = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            use sha2::Digest;
+                            assert_eq!(req.uri().path(), WRITE);
+                            let q: WriteQuery =
+                                serde_urlencoded::from_str(req.uri().query().unwrap()).unwrap();
+                            let mut hash = sha2::Sha256::new();
+                            let mut n = 0u64;
+                            let mut body = req.into_body();
+                            while let Some(Ok(f)) = body.frame().await {
+                                if let Ok(d) = f.into_data() {
+                                    n += d.len() as u64;
+                                    hash.update(&d);
+                                }
+                            }
+                            let (status, answer) = if q.name == "refuse.txt" {
+                                (400, r#"{"error":"no such name"}"#.to_string())
+                            } else {
+                                let w = FileWritten {
+                                    success: true,
+                                    path: format!(
+                                        "/home/user/Desktop/{}#{}",
+                                        q.name,
+                                        hex::encode(hash.finalize())
+                                    ),
+                                    name: q.name,
+                                    size_bytes: n,
+                                };
+                                (200, serde_json::to_string(&w).unwrap())
+                            };
+                            Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Full::new(Bytes::from(answer)))
+                                    .unwrap(),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    }
+
+    fn setup() -> (
+        tempfile::TempDir,
+        Arc<Store>,
+        Arc<Lifecycle>,
+        String,
+        Vec<String>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let backend = Arc::new(VmmProcessBackend::new(
+            "/nonexistent/deskd".into(),
+            dir.path(),
+            false,
+        ));
+        let lc = Arc::new(Lifecycle::new(
+            store.clone(),
+            backend,
+            dir.path().to_path_buf(),
+        ));
+        let ws = store
+            .create_workspace("w", WorkspaceStatus::Active, None)
+            .unwrap();
+        let computers = ["a", "b"]
+            .iter()
+            .map(|name| {
+                let new = NewComputer {
+                    workspace_id: ws.id.clone(),
+                    name: name.to_string(),
+                    os: "linux".into(),
+                    cpu: 1,
+                    ram_gb: 1,
+                    gpu: "none".into(),
+                    disk_size_gb: 8,
+                    resolution: "1280x720x24".into(),
+                    auto_stop_minutes: None,
+                    template_ref: "system/desktop@1.0.0".into(),
+                    image: None,
+                    vnc_password: "pw".into(),
+                    egress_policy: None,
+                };
+                store.insert_computer(&new, |_| Ok(())).unwrap().id
+            })
+            .collect();
+        (dir, store, lc, ws.id, computers)
+    }
+
+    fn stored(store: &Store, data: &Path, ws: &str, name: &str, bytes: &[u8]) -> StoredFile {
+        let id = uuid::Uuid::new_v4().to_string();
+        let blob = super::super::blob_path(data, ws, &id);
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::write(&blob, bytes).unwrap();
+        let new = NewFile {
+            id,
+            workspace_id: ws.into(),
+            computer_id: None,
+            filename: name.into(),
+            size_bytes: bytes.len() as u64,
+            content_type: "application/octet-stream".into(),
+            source: FileSource::Upload,
+        };
+        store.insert_file(&new, u64::MAX >> 1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_upload_goes_into_each_computer_once_and_failures_are_tried_again() {
+        use sha2::Digest;
+        let (dir, store, lc, ws, computers) = setup();
+        let (a, b) = (&computers[0], &computers[1]);
+        fake_agent(&lc, a);
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 256) as u8).collect();
+        let file = stored(&store, dir.path(), &ws, "report & co (1).pdf", &data);
+
+        let w = deliver(&store, &lc, dir.path(), &file, a)
+            .await
+            .unwrap()
+            .expect("delivered");
+        assert_eq!(w.name, "report & co (1).pdf", "the name survives the query");
+        assert_eq!(w.size_bytes, data.len() as u64);
+        assert!(
+            w.path.ends_with(&hex::encode(sha2::Sha256::digest(&data))),
+            "{}",
+            w.path
+        );
+        // Once only.
+        assert!(deliver(&store, &lc, dir.path(), &file, a)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store.pending_uploads(a).unwrap().is_empty());
+
+        // Computer b has no VM: the delivery fails and stays pending for its next start.
+        let e = deliver(&store, &lc, dir.path(), &file, b)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, DeliveryError::Agent(AgentError::Unreachable(_))),
+            "{e}"
+        );
+        assert_eq!(store.pending_uploads(b).unwrap().len(), 1);
+        // Its VM comes up: the waiting uploads go in.
+        fake_agent(&lc, b);
+        let refused = stored(&store, dir.path(), &ws, "refuse.txt", b"x");
+        assert_eq!(
+            deliver_pending(&store, &lc, dir.path(), b).await.unwrap(),
+            1
+        );
+        let pending: Vec<String> = store
+            .pending_uploads(b)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
+        assert_eq!(pending, vec![refused.id.clone()], "the refused one waits");
+        let e = deliver(&store, &lc, dir.path(), &refused, b)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, DeliveryError::Refused { status: 400, message } if message == "no such name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn transfers_get_more_time_for_more_bytes() {
+        assert_eq!(transfer_timeout(0), Duration::from_secs(120));
+        assert_eq!(transfer_timeout(200 << 20), Duration::from_secs(320));
+    }
+}
