@@ -515,6 +515,8 @@ pub async fn clone(
         let _ = state.lifecycle.destroy(&c.id).await;
         return Err(e.into());
     }
+    // The clone's disk holds the uploads its source got: they are not put in again.
+    state.store.copy_deliveries(&src.id, &c.id)?;
     start_new(&state, &c.id).await?;
     let c = reload(&state, &c.id)?;
     Ok((

@@ -121,6 +121,13 @@ impl Lifecycle {
         self.became_running.subscribe()
     }
 
+    /// What the supervisor sends when computer `id` becomes running (tests of the listeners,
+    /// which have no VM to bring up).
+    #[cfg(test)]
+    pub(crate) fn announce_running(&self, id: &str) {
+        let _ = self.became_running.send(id.to_string());
+    }
+
     fn activity(&self) -> std::sync::MutexGuard<'_, HashMap<String, Activity>> {
         self.activity.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -206,13 +206,16 @@ mod tests {
 
     /// A VM socket at computer `id`'s place with an HTTP server behind it that takes uploads
     /// like the agent's `WRITE` (hashing the body; `refuse.txt` is a 400) and answers a
-    /// [`FileWritten`] whose path carries the body's SHA-256.
+    /// [`FileWritten`] whose path carries the body's SHA-256; each upload taken leaves
+    /// `got-<name>` beside the socket.
     fn fake_agent(lifecycle: &Lifecycle, id: &str) {
         let socket = lifecycle.agent_socket(id);
-        std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        let seen = socket.parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&seen).unwrap();
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut reader = tokio::io::BufReader::new(stream);
                     let mut line = String::new();
@@ -220,41 +223,45 @@ mod tests {
                     let mut stream = reader.into_inner();
                     stream.write_all(b"OK 1073741824\n").await.unwrap();
                     let service = hyper::service::service_fn(
-                        |req: http::Request<hyper::body::Incoming>| async move {
-                            use sha2::Digest;
-                            assert_eq!(req.uri().path(), WRITE);
-                            let q: WriteQuery =
-                                serde_urlencoded::from_str(req.uri().query().unwrap()).unwrap();
-                            let mut hash = sha2::Sha256::new();
-                            let mut n = 0u64;
-                            let mut body = req.into_body();
-                            while let Some(Ok(f)) = body.frame().await {
-                                if let Ok(d) = f.into_data() {
-                                    n += d.len() as u64;
-                                    hash.update(&d);
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                use sha2::Digest;
+                                assert_eq!(req.uri().path(), WRITE);
+                                let q: WriteQuery =
+                                    serde_urlencoded::from_str(req.uri().query().unwrap()).unwrap();
+                                let mut hash = sha2::Sha256::new();
+                                let mut n = 0u64;
+                                let mut body = req.into_body();
+                                while let Some(Ok(f)) = body.frame().await {
+                                    if let Ok(d) = f.into_data() {
+                                        n += d.len() as u64;
+                                        hash.update(&d);
+                                    }
                                 }
-                            }
-                            let (status, answer) = if q.name == "refuse.txt" {
-                                (400, r#"{"error":"no such name"}"#.to_string())
-                            } else {
-                                let w = FileWritten {
-                                    success: true,
-                                    path: format!(
-                                        "/home/user/Desktop/{}#{}",
-                                        q.name,
-                                        hex::encode(hash.finalize())
-                                    ),
-                                    name: q.name,
-                                    size_bytes: n,
+                                std::fs::write(seen.join(format!("got-{}", q.name)), b"").unwrap();
+                                let (status, answer) = if q.name == "refuse.txt" {
+                                    (400, r#"{"error":"no such name"}"#.to_string())
+                                } else {
+                                    let w = FileWritten {
+                                        success: true,
+                                        path: format!(
+                                            "/home/user/Desktop/{}#{}",
+                                            q.name,
+                                            hex::encode(hash.finalize())
+                                        ),
+                                        name: q.name,
+                                        size_bytes: n,
+                                    };
+                                    (200, serde_json::to_string(&w).unwrap())
                                 };
-                                (200, serde_json::to_string(&w).unwrap())
-                            };
-                            Ok::<_, Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .body(http_body_util::Full::new(Bytes::from(answer)))
-                                    .unwrap(),
-                            )
+                                Ok::<_, Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(http_body_util::Full::new(Bytes::from(answer)))
+                                        .unwrap(),
+                                )
+                            }
                         },
                     );
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -385,6 +392,30 @@ mod tests {
             matches!(&e, DeliveryError::Refused { status: 400, message } if message == "no such name"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_computer_that_becomes_running_gets_its_waiting_uploads() {
+        let (dir, store, lc, ws, computers) = setup();
+        let a = &computers[0];
+        let file = stored(&store, dir.path(), &ws, "waiting.txt", b"for later");
+        let listener = spawn_on_start(store.clone(), lc.clone(), dir.path().to_path_buf());
+        fake_agent(&lc, a);
+        lc.announce_running(a);
+        let taken = lc.agent_socket(a).with_file_name("got-waiting.txt");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !taken.exists() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the waiting upload was not put in"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Kept (a failed delivery gives its claim up at once): nothing is put in again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.pending_uploads(a).unwrap().is_empty());
+        assert!(!store.claim_delivery(&file.id, a).unwrap());
+        listener.abort();
     }
 
     #[test]

@@ -212,6 +212,17 @@ impl Store {
         Ok(())
     }
 
+    /// Records that computer `to` holds what computer `from` holds (a clone has its disk), so
+    /// that it does not get those uploads a second time.
+    pub fn copy_deliveries(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT OR IGNORE INTO file_deliveries (file_id, computer_id, claimed_at)
+             SELECT file_id, ?2, ?3 FROM file_deliveries WHERE computer_id = ?1",
+            params![from, to, now_iso()],
+        )?;
+        Ok(())
+    }
+
     /// Uploads meant for computer `computer_id` (to it, or to its workspace without a computer)
     /// that are not in it yet, oldest first.
     pub fn pending_uploads(&self, computer_id: &str) -> Result<Vec<StoredFile>, StoreError> {
@@ -366,6 +377,14 @@ mod tests {
         assert_eq!(ids(&c2.id), Vec::<String>::new());
         store.release_delivery("ws", &c2.id).unwrap();
         assert_eq!(ids(&c2.id), vec!["ws"]);
+        // A clone of c1 holds what c1 holds.
+        assert!(store.claim_delivery("ws", &c1.id).unwrap());
+        let c3 = store
+            .insert_computer(&computer(&ws.id, "c3"), |_| Ok(()))
+            .unwrap();
+        store.copy_deliveries(&c1.id, &c3.id).unwrap();
+        assert_eq!(ids(&c3.id), Vec::<String>::new());
+        store.release_delivery("ws", &c1.id).unwrap();
         // Claims go with their file and their computer.
         assert!(store.claim_delivery("ws", &c1.id).unwrap());
         store.delete_file("ws").unwrap();
