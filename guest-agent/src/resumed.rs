@@ -38,6 +38,25 @@ const HELPER_DEADLINE: Duration = Duration::from_secs(20);
 /// Cap on what is read from either side of the helper socket.
 const HELPER_MAX_BYTES: u64 = 64 * 1024;
 
+/// What the agent hands the helper: the request, and when the agent received it on
+/// CLOCK_MONOTONIC, so the clock is set to the host's time plus however long the helper took to
+/// start (seconds in the rig), not to a time already past.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct HelperRequest {
+    pub resumed: Resumed,
+    pub received_monotonic_ns: u64,
+}
+
+/// CLOCK_MONOTONIC now, nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// What the helper answers.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum HelperAnswer {
@@ -49,11 +68,15 @@ pub enum HelperAnswer {
 /// Has the root helper apply `req` (the agent's side).
 pub async fn apply_through_helper(req: &Resumed) -> Result<ResumedDone, ResumedError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = HelperRequest {
+        resumed: req.clone(),
+        received_monotonic_ns: monotonic_ns(),
+    };
     let exchange = async {
         let mut stream = tokio::net::UnixStream::connect(HELPER_SOCKET)
             .await
             .map_err(|e| format!("cannot reach the root helper at {HELPER_SOCKET}: {e}"))?;
-        let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
         stream.write_all(&body).await.map_err(|e| e.to_string())?;
         stream.shutdown().await.map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
@@ -87,9 +110,9 @@ pub fn serve_helper() -> std::process::ExitCode {
         .read_to_end(&mut body);
     let answer = match read {
         Err(e) => HelperAnswer::Failed(format!("cannot read the request: {e}")),
-        Ok(_) => match serde_json::from_slice::<Resumed>(&body) {
+        Ok(_) => match serde_json::from_slice::<HelperRequest>(&body) {
             Err(e) => HelperAnswer::BadRequest(format!("bad request: {e}")),
-            Ok(req) => match apply(&req) {
+            Ok(req) => match apply(&req.resumed, req.received_monotonic_ns) {
                 Ok(done) => HelperAnswer::Done(done),
                 Err(ResumedError::BadRequest(m)) => HelperAnswer::BadRequest(m),
                 Err(e) => HelperAnswer::Failed(e.to_string()),
@@ -107,12 +130,14 @@ pub fn serve_helper() -> std::process::ExitCode {
 }
 
 /// Applies `req` (as root); blocking (small file writes and syscalls).
-pub fn apply(req: &Resumed) -> Result<ResumedDone, ResumedError> {
+pub fn apply(req: &Resumed, received_monotonic_ns: u64) -> Result<ResumedDone, ResumedError> {
     let entropy = match &req.identity {
         Some(id) => Some(id.check().map_err(ResumedError::BadRequest)?),
         None => None,
     };
-    let clock_step_ms = step_clock(req.host_time_unix_ns)?;
+    // The host's time, moved on by however long it took to get here since the agent received it.
+    let since = monotonic_ns().saturating_sub(received_monotonic_ns);
+    let clock_step_ms = step_clock(req.host_time_unix_ns.saturating_add(since))?;
     if let (Some(id), Some(entropy)) = (&req.identity, entropy) {
         // Entropy first: nothing the new identity leads to should draw from the old RNG state.
         reseed_rng(&entropy)?;
@@ -256,6 +281,9 @@ mod tests {
             }),
         };
         // Refused before the clock (which would be set to 1970) is touched.
-        assert!(matches!(apply(&req), Err(ResumedError::BadRequest(_))));
+        assert!(matches!(
+            apply(&req, monotonic_ns()),
+            Err(ResumedError::BadRequest(_))
+        ));
     }
 }
