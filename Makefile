@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 .PHONY: bench-agent bench-api sdk-venv
-.PHONY: all build build-debug test unit e2e rig-self-test bench run deps install-deps-test lint image image-boot-test
+.PHONY: all build build-debug test unit fuzz e2e rig-self-test bench run deps install-deps-test lint image image-boot-test
 
 all: build
 
@@ -16,7 +16,7 @@ build-debug:
 ## Every test: unit and integration tests, then the end-to-end tests in the rig. Each rig stage has
 ## its own timeout and all share one deadline (tests/rig/README.md, "Time limits"), so even a stuck
 ## one ends well within CI's 90 minutes.
-test: deps install-deps-test unit e2e
+test: deps install-deps-test unit fuzz e2e
 ## The rig stages share one deadline (tests/rig/run caps each run's timeout to it): 80 minutes after
 ## `make test` or `make e2e` starts, retries included, or the RIG_DEADLINE given (seconds since the epoch).
 test e2e: export RIG_DEADLINE := $(or $(RIG_DEADLINE),$(shell echo $$(( $$(date +%s) + 80 * 60 ))))
@@ -32,7 +32,20 @@ install-deps-test:
 
 ## Unit tests, agent tests against Xvfb, API tests against a daemon on a temporary socket.
 unit: sdk-venv
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace -- --skip fuzz_
+	# The agent's X tests once more on the image's X server, TigerVNC's Xvnc.
+	DESKD_TEST_X_SERVER=xvnc $(CARGO) test -p deskd-agent
+
+## Fuzz targets on stable Rust (bolero's random engine under `cargo test`; README "Fuzzing"):
+## virtio queues (block, net, rng, vsock), the vsock connection state machine, the MMIO transport
+## and its restore, the console and port devices, the snapshot reader, the API's JSON bodies and
+## the agent protocol. Each first replays the inputs kept beside it in __fuzz__/<target>/corpus
+## and crashes/, then runs FUZZ_SECONDS of random inputs (4 here; a plain `cargo test` gives each 1
+## s; `make fuzz FUZZ_SECONDS=600` for a long run).
+FUZZ_SECONDS ?= 4
+fuzz:
+	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test -p deskd --lib fuzz_
+	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test -p deskd-agent --lib fuzz_
 
 ## The official orgo Python SDK from PyPI in target/sdk-venv, the client of the SDK tests.
 sdk-venv:
@@ -88,6 +101,11 @@ bench-agent:
 
 bench-api:
 	$(CARGO) bench --bench api
+
+## The live view's bytes/s and CPU on this host: Xvnc (the image's) next to x11vnc on Xvfb.
+.PHONY: bench-vnc
+bench-vnc:
+	benches/vnc-host
 
 ## Guest networking's host side: set-up/teardown per computer, p50/p99 over 50 (root; no VM).
 .PHONY: bench-network

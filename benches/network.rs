@@ -50,7 +50,7 @@ fn main() {
         .build()
         .expect("runtime");
     let config = NetworkConfig {
-        enabled: true,
+        enabled: deskd::network::Switch::On,
         // Never asked: the bench sends no DNS query.
         upstream_dns: vec!["127.0.0.1:53".parse().unwrap()],
         ..NetworkConfig::default()

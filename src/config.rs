@@ -27,7 +27,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Base URL clients use to reach this daemon (through a reverse proxy); it is the prefix of a
-    /// computer's `url` and `connection_url`.
+    /// computer's `url`, `connection_url` and `hostname` (that one without the scheme).
     pub public_url: String,
     pub quotas: Quotas,
     pub rate_limit: RateLimit,
@@ -73,6 +73,10 @@ pub struct Limits {
     pub max_upload_bytes: usize,
     /// Most bytes the stored files (uploads and exports) of one workspace may take together.
     pub max_workspace_files_bytes: u64,
+    /// Most calls to guest agents (actions, screenshots, bash, the desktop proxy, file exports)
+    /// one API key may have in flight at once; past it, 429 with Retry-After. WebSocket relays,
+    /// which authenticate with a computer's token, count per computer.
+    pub max_agent_calls_per_key: usize,
 }
 
 impl Default for Config {
@@ -114,6 +118,7 @@ impl Default for Limits {
             max_json_body_bytes: 1024 * 1024,
             max_upload_bytes: 10 * 1024 * 1024,
             max_workspace_files_bytes: 1024 * 1024 * 1024,
+            max_agent_calls_per_key: 32,
         }
     }
 }
@@ -171,6 +176,9 @@ impl Config {
         }
         if self.limits.max_json_body_bytes < 1024 {
             return Err("limits.max_json_body_bytes must be at least 1024".into());
+        }
+        if self.limits.max_agent_calls_per_key == 0 {
+            return Err("limits.max_agent_calls_per_key must be at least 1".into());
         }
         self.network.check()?;
         Ok(())

@@ -8,6 +8,7 @@
 //! - `vmm`: the embedded virtual machine monitor run as `deskd vmm` (one process per VM).
 //! - `serve`: the daemon's start-up and shutdown (`deskd serve`).
 //! - `config`: the daemon's configuration file (quotas, public URL, limits).
+//! - `templates`: `orgo.ai/v1` template documents, their checks, builds and launch checks.
 
 pub mod api;
 pub mod cli;
@@ -17,4 +18,5 @@ pub mod files;
 pub mod network;
 pub mod serve;
 pub mod store;
+pub mod templates;
 pub mod vmm;

@@ -147,11 +147,15 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     let exe = std::env::current_exe().map_err(ServeError::Exe)?;
     let backend = Arc::new(VmmProcessBackend::new(exe, &args.data_dir, hardware));
-    let lifecycle = Arc::new(Lifecycle::new(
-        store.clone(),
-        backend,
-        args.data_dir.clone(),
-    ));
+    // Guest networking (issue 12): on where the host can do it (`[network] enabled = "auto"`),
+    // required with `true` (a host that cannot provide it then refuses to start rather than run
+    // guests unfiltered), off with `false`; the log says which and why.
+    let networking = crate::network::switch::start(&config.network, hardware).await?;
+    let network = networking.network.clone();
+    let lifecycle = Arc::new(
+        Lifecycle::new(store.clone(), backend, args.data_dir.clone())
+            .with_network(networking.network, networking.required),
+    );
     crate::files::reset_incoming(&args.data_dir).map_err(|source| ServeError::FilesDir {
         path: crate::files::incoming_dir(&args.data_dir),
         source,
@@ -165,16 +169,21 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
         lifecycle.clone(),
         args.data_dir.clone(),
     );
-    // Guest networking (issue 12) is off unless `[network] enabled`; when on, a host that cannot
-    // provide it (no nf_tables, no resolver) refuses to start rather than run guests unfiltered.
-    // TODO(lead): reconcile with the running computers and call setup/teardown from the
-    // lifecycle (see src/network/mod.rs).
-    let network = if config.network.enabled {
-        Some(crate::network::Network::start(config.network.clone()).await?)
-    } else {
-        None
-    };
+    // The curated system/... templates of this deskd, and the template build manager with the
+    // VM builder (build computers boot the base image; crate::templates::vm_builder).
+    crate::templates::seed(&store)?;
+    let builder = crate::templates::VmBuilder::new(store.clone(), lifecycle.clone());
+    // Build computers of builds the last daemon was running (those builds are failed below).
+    let leftovers = builder.remove_leftovers();
+    let builds = crate::templates::Builds::new(
+        store.clone(),
+        Arc::new(builder.clone()),
+        &args.data_dir,
+        crate::templates::builds::DEFAULT_TIME_LIMIT,
+    )?;
+    tokio::spawn(leftovers);
     let state = AppState {
+        builds,
         network,
         signer,
         account_id: store.account_id()?.into(),
@@ -184,6 +193,7 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
             config.rate_limit.requests_per_second,
             config.rate_limit.burst,
         )),
+        agent_calls: crate::api::InFlight::new(config.limits.max_agent_calls_per_key),
         config: Arc::new(config),
         host: HostFacts::detect(),
         metrics: Default::default(),

@@ -57,6 +57,14 @@ fn create_answers_201_with_every_field_and_a_truthful_status() {
     assert_eq!(c["instance_details"]["resolution"], "1920x1080x24");
     assert_eq!(c["fly_instance_id"], c["instance_id"]);
     assert_eq!(c["instance_id"].as_str().unwrap().len(), 8);
+    // As the service shapes them, from the public URL (default http://localhost): viewers append
+    // `/ws/websockify` to connection_url, and `orgo-vnc` opens `wss://{hostname}/websockify`.
+    let inst = c["instance_id"].as_str().unwrap();
+    assert_eq!(
+        c["connection_url"],
+        format!("http://localhost/desktops/{inst}")
+    );
+    assert_eq!(c["hostname"], format!("localhost/desktops/{inst}"));
     assert_eq!(c["template_ref"], "system/desktop@1.0.0");
     // Never `running` without a VM; on a host without vmx/svm it is `error` with the reason.
     assert_ne!(c["status"], "running");

@@ -1,5 +1,5 @@
 //! Desktop routes of a real daemon whose computers cannot run here (no VM): the refusals clients
-//! rely on. WebSocket close codes (4401 bad token, 4404 not found or not running), actions on a
+//! rely on. WebSocket close codes (4401 bad token, 4404 not found or not running, VNC included), actions on a
 //! computer that is not running (400 "Desktop instance not available", at once: only booting
 //! computers are waited for), the console log, stored screenshots that do not exist. Forwarding to
 //! a real agent in a real VM is tested in the rig by tests/sdk-rig-e2e.
@@ -110,6 +110,20 @@ fn desktop_routes_refuse_clearly_when_there_is_no_desktop() {
         );
         assert_eq!(
             close_code(&d, &format!("/desktops/ffffffff/ws/events?token={token}")).await,
+            Some(4404)
+        );
+        // VNC: no token needed (RFB's VNC authentication is the check), a wrong one is refused,
+        // and a computer that is not running closes 4404 on both paths.
+        assert_eq!(
+            close_code(&d, &format!("/desktops/{id}/ws/websockify?token=wrong")).await,
+            Some(4401)
+        );
+        assert_eq!(
+            close_code(&d, &format!("/desktops/{id}/ws/websockify")).await,
+            Some(4404)
+        );
+        assert_eq!(
+            close_code(&d, &format!("/desktops/{instance}/websockify")).await,
             Some(4404)
         );
     });

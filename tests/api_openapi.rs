@@ -34,7 +34,11 @@ fn the_document_matches_the_router() {
         } else {
             ws.as_str()
         };
+        // Template paths name a user template that does not exist (404), never a curated one.
         path.replace("{id}", id)
+            .replace("{ns}", "default")
+            .replace("{name}", "absent")
+            .replace("{version}", "1.0.0")
             .replace("{instance_id}", inst)
             .replace("{endpoint}", "health")
     };

@@ -349,7 +349,7 @@ fn pump(from: &OwnedFd, to: &OwnedFd, stop: &AtomicBool) {
 
 fn config(upstream: SocketAddr) -> NetworkConfig {
     NetworkConfig {
-        enabled: true,
+        enabled: deskd::network::Switch::On,
         upstream_dns: vec![upstream],
         ..NetworkConfig::default()
     }
@@ -427,6 +427,11 @@ fn isolation_nat_dns_policy_spoofing_and_teardown() {
         .block_on(net.setup(b_id, &EgressPolicy::default()))
         .expect("setup b");
     assert_ne!(a.link, b.link);
+    // Every gateway has the one fixed MAC, so a resumed or cloned guest's ARP cache stays right.
+    for id in [a_id, b_id] {
+        let tap = sh(&format!("ip -n deskd-{id} link show tap0"));
+        assert!(tap.contains("link/ether 02:de:5c:00:00:01"), "{id}: {tap}");
+    }
     let ga = Guest::attach("dk-test-guest-a", &a.tap);
     let _gb = Guest::attach("dk-test-guest-b", &b.tap);
     let g = Some(ga.ns.as_str());
@@ -624,5 +629,207 @@ fn reconcile_removes_leftovers_and_restores_running_computers() {
     assert_eq!(report.removed_namespaces, vec![format!("deskd-{kept}")]);
     assert!(!ns_exists(kept));
     assert!(!link_exists(&addresses::host_veth_name(kept)));
+    // A start that runs while the daemon's recovery reconciles (its VMM not spawned yet, so not
+    // among the running): the network it just made is not a leftover.
+    let _fresh = rt
+        .block_on(net.setup(gone, &EgressPolicy::default()))
+        .unwrap();
+    let report = rt.block_on(net.reconcile(&[])).unwrap();
+    assert!(report.removed_namespaces.is_empty(), "{report:?}");
+    assert!(report.removed_links.is_empty(), "{report:?}");
+    assert!(ns_exists(gone));
     rt.block_on(net.shutdown()).unwrap();
+    assert!(!ns_exists(gone));
+}
+
+/// The daemon's side of the wiring, with a shell standing in for `deskd vmm` (so that the
+/// lifecycle, not the VMM, is under test): a start sets up the computer's namespace and hands the
+/// VMM the TAP at descriptor 3 with the card in its vmm.json, the daemon keeps no copy of the
+/// TAP, and a stop, a VMM that dies and a daemon restart leave no namespace or link behind (and
+/// a running VM keeps its own across the restart).
+#[test]
+fn the_lifecycle_gives_a_starting_vmm_its_tap_and_tears_the_network_down_after() {
+    use deskd::computers::{Lifecycle, VmBackend, VmmProcessBackend};
+    use deskd::store::{ComputerStatus, NewComputer, Store, WorkspaceStatus};
+    let name = "the_lifecycle_gives_a_starting_vmm_its_tap_and_tears_the_network_down_after";
+    skip_unless_able!(name);
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let data = tempfile::tempdir().unwrap();
+    let script = data.path().join("fake-deskd");
+    // Like the real VMM it writes its pid file; it records what its descriptor 3 is.
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ndir=$(dirname \"$3\")\n\
+         echo \"$$ $(cut -d' ' -f22 /proc/$$/stat)\" > \"$dir/vmm.pid\"\n\
+         cat /proc/self/fdinfo/3 > \"$dir/fd3.tmp\" 2>&1; readlink /proc/self/fd/3 >> \"$dir/fd3.tmp\"\n\
+         mv \"$dir/fd3.tmp\" \"$dir/fd3\"\nexec sleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let probe = VmmProcessBackend::new(script.clone(), data.path(), true);
+    if let Err(e) = probe.host_check() {
+        eprintln!("SKIPPED {name}: {e}");
+        return;
+    }
+    let images = data.path().join("images/system/desktop/1.0.0");
+    std::fs::create_dir_all(&images).unwrap();
+    for f in ["kernel", "initrd", "rootfs"] {
+        std::fs::write(images.join(f), b"x").unwrap();
+    }
+    let store = Arc::new(Store::open(data.path()).unwrap());
+    let ws = store
+        .create_workspace("w", WorkspaceStatus::Active, None)
+        .unwrap();
+    let c = store
+        .insert_computer(
+            &NewComputer {
+                egress_policy: None,
+                workspace_id: ws.id,
+                name: "c".into(),
+                os: "linux".into(),
+                cpu: 1,
+                ram_gb: 1,
+                gpu: "none".into(),
+                disk_size_gb: 1,
+                resolution: "1280x720x24".into(),
+                auto_stop_minutes: None,
+                template_ref: "system/desktop@1.0.0".into(),
+                image: None,
+                vnc_password: "x".into(),
+            },
+            |_| Ok(()),
+        )
+        .unwrap();
+    store.set_bandwidth_limit(&c.id, Some(10)).unwrap();
+    let id: &'static str = Box::leak(c.id.clone().into_boxed_str());
+    let _cleanup = Cleanup {
+        ids: vec![id],
+        forwarding: forwarding(),
+    };
+    let dir = data.path().join("computers").join(id);
+    let upstream = start_upstream(HashMap::from([("ok.test", OK_IP)]));
+    let rt = rt();
+    let daemon = |rt: &tokio::runtime::Runtime| {
+        let net = rt.block_on(Network::start(config(upstream))).unwrap();
+        let backend = Arc::new(VmmProcessBackend::new(script.clone(), data.path(), true));
+        Arc::new(
+            Lifecycle::new(store.clone(), backend, data.path().to_path_buf())
+                .with_network(Some(net), true),
+        )
+    };
+    let status = || store.computer(id).unwrap().unwrap().status;
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let tun_fds_of_this_process = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .map(|l| l == std::path::Path::new("/dev/net/tun"))
+                    .unwrap_or(false)
+            })
+            .count()
+    };
+
+    let lc = daemon(&rt);
+    rt.block_on(lc.start(id)).unwrap();
+    wait("the VMM's descriptor 3", &|| dir.join("fd3").exists());
+    let fd3 = std::fs::read_to_string(dir.join("fd3")).unwrap();
+    assert!(
+        fd3.contains("iff:\ttap0"),
+        "descriptor 3 is not the TAP: {fd3}"
+    );
+    assert!(ns_exists(id));
+    let vmm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("vmm.json")).unwrap()).unwrap();
+    assert_eq!(
+        vmm["net"],
+        serde_json::json!([{"tap": {"fd": 3}, "mac": "02:de:5c:00:00:02",
+            "limit": {"bandwidth_bytes_per_sec": 1_250_000, "packets_per_sec": null}}])
+    );
+    // Once the start is over (it watches the new VMM for a moment), the daemon holds no TAP:
+    // the VMM's copy alone keeps it, so a VMM that dies takes its TAP along.
+    wait("the daemon to close its copy of the TAP", &|| {
+        tun_fds_of_this_process() == 0
+    });
+
+    // Stop: the namespace and the host link go with the VM.
+    rt.block_on(lc.stop(id)).unwrap();
+    wait("stopped", &|| status() == ComputerStatus::Stopped);
+    assert!(!ns_exists(id));
+    assert!(!link_exists(&addresses::host_veth_name(id)));
+
+    // A VMM that dies: the supervisor sees it and removes the network.
+    std::fs::remove_file(dir.join("fd3")).unwrap();
+    rt.block_on(lc.start(id)).unwrap();
+    wait("the VMM's descriptor 3", &|| dir.join("fd3").exists());
+    assert!(ns_exists(id));
+    let pid = |dir: &std::path::Path| -> i32 {
+        std::fs::read_to_string(dir.join("vmm.pid"))
+            .unwrap_or_else(|e| {
+                let files: Vec<_> = std::fs::read_dir(dir)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .collect();
+                let c = store.computer(id).unwrap().unwrap();
+                panic!(
+                    "no vmm.pid ({e}) in {files:?}; status {:?} {:?}; log {}",
+                    c.status,
+                    c.status_reason,
+                    std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default()
+                )
+            })
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid(&dir)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait("the supervisor to see the VMM's end", &|| {
+        rt.block_on(lc.supervise());
+        status() == ComputerStatus::Error
+    });
+    assert!(!ns_exists(id), "the network outlived its VMM");
+
+    // A daemon restart: a VM that runs keeps its network; once it has ended, the next daemon's
+    // recovery removes what is left.
+    std::fs::remove_file(dir.join("fd3")).unwrap();
+    rt.block_on(lc.start(id)).unwrap();
+    wait("the VMM's descriptor 3", &|| dir.join("fd3").exists());
+    drop(lc);
+    let lc = daemon(&rt);
+    rt.block_on(lc.recover()).unwrap();
+    assert!(
+        ns_exists(id),
+        "recovery removed a running computer's network"
+    );
+    let vmm = pid(&dir);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    wait("the VMM to end", &|| {
+        std::fs::read_to_string(format!("/proc/{vmm}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+    });
+    drop(lc);
+    let lc = daemon(&rt);
+    rt.block_on(lc.recover()).unwrap();
+    assert!(
+        !ns_exists(id),
+        "a dead VM's network survived the daemon's restart"
+    );
+    assert!(!link_exists(&addresses::host_veth_name(id)));
 }

@@ -277,6 +277,9 @@ async fn bench_resolution(w: u16, h: u16) {
         output_cap: deskd_agent::protocol::DEFAULT_OUTPUT_CAP,
         idle_after: Duration::from_secs(30),
         x_call_limit: Duration::from_secs(30),
+        vnc_socket: deskd_agent::vnc::DEFAULT_RFB_SOCKET.into(),
+        vnc_password_file: deskd_agent::vnc::DEFAULT_PASSWORD_FILE.into(),
+        pulse: deskd_agent::audio::Pulse::default(),
     };
     let agent = deskd_agent::build(&cfg).expect("agent");
     let desktop_probe = deskd_agent::x11::Desktop::new(&display);

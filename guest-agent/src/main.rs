@@ -35,6 +35,19 @@ struct Args {
     /// stdout (started by deskd-restore.socket; see deskd_agent::resumed).
     #[arg(long)]
     apply_resumed: bool,
+    /// The X server's RFB (VNC) Unix socket, bridged to /ws/vnc.
+    #[arg(long, default_value = deskd_agent::vnc::DEFAULT_RFB_SOCKET)]
+    vnc_socket: PathBuf,
+    /// The VNC password file the X server reads (-rfbauth), written by POST /vnc/password.
+    #[arg(long, default_value = deskd_agent::vnc::DEFAULT_PASSWORD_FILE)]
+    vnc_password_file: PathBuf,
+    /// PulseAudio server for the audio stream and RTMP (default: the session's, found through
+    /// $XDG_RUNTIME_DIR as every PulseAudio client does).
+    #[arg(long)]
+    pulse_server: Option<String>,
+    /// PulseAudio source of the desktop's sound.
+    #[arg(long, default_value = deskd_agent::protocol::audio::SPEAKER_MONITOR)]
+    audio_source: String,
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +77,12 @@ fn main() -> std::process::ExitCode {
         output_cap: args.output_cap,
         idle_after: Duration::from_secs(args.idle_seconds.max(1)),
         x_call_limit: Duration::from_secs(args.x_timeout.max(1)),
+        vnc_socket: args.vnc_socket,
+        vnc_password_file: args.vnc_password_file,
+        pulse: deskd_agent::audio::Pulse {
+            server: args.pulse_server,
+            source: args.audio_source,
+        },
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

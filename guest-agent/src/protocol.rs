@@ -6,13 +6,19 @@
 //!
 //! The daemon forwards the public action API (api.md sections 3 and 4) to the agent, so field
 //! names here are the public ones. Answers that are not JSON (screenshots) carry their metadata in
-//! the headers named below.
+//! the headers named below. The audio stream's format and messages are in [`audio`], RTMP
+//! streaming's rules, requests and status in [`stream`].
 
+pub mod audio;
 pub mod events;
 pub mod files;
 pub mod health;
 pub mod resumed;
 pub mod screenshot;
+pub mod stream;
+
+#[cfg(test)]
+mod fuzz;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +52,12 @@ pub mod paths {
     pub const CURSOR_POSITION: &str = "/cursor_position";
     /// `GET`: [`super::ClipboardText`]; `POST` a [`super::ClipboardSet`] to set it.
     pub const CLIPBOARD: &str = "/clipboard";
+    /// WebSocket: the desktop's RFB (VNC) stream, bytes in binary messages both ways.
+    pub const WS_VNC: &str = "/ws/vnc";
+    /// `POST`: [`super::VncPasswordRequest`], the password VNC viewers must give from now on.
+    pub const VNC_PASSWORD: &str = "/vnc/password";
+    /// WebSocket: the desktop's speaker, see [`super::audio`].
+    pub const WS_AUDIO: &str = "/ws/audio";
 }
 
 /// Screenshot answers: width of the image in pixels.
@@ -129,6 +141,18 @@ pub const SCROLL_AMOUNT: std::ops::RangeInclusive<i64> = 1..=1000;
 /// `/click` `clicks`: 1 (a click), 2 (as `double: true`) or 3 (a triple click, which selects a
 /// line or paragraph in most toolkits).
 pub const CLICKS: std::ops::RangeInclusive<i64> = 1..=3;
+
+/// `POST /vnc/password`: the computer's `vnc_password`. The daemon sends it before it relays a
+/// viewer, so the guest always holds the password of the current boot (it rotates at every start,
+/// and a restored or cloned VM must not keep its source's). VNC authentication uses only the first
+/// [`VNC_PASSWORD_SIGNIFICANT`] bytes (RFB 6.2.2); the rest is accepted and ignored by the server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VncPasswordRequest {
+    pub password: String,
+}
+
+/// Bytes of a password that VNC authentication compares (RFB's DES key is 8 bytes).
+pub const VNC_PASSWORD_SIGNIFICANT: usize = 8;
 
 /// Body of every non-2xx answer. The daemon adds `request_id` and `upstream_status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

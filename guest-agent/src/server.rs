@@ -18,8 +18,10 @@ use serde_json::json;
 
 use crate::events::EventHub;
 use crate::files::FileError;
+use crate::protocol::audio::AudioFormat;
 use crate::protocol::files::{self, FileWritten, ReadQuery, WriteQuery};
 use crate::protocol::resumed::{Resumed, ResumedDone};
+use crate::protocol::stream::{self, StreamStartRequest, StreamStarted, StreamStatus};
 use crate::protocol::*;
 use crate::run::{self, DesktopUser};
 use crate::x11::clipboard::Clipboard;
@@ -62,6 +64,14 @@ pub struct Agent {
     pub events: EventHub,
     /// How long a plain X call may take before the server counts as hung.
     pub x_call_limit: Duration,
+    /// The X server's RFB Unix socket (`/ws/vnc`).
+    pub vnc_socket: PathBuf,
+    /// The VNC password file the X server reads (`/vnc/password`).
+    pub vnc_password_file: PathBuf,
+    /// Where the desktop's sound is (`/ws/audio`).
+    pub pulse: crate::audio::Pulse,
+    /// The computer's RTMP stream (`/stream/*`).
+    pub streamer: crate::stream::Streamer,
 }
 
 type Shared = Arc<Agent>;
@@ -242,6 +252,12 @@ pub fn router(agent: Shared) -> Router {
         .route(paths::RESUMED, post(resumed))
         .route(paths::WS_TERMINAL, get(ws_terminal))
         .route(paths::WS_EVENTS, get(ws_events))
+        .route(paths::WS_VNC, get(ws_vnc))
+        .route(paths::VNC_PASSWORD, post(vnc_password))
+        .route(paths::WS_AUDIO, get(ws_audio))
+        .route(stream::paths::START, post(stream_start))
+        .route(stream::paths::STATUS, get(stream_status))
+        .route(stream::paths::STOP, post(stream_stop))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -657,6 +673,62 @@ async fn ws_terminal(
 async fn ws_events(State(agent): State<Shared>, ws: WebSocketUpgrade) -> Response {
     let hub = agent.events.clone();
     ws.on_upgrade(move |socket| crate::events::serve_client(socket, hub))
+}
+
+async fn ws_vnc(State(agent): State<Shared>, ws: WebSocketUpgrade) -> Response {
+    let rfb = agent.vnc_socket.clone();
+    // A framebuffer update of a large screen arrives in CHUNK-sized messages; the default
+    // limits only bound what a viewer may send, which is small (input events, client cut text).
+    ws.on_upgrade(move |socket| crate::vnc::bridge(socket, rfb))
+}
+
+async fn ws_audio(
+    State(agent): State<Shared>,
+    RawQuery(q): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let format = AudioFormat::from_query(q.as_deref());
+    let (pulse, events) = (agent.pulse.clone(), agent.events.clone());
+    ws.on_upgrade(move |socket| crate::audio::serve(socket, format, pulse, events))
+}
+
+async fn stream_start(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<StreamStartRequest>,
+) -> ApiResult<Json<StreamStarted>> {
+    use crate::stream::StreamError;
+    agent.streamer.start(req).map(Json).map_err(|e| match e {
+        StreamError::BadRequest(m) => ApiError::bad(m),
+        e @ StreamError::AlreadyStreaming(_) => ApiError {
+            status: StatusCode::CONFLICT,
+            message: e.to_string(),
+        },
+        e @ StreamError::Spawn(_) => ApiError::internal(e.to_string()),
+    })
+}
+
+async fn stream_status(State(agent): State<Shared>) -> Json<StreamStatus> {
+    Json(agent.streamer.status())
+}
+
+async fn stream_stop(State(agent): State<Shared>) -> Json<serde_json::Value> {
+    agent.streamer.stop().await;
+    Json(json!({"success": true}))
+}
+
+async fn vnc_password(
+    State(agent): State<Shared>,
+    JsonBody(req): JsonBody<VncPasswordRequest>,
+) -> ApiResult<Json<ActionResponse>> {
+    let path = agent.vnc_password_file.clone();
+    tokio::task::spawn_blocking(move || crate::vnc::write_password(&path, &req.password))
+        .await
+        .map_err(|e| ApiError::internal(format!("password task failed: {e}")))?
+        .map_err(|e| match e {
+            crate::vnc::VncError::EmptyPassword => ApiError::bad(e.to_string()),
+            other => ApiError::internal(other.to_string()),
+        })?;
+    Ok(action("vnc_password", json!({})))
 }
 
 /// Accepts connections forever. Each connection gets its own task, so a stuck request blocks

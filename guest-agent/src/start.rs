@@ -20,6 +20,12 @@ pub struct Config {
     pub idle_after: Duration,
     /// How long one X call may take before the request fails with 503 (default 30 s).
     pub x_call_limit: Duration,
+    /// The X server's RFB (VNC) Unix socket, bridged to `/ws/vnc`.
+    pub vnc_socket: PathBuf,
+    /// The VNC password file the X server reads, written by `POST /vnc/password`.
+    pub vnc_password_file: PathBuf,
+    /// The PulseAudio server and the speaker's monitor source (`/ws/audio`, RTMP streams).
+    pub pulse: crate::audio::Pulse,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,10 @@ pub fn build(cfg: &Config) -> Result<Arc<Agent>, StartError> {
         output_cap: cfg.output_cap,
         events,
         x_call_limit: cfg.x_call_limit,
+        vnc_socket: cfg.vnc_socket.clone(),
+        vnc_password_file: cfg.vnc_password_file.clone(),
+        pulse: cfg.pulse.clone(),
+        streamer: crate::stream::Streamer::new(&cfg.display, cfg.pulse.clone(), "ffmpeg"),
     }))
 }
 

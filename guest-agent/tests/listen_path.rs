@@ -22,6 +22,9 @@ async fn a_listen_path_that_is_not_a_socket_is_refused_and_kept() {
         output_cap: deskd_agent::protocol::DEFAULT_OUTPUT_CAP,
         idle_after: Duration::from_secs(30),
         x_call_limit: Duration::from_secs(30),
+        vnc_socket: deskd_agent::vnc::DEFAULT_RFB_SOCKET.into(),
+        vnc_password_file: deskd_agent::vnc::DEFAULT_PASSWORD_FILE.into(),
+        pulse: deskd_agent::audio::Pulse::default(),
     };
     let agent = deskd_agent::build(&cfg).expect("build agent");
     let err = tokio::time::timeout(

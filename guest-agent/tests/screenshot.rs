@@ -248,6 +248,9 @@ async fn health_over_vsock_loopback() {
         output_cap: 1 << 20,
         idle_after: std::time::Duration::from_secs(30),
         x_call_limit: std::time::Duration::from_secs(30),
+        vnc_socket: deskd_agent::vnc::DEFAULT_RFB_SOCKET.into(),
+        vnc_password_file: deskd_agent::vnc::DEFAULT_PASSWORD_FILE.into(),
+        pulse: deskd_agent::audio::Pulse::default(),
     };
     let agent = deskd_agent::build(&cfg).unwrap();
     let listen = cfg.listen.clone();

@@ -8,10 +8,14 @@ AGENT_BIN=""
 
 # build_agent STAGING_DIR: cargo build the agent and leave a stripped copy in STAGING_DIR.
 build_agent() {
-    local staging=$1 built needed
+    local staging=$1 built needed target
     step "cargo build --release -p deskd-agent" \
         env -C "$REPO_DIR" cargo build --release -p deskd-agent
-    built="$REPO_DIR/target/release/deskd-agent"
+    # Where cargo put it: $CARGO_TARGET_DIR (relative to the checkout) if set, as tests/lib/common.sh's
+    # find_deskd has it.
+    target=${CARGO_TARGET_DIR:-$REPO_DIR/target}
+    case "$target" in /*) ;; *) target=$REPO_DIR/$target ;; esac
+    built="$target/release/deskd-agent"
     [ -x "$built" ] || fail "cargo reported success but $built is missing"
     mkdir -p "$staging"
     AGENT_BIN="$staging/deskd-agent"

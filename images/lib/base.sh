@@ -98,9 +98,10 @@ clean_tree() {
     rm -rf "$root/tmp/"* "$root/var/tmp/"* "$root/root/.cache"
     find "$root/var/log" -type f -delete
     rm -f "$root/var/cache/debconf/"*-old "$root/var/lib/dpkg/"*-old
-    # The build host's resolver means nothing inside a computer.
+    # The build host's resolver means nothing inside a computer: every computer's resolver is
+    # deskd's, at its gateway (src/network; the address is the same for all of them).
     rm -f "$root/etc/resolv.conf"
-    : > "$root/etc/resolv.conf"
+    echo "nameserver 172.16.0.1" > "$root/etc/resolv.conf"
     # Host keys or caches that would be shared by every computer made from this image.
     rm -f "$root/var/lib/systemd/random-seed" "$root/etc/ssh/ssh_host_"*
 }

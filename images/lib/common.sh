@@ -142,7 +142,7 @@ ensure_host_tools() {
     if ! command -v cargo >/dev/null 2>&1; then
         fail "cargo is not on PATH: the guest agent is built from this workspace (install Rust, or run with sudo -E / a root PATH that has cargo)"
     fi
-    info "debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null || echo '?'), $(mkfs.ext4 -V 2>&1 | head -1), $(cargo --version)"
+    info "debootstrap $(dpkg-query -W -f '${Version}' debootstrap 2>/dev/null || echo '?'), $(mkfs.ext4 -V 2>&1 | sed -n 1p), $(cargo --version)"
 }
 
 human_size() {

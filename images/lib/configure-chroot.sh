@@ -33,7 +33,7 @@ echo 'Etc/UTC' > /etc/timezone
 
 # --- services
 systemctl set-default graphical.target
-systemctl enable deskd-xvfb.service deskd-session.service deskd-agent.service \
+systemctl enable deskd-display.service deskd-session.service deskd-agent.service \
     deskd-hostname.service deskd-selftest.service systemd-networkd.service \
     deskd-restore.socket
 # Nothing to wait for or to ask: no network at boot is normal, and nobody answers a first-boot prompt.

@@ -21,7 +21,7 @@ use base64::Engine;
 use deskd_agent::protocol::{self, ErrorBody, ScreenshotQuery};
 use serde_json::{json, Map, Value};
 
-use super::access::{self, ScopedComputer};
+use super::access;
 use super::body::JsonObject;
 use super::error::ApiError;
 use super::middleware::AuthKey;
@@ -35,7 +35,7 @@ use crate::store::{ApiKey, Computer, ComputerStatus};
 pub const BOOT_WAIT: Duration = Duration::from_secs(600);
 /// Time the agent gets for a call on top of what the call itself asks for (a bash timeout, a
 /// wait, typing at a given speed).
-const AGENT_MARGIN: Duration = Duration::from_secs(60);
+pub(super) const AGENT_MARGIN: Duration = Duration::from_secs(60);
 /// Longest time any call may ask for.
 const MAX_ASKED_SECS: f64 = 3600.0;
 
@@ -159,7 +159,7 @@ async fn forward_json(
 /// Sends `call` to the agent of the running computer `id` and passes its JSON answer through.
 /// The answer is checked to be JSON and passed through as it came: a large answer is never built
 /// into a tree of values.
-async fn forward_call(
+pub(super) async fn forward_call(
     state: &AppState,
     key: &ApiKey,
     id: &str,
@@ -366,19 +366,6 @@ pub async fn screenshot(
         answer["scale"] = json!(scale);
     }
     Ok(Json(answer))
-}
-
-/// Section 5 streaming: not built yet. A computer that is not running gets the contract's 400.
-pub async fn stream_action(
-    ScopedComputer { computer: c, .. }: ScopedComputer,
-) -> Result<Json<Value>, ApiError> {
-    if c.status != ComputerStatus::Running {
-        return Err(not_available(&c));
-    }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "RTMP streaming is not available in this deskd yet.",
-    ))
 }
 
 /// `GET|POST /desktops/{instance_id}/proxy/{endpoint}`: the agent's own HTTP API, same auth. No

@@ -41,7 +41,7 @@ fn show(state: &AppState, c: &Computer) -> Result<Value, ApiError> {
     ))
 }
 
-fn reload(state: &AppState, id: &str) -> Result<Computer, ApiError> {
+pub(super) fn reload(state: &AppState, id: &str) -> Result<Computer, ApiError> {
     state
         .store
         .computer(id)?
@@ -161,7 +161,7 @@ fn parse_egress_policy(v: &Value) -> Result<EgressPolicy, ApiError> {
 }
 
 /// The quota check run inside the create transaction.
-fn admit(
+pub(super) fn admit(
     state: &AppState,
     cpu: u32,
     ram_gb: u32,
@@ -171,7 +171,7 @@ fn admit(
     move |now: &Commitment| quota::admit(&quotas, host, cpu, ram_gb, now)
 }
 
-fn check_disk_quota(state: &AppState, disk_gb: u32) -> Result<(), ApiError> {
+pub(super) fn check_disk_quota(state: &AppState, disk_gb: u32) -> Result<(), ApiError> {
     quota::check_disk(&state.config.quotas, disk_gb)
         .map_err(|e| ApiError::forbidden(e).with("code", "quota_exceeded"))?;
     check_free_space(state)
@@ -196,11 +196,77 @@ fn check_free_space_for(state: &AppState, needed_bytes: u64) -> Result<(), ApiEr
 
 /// Starts a computer just made; a failure leaves it in `error` with the reason (see
 /// `crate::computers`), which is what the create answer then shows.
-async fn start_new(state: &AppState, id: &str) -> Result<(), ApiError> {
+pub(super) async fn start_new(state: &AppState, id: &str) -> Result<(), ApiError> {
     match state.lifecycle.start(id).await {
         Ok(_) | Err(LifecycleError::CannotStart(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Starts a computer just made, from its template's golden snapshot when the template is built
+/// (`crate::templates::launch`); a computer whose snapshot cannot be copied is removed again and
+/// the create fails saying why.
+pub(super) async fn launch_new(state: &AppState, c: &Computer) -> Result<(), ApiError> {
+    match crate::templates::launch::prepare(&state.store, &state.builds, &state.lifecycle, c).await
+    {
+        Ok(from) => {
+            tracing::info!(computer = %c.id, template = %c.template_ref, ?from, "launching")
+        }
+        Err(e) => {
+            let _ = state.lifecycle.destroy(&c.id).await;
+            return Err(ApiError::internal(e.to_string()));
+        }
+    }
+    start_new(state, &c.id).await
+}
+
+/// 400 when the published template asks for what this host cannot give (a GPU, a region) or a
+/// required secret is missing from the create's `secrets` map (templates.md).
+// TODO(lead): keep the secrets for /root/.env at launch; they are only checked here.
+fn check_template_launch(
+    state: &AppState,
+    template_ref: &str,
+    body: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let Some(t) = crate::templates::find_for_launch(&state.store, template_ref)? else {
+        return Ok(());
+    };
+    let Ok(valid) = crate::templates::validate_value(t.document.clone()) else {
+        return Err(ApiError::internal(format!(
+            "the stored document of {} no longer validates",
+            t.reference
+        )));
+    };
+    let refuse = |e: crate::templates::LaunchRefused| {
+        ApiError::bad_request(e.message).with("fields", e.fields)
+    };
+    crate::templates::check_hardware(
+        &t.reference,
+        &valid.document,
+        &crate::templates::HostCapabilities::default(),
+    )
+    .map_err(refuse)?;
+    let mut secrets = std::collections::BTreeMap::new();
+    match field(body, "secrets") {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Some(v) = v.as_str() else {
+                    return Err(ApiError::bad_request(format!(
+                        "secrets.{k} must be a string."
+                    )));
+                };
+                secrets.insert(k.clone(), v.to_string());
+            }
+        }
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "secrets must be an object of name: value, not {}.",
+                kind(v)
+            )))
+        }
+    }
+    crate::templates::check_secrets(&t.reference, &valid.document, &secrets).map_err(refuse)
 }
 
 /// `POST /computers`.
@@ -220,11 +286,10 @@ pub async fn create(
             )),
             Some(_) => return Err(ApiError::bad_request("os must be \"linux\".")),
         };
-    let cpu = field(&body, "cpu").map(parse_cpu).transpose()?.unwrap_or(1);
+    let cpu = field(&body, "cpu").map(parse_cpu).transpose()?;
     let ram_gb = field(&body, "ram")
         .map(|v| parse_ram(v, &RAM_CHOICES, "ram"))
-        .transpose()?
-        .unwrap_or(4);
+        .transpose()?;
     let gpu = match field(&body, "gpu") {
         None => "none".to_string(),
         Some(Value::String(s)) if s == "none" => s.clone(),
@@ -242,11 +307,10 @@ pub async fn create(
         }
     };
     let disk_size_gb =
-        optional_int(&body, "disk_size_gb", MIN_DISK_GB, 1_000_000)?.unwrap_or(MIN_DISK_GB) as u32;
+        optional_int(&body, "disk_size_gb", MIN_DISK_GB, 1_000_000)?.map(|n| n as u32);
     let resolution = field(&body, "resolution")
         .map(parse_resolution)
-        .transpose()?
-        .unwrap_or_else(|| DEFAULT_RESOLUTION.to_string());
+        .transpose()?;
     let auto_stop_minutes = parse_auto_stop(&body)?;
     let image = optional_string(&body, "image", 256)?;
     let template_ref =
@@ -255,15 +319,33 @@ pub async fn create(
             Some(_) => return Err(ApiError::bad_request(
                 "template_ref must look like namespace/name@version, e.g. system/desktop@1.0.0.",
             )),
-            // The legacy `image` may name a template; any other image name gets the default desktop.
+            // The legacy `image` may name a template (the SDK sends a bare template name); any
+            // other image name gets the default desktop.
             None => match &image {
                 Some(i) if is_template_ref(i) => i.clone(),
-                _ => DEFAULT_TEMPLATE.to_string(),
+                Some(i) => crate::templates::find_for_launch(&state.store, i)?
+                    .map(|t| t.reference.to_string())
+                    .unwrap_or_else(|| DEFAULT_TEMPLATE.to_string()),
+                None => DEFAULT_TEMPLATE.to_string(),
             },
         };
+    check_template_launch(&state, &template_ref, &body)?;
+    // The template's hardware fills what the request leaves out (templates.md); a computer of
+    // that hardware can restore the template's golden snapshot.
+    let (t_cpu, t_ram, t_disk, t_resolution) =
+        crate::templates::find_for_launch(&state.store, &template_ref)?
+            .and_then(|t| crate::templates::validate_value(t.document).ok())
+            .map(|v| crate::templates::vm_builder::template_hardware(&v.document))
+            .unwrap_or((1, 4, MIN_DISK_GB as u32, DEFAULT_RESOLUTION.to_string()));
+    let cpu = cpu.unwrap_or(t_cpu);
+    let ram_gb = ram_gb.unwrap_or(t_ram);
+    let disk_size_gb = disk_size_gb.unwrap_or(t_disk);
+    let resolution = resolution.unwrap_or(t_resolution);
     let egress_policy = field(&body, "egress_policy")
         .map(parse_egress_policy)
         .transpose()?;
+    // Ours: the card's limit from its first boot (resize changes it live).
+    let bandwidth = optional_int(&body, "bandwidth_limit_mbps", 1, 100_000)?.map(|n| n as u32);
     check_disk_quota(&state, disk_size_gb)?;
     let ws = access::workspace(&state, &key, &workspace_id)?;
     let new = NewComputer {
@@ -284,7 +366,10 @@ pub async fn create(
     let c = state
         .store
         .insert_computer(&new, admit(&state, cpu, ram_gb))?;
-    start_new(&state, &c.id).await?;
+    if bandwidth.is_some() {
+        state.store.set_bandwidth_limit(&c.id, bandwidth)?;
+    }
+    launch_new(&state, &c).await?;
     let c = reload(&state, &c.id)?;
     Ok((
         StatusCode::CREATED,
@@ -308,7 +393,19 @@ pub async fn list(
         }
         None => match key.workspace_id.as_deref() {
             Some(scope) => state.store.computers_in_workspace(scope)?,
-            None => state.store.all_computers()?,
+            None => {
+                // Template build computers are deskd's own, not a user's.
+                let hidden: Vec<String> = state
+                    .store
+                    .list_workspaces()?
+                    .into_iter()
+                    .filter(|w| w.name == crate::templates::vm_builder::BUILD_WORKSPACE)
+                    .map(|w| w.id)
+                    .collect();
+                let mut all = state.store.all_computers()?;
+                all.retain(|c| !hidden.contains(&c.workspace_id));
+                all
+            }
         },
     };
     let mut names: HashMap<String, String> = HashMap::new();
@@ -517,6 +614,10 @@ pub async fn clone(
     }
     // The clone's disk holds the uploads its source got: they are not put in again.
     state.store.copy_deliveries(&src.id, &c.id)?;
+    // And its card the source's limit (a live clone restores the source's card state).
+    state
+        .store
+        .set_bandwidth_limit(&c.id, state.store.bandwidth_limit(&src.id)?)?;
     start_new(&state, &c.id).await?;
     let c = reload(&state, &c.id)?;
     Ok((
@@ -614,7 +715,8 @@ pub async fn resize(
             .lifecycle
             .hotplug(&c.id, Hotplug::BandwidthMbps(b))
             .await;
-        apply("bandwidth_limit_mbps", b.into(), r, 0);
+        let current = state.store.bandwidth_limit(&c.id)?.unwrap_or(0);
+        apply("bandwidth_limit_mbps", b.into(), r, current.into());
     }
     if let Some(m) = auto_stop {
         let r = state
@@ -641,7 +743,7 @@ pub async fn resize(
             "vcpus": now.cpu,
             "mem_gb": now.ram_gb,
             "disk_size_gb": now.disk_size_gb,
-            "bandwidth_limit_mbps": Value::Null,
+            "bandwidth_limit_mbps": state.store.bandwidth_limit(&c.id)?,
             "auto_stop_minutes": now.auto_stop_minutes,
             "results": results,
             "partial": ok > 0 && failed > 0,

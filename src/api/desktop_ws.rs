@@ -1,10 +1,19 @@
 //! Section 4 WebSockets, `/desktops/{id}/ws/{terminal|events|audio|websockify}?token=...`: the
 //! token is the computer's `vnc_password` (no API key: browsers cannot set headers on WebSockets).
-//! Terminal and events are relayed message by message to the guest agent's own WebSockets over
-//! vsock. Refusals are WebSocket close codes, sent after the upgrade so that browser clients can
-//! read them: 4401 missing or bad token, 4404 computer not found or not running, 4500 the agent
-//! could not be reached or the stream is not available (audio, VNC: not built yet), 1001 when the
-//! agent's side ends (the computer is stopping).
+//! Terminal, events, audio and VNC are relayed message by message to the guest agent's own
+//! WebSockets over vsock. Refusals are WebSocket close codes, sent after the upgrade so that
+//! browser clients can read them: 4401 missing or bad token, 4404 computer not found or not
+//! running, 4500 the agent could not be reached or the stream could not start, 1013 (try again later)
+//! when the computer has as many relays open as `limits.max_agent_calls_per_key`, 1001 when the
+//! agent's side ends (the computer is stopping). Audio says why in an `error` message before its
+//! 4500 (the contract's `Failed to start audio capture`, or what is wrong with `sample_rate` or
+//! `channels`), as the agent does for a capture that fails.
+//!
+//! VNC (`websockify`, also at `/desktops/{id}/websockify`, the path `orgo-vnc` builds) is RFB in
+//! binary messages. Viewers do not send a token (noVNC and `orgo-vnc` give the password to VNC
+//! authentication instead), so for it a token is optional and, if given, must be right; the check
+//! is the guest's VNC authentication, with the password the daemon hands the agent just before
+//! each relay starts (so a rotated, restored or cloned guest never answers with a stale one).
 
 use std::collections::HashMap;
 
@@ -12,6 +21,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use deskd_agent::protocol::audio::{AudioFormat, AudioOut, CAPTURE_FAILED};
 use deskd_agent::protocol::{self, TerminalSize};
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
@@ -19,6 +29,7 @@ use tokio_tungstenite::tungstenite;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::computers::agent_client::AgentCall;
 use crate::store::ComputerStatus;
 
 /// Largest WebSocket message relayed either way. Terminal input and events are small; a VNC
@@ -35,6 +46,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const BAD_TOKEN: u16 = 4401;
     pub const NOT_FOUND: u16 = 4404;
+    /// RFC 6455's "Try Again Later": the computer has as many relays open as it may.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const CANNOT_START: u16 = 4500;
 }
 
@@ -43,12 +56,27 @@ pub mod close {
 struct Refusal {
     code: u16,
     reason: String,
+    /// A text message sent before the close (audio's `error`).
+    first: Option<String>,
 }
 
 /// What a client asked for, once it passed the checks: the agent route to relay to.
 struct Target {
     computer_id: String,
     agent_path: String,
+    /// For VNC: the password the guest must hold before the viewer is relayed.
+    vnc_password: Option<String>,
+    /// Audio: a failure to open the agent's side is a capture failure, said in an `error`.
+    audio: bool,
+}
+
+/// Audio's `error` message (api.md section 4).
+fn audio_error(message: &str, detail: Option<String>) -> Option<String> {
+    serde_json::to_string(&AudioOut::Error {
+        message: message.to_string(),
+        detail,
+    })
+    .ok()
 }
 
 fn check(
@@ -60,6 +88,7 @@ fn check(
     let refuse = |code, reason: &str| Refusal {
         code,
         reason: reason.to_string(),
+        first: None,
     };
     let c = state
         .store
@@ -67,7 +96,11 @@ fn check(
         .map_err(|_| refuse(close::CANNOT_START, "the daemon's database failed"))?
         .ok_or_else(|| refuse(close::NOT_FOUND, "computer not found"))?;
     let token = query.get("token").map(String::as_str).unwrap_or("");
-    if token.is_empty() || !bool::from(token.as_bytes().ct_eq(c.vnc_password.as_bytes())) {
+    // VNC viewers authenticate inside RFB; every other stream needs the token.
+    let token_optional = kind == "websockify" && token.is_empty();
+    if !token_optional
+        && (token.is_empty() || !bool::from(token.as_bytes().ct_eq(c.vnc_password.as_bytes())))
+    {
         return Err(refuse(close::BAD_TOKEN, "missing or bad token"));
     }
     if c.status != ComputerStatus::Running {
@@ -80,15 +113,25 @@ fn check(
         )
         .path(),
         "events" => protocol::paths::WS_EVENTS.to_string(),
-        "audio" | "websockify" => {
-            return Err(refuse(
-                close::CANNOT_START,
-                "this stream is not available in this deskd yet",
-            ))
-        }
+        "websockify" => protocol::paths::WS_VNC.to_string(),
+        "audio" => match AudioFormat::from_values(
+            query.get("sample_rate").map(String::as_str),
+            query.get("channels").map(String::as_str),
+        ) {
+            Ok(format) => format.path(),
+            Err(message) => {
+                return Err(Refusal {
+                    code: close::CANNOT_START,
+                    first: audio_error(&message, None),
+                    reason: message,
+                })
+            }
+        },
         _ => return Err(refuse(close::NOT_FOUND, "no such stream")),
     };
     Ok(Target {
+        vnc_password: (kind == "websockify").then(|| c.vnc_password.clone()),
+        audio: kind == "audio",
         computer_id: c.id,
         agent_path,
     })
@@ -101,36 +144,147 @@ pub async fn connect(
     Query(query): Query<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    open(state, &id, &kind, &query, upgrade)
+}
+
+/// `GET /desktops/{id}/websockify`: the VNC stream at the path `orgo-vnc` builds.
+pub async fn websockify(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    open(state, &id, "websockify", &query, upgrade)
+}
+
+fn open(
+    state: AppState,
+    id: &str,
+    kind: &str,
+    query: &HashMap<String, String>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
     let Ok(upgrade) = upgrade else {
         return Err(ApiError::bad_request(
             "This is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket).",
         ));
     };
-    let target = check(&state, &id, &kind, &query);
+    // Each relay holds one of its computer's slots (`limits.max_agent_calls_per_key`; these
+    // streams carry the computer's token, not a key) until it ends.
+    let target = check(&state, id, kind, query).and_then(|t| {
+        match state.agent_calls.try_take(&format!("computer:{}", t.computer_id)) {
+            Some(slot) => Ok((t, slot)),
+            None => Err(Refusal {
+                code: close::TRY_AGAIN_LATER,
+                reason: format!(
+                    "this computer has {} streams open, as many as it may; close one or retry later",
+                    state.agent_calls.max()
+                ),
+                first: None,
+            }),
+        }
+    });
+    // websockify's subprotocol; noVNC asks for it in some versions and gives up without it.
+    let upgrade = if kind == "websockify" {
+        upgrade.protocols(["binary"])
+    } else {
+        upgrade
+    };
     Ok(upgrade
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |client| async move {
             match target {
-                Ok(t) => relay(&state, client, t).await,
-                Err(r) => close_with(client, r.code, &r.reason).await,
+                Ok((t, _slot)) => relay(&state, client, t).await,
+                Err(r) => refuse_with(client, r).await,
             }
         }))
 }
 
+async fn refuse_with(mut client: WebSocket, r: Refusal) {
+    if let Some(text) = r.first {
+        let _ = client.send(Message::Text(text.into())).await;
+    }
+    close_with(client, r.code, &r.reason).await
+}
+
+/// The close for a stream whose agent side could not be opened.
+async fn cannot_start(client: WebSocket, target: &Target, reason: String) {
+    let first = target
+        .audio
+        .then(|| audio_error(CAPTURE_FAILED, Some(reason.clone())))
+        .flatten();
+    refuse_with(
+        client,
+        Refusal {
+            code: close::CANNOT_START,
+            reason,
+            first,
+        },
+    )
+    .await
+}
+
+/// Longest close reason: a close frame's payload is at most 125 bytes, two of them the code.
+const CLOSE_REASON_MAX: usize = 123;
+
 async fn close_with(mut client: WebSocket, code: u16, reason: &str) {
+    let mut end = reason.len().min(CLOSE_REASON_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     let _ = client
         .send(Message::Close(Some(CloseFrame {
             code,
-            reason: reason.into(),
+            reason: reason[..end].into(),
         })))
         .await;
 }
 
-/// Relays messages between the client and the agent until either side ends.
+/// Hands the guest the computer's current VNC password (see the module comment).
+async fn give_vnc_password(
+    state: &AppState,
+    computer_id: &str,
+    password: &str,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(&protocol::VncPasswordRequest {
+        password: password.to_string(),
+    })
+    .map_err(|e| e.to_string())?;
+    let reply = state
+        .lifecycle
+        .agent_request(
+            computer_id,
+            AgentCall::post_json(
+                protocol::paths::VNC_PASSWORD,
+                body.into(),
+                AGENT_HANDSHAKE_DEADLINE,
+            ),
+        )
+        .await
+        .map_err(|e| format!("could not give the desktop its VNC password: {e}"))?;
+    if !reply.status.is_success() {
+        return Err(format!(
+            "the desktop refused its VNC password ({}): {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        ));
+    }
+    Ok(())
+}
+
+/// Relays messages between the client and the agent until either side ends. Each message is
+/// passed on before the next is read, so a slow reader on either side holds the other back
+/// (no queue grows in the daemon: at most one message per direction is held).
 async fn relay(state: &AppState, client: WebSocket, target: Target) {
     // An open session keeps the computer from being suspended for disuse.
     let _session = state.lifecycle.session(&target.computer_id);
+    if let Some(password) = &target.vnc_password {
+        if let Err(reason) = give_vnc_password(state, &target.computer_id, password).await {
+            tracing::warn!(computer = %target.computer_id, "{reason}");
+            return close_with(client, close::CANNOT_START, &reason).await;
+        }
+    }
     let opened = tokio::time::timeout(AGENT_HANDSHAKE_DEADLINE, async {
         let stream = state
             .lifecycle
@@ -149,13 +303,13 @@ async fn relay(state: &AppState, client: WebSocket, target: Target) {
     .await;
     let agent = match opened {
         Ok(Ok(ws)) => ws,
-        Ok(Err(reason)) => return close_with(client, close::CANNOT_START, &reason).await,
+        Ok(Err(reason)) => return cannot_start(client, &target, reason).await,
         Err(_) => {
             let reason = format!(
                 "the desktop's agent did not open the stream within {} s",
                 AGENT_HANDSHAKE_DEADLINE.as_secs()
             );
-            return close_with(client, close::CANNOT_START, &reason).await;
+            return cannot_start(client, &target, reason).await;
         }
     };
     let (mut to_agent, mut from_agent) = agent.split();
@@ -211,3 +365,6 @@ async fn relay(state: &AppState, client: WebSocket, target: Target) {
         () = downstream => {}
     }
 }
+
+#[cfg(test)]
+mod vnc_tests;

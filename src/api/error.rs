@@ -87,6 +87,15 @@ impl From<StoreError> for ApiError {
             }
             StoreError::NameTaken(m) => ApiError::conflict(m),
             StoreError::QuotaExceeded(m) => ApiError::forbidden(m).with("code", "quota_exceeded"),
+            e if e.is_disk_full() => {
+                tracing::error!("store error: {e}");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "The daemon's disk is full: its database cannot take this change, and nothing \
+                     was changed. Free space on the data directory's filesystem, then retry.",
+                )
+                .with("code", "disk_full")
+            }
             other => {
                 tracing::error!("store error: {other}");
                 ApiError::internal("The daemon could not read or write its state; see its log.")

@@ -1,5 +1,6 @@
 //! Middleware around every request: request ids, error bodies, panic safety, access logs (the
-//! outermost, [`finish`]); API key check ([`authenticate`]); per-key rate limit ([`rate_limit`]).
+//! outermost, [`finish`]); API key check ([`authenticate`]); per-key rate limit ([`rate_limit`]);
+//! per-key limit on calls to guest agents in flight ([`agent_calls`]).
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
@@ -27,7 +28,9 @@ struct KeyIdForLog(String);
 fn is_public(path: &str) -> bool {
     // WebSockets authenticate with the computer's token (browsers cannot send headers).
     // Signed download URLs carry their own proof (files::signing).
+    // The template schema is public so that editors can fetch it through `$schema`.
     path == "/api/openapi.json"
+        || path == "/api/template-schema"
         || path.starts_with("/desktops/")
         || path.starts_with(crate::files::signing::CONTENT_PREFIX)
 }
@@ -153,4 +156,33 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
         }
     }
     next.run(req).await
+}
+
+/// Seconds a client refused by [`agent_calls`] is told to wait: calls to desktops take about that
+/// long, and none can be predicted better.
+const AGENT_CALLS_RETRY_SECS: u64 = 1;
+
+/// Per-key limit on calls forwarded to guest agents (layered on those routes only): 429 with
+/// `Retry-After` when the key has `limits.max_agent_calls_per_key` of them in flight already.
+pub async fn agent_calls(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(AuthKey(key)) = req.extensions().get::<AuthKey>() else {
+        return next.run(req).await;
+    };
+    let Some(slot) = state.agent_calls.try_take(&key.id) else {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many calls to desktops in flight: this key may have {} at once \
+                 (limits.max_agent_calls_per_key). Retry after {AGENT_CALLS_RETRY_SECS} s, once earlier calls have answered.",
+                state.agent_calls.max()
+            ),
+        )
+        .with("code", "too_many_agent_calls");
+        err.retry_after_secs = Some(AGENT_CALLS_RETRY_SECS);
+        return err.into_response();
+    };
+    // Agent answers are read whole before the handler returns, so the call ends with it.
+    let response = next.run(req).await;
+    drop(slot);
+    response
 }

@@ -439,26 +439,50 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "post",
         "/api/computers/{id}/stream/start",
-        "Start RTMP streaming (needs a running computer)",
+        "Start RTMP streaming of the screen and the speaker to a saved stream connection (needs a running computer; one stream per computer, 409 while one runs)",
         200,
-        Some("Any"),
-        "Action",
+        Some("StreamStart"),
+        "StreamStarted",
     ),
     op(
         "post",
         "/api/computers/{id}/stream/stop",
-        "Stop RTMP streaming (needs a running computer)",
+        "Stop RTMP streaming (needs a running computer; success also when nothing streams)",
         200,
         None,
-        "Action",
+        "Success",
     ),
     op(
         "get",
         "/api/computers/{id}/stream/status",
-        "Streaming status (needs a running computer)",
+        "Streaming status: idle, streaming (pid, start_time) or terminated (message: why the encoder ended) (needs a running computer)",
         200,
         None,
-        "Action",
+        "StreamStatus",
+    ),
+    op(
+        "get",
+        "/api/stream-connections",
+        "Ours: the saved RTMP stream connections (stream keys masked)",
+        200,
+        None,
+        "StreamConnectionList",
+    ),
+    op(
+        "post",
+        "/api/stream-connections",
+        "Ours: save an RTMP stream connection (account-wide keys; the stream key is never shown again)",
+        201,
+        Some("StreamConnectionCreate"),
+        "StreamConnection",
+    ),
+    op(
+        "delete",
+        "/api/stream-connections/{name}",
+        "Ours: delete a stream connection",
+        200,
+        None,
+        "Success",
     ),
     op(
         "get",
@@ -471,7 +495,15 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "get",
         "/desktops/{id}/ws/{kind}",
-        "WebSocket terminal|events (?token=vnc_password; close codes 4401/4404/4500)",
+        "WebSocket terminal|events|websockify (?token=vnc_password, optional for websockify: RFB's VNC authentication with vnc_password; close codes 4401/4404/4500)",
+        101,
+        None,
+        "Any",
+    ),
+    op(
+        "get",
+        "/desktops/{id}/websockify",
+        "WebSocket: RFB (VNC) as at /desktops/{id}/ws/websockify, at the path orgo-vnc builds from hostname",
         101,
         None,
         "Any",
@@ -557,6 +589,118 @@ pub const OPERATIONS: &[Operation] = &[
         "Any",
     ),
     op(
+        "get",
+        "/api/template-schema",
+        "JSON Schema (draft 2020-12) of the orgo.ai/v1 template document, as application/schema+json (no key needed)",
+        200,
+        None,
+        "Any",
+    ),
+    op(
+        "post",
+        "/api/templates/validate",
+        "Check a template (YAML or JSON body): 200 {ok: true, template: canonical, digest} or 422 {ok: false, errors: [{field, code, message, hint?}]}; no side effects",
+        200,
+        Some("TemplateDocument"),
+        "TemplateValidation",
+    ),
+    op(
+        "post",
+        "/api/templates",
+        "Publish a template (YAML or JSON) as default/NAME@VERSION (?force=true replaces other content under the same ref, else 409; ?auto_build=true starts its build); 201 new, 200 unchanged, 400 unparseable, 422 invalid",
+        201,
+        Some("TemplateDocument"),
+        "TemplatePublished",
+    ),
+    op(
+        "get",
+        "/api/templates",
+        "List published templates (?namespace=, default: default)",
+        200,
+        None,
+        "TemplateList",
+    ),
+    op(
+        "get",
+        "/api/templates/global",
+        "List the curated system/... templates shipped with deskd",
+        200,
+        None,
+        "TemplateList",
+    ),
+    op(
+        "get",
+        "/api/templates/{ns}/{name}",
+        "Every version of a template",
+        200,
+        None,
+        "TemplateVersions",
+    ),
+    op(
+        "get",
+        "/api/templates/{ns}/{name}/{version}",
+        "One published template with its build status",
+        200,
+        None,
+        "TemplateEntry",
+    ),
+    op(
+        "delete",
+        "/api/templates/{ns}/{name}/{version}",
+        "Delete a published template (system/... ones: 403); running computers are unaffected",
+        200,
+        None,
+        "TemplateDeleted",
+    ),
+    op(
+        "post",
+        "/api/templates/{ns}/{name}/{version}/build",
+        "Build the template's golden snapshot: 202 building, or 200 {status: ready, reused: true} when its digest is built",
+        202,
+        None,
+        "TemplateBuild",
+    ),
+    op(
+        "get",
+        "/api/templates/{ns}/{name}/{version}/build",
+        "Build status of the template's digest: not_built, building, ready or failed (with build_time_ms, error)",
+        200,
+        None,
+        "TemplateBuild",
+    ),
+    op(
+        "delete",
+        "/api/templates/{ns}/{name}/{version}/build",
+        "Cancel the running build: 202 {status: cancelling}, or 404 {status: idle}",
+        202,
+        None,
+        "TemplateBuild",
+    ),
+    op(
+        "get",
+        "/api/templates/{ns}/{name}/{version}/build/events",
+        "Server-Sent Events of the latest build: each data: is {ts, level, phase, source?, line}; closes at ready or failed",
+        200,
+        None,
+        "BuildEvent",
+    ),
+    op(
+        "post",
+        "/api/templates/run",
+        "A throwaway test computer from a built template ({ref}); 409 when it is not built",
+        201,
+        Some("TemplateRun"),
+        "TemplateRunResult",
+    ),
+    op(
+        "delete",
+        "/api/templates/run",
+        "Delete a throwaway test computer (?id=)",
+        200,
+        None,
+        "Success",
+    ),
+    op(
         "post",
         "/api/builds/create",
         "Legacy Docker build (always 400: use templates)",
@@ -597,7 +741,16 @@ pub fn document() -> Value {
     for o in OPERATIONS {
         paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
         let mut params = Vec::new();
-        for name in ["id", "instance_id", "endpoint", "file", "kind"] {
+        for name in [
+            "id",
+            "instance_id",
+            "endpoint",
+            "file",
+            "kind",
+            "ns",
+            "name",
+            "version",
+        ] {
             if o.path.contains(&format!("{{{name}}}")) {
                 params.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}));
             }
@@ -618,14 +771,21 @@ pub fn document() -> Value {
             "responses": responses,
         });
         if let Some(req) = o.request {
-            let media = if req == "Upload" {
-                "multipart/form-data"
-            } else {
-                "application/json"
+            let media = match req {
+                "Upload" => "multipart/form-data",
+                "TemplateDocument" => "application/yaml",
+                _ => "application/json",
             };
-            operation["requestBody"] = json!({"required": req == "Upload", "content": {media: {"schema": schema_ref(req)}}});
+            let mut content = json!({media: {"schema": schema_ref(req)}});
+            if req == "TemplateDocument" {
+                content["application/json"] = json!({"schema": schema_ref(req)});
+            }
+            operation["requestBody"] = json!({"required": req == "Upload" || req == "TemplateDocument", "content": content});
         }
-        if o.path != "/api/openapi.json" && !o.path.starts_with("/api/files/content/") {
+        if o.path != "/api/openapi.json"
+            && o.path != "/api/template-schema"
+            && !o.path.starts_with("/api/files/content/")
+        {
             operation["security"] = json!([{"bearer": []}]);
         }
         if let Some(Value::Object(item)) = paths.get_mut(o.path) {
@@ -682,10 +842,87 @@ fn egress_schemas() -> Value {
 
 fn schemas() -> Value {
     let mut all = schemas_core();
-    if let (Value::Object(a), Value::Object(b)) = (&mut all, egress_schemas()) {
-        a.extend(b);
+    for more in [egress_schemas(), template_schemas()] {
+        if let (Value::Object(a), Value::Object(b)) = (&mut all, more) {
+            a.extend(b);
+        }
     }
     all
+}
+
+/// Section 6's shapes. The document itself is `GET /api/template-schema`'s schema, not repeated
+/// here (one source: crate::templates::document).
+fn template_schemas() -> Value {
+    let s = |t: &str| json!({"type": t});
+    json!({
+        "TemplateDocument": {
+            "description": "An orgo.ai/v1 document, YAML or JSON; its JSON Schema is GET /api/template-schema.",
+            "type": "object", "required": ["api_version"],
+            "properties": {"api_version": {"const": "orgo.ai/v1"}}
+        },
+        "TemplateIssue": {
+            "type": "object", "required": ["field", "code", "message"],
+            "properties": {
+                "field": s("string"),
+                "code": {"enum": ["required", "invalid_enum", "invalid_type", "invalid_format", "out_of_range", "unknown_field", "unknown_ref", "reserved_path", "duplicate", "conflict", "secret_in_build"]},
+                "message": s("string"), "hint": s("string")
+            }
+        },
+        "TemplateValidation": {
+            "type": "object",
+            "properties": {
+                "ok": s("boolean"), "template": s("object"), "digest": s("string"),
+                "errors": {"type": "array", "items": schema_ref("TemplateIssue")}
+            }
+        },
+        "TemplatePublished": {
+            "type": "object",
+            "properties": {
+                "ref": s("string"), "digest": s("string"), "published": s("string"),
+                "created": s("boolean"), "replaced": s("boolean"),
+                "auto_build": {"enum": ["building", "ready"]}
+            }
+        },
+        "TemplateEntry": {
+            "type": "object",
+            "properties": {
+                "ref": s("string"), "namespace": s("string"), "name": s("string"), "version": s("string"),
+                "digest": s("string"), "published": s("string"), "template": s("object"),
+                "build": schema_ref("TemplateBuild")
+            }
+        },
+        "TemplateList": {"type": "object", "properties": {"templates": {"type": "array", "items": schema_ref("TemplateEntry")}}},
+        "TemplateVersions": {"type": "object", "properties": {"ref": s("string"), "versions": {"type": "array", "items": schema_ref("TemplateEntry")}}},
+        "TemplateDeleted": {"type": "object", "properties": {"deleted": s("boolean"), "ref": s("string")}},
+        "TemplateBuild": {
+            "type": "object",
+            "properties": {
+                "ref": s("string"), "digest": s("string"),
+                "status": {"enum": ["not_built", "building", "ready", "failed", "cancelling", "idle"]},
+                "reused": s("boolean"), "build_id": s("string"), "started_at": s("string"),
+                "build_time_ms": s("integer"), "error": s("string")
+            }
+        },
+        "BuildEvent": {
+            "type": "object", "required": ["ts", "level", "phase", "line"],
+            "properties": {
+                "ts": s("string"),
+                "level": {"enum": ["info", "success", "warn", "error"]},
+                "phase": {"enum": ["publish", "compile", "boot", "install", "snapshot", "ready", "cancel", "timeout"]},
+                "source": {"enum": ["apt", "pip", "npm", "builder"]},
+                "line": s("string")
+            }
+        },
+        "TemplateRun": {"type": "object", "required": ["ref"], "properties": {"ref": s("string")}},
+        "TemplateRunResult": {
+            "type": "object",
+            "properties": {
+                "id": s("string"), "desktop_id": s("string"), "status": s("string"),
+                "vnc_password": s("string"), "resolution": s("string"), "ref": s("string"),
+                "computer": schema_ref("Computer")
+            }
+        }
+    })
 }
 
 fn schemas_core() -> Value {
@@ -740,7 +977,9 @@ fn schemas_core() -> Value {
                 "resolution": {"type": "string", "pattern": "^[0-9]+x[0-9]+(x(16|24))?$"},
                 "auto_stop_minutes": {"type": ["integer", "null"], "minimum": 0},
                 "template_ref": s("string"), "image": s("string"),
-                "egress_policy": schema_ref("EgressPolicy")
+                "egress_policy": schema_ref("EgressPolicy"),
+                "secrets": {"type": "object", "additionalProperties": s("string"), "description": "Ours: values of the template's declared secrets (a missing required one is 400)"},
+                "bandwidth_limit_mbps": {"type": "integer", "minimum": 1, "maximum": 100000}
             }
         },
         "Computer": {
@@ -815,7 +1054,51 @@ fn schemas_core() -> Value {
     if let (Some(all), Value::Object(files)) = (all.as_object_mut(), file_schemas()) {
         all.extend(files);
     }
+    if let (Some(all), Value::Object(streams)) = (all.as_object_mut(), stream_schemas()) {
+        all.extend(streams);
+    }
     all
+}
+
+/// Section 5's shapes; the limits are the agent protocol's (`protocol::stream`).
+fn stream_schemas() -> Value {
+    use deskd_agent::protocol::stream::{BITRATE_KBPS, FRAMERATE, NAME_MAX};
+    let s = |t: &str| json!({"type": t});
+    json!({
+        "StreamConnectionCreate": {
+            "type": "object", "required": ["name", "rtmp_url", "stream_key"],
+            "properties": {
+                "name": {"type": "string", "pattern": format!("^[A-Za-z0-9][A-Za-z0-9._-]{{0,{}}}$", NAME_MAX - 1)},
+                "rtmp_url": {"type": "string", "pattern": "^rtmps?://", "description": "alias url"},
+                "stream_key": {"type": "string", "writeOnly": true, "description": "alias key; a secret, never shown again"},
+                "bitrate_kbps": {"type": "integer", "minimum": BITRATE_KBPS.start(), "maximum": BITRATE_KBPS.end(), "default": 2500},
+                "resolution": {"type": "string", "pattern": "^[0-9]+x[0-9]+$", "default": "1280x720"},
+                "framerate": {"type": "integer", "minimum": FRAMERATE.start(), "maximum": FRAMERATE.end(), "default": 30}
+            }
+        },
+        "StreamConnection": {
+            "type": "object",
+            "properties": {
+                "name": s("string"), "rtmp_url": s("string"),
+                "stream_key": {"const": "********"}, "stream_key_set": s("boolean"),
+                "bitrate_kbps": s("integer"), "resolution": s("string"), "framerate": s("integer"),
+                "created_at": s("string")
+            }
+        },
+        "StreamConnectionList": {"type": "object", "properties": {"stream_connections": {"type": "array", "items": schema_ref("StreamConnection")}}},
+        "StreamStart": {"type": "object", "required": ["connection_name"], "properties": {"connection_name": s("string")}},
+        "StreamStarted": {
+            "type": "object",
+            "properties": {"success": s("boolean"), "status": {"const": "streaming"}, "pid": s("integer"), "start_time": s("string")}
+        },
+        "StreamStatus": {
+            "type": "object", "required": ["status"],
+            "properties": {
+                "status": {"enum": ["idle", "streaming", "terminated"]},
+                "start_time": s("string"), "pid": s("integer"), "message": s("string")
+            }
+        }
+    })
 }
 
 /// Section 7's shapes (apart: one `json!` of everything exceeds the macro recursion limit).

@@ -8,11 +8,7 @@ use crate::store::{Computer, Workspace};
 /// A computer as every endpoint shows it.
 pub fn computer(state: &AppState, c: &Computer, workspace_name: &str) -> Value {
     let base = state.config.public_base();
-    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else {
-        format!("ws://{}", base.trim_start_matches("http://"))
-    };
+    let desktop = format!("{base}/desktops/{}", c.instance_id);
     let (width, height, depth) = split_resolution(&c.resolution);
     json!({
         "id": c.id,
@@ -28,14 +24,15 @@ pub fn computer(state: &AppState, c: &Computer, workspace_name: &str) -> Value {
         "resolution": c.resolution,
         "status": c.status.as_str(),
         "status_reason": c.status_reason,
-        "url": format!("{base}/desktops/{}", c.instance_id),
+        "url": desktop,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
         "auto_stop_minutes": c.auto_stop_minutes,
         "instance_id": c.instance_id,
         "fly_instance_id": c.instance_id,
-        "hostname": format!("deskd-{}", c.instance_id),
-        "connection_url": format!("{ws_base}/desktops/{}/ws/websockify", c.instance_id),
+        "hostname": hostname(&desktop),
+        // As the service: clients append `/ws/websockify` (or `/websockify`) themselves.
+        "connection_url": desktop,
         "vnc_password": c.vnc_password,
         "template_ref": c.template_ref,
         "image": c.image,
@@ -53,6 +50,16 @@ pub fn computer(state: &AppState, c: &Computer, workspace_name: &str) -> Value {
             "saved_vm_bytes": state.lifecycle.saved_vm_bytes(&c.id),
         },
     })
+}
+
+/// The computer's `hostname` as viewers use it: `orgo-vnc` connects to
+/// `wss://{hostname}/websockify`, so it is the desktop's URL without its scheme (host, port and
+/// path), which `/desktops/{id}/websockify` answers.
+fn hostname(desktop_url: &str) -> &str {
+    desktop_url
+        .strip_prefix("https://")
+        .or_else(|| desktop_url.strip_prefix("http://"))
+        .unwrap_or(desktop_url)
 }
 
 fn split_resolution(r: &str) -> (Option<u32>, Option<u32>, Option<u32>) {
@@ -81,4 +88,23 @@ pub fn workspace(state: &AppState, ws: &Workspace, computers: &[Computer]) -> Va
         "computer_count": computers.len(),
         "desktops": desktops,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostname_is_the_desktop_url_without_its_scheme() {
+        for (url, want) in [
+            (
+                "https://desk.example.org/desktops/ab12cd34",
+                "desk.example.org/desktops/ab12cd34",
+            ),
+            (
+                "http://127.0.0.1:8080/p/desktops/x",
+                "127.0.0.1:8080/p/desktops/x",
+            ),
+        ] {
+            assert_eq!(super::hostname(url), want);
+        }
+    }
 }

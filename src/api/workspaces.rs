@@ -23,6 +23,11 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     access::check_scope(&key, None)?;
     let name = required_name(&body, "name", 64)?;
+    if name == crate::templates::vm_builder::BUILD_WORKSPACE {
+        return Err(ApiError::bad_request(format!(
+            "The workspace name {name} is reserved for deskd's template builds; choose another."
+        )));
+    }
     let icon_url = optional_string(&body, "icon_url", 2048)?;
     let status = match field(&body, "status") {
         None => WorkspaceStatus::Active,
@@ -53,6 +58,10 @@ pub async fn list(
     let mut out = Vec::new();
     for ws in state.store.list_workspaces()? {
         if key.workspace_id.as_deref().is_some_and(|s| s != ws.id) {
+            continue;
+        }
+        // Template build computers are deskd's own, not a user's.
+        if ws.name == crate::templates::vm_builder::BUILD_WORKSPACE {
             continue;
         }
         let computers = state.store.computers_in_workspace(&ws.id)?;

@@ -2,7 +2,31 @@
 //! through [`VmBackend`]; the shipped implementation is [`super::VmmProcessBackend`], which runs
 //! one `deskd vmm` child process per computer.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::vmm::config::NetConfig;
+
+/// The descriptor number a VM's TAP has in its VMM process: the backend places
+/// [`GuestNic::tap`] there before the VMM runs, and [`GuestNic::card`] names it.
+pub const VMM_TAP_FD: i32 = 3;
+
+/// A computer's network card: its TAP (opened by the daemon in the computer's network
+/// namespace, see `crate::network`) and the card the VMM makes of it.
+#[derive(Debug, Clone)]
+pub struct GuestNic {
+    /// The daemon's copy of the TAP; the VMM gets its own, at [`VMM_TAP_FD`].
+    pub tap: Arc<OwnedFd>,
+    /// `TapSource::Fd(VMM_TAP_FD)`, the fixed MAC and the rate limit.
+    pub card: NetConfig,
+}
+
+impl PartialEq for GuestNic {
+    fn eq(&self, other: &GuestNic) -> bool {
+        self.tap.as_raw_fd() == other.tap.as_raw_fd() && self.card == other.card
+    }
+}
 
 /// Everything a backend needs to boot one computer.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +41,8 @@ pub struct VmSpec {
     pub template_ref: String,
     /// Directory that holds this computer's disk, logs, sockets and pid file.
     pub dir: PathBuf,
+    /// Its network card; `None`: the VM has none (networking is off or unavailable).
+    pub net: Option<GuestNic>,
 }
 
 /// What a backend knows about one computer's VM.
@@ -86,6 +112,22 @@ pub trait VmBackend: Send + Sync + 'static {
     fn clone_disk(&self, from_id: &str, to_id: &str) -> Result<(), BackendError>;
     /// Changes one dimension of a running VM; returns the value now in effect.
     fn hotplug(&self, computer_id: &str, change: Hotplug) -> Result<u64, BackendError>;
+    /// Moves a suspended computer's disk and saved VM into the golden snapshot directory
+    /// `golden`, with `manifest` beside them (see `super::golden`); the computer keeps neither.
+    fn keep_as_golden(
+        &self,
+        computer_id: &str,
+        golden: &std::path::Path,
+        manifest: &[u8],
+    ) -> Result<(), BackendError>;
+    /// Gives a new computer (no disk yet) a copy of `golden`'s disk and, when `restore`, its
+    /// saved VM as a copy (shared, not duplicated), which its next start restores.
+    fn seed_from_golden(
+        &self,
+        computer_id: &str,
+        golden: &std::path::Path,
+        restore: bool,
+    ) -> Result<super::golden::Seeded, BackendError>;
 }
 
 /// How [`VmBackend::start`] brought the VM up.

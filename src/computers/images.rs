@@ -14,8 +14,24 @@ pub struct GuestImage {
     pub rootfs: PathBuf,
 }
 
+/// The guest image users' templates are built on (a document names no base of its own): their
+/// builds boot it, and their computers boot it too whenever they do not start from the
+/// template's golden snapshot (its disk then holds what the build made).
+pub const BASE_IMAGE: &str = "system/desktop@1.0.0";
+
+/// The image whose kernel and initrd computers of `template_ref` boot: a curated `system/...`
+/// template is an installed image of its own; any other template is built on [`BASE_IMAGE`].
+pub fn boot_image_ref(template_ref: &str) -> &str {
+    if template_ref.starts_with("system/") {
+        template_ref
+    } else {
+        BASE_IMAGE
+    }
+}
+
 /// The guest image a template reference resolves to, under the data directory's `images/`.
 pub fn resolve(images_dir: &Path, template_ref: &str) -> Result<GuestImage, BackendError> {
+    let template_ref = boot_image_ref(template_ref);
     // `images/install.sh` puts `system/desktop` in `images/system/desktop/` with a
     // manifest.json naming its version; a `images/system/desktop/<version>/` folder, if
     // present, wins (several versions side by side).
@@ -83,5 +99,10 @@ mod tests {
         );
         let err = resolve(&images, "system/desktop@2.0.0").unwrap_err();
         assert!(err.to_string().contains("holds version 1.0.0"), "{err}");
+        // A user's template boots the base image.
+        assert_eq!(
+            resolve(&images, "default/my-app@3.1.0").unwrap().kernel,
+            dir.join("kernel")
+        );
     }
 }

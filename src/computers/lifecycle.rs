@@ -20,11 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::agent_client::{limits, AgentCall, AgentClient, AgentError, AgentReply};
-use super::backend::{BackendError, Hotplug, Started, VmBackend, VmSpec, VmState};
+use super::backend::{
+    BackendError, GuestNic, Hotplug, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
+};
 use super::readiness::{AfterRestore, Readiness};
 use super::vmm_config::files;
 use deskd_agent::protocol::resumed::{hex_encode, NewIdentity};
 
+use crate::network::Network;
 use crate::store::{Computer, ComputerStatus, Store, StoreError};
 
 /// How long a VM gets to power off after SIGTERM before it is killed.
@@ -72,6 +75,13 @@ pub struct Lifecycle {
     activity: Mutex<HashMap<String, Activity>>,
     /// Ids of computers that just became `running` (uploads waiting for them follow).
     became_running: tokio::sync::broadcast::Sender<String>,
+    /// Guest networking's host side; `None`: computers get no network card.
+    network: Option<Arc<Network>>,
+    /// Whether a computer whose network cannot be set up fails to start (`[network] enabled =
+    /// true`) rather than start without one.
+    network_required: bool,
+    /// When each computer's current start was asked for, to log how long it took to run.
+    start_asked: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Use of one computer: the last API call, and the sessions (WebSockets, VNC) open now.
@@ -111,7 +121,19 @@ impl Lifecycle {
             agents,
             activity: Mutex::new(HashMap::new()),
             became_running: tokio::sync::broadcast::channel(RUNNING_BACKLOG).0,
+            network: None,
+            network_required: false,
+            start_asked: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Gives computers a network from `network` (see `crate::network::switch`): set up before
+    /// each VMM spawns, torn down when it ends. With `required`, a computer whose network cannot
+    /// be set up does not start; otherwise it starts without one (said in the log).
+    pub fn with_network(mut self, network: Option<Arc<Network>>, required: bool) -> Lifecycle {
+        self.network = network;
+        self.network_required = required;
+        self
     }
 
     /// Ids of computers as they become `running`. Sending never waits: what listens does its
@@ -292,6 +314,7 @@ impl Lifecycle {
             resolution: c.resolution.clone(),
             template_ref: c.template_ref.clone(),
             dir: self.computers_dir.join(&c.id),
+            net: None,
         }
     }
 
@@ -316,6 +339,10 @@ impl Lifecycle {
         let Some(spec) = self.prepare_start(id, ComputerStatus::Starting)? else {
             return self.load(id);
         };
+        self.start_asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), std::time::Instant::now());
         let this = self.clone();
         tokio::spawn(async move {
             // The guard keeps the supervisor and other requests off this computer until the VMM
@@ -368,10 +395,84 @@ impl Lifecycle {
         Ok(Some(self.spec(&c)))
     }
 
+    /// Sets up computer `spec`'s network and gives its VM the card (see `with_network`), unless
+    /// its VM runs already (a VMM this daemon has not re-attached yet keeps its own). An error
+    /// only when the network is required.
+    async fn attach_network(&self, spec: &mut VmSpec) -> Result<(), String> {
+        let Some(network) = &self.network else {
+            return Ok(());
+        };
+        let cid = spec.computer_id.clone();
+        let alive = self
+            .blocking(move |b| {
+                let state = match b.state(&cid) {
+                    VmState::Absent => b.attach(&cid),
+                    other => other,
+                };
+                matches!(state, VmState::Alive { .. })
+            })
+            .await
+            .unwrap_or(false);
+        if alive {
+            return Ok(());
+        }
+        let id = spec.computer_id.as_str();
+        let made = async {
+            let policy = self.store.egress_policy(id).map_err(|e| e.to_string())?;
+            let limit = self
+                .store
+                .bandwidth_limit(id)
+                .map_err(|e| e.to_string())?
+                .map(crate::vmm::config::NetRateLimit::from_megabits_per_sec);
+            let handle = network
+                .setup(id, &policy)
+                .await
+                .map_err(|e| e.to_string())?;
+            let card = handle
+                .net_config(VMM_TAP_FD, limit)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(GuestNic {
+                tap: Arc::new(handle.tap),
+                card,
+            })
+        };
+        match made.await {
+            Ok(nic) => {
+                spec.net = Some(nic);
+                Ok(())
+            }
+            Err(e) if self.network_required => {
+                self.drop_network(id).await;
+                Err(format!(
+                    "its network could not be set up: {e} ([network] enabled = true requires one)"
+                ))
+            }
+            Err(e) => {
+                self.drop_network(id).await;
+                tracing::warn!(computer = %id, "starting without a network: it could not be set up: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes computer `id`'s network, if it has one (its VMM has ended, or never ran).
+    async fn drop_network(&self, id: &str) {
+        if let Some(network) = &self.network {
+            if let Err(e) = network.teardown(id).await {
+                tracing::warn!(computer = %id, "cannot remove its network: {e} (the next start or daemon start retries)");
+            }
+        }
+    }
+
     /// Boots (or restores) a prepared computer; a failure becomes `error` with the reason.
-    async fn boot(&self, spec: VmSpec) {
+    async fn boot(&self, mut spec: VmSpec) {
         let id = spec.computer_id.clone();
         let instance_id = spec.instance_id.clone();
+        if let Err(reason) = self.attach_network(&mut spec).await {
+            self.record_failed_start(&id, &reason);
+            return;
+        }
+        // The daemon's copy of the TAP closes once the VMM has its own (the closure drops spec).
         let reason = match self.blocking(move |b| b.start(&spec)).await {
             Ok(Ok(Started::Booted)) => return,
             Ok(Ok(Started::Restored { copy })) => {
@@ -386,10 +487,17 @@ impl Lifecycle {
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
+        if !matches!(self.backend.state(&id), VmState::Alive { .. }) {
+            self.drop_network(&id).await;
+        }
+        self.record_failed_start(&id, &reason);
+    }
+
+    fn record_failed_start(&self, id: &str, reason: &str) {
         tracing::warn!(computer = %id, "start failed: {reason}");
         if let Err(e) = self
             .store
-            .set_computer_status(&id, ComputerStatus::Error, Some(&reason))
+            .set_computer_status(id, ComputerStatus::Error, Some(reason))
         {
             tracing::error!(computer = %id, "cannot record a failed start: {e}");
         }
@@ -420,6 +528,7 @@ impl Lifecycle {
             self.blocking(move |b| b.stop(&cid, STOP_GRACE))
                 .await?
                 .map_err(|e| LifecycleError::Host(e.to_string()))?;
+            self.drop_network(id).await;
             self.store
                 .set_computer_status(id, ComputerStatus::Stopped, None)?;
             return self.load(id);
@@ -432,6 +541,9 @@ impl Lifecycle {
             let _guard = guard;
             let id2 = cid.clone();
             let outcome = this.blocking(move |b| b.stop(&id2, STOP_GRACE)).await;
+            if matches!(outcome, Ok(Ok(()))) {
+                this.drop_network(&cid).await;
+            }
             let result = match outcome {
                 Ok(Ok(())) => this
                     .store
@@ -584,6 +696,10 @@ impl Lifecycle {
         self.readiness.forget_all(id);
         self.agents.forget(&self.agent_socket(id));
         self.activity().remove(id);
+        self.start_asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(())
     }
 
@@ -593,7 +709,9 @@ impl Lifecycle {
         let cid = id.to_string();
         self.blocking(move |b| b.destroy(&cid))
             .await?
-            .map_err(|e| LifecycleError::Host(e.to_string()))
+            .map_err(|e| LifecycleError::Host(e.to_string()))?;
+        self.drop_network(id).await;
+        Ok(())
     }
 
     /// Suspends a running computer: its VM (memory, processes, devices) is saved beside its disk
@@ -622,6 +740,8 @@ impl Lifecycle {
             })?;
         self.readiness.forget(id);
         self.agents.forget(&self.agent_socket(id));
+        // Its VMM has ended; the resume sets up a new network (same inner addresses).
+        self.drop_network(id).await;
         self.store
             .set_computer_status(id, ComputerStatus::Suspended, None)?;
         tracing::info!(
@@ -664,12 +784,57 @@ impl Lifecycle {
         .map_err(|e| LifecycleError::Host(e.to_string()))
     }
 
-    /// Applies one resize dimension to a running VM.
-    pub async fn hotplug(&self, id: &str, change: Hotplug) -> Result<u64, LifecycleError> {
+    /// Moves the suspended computer `id`'s disk and saved VM into the golden snapshot directory
+    /// `golden` (a template build's last step; the computer is destroyed next).
+    pub async fn keep_as_golden(
+        &self,
+        id: &str,
+        golden: PathBuf,
+        manifest: Vec<u8>,
+    ) -> Result<(), LifecycleError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let c = self.load(id)?;
+        if c.status != ComputerStatus::Suspended {
+            return Err(LifecycleError::Conflict(format!(
+                "Only a suspended computer can become a golden snapshot; this one is {}.",
+                c.status.as_str()
+            )));
+        }
         let cid = id.to_string();
-        self.blocking(move |b| b.hotplug(&cid, change))
+        self.blocking(move |b| b.keep_as_golden(&cid, &golden, &manifest))
             .await?
             .map_err(|e| LifecycleError::Host(e.to_string()))
+    }
+
+    /// Gives the new computer `id` (never started) the golden snapshot `golden`: its disk, and
+    /// when `restore` its saved VM, so that its first start restores the template's VM.
+    pub async fn seed_from_golden(
+        &self,
+        id: &str,
+        golden: PathBuf,
+        restore: bool,
+    ) -> Result<super::golden::Seeded, LifecycleError> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let cid = id.to_string();
+        self.blocking(move |b| b.seed_from_golden(&cid, &golden, restore))
+            .await?
+            .map_err(|e| LifecycleError::Host(e.to_string()))
+    }
+
+    /// Applies one resize dimension to a running VM. A bandwidth limit that the VM took is
+    /// stored too, so that its next start (or resume) keeps it.
+    pub async fn hotplug(&self, id: &str, change: Hotplug) -> Result<u64, LifecycleError> {
+        let cid = id.to_string();
+        let applied = self
+            .blocking(move |b| b.hotplug(&cid, change))
+            .await?
+            .map_err(|e| LifecycleError::Host(e.to_string()))?;
+        if let Hotplug::BandwidthMbps(mbps) = change {
+            self.store.set_bandwidth_limit(id, Some(mbps))?;
+        }
+        Ok(applied)
     }
 
     /// Records a reboot of `id`'s guest; whether it may boot again (not a reboot loop).
@@ -721,11 +886,17 @@ impl Lifecycle {
                     return Ok(());
                 }
             }
-            (_, VmState::Exited { reason }) => (ComputerStatus::Error, Some(reason)),
-            (_, VmState::Absent) => (
-                ComputerStatus::Error,
-                Some("no VMM process is running for this computer".to_string()),
-            ),
+            (_, VmState::Exited { reason }) => {
+                self.drop_network(id).await;
+                (ComputerStatus::Error, Some(reason))
+            }
+            (_, VmState::Absent) => {
+                self.drop_network(id).await;
+                (
+                    ComputerStatus::Error,
+                    Some("no VMM process is running for this computer".to_string()),
+                )
+            }
             _ => return Ok(()),
         };
         // Compare-and-set: a stop or delete that raced with this check wins.
@@ -733,6 +904,15 @@ impl Lifecycle {
             .store
             .compare_and_set_status(id, c.status, next, reason.as_deref())?;
         if moved && next == ComputerStatus::Running {
+            let asked = self
+                .start_asked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            if let Some(asked) = asked {
+                let ms = asked.elapsed().as_millis() as u64;
+                tracing::info!(computer = %id, start_to_running_ms = ms, "running {ms} ms after its start was asked for");
+            }
             // No listener is fine (an error only says so).
             let _ = self.became_running.send(id.to_string());
         }
@@ -798,7 +978,48 @@ impl Lifecycle {
         if stopped > 0 {
             tracing::warn!("stopped {stopped} VMMs of computers that no longer exist");
         }
+        self.reconcile_networks().await;
         Ok(())
+    }
+
+    /// Start-up: the computers whose VMs run keep their networks (firewall and resolver
+    /// restored); every other namespace and host link deskd made is removed.
+    async fn reconcile_networks(&self) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        let computers = match self.store.all_computers() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot reconcile networks: {e}");
+                return;
+            }
+        };
+        let mut running = Vec::new();
+        for c in computers {
+            if !matches!(self.backend.state(&c.id), VmState::Alive { .. }) {
+                continue;
+            }
+            match self.store.egress_policy(&c.id) {
+                Ok(policy) => running.push((c.id, policy)),
+                Err(e) => tracing::warn!(computer = %c.id, "cannot read its egress policy: {e}"),
+            }
+        }
+        match network.reconcile(&running).await {
+            Ok(report) => {
+                for id in &report.lost {
+                    tracing::warn!(computer = %id, "its VM runs but its network namespace is gone: it is offline until restarted");
+                }
+                tracing::info!(
+                    restored = report.restored.len(),
+                    removed_namespaces = report.removed_namespaces.len(),
+                    removed_links = report.removed_links.len(),
+                    lost = report.lost.len(),
+                    "reconciled guest networks"
+                );
+            }
+            Err(e) => tracing::warn!("cannot reconcile guest networks: {e}"),
+        }
     }
 
     async fn recover_one(&self, c: Computer) -> Result<(), LifecycleError> {

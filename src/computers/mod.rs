@@ -10,11 +10,13 @@
 //! - `readiness`: per-VM tasks that ask each guest agent whether its desktop is usable.
 //! - `quota`: the commitment quotas checked at create.
 //! - `saved_vm`: a computer's saved VM (suspend, clone of a running computer), restored at start.
+//! - `golden`: golden snapshots on disk (a template build's disk and saved VM) and launches' copies.
 
 pub mod agent_client;
 pub mod agent_files;
 mod backend;
 mod disk;
+pub mod golden;
 mod images;
 mod lifecycle;
 mod process;
@@ -23,8 +25,10 @@ mod readiness;
 mod saved_vm;
 mod vmm_config;
 
-pub use backend::{BackendError, Hotplug, Saved, Started, VmBackend, VmSpec, VmState};
-pub use images::GuestImage;
+pub use backend::{
+    BackendError, GuestNic, Hotplug, Saved, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
+};
+pub use images::{boot_image_ref, GuestImage, BASE_IMAGE};
 pub use lifecycle::{new_vnc_password, Lifecycle, LifecycleError};
 pub use process::VmmProcessBackend;
 pub use vmm_config::{files, vm_config, GUEST_CID};

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,13 +24,19 @@ use nix::unistd::Pid;
 
 use crate::vmm::{exit, pidfile};
 
-use super::backend::{BackendError, Hotplug, Saved, Started, VmBackend, VmSpec, VmState};
+use super::backend::{
+    BackendError, Hotplug, Saved, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
+};
 use super::vmm_config::{self, files};
-use super::{disk, images, saved_vm};
+use super::{disk, golden, images, saved_vm};
 
 /// How long a restored VMM may take to load its snapshot and answer (it maps memory, so size
 /// hardly matters; the rig is slow).
 const RESTORE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long a start waits for the previous VMM of the same computer to release its disk (its
+/// last threads may still be unmapping gigabytes of guest memory on a slow host).
+const DISK_LOCK_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Where `tests/rig/serve` is, for messages on hosts that cannot run VMs.
 const RIG_HINT: &str =
@@ -151,6 +158,8 @@ impl VmBackend for VmmProcessBackend {
         std::fs::create_dir_all(&spec.dir).map_err(|e| {
             BackendError::NotReady(format!("cannot create {}: {e}", spec.dir.display()))
         })?;
+        // Never taken for a refused snapshot below (which would throw the saved VM away).
+        disk::wait_until_unlocked(&spec.dir, DISK_LOCK_PATIENCE)?;
         if saved_vm::present(&spec.dir) {
             let copy = saved_vm::is_copy(&spec.dir);
             match self.restore(spec) {
@@ -374,7 +383,36 @@ impl VmBackend for VmmProcessBackend {
         if !matches!(self.state(computer_id), VmState::Alive { .. }) {
             return Err(BackendError::NotReady("the VM is not running".into()));
         }
-        Err(Self::hotplug_unsupported(change))
+        match change {
+            Hotplug::BandwidthMbps(mbps) => {
+                saved_vm::set_net_limit(&self.dir(computer_id), mbps)?;
+                Ok(mbps.into())
+            }
+            other => Err(Self::hotplug_unsupported(other)),
+        }
+    }
+
+    fn keep_as_golden(
+        &self,
+        computer_id: &str,
+        golden_dir: &Path,
+        manifest: &[u8],
+    ) -> Result<(), BackendError> {
+        if matches!(self.state(computer_id), VmState::Alive { .. }) {
+            return Err(BackendError::NotReady(
+                "the VM still runs; suspend it before keeping it as a golden snapshot".into(),
+            ));
+        }
+        golden::keep(&self.dir(computer_id), golden_dir, manifest)
+    }
+
+    fn seed_from_golden(
+        &self,
+        computer_id: &str,
+        golden_dir: &Path,
+        restore: bool,
+    ) -> Result<golden::Seeded, BackendError> {
+        golden::seed(golden_dir, &self.dir(computer_id), restore)
     }
 }
 
@@ -392,17 +430,27 @@ impl VmmProcessBackend {
         let log2 = log
             .try_clone()
             .map_err(|e| BackendError::Process(format!("cannot open the VMM log: {e}")))?;
-        let child = Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             // Own process group: signals for the daemon (Ctrl-C, systemd stop) do not reach VMs.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                BackendError::Process(format!("cannot run {} vmm: {e}", self.exe.display()))
-            })?;
+            .process_group(0);
+        if let Some(nic) = &spec.net {
+            let tap = nic.tap.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and calls only dup2 and
+            // fcntl, which are async-signal-safe; it allocates nothing and takes no lock. `tap`
+            // is open in the parent for as long as `spec` lives (past this spawn), so it is open
+            // in the child too.
+            unsafe {
+                command.pre_exec(move || inherit_at(tap, VMM_TAP_FD));
+            }
+        }
+        let child = command.spawn().map_err(|e| {
+            BackendError::Process(format!("cannot run {} vmm: {e}", self.exe.display()))
+        })?;
         let pid = child.id() as i32;
         // The VMM writes its own pid file before its guest runs (and does not start without it).
         let start_time = pidfile::start_time(pid).unwrap_or(0);
@@ -420,7 +468,9 @@ impl VmmProcessBackend {
     /// Restores `spec`'s saved VM; once its VMM answers (the snapshot is loaded and mapped), the
     /// saved VM is discarded: the guest runs on from it and its disk moves on.
     fn restore(&self, spec: &VmSpec) -> Result<(), BackendError> {
-        self.spawn(spec, &saved_vm::restore_args(&spec.dir))?;
+        let cards = saved_vm::saved_cards(&spec.dir)?;
+        let net = spec.net.as_ref().map(|nic| &nic.card);
+        self.spawn(spec, &saved_vm::restore_args(&spec.dir, cards, net)?)?;
         let deadline = Instant::now() + RESTORE_DEADLINE;
         loop {
             match self.state(&spec.computer_id) {
@@ -540,12 +590,29 @@ impl VmmProcessBackend {
             Hotplug::Vcpus(_) => "CPU hotplug",
             Hotplug::MemMib(_) => "memory hotplug",
             Hotplug::DiskGb(_) => "growing a disk while the VM runs",
-            Hotplug::BandwidthMbps(_) => "bandwidth limits (the VM has no network device yet)",
+            Hotplug::BandwidthMbps(_) => "bandwidth limits",
         };
         BackendError::NotReady(format!(
             "{what} is not supported by this deskd's VMM yet; stop the computer, or recreate it with the size you need"
         ))
     }
+}
+
+/// In a forked child: makes `fd` available as descriptor `at` across exec (dup2 clears
+/// close-on-exec on the copy; a descriptor already at `at` has the flag cleared instead).
+fn inherit_at(fd: i32, at: i32) -> std::io::Result<()> {
+    if fd == at {
+        // SAFETY: fcntl on a descriptor number; no memory is involved.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    } else {
+        // SAFETY: dup2 on descriptor numbers; it replaces whatever `at` was in this child only.
+        if unsafe { libc::dup2(fd, at) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Signals the VMM's own process group (it was spawned with `process_group(0)`, so nothing else
@@ -618,6 +685,7 @@ mod tests {
             resolution: "1280x720x24".into(),
             template_ref: "system/desktop@1.0.0".into(),
             dir: dir.join("computers/c1"),
+            net: None,
         }
     }
 

@@ -202,9 +202,23 @@ pub fn mark_copy(dir: &Path) -> Result<(), BackendError> {
         .map_err(|e| BackendError::Process(format!("cannot mark {} as a copy: {e}", dir.display())))
 }
 
+/// How many network cards the saved VM of `dir` has (each needs a TAP given on restore).
+pub fn saved_cards(dir: &Path) -> Result<usize, BackendError> {
+    crate::vmm::snapshot::read_state(&saved_dir(dir))
+        .map(|state| state.config.net.len())
+        .map_err(|e| BackendError::Process(format!("cannot read the saved VM: {e}")))
+}
+
 /// The arguments of `deskd vmm` that restore the saved VM of the computer in `dir`, with every
-/// runtime path the computer's own (a clone's snapshot names its source's).
-pub fn restore_args(dir: &Path) -> Vec<OsString> {
+/// runtime path the computer's own (a clone's snapshot names its source's), and the computer's
+/// card `net` as the new TAP of a saved VM that has one (`saved_cards`): the namespace's inner
+/// addresses and MAC are the same for every computer, so a restored or cloned guest's network
+/// works unchanged on the new TAP (the VMM refuses a card whose MAC differs from the saved one).
+pub fn restore_args(
+    dir: &Path,
+    saved_cards: usize,
+    net: Option<&crate::vmm::config::NetConfig>,
+) -> Result<Vec<OsString>, BackendError> {
     let path = |name: &str| dir.join(name).into_os_string();
     let mut args: Vec<OsString> = vec!["vmm".into(), "--restore".into()];
     args.push(saved_dir(dir).into_os_string());
@@ -220,7 +234,40 @@ pub fn restore_args(dir: &Path) -> Vec<OsString> {
         args.push(flag.into());
         args.push(path(file));
     }
-    args
+    match (saved_cards, net) {
+        (0, _) => {}
+        (1, Some(card)) => {
+            args.push("--net".into());
+            args.push(card.to_arg().into());
+        }
+        (1, None) => {
+            return Err(BackendError::NotReady(
+                "the saved VM has a network card but this computer has no network now \
+                 (guest networking is off or could not be set up; see the daemon's log)"
+                    .into(),
+            ))
+        }
+        (n, _) => {
+            return Err(BackendError::Process(format!(
+                "the saved VM has {n} network cards; deskd gives a computer one"
+            )))
+        }
+    }
+    Ok(args)
+}
+
+/// Sets the bandwidth limit of the VM's network card (card 0) live, in megabits per second.
+pub fn set_net_limit(dir: &Path, mbps: u32) -> Result<(), BackendError> {
+    let request = ControlRequest::SetNetLimit {
+        card: 0,
+        limit: crate::vmm::config::NetRateLimit::from_megabits_per_sec(mbps),
+    };
+    control(dir, &request, QUICK_DEADLINE).map_err(|e| {
+        BackendError::NotReady(format!(
+            "the VM's network card did not take the limit ({e}); a computer without a network \
+             (guest networking off on this host) has no card to limit"
+        ))
+    })
 }
 
 /// Whether the VMM of `dir` answers on its control socket (a restore has finished loading).
@@ -235,7 +282,7 @@ mod tests {
     #[test]
     fn restore_args_name_only_the_computers_own_files() {
         let dir = Path::new("/var/lib/deskd/computers/c2");
-        let args = restore_args(dir);
+        let args = restore_args(dir, 0, None).unwrap();
         assert_eq!(args[0], "vmm");
         assert_eq!(args[1], "--restore");
         assert_eq!(args[2], "/var/lib/deskd/computers/c2/saved");
@@ -259,6 +306,30 @@ mod tests {
             parsed.vmm.disks,
             vec!["/var/lib/deskd/computers/c2/disk.img"]
         );
+        assert!(parsed.vmm.net.is_empty());
+    }
+
+    #[test]
+    fn a_saved_card_gets_the_computers_new_tap_and_is_refused_without_one() {
+        use crate::vmm::config::{MacAddr, NetArg, NetConfig, NetRateLimit, TapSource};
+        let dir = Path::new("/var/lib/deskd/computers/c2");
+        let card = NetConfig {
+            tap: TapSource::Fd(3),
+            mac: MacAddr::new(crate::network::GUEST_MAC).unwrap(),
+            limit: Some(NetRateLimit::from_megabits_per_sec(10)),
+        };
+        let args = restore_args(dir, 1, Some(&card)).unwrap();
+        let at = args.iter().position(|a| a == "--net").unwrap();
+        let given: NetArg = args[at + 1].to_str().unwrap().parse().unwrap();
+        assert_eq!(given.tap, TapSource::Fd(3));
+        assert_eq!(given.mac, Some(card.mac));
+        assert_eq!(given.limit, card.limit);
+        // A saved VM without a card restores without one, whatever the computer has now.
+        let args = restore_args(dir, 0, Some(&card)).unwrap();
+        assert!(!args.iter().any(|a| a == "--net"));
+        let err = restore_args(dir, 1, None).unwrap_err();
+        assert!(err.to_string().contains("no network now"), "{err}");
+        assert!(restore_args(dir, 2, Some(&card)).is_err());
     }
 
     #[test]

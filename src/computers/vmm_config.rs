@@ -51,8 +51,8 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
             socket: spec.dir.join(files::VSOCK),
             guest_cid: GUEST_CID,
         }),
-        // Guest networking is issue 12's host side (branch net-host).
-        net: Vec::new(),
+        // The card on the TAP the daemon set up in the computer's namespace (src/network).
+        net: spec.net.iter().map(|nic| nic.card.clone()).collect(),
         rng: true,
         console_log: Some(spec.dir.join(files::CONSOLE_LOG)),
         console_stdout: false,
@@ -90,6 +90,7 @@ mod tests {
             resolution: "1280x720x24".into(),
             template_ref: "system/desktop@1.0.0".into(),
             dir: d.path().to_path_buf(),
+            net: None,
         };
         let image = GuestImage {
             kernel: "/k".into(),
@@ -101,6 +102,44 @@ mod tests {
         let p = d.path().join("vmm.json");
         write(&c, &p).unwrap();
         // Parsed by the VMM's own reader, as `deskd vmm --config` will.
+        assert_eq!(VmConfig::from_file(&p).unwrap(), c);
+        assert!(c.net.is_empty(), "no network, no card");
+    }
+
+    #[test]
+    fn a_computer_with_a_network_gets_its_card_on_the_inherited_tap() {
+        use crate::computers::backend::{GuestNic, VMM_TAP_FD};
+        use crate::vmm::config::{NetRateLimit, TapSource};
+        let d = tempfile::tempdir().unwrap();
+        let tap = std::fs::File::open("/dev/null").unwrap();
+        let card = crate::vmm::config::NetConfig {
+            tap: TapSource::Fd(VMM_TAP_FD),
+            mac: crate::vmm::config::MacAddr::new(crate::network::GUEST_MAC).unwrap(),
+            limit: Some(NetRateLimit::from_megabits_per_sec(10)),
+        };
+        let spec = VmSpec {
+            computer_id: "c".into(),
+            instance_id: "0011aabb".into(),
+            vcpus: 1,
+            mem_mib: 1024,
+            disk_size_gb: 8,
+            resolution: "1280x720x24".into(),
+            template_ref: "system/desktop@1.0.0".into(),
+            dir: d.path().to_path_buf(),
+            net: Some(GuestNic {
+                tap: std::sync::Arc::new(tap.into()),
+                card: card.clone(),
+            }),
+        };
+        let image = GuestImage {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            rootfs: "/r".into(),
+        };
+        let c = vm_config(&spec, &image, &d.path().join("disk.img"));
+        assert_eq!(c.net, vec![card]);
+        let p = d.path().join("vmm.json");
+        write(&c, &p).unwrap();
         assert_eq!(VmConfig::from_file(&p).unwrap(), c);
     }
 }

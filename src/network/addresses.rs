@@ -25,6 +25,11 @@ pub const INNER_PREFIX: u8 = 30;
 /// The guest's MAC: locally administered (0x02), unicast. Fixed for the same reason as the
 /// addresses: the anti-spoofing rule checks it, and a restored VM keeps the MAC it was saved with.
 pub const GUEST_MAC: [u8; 6] = [0x02, 0xde, 0x5c, 0x00, 0x00, 0x02];
+/// The gateway's MAC (the TAP's, in the namespace). Fixed, not the kernel's random one: a
+/// suspended computer's namespace is rebuilt at resume, and the guest's ARP cache, saved with
+/// it, still holds the gateway's old MAC; a new one left the resumed guest without DNS or routes
+/// until that entry went stale.
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0xde, 0x5c, 0x00, 0x00, 0x01];
 /// The TAP's name inside the namespace.
 pub const TAP_NAME: &str = "tap0";
 /// The veth end inside the namespace.

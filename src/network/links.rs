@@ -79,6 +79,21 @@ impl Links {
             .map_err(|e| err(format!("cannot set {name} up"), e))
     }
 
+    /// Sets link `name`'s hardware address.
+    pub async fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<(), NetworkError> {
+        let index = self.need_index(name).await?;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| err(format!("cannot set the MAC of {name}"), e))
+    }
+
     /// Adds `addr/prefix` to link `name`.
     pub async fn add_address(
         &self,

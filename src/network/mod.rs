@@ -2,13 +2,14 @@
 //! namespace holding the VM's TAP, a veth pair to the host with NAT, nftables isolation and the
 //! egress policy, and a DNS resolver at the guest's gateway that feeds domain rules.
 //!
-//! What the lead wires (all behind `[network] enabled`):
-//! - [`Network::start`] once at daemon start (host table, IPv4 forwarding), then
-//!   [`Network::reconcile`] with the computers whose VMs still run;
-//! - [`Network::setup`] before a VMM spawns: its [`NetworkHandle::tap`] goes to the VMM as an
-//!   inherited descriptor (`TapSource::Fd`) with [`NetworkHandle::mac`];
-//! - [`Network::teardown`] after the VMM ended and at delete;
-//! - [`Network::set_policy`] on `PUT /computers/{id}/egress-policy` (done in src/api).
+//! How the daemon uses it (behind `[network] enabled`, see `switch`):
+//! - [`Network::start`] once at daemon start (host table, IPv4 forwarding; `switch::start`),
+//!   then [`Network::reconcile`] with the computers whose VMs still run (`Lifecycle::recover`);
+//! - [`Network::setup`] before a VMM spawns (`Lifecycle::boot`): its [`NetworkHandle::tap`]
+//!   goes to the VMM as an inherited descriptor (`TapSource::Fd`, see
+//!   `computers::backend::GuestNic`) with [`NetworkHandle::mac`];
+//! - [`Network::teardown`] after the VMM ended (stop, suspend, a VMM that exited) and at delete;
+//! - [`Network::set_policy`] on `PUT /computers/{id}/egress-policy` (src/api).
 //!
 //! The guest side needs no DHCP: the addresses are fixed (see `addresses`), so the image carries
 //! `172.16.0.2/30`, default route via `172.16.0.1`, resolver `172.16.0.1`, on the virtio-net
@@ -20,6 +21,7 @@ pub mod firewall;
 mod links;
 pub mod namespace;
 pub mod policy;
+pub mod switch;
 pub mod tap;
 
 use std::collections::{BTreeSet, HashMap};
@@ -31,6 +33,7 @@ use serde::Deserialize;
 
 pub use addresses::{LinkNet, GATEWAY_IP, GUEST_IP, GUEST_MAC, INNER_PREFIX};
 pub use policy::{EgressPolicy, Mode, PolicyError, Rule, Target};
+pub use switch::Switch;
 
 use addresses::{host_veth_name, link_index_of, link_net, netns_name, pool_size};
 use firewall::Learnt;
@@ -58,8 +61,9 @@ pub enum NetworkError {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// Give computers a network at all. Off until the rig's end-to-end test exists.
-    pub enabled: bool,
+    /// Give computers a network: `"auto"` (default: where the host can), `true` (required),
+    /// `false`. See `switch`.
+    pub enabled: Switch,
     /// Where the per-computer /30 host links come from.
     pub pool: policy::Cidr,
     /// Upstream resolvers (`ip:port`); empty means the nameservers of /etc/resolv.conf.
@@ -74,7 +78,7 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
-            enabled: false,
+            enabled: Switch::Auto,
             pool: policy::Cidr {
                 addr: Ipv4Addr::new(10, 203, 0, 0),
                 prefix: 16,
@@ -165,6 +169,9 @@ pub(crate) struct ComputerNet {
     policy: Mutex<Arc<EgressPolicy>>,
     learnt: Mutex<dns::LearntCache>,
     resolver: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Made by `setup` (not taken over by `reconcile`): a start of this daemon's, which a
+    /// reconcile running at the same time must not take for a leftover.
+    made_by_setup: bool,
 }
 
 impl ComputerNet {
@@ -198,6 +205,9 @@ pub struct Network {
 struct State {
     computers: HashMap<String, Arc<ComputerNet>>,
     used: BTreeSet<u32>,
+    /// Computers whose `setup` is under way: `reconcile` leaves their namespace alone (a start
+    /// may run while the daemon's start-up recovery reconciles).
+    building: BTreeSet<String>,
 }
 
 /// What the namespace thread hands back.
@@ -252,6 +262,8 @@ fn build(
             let ns = links::connect()?;
             ns.up("lo").await?;
             let tap = tap::open(addresses::TAP_NAME)?;
+            ns.set_mac(addresses::TAP_NAME, addresses::GATEWAY_MAC)
+                .await?;
             ns.add_address(addresses::TAP_NAME, GATEWAY_IP, INNER_PREFIX)
                 .await?;
             ns.up(addresses::TAP_NAME).await?;
@@ -344,7 +356,7 @@ impl Network {
     /// Installs the host's table and turns on IPv4 forwarding (the host must route the guests'
     /// traffic to its uplink). Call once at daemon start, from the host's namespace.
     pub async fn start(config: NetworkConfig) -> Result<Arc<Network>, NetworkError> {
-        if !config.enabled {
+        if config.enabled == Switch::Off {
             return Err(NetworkError::Disabled);
         }
         let upstreams = if config.upstream_dns.is_empty() {
@@ -418,6 +430,7 @@ impl Network {
         id: &str,
         built: Built,
         policy: EgressPolicy,
+        made_by_setup: bool,
     ) -> Result<Arc<ComputerNet>, NetworkError> {
         let comp = Arc::new(ComputerNet {
             id: id.to_string(),
@@ -426,6 +439,7 @@ impl Network {
             policy: Mutex::new(Arc::new(policy)),
             learnt: Mutex::new(dns::LearntCache::new(self.config.max_learnt_addresses)),
             resolver: Mutex::new(Vec::new()),
+            made_by_setup,
         });
         let handles = dns::spawn(
             comp.clone(),
@@ -446,6 +460,17 @@ impl Network {
         id: &str,
         policy: &EgressPolicy,
     ) -> Result<NetworkHandle, NetworkError> {
+        self.lock().building.insert(id.to_string());
+        let result = self.setup_inner(id, policy).await;
+        self.lock().building.remove(id);
+        result
+    }
+
+    async fn setup_inner(
+        &self,
+        id: &str,
+        policy: &EgressPolicy,
+    ) -> Result<NetworkHandle, NetworkError> {
         self.teardown(id).await?;
         let link = self.reserve(None)?;
         let (owned, pol, pool) = (id.to_string(), policy.clone(), self.config.pool);
@@ -462,7 +487,7 @@ impl Network {
             .tap
             .take()
             .ok_or_else(|| NetworkError::Tap("the namespace thread returned no TAP".into()))?;
-        if let Err(e) = self.register(id, built, policy.clone()) {
+        if let Err(e) = self.register(id, built, policy.clone(), true) {
             let _ = self.teardown(id).await;
             return Err(e);
         }
@@ -528,12 +553,27 @@ impl Network {
             running.iter().map(|(id, p)| (id.as_str(), p)).collect();
         for name in namespace::list(addresses::NETNS_PREFIX) {
             let id = &name[addresses::NETNS_PREFIX.len()..];
-            if !wanted.contains_key(id) {
+            // Networks this daemon made or is making since it started are not leftovers.
+            if !wanted.contains_key(id) && !self.busy(id) {
                 self.teardown(id).await?;
                 report.removed_namespaces.push(name);
             }
         }
-        let keep: BTreeSet<String> = running.iter().map(|(id, _)| host_veth_name(id)).collect();
+        let keep: BTreeSet<String> = {
+            let st = self.lock();
+            let made = st
+                .computers
+                .iter()
+                .filter(|(_, c)| c.made_by_setup)
+                .map(|(id, _)| id);
+            running
+                .iter()
+                .map(|(id, _)| id)
+                .chain(made)
+                .chain(st.building.iter())
+                .map(|id| host_veth_name(id))
+                .collect()
+        };
         let pool = self.config.pool;
         let (leftovers, addrs) = blocking(move || {
             runtime()?.block_on(async {
@@ -542,7 +582,8 @@ impl Network {
                 let mut addrs = HashMap::new();
                 for (_, name) in host.with_prefix(addresses::HOST_VETH_PREFIX).await? {
                     if keep.contains(&name) {
-                        addrs.insert(name.clone(), host.first_ipv4(&name).await?);
+                        // A veth being made or removed right now may have no address.
+                        addrs.insert(name.clone(), host.first_ipv4(&name).await.unwrap_or(None));
                     } else {
                         host.delete(&name).await?;
                         gone.push(name);
@@ -573,7 +614,7 @@ impl Network {
             let nets = self.host_nets.clone();
             match blocking(move || reopen(&owned, &pol, pool, &nets, link)).await {
                 Ok(built) => {
-                    self.register(id, built, policy.clone())?;
+                    self.register(id, built, policy.clone(), false)?;
                     report.restored.push(id.clone());
                 }
                 Err(e) => {
@@ -584,6 +625,12 @@ impl Network {
             }
         }
         Ok(report)
+    }
+
+    /// Whether computer `id` has a network `setup` made, or one being made.
+    fn busy(&self, id: &str) -> bool {
+        let st = self.lock();
+        st.building.contains(id) || st.computers.get(id).is_some_and(|c| c.made_by_setup)
     }
 
     /// The computers that have a network now.

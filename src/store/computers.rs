@@ -193,7 +193,7 @@ impl Store {
         new: &NewComputer,
         admit: impl FnOnce(&Commitment) -> Result<(), String>,
     ) -> Result<Computer, StoreError> {
-        let mut conn = self.lock();
+        self.write(|conn| {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         require_workspace(&tx, &new.workspace_id)?;
         admit(&commitment(&tx)?).map_err(StoreError::QuotaExceeded)?;
@@ -270,11 +270,12 @@ impl Store {
         }
         tx.commit()?;
         Ok(computer)
+        })
     }
 
     /// One computer by id.
     pub fn computer(&self, id: &str) -> Result<Option<Computer>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {COLUMNS} FROM computers WHERE id = ?1"))?;
         Ok(stmt.query_row([id], row_to_computer).optional()?)
@@ -282,7 +283,7 @@ impl Store {
 
     /// One computer by its id or its 8-hex-digit instance id.
     pub fn computer_by_id_or_instance(&self, key: &str) -> Result<Option<Computer>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM computers WHERE id = ?1 OR instance_id = ?1"
         ))?;
@@ -291,13 +292,13 @@ impl Store {
 
     /// Computers of one workspace, oldest first.
     pub fn computers_in_workspace(&self, workspace_id: &str) -> Result<Vec<Computer>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         in_workspace(&conn, workspace_id)
     }
 
     /// Every computer, oldest first.
     pub fn all_computers(&self) -> Result<Vec<Computer>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM computers ORDER BY created_at, id"
         ))?;
@@ -313,7 +314,7 @@ impl Store {
         workspace_id: &str,
         prefix: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT name FROM computers WHERE workspace_id = ?1 AND substr(name, 1, length(?2)) = ?2",
         )?;
@@ -345,13 +346,14 @@ impl Store {
         status: ComputerStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        let n = conn.execute(
-            "UPDATE computers SET status = ?3, status_reason = ?4, updated_at = ?5
+        self.write(|conn| {
+            let n = conn.execute(
+                "UPDATE computers SET status = ?3, status_reason = ?4, updated_at = ?5
              WHERE id = ?1 AND status = ?2",
-            params![id, expected.as_str(), status.as_str(), reason, now_iso()],
-        )?;
-        Ok(n == 1)
+                params![id, expected.as_str(), status.as_str(), reason, now_iso()],
+            )?;
+            Ok(n == 1)
+        })
     }
 
     /// Stores a new VNC password (rotated on every start).
@@ -372,28 +374,29 @@ impl Store {
 
     /// Moves a computer to another workspace; its name must be free there.
     pub fn move_computer(&self, id: &str, workspace_id: &str) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        require_workspace(&tx, workspace_id)?;
-        let name: String = tx
-            .query_row("SELECT name FROM computers WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .ok_or(StoreError::NotFound { what: "computer" })?;
-        tx.execute(
-            "UPDATE computers SET workspace_id = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, workspace_id, now_iso()],
-        )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                name_taken(&name)
-            } else {
-                e.into()
-            }
-        })?;
-        tx.commit()?;
-        Ok(())
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            require_workspace(&tx, workspace_id)?;
+            let name: String = tx
+                .query_row("SELECT name FROM computers WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or(StoreError::NotFound { what: "computer" })?;
+            tx.execute(
+                "UPDATE computers SET workspace_id = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, workspace_id, now_iso()],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    name_taken(&name)
+                } else {
+                    e.into()
+                }
+            })?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Deletes a computer row.
@@ -402,12 +405,13 @@ impl Store {
     }
 
     fn update_one(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(sql)?;
-        match stmt.execute(params)? {
-            0 => Err(StoreError::NotFound { what: "computer" }),
-            _ => Ok(()),
-        }
+        self.write(|conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            match stmt.execute(params)? {
+                0 => Err(StoreError::NotFound { what: "computer" }),
+                _ => Ok(()),
+            }
+        })
     }
 }
 

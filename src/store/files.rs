@@ -96,49 +96,50 @@ impl Store {
     /// Records a file, unless the workspace's files would then take more than `quota_bytes`
     /// (`QuotaExceeded`, saying how much is used) or the workspace does not exist.
     pub fn insert_file(&self, new: &NewFile, quota_bytes: u64) -> Result<StoredFile, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        require_workspace(&tx, &new.workspace_id)?;
-        let before = used(&tx, &new.workspace_id)?;
-        if before.saturating_add(new.size_bytes) > quota_bytes {
-            return Err(StoreError::QuotaExceeded(format!(
-                "the workspace's files would take {} bytes, over its quota of {quota_bytes} \
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            require_workspace(&tx, &new.workspace_id)?;
+            let before = used(&tx, &new.workspace_id)?;
+            if before.saturating_add(new.size_bytes) > quota_bytes {
+                return Err(StoreError::QuotaExceeded(format!(
+                    "the workspace's files would take {} bytes, over its quota of {quota_bytes} \
                  (limits.max_workspace_files_bytes; {before} in use): delete files first",
-                before.saturating_add(new.size_bytes)
-            )));
-        }
-        let created_at = now_iso();
-        let size = i64::try_from(new.size_bytes)
-            .map_err(|_| StoreError::Corrupt(format!("file size {}", new.size_bytes)))?;
-        tx.execute(
-            &format!("INSERT INTO files ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-            params![
-                new.id,
-                new.workspace_id,
-                new.computer_id,
-                new.filename,
-                size,
-                new.content_type,
-                new.source.as_str(),
-                created_at
-            ],
-        )?;
-        tx.commit()?;
-        Ok(StoredFile {
-            id: new.id.clone(),
-            workspace_id: new.workspace_id.clone(),
-            computer_id: new.computer_id.clone(),
-            filename: new.filename.clone(),
-            size_bytes: new.size_bytes,
-            content_type: new.content_type.clone(),
-            source: new.source,
-            created_at,
+                    before.saturating_add(new.size_bytes)
+                )));
+            }
+            let created_at = now_iso();
+            let size = i64::try_from(new.size_bytes)
+                .map_err(|_| StoreError::Corrupt(format!("file size {}", new.size_bytes)))?;
+            tx.execute(
+                &format!("INSERT INTO files ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![
+                    new.id,
+                    new.workspace_id,
+                    new.computer_id,
+                    new.filename,
+                    size,
+                    new.content_type,
+                    new.source.as_str(),
+                    created_at
+                ],
+            )?;
+            tx.commit()?;
+            Ok(StoredFile {
+                id: new.id.clone(),
+                workspace_id: new.workspace_id.clone(),
+                computer_id: new.computer_id.clone(),
+                filename: new.filename.clone(),
+                size_bytes: new.size_bytes,
+                content_type: new.content_type.clone(),
+                source: new.source,
+                created_at,
+            })
         })
     }
 
     /// The file `id`, if it exists.
     pub fn file(&self, id: &str) -> Result<Option<StoredFile>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let row = conn
             .query_row(
                 &format!("SELECT {COLUMNS} FROM files WHERE id = ?1"),
@@ -156,7 +157,7 @@ impl Store {
         workspace_id: Option<&str>,
         computer_id: Option<&str>,
     ) -> Result<Vec<StoredFile>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM files
              WHERE (?1 IS NULL OR workspace_id = ?1) AND (?2 IS NULL OR computer_id = ?2)
@@ -168,65 +169,72 @@ impl Store {
 
     /// Bytes the files of a workspace take.
     pub fn workspace_files_bytes(&self, workspace_id: &str) -> Result<u64, StoreError> {
-        used(&self.lock(), workspace_id)
+        let conn = self.reader()?;
+        used(&conn, workspace_id)
     }
 
     /// Forgets the file `id` and returns what it was (the caller removes its bytes).
     pub fn delete_file(&self, id: &str) -> Result<StoredFile, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let row = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM files WHERE id = ?1"),
-                [id],
-                from_row,
-            )
-            .optional()?;
-        let file = row
-            .map(finish)
-            .transpose()?
-            .ok_or(StoreError::NotFound { what: "file" })?;
-        tx.execute("DELETE FROM files WHERE id = ?1", [id])?;
-        tx.commit()?;
-        Ok(file)
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            let row = tx
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM files WHERE id = ?1"),
+                    [id],
+                    from_row,
+                )
+                .optional()?;
+            let file = row
+                .map(finish)
+                .transpose()?
+                .ok_or(StoreError::NotFound { what: "file" })?;
+            tx.execute("DELETE FROM files WHERE id = ?1", [id])?;
+            tx.commit()?;
+            Ok(file)
+        })
     }
 
     /// Claims putting upload `file_id` in computer `computer_id`: false when it is there already
     /// or another task is putting it there now, so no computer gets an upload twice.
     pub fn claim_delivery(&self, file_id: &str, computer_id: &str) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        let n = conn.execute(
-            "INSERT OR IGNORE INTO file_deliveries (file_id, computer_id, claimed_at)
+        self.write(|conn| {
+            let n = conn.execute(
+                "INSERT OR IGNORE INTO file_deliveries (file_id, computer_id, claimed_at)
              VALUES (?1, ?2, ?3)",
-            params![file_id, computer_id, now_iso()],
-        )?;
-        Ok(n == 1)
+                params![file_id, computer_id, now_iso()],
+            )?;
+            Ok(n == 1)
+        })
     }
 
     /// Gives up a claim whose delivery failed (the next start of the computer tries again).
     pub fn release_delivery(&self, file_id: &str, computer_id: &str) -> Result<(), StoreError> {
-        self.lock().execute(
-            "DELETE FROM file_deliveries WHERE file_id = ?1 AND computer_id = ?2",
-            params![file_id, computer_id],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "DELETE FROM file_deliveries WHERE file_id = ?1 AND computer_id = ?2",
+                params![file_id, computer_id],
+            )?;
+            Ok(())
+        })
     }
 
     /// Records that computer `to` holds what computer `from` holds (a clone has its disk), so
     /// that it does not get those uploads a second time.
     pub fn copy_deliveries(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        self.lock().execute(
-            "INSERT OR IGNORE INTO file_deliveries (file_id, computer_id, claimed_at)
-             SELECT file_id, ?2, ?3 FROM file_deliveries WHERE computer_id = ?1",
-            params![from, to, now_iso()],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO file_deliveries (file_id, computer_id, claimed_at)
+                 SELECT file_id, ?2, ?3 FROM file_deliveries WHERE computer_id = ?1",
+                params![from, to, now_iso()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Uploads meant for computer `computer_id` (to it, or to its workspace without a computer)
     /// that are not in it yet, oldest first.
     pub fn pending_uploads(&self, computer_id: &str) -> Result<Vec<StoredFile>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let columns: String = COLUMNS
             .split(", ")
             .map(|c| format!("f.{c}"))

@@ -80,40 +80,41 @@ impl Store {
         name: &str,
         workspace_id: Option<&str>,
     ) -> Result<CreatedKey, StoreError> {
-        let conn = self.lock();
-        if let Some(ws) = workspace_id {
-            require_workspace(&conn, ws)?;
-        }
-        let secret = generate_key();
-        let prefix = lookup_prefix(&secret)
-            .ok_or_else(|| StoreError::Corrupt("generated key is malformed".into()))?
-            .to_string();
-        let key = ApiKey {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: name.to_string(),
-            prefix,
-            workspace_id: workspace_id.map(str::to_string),
-            created_at: now_iso(),
-            revoked_at: None,
-        };
-        conn.execute(
-            "INSERT INTO api_keys (id, name, prefix, hash, workspace_id, created_at)
+        self.write(|conn| {
+            if let Some(ws) = workspace_id {
+                require_workspace(conn, ws)?;
+            }
+            let secret = generate_key();
+            let prefix = lookup_prefix(&secret)
+                .ok_or_else(|| StoreError::Corrupt("generated key is malformed".into()))?
+                .to_string();
+            let key = ApiKey {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: name.to_string(),
+                prefix,
+                workspace_id: workspace_id.map(str::to_string),
+                created_at: now_iso(),
+                revoked_at: None,
+            };
+            conn.execute(
+                "INSERT INTO api_keys (id, name, prefix, hash, workspace_id, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                key.id,
-                key.name,
-                key.prefix,
-                hash_key(&secret).to_vec(),
-                key.workspace_id,
-                key.created_at
-            ],
-        )?;
-        Ok(CreatedKey { key, secret })
+                params![
+                    key.id,
+                    key.name,
+                    key.prefix,
+                    hash_key(&secret).to_vec(),
+                    key.workspace_id,
+                    key.created_at
+                ],
+            )?;
+            Ok(CreatedKey { key, secret })
+        })
     }
 
     /// Every key, revoked ones included, oldest first.
     pub fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
         ))?;
@@ -125,7 +126,7 @@ impl Store {
 
     /// Number of keys that still work.
     pub fn active_key_count(&self) -> Result<u64, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let n: i64 = conn.query_row(
             "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL",
             [],
@@ -136,20 +137,21 @@ impl Store {
 
     /// Revokes a key by id (or by its displayed prefix). Revoking twice is not an error.
     pub fn revoke_key(&self, id_or_prefix: &str) -> Result<ApiKey, StoreError> {
-        let conn = self.lock();
-        let key = conn
-            .query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 OR prefix = ?1"),
-                [id_or_prefix],
-                row_to_key,
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound { what: "key" })?;
-        conn.execute(
-            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
-            params![key.id, now_iso()],
-        )?;
-        Ok(key)
+        self.write(|conn| {
+            let key = conn
+                .query_row(
+                    &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 OR prefix = ?1"),
+                    [id_or_prefix],
+                    row_to_key,
+                )
+                .optional()?
+                .ok_or(StoreError::NotFound { what: "key" })?;
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+                params![key.id, now_iso()],
+            )?;
+            Ok(key)
+        })
     }
 
     /// The live key matching `secret`, if any. The hash comparison is constant-time.
@@ -158,7 +160,7 @@ impl Store {
             return Ok(None);
         };
         let wanted = hash_key(secret);
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {KEY_COLUMNS}, hash FROM api_keys WHERE prefix = ?1 AND revoked_at IS NULL"
         ))?;

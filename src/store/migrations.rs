@@ -92,6 +92,63 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX file_deliveries_by_computer ON file_deliveries (computer_id);
     "#,
+    // 5: orgo.ai/v1 templates (issue 14): published documents by ref, builds keyed by the
+    // document's digest (one `building` row per digest at a time), and each build's event log.
+    r#"
+    CREATE TABLE templates (
+        namespace    TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        digest       TEXT NOT NULL,
+        document     TEXT NOT NULL,
+        published_at TEXT NOT NULL,
+        PRIMARY KEY (namespace, name, version)
+    );
+    CREATE INDEX templates_by_digest ON templates (digest);
+
+    CREATE TABLE template_builds (
+        id            TEXT PRIMARY KEY,
+        digest        TEXT NOT NULL,
+        reference     TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        started_at    TEXT NOT NULL,
+        finished_at   TEXT,
+        build_time_ms INTEGER,
+        error         TEXT
+    );
+    CREATE INDEX template_builds_by_digest ON template_builds (digest, started_at);
+    CREATE UNIQUE INDEX template_builds_one_running ON template_builds (digest) WHERE status = 'building';
+
+    CREATE TABLE template_build_events (
+        build_id TEXT NOT NULL REFERENCES template_builds (id) ON DELETE CASCADE,
+        seq      INTEGER NOT NULL,
+        event    TEXT NOT NULL,
+        PRIMARY KEY (build_id, seq)
+    );
+    "#,
+    // 6: a computer's bandwidth limit (issue 12: `bandwidth_limit_mbps` at create and resize);
+    // no row means unlimited.
+    r#"
+    CREATE TABLE computer_bandwidth (
+        computer_id TEXT PRIMARY KEY REFERENCES computers (id) ON DELETE CASCADE,
+        mbps        INTEGER NOT NULL
+    );
+    "#,
+    // 7: RTMP stream connections (api.md section 5, issue 15). The stream key is a secret kept
+    // here because the database is root-only (0600 in a 0700 directory, see `Store::open`);
+    // answers mask it and nothing logs it.
+    r#"
+    CREATE TABLE stream_connections (
+        name         TEXT PRIMARY KEY,
+        rtmp_url     TEXT NOT NULL,
+        stream_key   TEXT NOT NULL,
+        bitrate_kbps INTEGER NOT NULL,
+        width        INTEGER NOT NULL,
+        height       INTEGER NOT NULL,
+        framerate    INTEGER NOT NULL,
+        created_at   TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date.

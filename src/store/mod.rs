@@ -1,4 +1,5 @@
-//! SQLite state: keys, workspaces, computers, files. One database file (`deskd.db`) in the data
+//! SQLite state: keys, workspaces, computers, files, templates and their builds, RTMP stream
+//! connections. One database file (`deskd.db`) in the data
 //! directory, WAL mode, versioned migrations; every change that touches more than one row runs in
 //! one transaction, so a `kill -9` at any moment leaves a consistent database.
 
@@ -8,6 +9,8 @@ mod files;
 mod keys;
 mod migrations;
 mod network;
+mod streams;
+mod templates;
 mod workspaces;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +22,8 @@ pub use cli::{keys_command, KeysCommand};
 pub use computers::{Commitment, Computer, ComputerStatus, NewComputer};
 pub use files::{FileSource, NewFile, StoredFile};
 pub use keys::{generate_key, hash_key, ApiKey, CreatedKey, KEY_PREFIX};
+pub use streams::StreamConnection;
+pub use templates::{BuildStart, Published, StoredTemplate};
 pub use workspaces::{Workspace, WorkspaceStatus};
 
 /// Default data directory of the daemon and the key commands.
@@ -50,11 +55,58 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// The open database. Cheap operations only: callers hold the lock for one statement or one
-/// transaction.
+impl StoreError {
+    /// The database could not grow because its filesystem is full (nothing was written: SQLite
+    /// rolls the statement or transaction back).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
+/// The open database: one connection that writes, behind a lock, and a few that only read.
+///
+/// A write waits for the lock and then for its commit's `fsync` (`synchronous = FULL`), which on a
+/// busy disk takes milliseconds or more; it runs with [`tokio::task::block_in_place`] so that the
+/// async worker it was called on hands its other tasks to another thread meanwhile, and a burst
+/// of writes never stalls the requests that only read. Reads run where they are called: in WAL
+/// mode a reader waits for neither the writer nor its `fsync`.
 pub struct Store {
-    conn: Mutex<Connection>,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
     path: PathBuf,
+}
+
+/// Read connections kept open when idle (more are opened while more readers run at once).
+const MAX_IDLE_READERS: usize = 8;
+
+/// A read connection taken from the pool; it goes back when dropped.
+struct Reader<'a> {
+    store: &'a Store,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        // Only `drop` takes the connection out.
+        self.conn.as_ref().expect("reader used after drop")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.store.idle_readers();
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
 }
 
 impl Store {
@@ -82,7 +134,8 @@ impl Store {
         migrations::apply(&mut conn)?;
         restrict_permissions(&path);
         Ok(Store {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
             path,
         })
     }
@@ -92,15 +145,45 @@ impl Store {
         &self.path
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a half-done transaction (rusqlite rolls back
-        // on drop), so a poisoned lock is still safe to use.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on the writing connection, off the async workers (see [`Store`]). `f` holds the
+    /// lock for one statement or one transaction.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        off_the_async_workers(|| {
+            // A panic while holding the lock cannot leave a half-done transaction (rusqlite rolls
+            // back on drop), so a poisoned lock is still safe to use.
+            let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+    }
+
+    /// A connection that may only read (`query_only`: a write through it fails).
+    fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        let idle = self.idle_readers().pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.pragma_update(None, "query_only", "ON")?;
+                conn
+            }
+        };
+        Ok(Reader {
+            store: self,
+            conn: Some(conn),
+        })
+    }
+
+    fn idle_readers(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The id of the single account this host serves (the `user_id` of workspaces).
     pub fn account_id(&self) -> Result<String, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let id: String =
             conn.query_row("SELECT value FROM meta WHERE key = 'account_id'", [], |r| {
                 r.get(0)
@@ -109,7 +192,18 @@ impl Store {
     }
 }
 
-/// The database holds key hashes and VNC passwords: only root may read it.
+/// Runs `f`, which may block for a while, so that no async task waits behind it: on a worker of
+/// a multi-threaded runtime the worker's other tasks move to another thread first. Elsewhere (a
+/// plain thread, a blocking-pool thread, a single-threaded runtime as in tests) `f` just runs.
+fn off_the_async_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// The database holds key hashes, VNC passwords and stream keys: only root may read it.
 fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for p in [

@@ -1,4 +1,5 @@
-//! Per-computer network settings: the egress policy (src/network/policy.rs is its type).
+//! Per-computer network settings: the egress policy (src/network/policy.rs is its type) and the
+//! bandwidth limit.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -24,7 +25,7 @@ pub(super) fn put_egress_policy(
 impl Store {
     /// The computer's egress policy (the default when none was ever set).
     pub fn egress_policy(&self, computer_id: &str) -> Result<EgressPolicy, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let text: Option<String> = conn
             .query_row(
                 "SELECT policy FROM computer_egress WHERE computer_id = ?1",
@@ -46,21 +47,64 @@ impl Store {
         computer_id: &str,
         policy: &EgressPolicy,
     ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let exists: Option<String> = tx
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            let exists: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM computers WHERE id = ?1",
+                    [computer_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound { what: "computer" });
+            }
+            put_egress_policy(&tx, computer_id, policy)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The computer's bandwidth limit in megabits per second (`None`: unlimited).
+    pub fn bandwidth_limit(&self, computer_id: &str) -> Result<Option<u32>, StoreError> {
+        let conn = self.reader()?;
+        Ok(conn
             .query_row(
-                "SELECT id FROM computers WHERE id = ?1",
+                "SELECT mbps FROM computer_bandwidth WHERE computer_id = ?1",
                 [computer_id],
                 |r| r.get(0),
             )
-            .optional()?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound { what: "computer" });
-        }
-        put_egress_policy(&tx, computer_id, policy)?;
-        tx.commit()?;
-        Ok(())
+            .optional()?)
+    }
+
+    /// Sets (or with `None` removes) the computer's bandwidth limit.
+    pub fn set_bandwidth_limit(
+        &self,
+        computer_id: &str,
+        mbps: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.write(|conn| {
+            match mbps {
+                None => {
+                    conn.execute(
+                        "DELETE FROM computer_bandwidth WHERE computer_id = ?1",
+                        [computer_id],
+                    )?;
+                }
+                Some(m) => {
+                    let changed = conn.execute(
+                        "INSERT INTO computer_bandwidth (computer_id, mbps)
+                     SELECT id, ?2 FROM computers WHERE id = ?1
+                     ON CONFLICT (computer_id) DO UPDATE SET mbps = excluded.mbps",
+                        params![computer_id, m],
+                    )?;
+                    if changed == 0 {
+                        return Err(StoreError::NotFound { what: "computer" });
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 }
 
@@ -107,5 +151,43 @@ mod tests {
         store.delete_computer(&c.id).unwrap();
         assert!(store.set_egress_policy(&c.id, &policy).is_err());
         assert_eq!(store.egress_policy(&c.id).unwrap(), EgressPolicy::default());
+    }
+
+    #[test]
+    fn bandwidth_limit_set_replaced_removed_and_gone_with_the_computer() {
+        let (_d, store) = test_store();
+        let ws = store
+            .create_workspace("w", WorkspaceStatus::Active, None)
+            .unwrap();
+        let c = store
+            .insert_computer(
+                &NewComputer {
+                    workspace_id: ws.id.clone(),
+                    name: "c".into(),
+                    os: "linux".into(),
+                    cpu: 1,
+                    ram_gb: 1,
+                    gpu: "none".into(),
+                    disk_size_gb: 8,
+                    resolution: "1280x720x24".into(),
+                    auto_stop_minutes: None,
+                    template_ref: "system/desktop@1.0.0".into(),
+                    image: None,
+                    vnc_password: "x".into(),
+                    egress_policy: None,
+                },
+                |_| Ok(()),
+            )
+            .unwrap();
+        assert_eq!(store.bandwidth_limit(&c.id).unwrap(), None);
+        store.set_bandwidth_limit(&c.id, Some(10)).unwrap();
+        store.set_bandwidth_limit(&c.id, Some(25)).unwrap();
+        assert_eq!(store.bandwidth_limit(&c.id).unwrap(), Some(25));
+        store.set_bandwidth_limit(&c.id, None).unwrap();
+        assert_eq!(store.bandwidth_limit(&c.id).unwrap(), None);
+        store.set_bandwidth_limit(&c.id, Some(5)).unwrap();
+        store.delete_computer(&c.id).unwrap();
+        assert_eq!(store.bandwidth_limit(&c.id).unwrap(), None);
+        assert!(store.set_bandwidth_limit(&c.id, Some(5)).is_err());
     }
 }

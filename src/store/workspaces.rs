@@ -70,32 +70,33 @@ impl Store {
             created_at: now.clone(),
             updated_at: now,
         };
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO workspaces (id, name, status, icon_url, created_at, updated_at)
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO workspaces (id, name, status, icon_url, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                ws.id,
-                ws.name,
-                ws.status.as_str(),
-                ws.icon_url,
-                ws.created_at,
-                ws.updated_at
-            ],
-        )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::NameTaken(format!("A workspace named {name:?} already exists."))
-            } else {
-                e.into()
-            }
-        })?;
-        Ok(ws)
+                params![
+                    ws.id,
+                    ws.name,
+                    ws.status.as_str(),
+                    ws.icon_url,
+                    ws.created_at,
+                    ws.updated_at
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::NameTaken(format!("A workspace named {name:?} already exists."))
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(ws)
+        })
     }
 
     /// All workspaces, oldest first.
     pub fn list_workspaces(&self) -> Result<Vec<Workspace>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM workspaces ORDER BY created_at, id"
         ))?;
@@ -107,7 +108,7 @@ impl Store {
 
     /// One workspace.
     pub fn workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"))?;
         Ok(stmt.query_row([id], row_to_workspace).optional()?)
@@ -117,33 +118,35 @@ impl Store {
     /// step of deleting a workspace, so a crash before the VMs are gone leaves records that
     /// start-up recovery finishes deleting instead of orphaned VMs.
     pub fn mark_workspace_deleting(&self, id: &str) -> Result<Vec<Computer>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        require_workspace(&tx, id)?;
-        tx.execute(
-            "UPDATE computers SET status = 'deleting', updated_at = ?2 WHERE workspace_id = ?1",
-            params![id, now_iso()],
-        )?;
-        let computers = super::computers::in_workspace(&tx, id)?;
-        tx.commit()?;
-        Ok(computers)
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            require_workspace(&tx, id)?;
+            tx.execute(
+                "UPDATE computers SET status = 'deleting', updated_at = ?2 WHERE workspace_id = ?1",
+                params![id, now_iso()],
+            )?;
+            let computers = super::computers::in_workspace(&tx, id)?;
+            tx.commit()?;
+            Ok(computers)
+        })
     }
 
     /// Deletes a workspace and all its computers in one transaction; returns the computers that
     /// were deleted so their VMs and disks can be cleaned up.
     pub fn delete_workspace(&self, id: &str) -> Result<Vec<Computer>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let computers = super::computers::in_workspace(&tx, id)?;
-        tx.execute("DELETE FROM computers WHERE workspace_id = ?1", [id])?;
-        // The files' bytes go with the workspace's directory (files::workspace_dir).
-        tx.execute("DELETE FROM files WHERE workspace_id = ?1", [id])?;
-        let n = tx.execute("DELETE FROM workspaces WHERE id = ?1", [id])?;
-        if n == 0 {
-            return Err(StoreError::NotFound { what: "workspace" });
-        }
-        tx.commit()?;
-        Ok(computers)
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            let computers = super::computers::in_workspace(&tx, id)?;
+            tx.execute("DELETE FROM computers WHERE workspace_id = ?1", [id])?;
+            // The files' bytes go with the workspace's directory (files::workspace_dir).
+            tx.execute("DELETE FROM files WHERE workspace_id = ?1", [id])?;
+            let n = tx.execute("DELETE FROM workspaces WHERE id = ?1", [id])?;
+            if n == 0 {
+                return Err(StoreError::NotFound { what: "workspace" });
+            }
+            tx.commit()?;
+            Ok(computers)
+        })
     }
 }
 

@@ -25,17 +25,31 @@ pub fn read(path: &Path) -> Option<(i32, u64)> {
     Some((pid, start))
 }
 
-/// The start time of a live process (none for a zombie or a missing one).
+/// The start time of a live process (none for a finished zombie or a missing one).
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: parse after its last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); field 22 is index 19. A zombie is not alive.
-    if fields.first() == Some(&"Z") {
+    // rest starts at field 3 (state); field 22 is index 19. A zombie is not alive, unless it is
+    // a thread-group leader waiting for its other threads: they still share its open files
+    // (a VMM's disk lock among them) and may be tearing down gigabytes of guest memory.
+    if fields.first() == Some(&"Z") && !has_other_threads(pid) {
         return None;
     }
     fields.get(19)?.parse().ok()
+}
+
+/// Whether process `pid` still has threads besides its leader (exited threads other than the
+/// leader leave `/proc/PID/task` at once).
+fn has_other_threads(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .any(|t| t.file_name().to_str() != Some(&pid.to_string()))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether the process a pid file names is still that process.
@@ -62,5 +76,16 @@ mod tests {
         assert!(start_time(i32::MAX).is_none());
         std::fs::write(&path, "12 x\n").unwrap();
         assert_eq!(read(&path), None);
+    }
+
+    #[test]
+    fn other_threads_are_seen() {
+        let pid = std::process::id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        assert!(has_other_threads(pid));
+        drop(tx);
+        t.join().unwrap().unwrap_err();
+        assert!(!has_other_threads(i32::MAX), "no such process");
     }
 }

@@ -90,9 +90,18 @@ impl Daemon {
     }
 
     pub fn start_with_args(config: &str, extra_args: &[String]) -> Daemon {
+        Daemon::start_in(config, extra_args, None)
+    }
+
+    /// A daemon whose data directory is `data` (e.g. on a filesystem of the test's making).
+    pub fn start_with_data_dir(config: &str, data: PathBuf) -> Daemon {
+        Daemon::start_in(config, &[], Some(data))
+    }
+
+    fn start_in(config: &str, extra_args: &[String], data: Option<PathBuf>) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("run/deskd.sock");
-        let data = dir.path().join("data");
+        let data = data.unwrap_or_else(|| dir.path().join("data"));
         let config_path = dir.path().join("deskd.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("deskd.log");

@@ -201,7 +201,13 @@ def main():
               facts.get("hostname") == args.hostname)
         check(f"the guest booted once, no reboot on the way (boots in the journal: {facts.get('boots')})",
               facts.get("boots") == "1")
-        for unit in ("deskd-xvfb", "deskd-session", "deskd-agent", "deskd-hostname"):
+        check(f"the display is Xvnc (VNC-EXTENSION in xdpyinfo: {facts.get('x_vnc_extension')})",
+              facts.get("x_vnc_extension") == "1")
+        check(f"RFB greets on the guest's Unix socket ({facts.get('rfb_greeting')!r})",
+              facts.get("rfb_greeting") == "RFB 003.008")
+        check(f"no RFB TCP port is open ({facts.get('rfb_tcp_listening')})",
+              facts.get("rfb_tcp_listening") == "0")
+        for unit in ("deskd-display", "deskd-session", "deskd-agent", "deskd-hostname"):
             check(f"{unit}.service is active ({facts.get('unit_' + unit)})",
                   facts.get("unit_" + unit) == "active")
         check(f"no failed units ({facts.get('failed_units') or 'none'})", not facts.get("failed_units"))

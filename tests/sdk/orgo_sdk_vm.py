@@ -47,11 +47,20 @@ def poll(what, check, limit_s, every_s=2.0):
     sys.exit(f"sdk-vm: FAILED: {what} (last: {last!r})")
 
 
-step("Computer(project=...) creates the workspace and a computer (POST /projects, POST /computers)")
-computer = Computer(project="sdk-vm", api_key=KEY, base_api_url=BASE, verbose=False)
-assert computer.computer_id, "no computer id"
+# Given a computer (tests/sdk/rig_api_flow.py hands over its live clone, which saves the rig a
+# cold boot), the SDK attaches to it; otherwise it creates one. Creation through the SDK is also
+# covered without a VM by tests/api_sdk.rs.
+EXISTING = os.environ.get("DESKD_COMPUTER_ID")
+if EXISTING:
+    step(f"Computer(computer_id={EXISTING}) attaches to a running computer (a live clone)")
+    computer = Computer(computer_id=EXISTING, api_key=KEY, base_api_url=BASE, verbose=False)
+    assert computer.computer_id == EXISTING, computer.computer_id
+else:
+    step("Computer(project=...) creates the workspace and a computer (POST /projects, POST /computers)")
+    computer = Computer(project="sdk-vm", api_key=KEY, base_api_url=BASE, verbose=False)
+    assert computer.computer_id, "no computer id"
 created = computer.status()
-step(f"created {computer.computer_id}: status {created['status']}")
+step(f"computer {computer.computer_id}: status {created['status']}")
 assert created["status"] in ("creating", "starting", "running"), created
 
 
@@ -109,8 +118,10 @@ for name, result in (
 ):
     assert result.get("success") is True, (name, result)
 
-step("restart(): the VNC password rotates and the desktop comes back")
+step("restart(): a new boot, the VNC password rotates and the desktop comes back")
 before = computer.status()["vnc_password"]
+boot_before = computer.bash("cat /proc/sys/kernel/random/boot_id").strip()
+t0 = time.monotonic()
 r = computer.restart()
 assert r.get("success") is True, r
 out = computer.bash("echo back")  # waits while the computer restarts
@@ -118,6 +129,10 @@ assert out.strip() == "back", repr(out)
 after = computer.status()
 assert after["status"] == "running", after["status"]
 assert after["vnc_password"] != before, "vnc_password did not rotate"
+boot_after = computer.bash("cat /proc/sys/kernel/random/boot_id").strip()
+assert boot_after and boot_after != boot_before, f"restart did not boot the guest anew ({boot_before})"
+assert computer.status().get("instance_details", {}).get("saved_vm_bytes") is None, "restart kept a saved VM"
+step(f"restarted in {time.monotonic() - t0:.0f} s: a new boot ({boot_before[:8]} -> {boot_after[:8]})")
 
 step("destroy()")
 computer.destroy()

@@ -11,7 +11,11 @@ Run by tests/sdk-rig-e2e against `deskd serve` inside the rig (tests/rig/serve),
   re-attaches to the running VM (same boot); a reboot inside the guest boots it again (a new boot);
   suspend -> suspended, start resumes it (same boot, a background process alive, a counting loop
   went on, the clock set), a live clone runs with its own hostname, machine-id and RNG; stop -> stopped, start -> running; the VMM SIGKILLed -> error with a reason, the daemon carries
-  on; delete -> 404.
+  on; delete -> 404. With guest networking (rig_network_flow.py; RIG_NETWORK_FLOW=0 leaves it
+  out): the first boot's network checks, the resumed and the cloned computer fetch a page, and no
+  namespace or TAP is left after the VMM is killed and after delete. The audio stream
+  (rig_media_flow.check_audio; RIG_MEDIA_FLOW=0 leaves it out): a 440 Hz tone played in the guest
+  is captured from /ws/audio, its events arrive, silence when nothing plays.
 
 Faults are injected through the supervisor inside (tests/rig/supervise: files in `ctl`); the one
 reboot the test asks for is announced there, so that any other guest reset is recorded as a fault of
@@ -31,6 +35,12 @@ import time
 
 START = time.monotonic()
 WIDTH, HEIGHT = 1280, 720
+# Guest networking's steps (rig_network_flow.py); RIG_NETWORK_FLOW=0 leaves them out.
+NETWORK = os.environ.get("RIG_NETWORK_FLOW", "1") != "0"
+# The audio stream's steps (rig_media_flow.check_audio); RIG_MEDIA_FLOW=0 leaves them out.
+MEDIA = os.environ.get("RIG_MEDIA_FLOW", "1") != "0"
+# The flow's helpers import this file by name: as a script it is that module too (one `Failed`).
+sys.modules.setdefault("rig_api_flow", sys.modules[__name__])
 
 
 def step(text):
@@ -152,6 +162,13 @@ def flow(api, ctl):
     expect(code == 200 and "Linux version" in text, "the console log lacks the guest kernel's boot messages")
     step("console log has the guest kernel's boot messages")
 
+    if NETWORK:
+        import rig_network_flow
+        rig_network_flow.check_network(api, cid, ctl)
+    if MEDIA:
+        import rig_media_flow
+        rig_media_flow.check_audio(api, cid)
+
     # The operator's command line on the same computer: `deskd screenshot` and `deskd bash`.
     rig_check = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cli", "rig-check")
     done = subprocess.run([rig_check, api.sock, api.key, cid], capture_output=True, text=True, timeout=900)
@@ -208,32 +225,42 @@ def flow(api, ctl):
     status = api.status_of(cid)
     expect(status == "stopped", f"after stop the computer is {status!r}")
     step(f"stop: stopped after {time.monotonic() - t0:.0f} s")
+    code, stopped = api.call("GET", f"/api/computers/{cid}")
+    expect(stopped["instance_details"].get("saved_vm_bytes") is None, "a stopped computer kept its saved VM")
+
+    # Start, and the VMM dies while the guest boots: its computer turns to error with the reason,
+    # and the daemon carries on. (That a start after a stop is a new boot is checked by the SDK
+    # test's restart(), on the clone: one cold boot fewer here.)
     r = api.json("POST", f"/api/computers/{cid}/start")
     expect(r.get("success") is True, f"start answered {r}")
     t0 = time.monotonic()
-    poll("the computer runs again after start", lambda: api.status_of(cid) in ("running", "error"), 600, every_s=2)
-    status = api.status_of(cid)
-    expect(status == "running", f"after start the computer is {status!r}")
-    started = boot_id()
-    expect(started != new_boot, "start did not boot the guest anew")
-    code, gone = api.call("GET", f"/api/computers/{cid}")
-    expect(gone["instance_details"].get("saved_vm_bytes") is None, "a stopped computer kept its saved VM")
-    step(f"start: running again after {time.monotonic() - t0:.0f} s (a new boot)")
 
-    # The VMM dies: its computer turns to error with the reason, and the daemon carries on.
-    open(os.path.join(ctl, f"kill-vmm-{cid}"), "w").close()
-    poll("a killed VMM turns its computer to error", lambda: api.status_of(cid) == "error", 60)
+    def killed():
+        # The request is repeated until the VMM exists (it writes its pid file before its guest
+        # runs) and its death has been seen.
+        req = os.path.join(ctl, f"kill-vmm-{cid}")
+        if not os.path.exists(req):
+            open(req, "w").close()
+        return api.status_of(cid) == "error"
+
+    poll("a VMM killed during the boot turns its computer to error", killed, 180, every_s=3)
     reason = api.json("GET", f"/api/computers/{cid}").get("status_reason")
-    step(f"VMM killed: computer is error ({reason})")
+    step(f"start, then the VMM killed {time.monotonic() - t0:.0f} s into the boot: computer is error ({reason})")
     expect(reason, "the error carries no status_reason")
     code, _ = api.call("GET", "/api/projects")
     expect(code == 200, f"the daemon stopped answering after a VMM died (HTTP {code})")
+    if NETWORK:
+        import rig_network_flow
+        rig_network_flow.check_no_network_left(ctl, cid, "after its VMM was killed")
 
     r = api.json("DELETE", f"/api/computers/{cid}")
     expect(r.get("success") is True, f"delete answered {r}")
     code, _ = api.call("GET", f"/api/computers/{cid}")
     expect(code == 404, f"delete left the computer (GET answers {code})")
     step("deleted")
+    if NETWORK:
+        import rig_network_flow
+        rig_network_flow.check_no_network_left(ctl, cid, "after delete")
 
 
 def bash(api, cid, command):
@@ -307,6 +334,9 @@ def suspend_resume_and_clone(api, cid, boot, ctl):
     expect((shot.get("width"), shot.get("height")) == (WIDTH, HEIGHT), "screenshot after resume")
     step(f"resumed in {resumed_in:.1f} s: same boot, pid {pid} alive, loop went on ({before_lines} -> {len(lines)} lines), "
          f"clock {offset:+.1f} s off the daemon's")
+    if NETWORK:
+        import rig_network_flow
+        rig_network_flow.fetch_page(api, cid, "resumed")
 
     # The daemon SIGKILLed while it suspends: after its restart the computer is running or
     # suspended, never lost, and runs on with its processes.
@@ -332,12 +362,76 @@ def suspend_resume_and_clone(api, cid, boot, ctl):
     expect(bash(api, cid, "cat /proc/sys/kernel/random/boot_id") == boot, "the interrupted suspend rebooted the guest")
     step(f"daemon SIGKILLed during a suspend: the computer was {after_kill} after the restart and runs on (same boot)")
 
-    # Auto-stop and the live clone are not checked here yet: in the one run that reached them, the
-    # computer auto-stop suspended came back without its processes (a fresh boot); see issue 11's note.
+    # Auto-stop: unused for a minute (reading its record is not use), it is suspended; the first
+    # action resumes it and is answered.
+    api.json("PATCH", f"/api/computers/{cid}/auto-stop", {"auto_stop_minutes": 1})
+    t0 = time.monotonic()
+    poll("auto-stop suspends the unused computer", lambda: api.status_of(cid) == "suspended", 240, every_s=2)
+    idle = time.monotonic() - t0
+    api.json("PATCH", f"/api/computers/{cid}/auto-stop", {"auto_stop_minutes": 0})
+    t0 = time.monotonic()
+    expect(bash(api, cid, f"kill -0 {pid} && echo alive") == "alive", "after auto-stop the process is gone")
+    step(f"auto-stop suspended it after {idle:.0f} s unused; a bash call resumed it and was answered in "
+         f"{time.monotonic() - t0:.1f} s")
+
+    # A running computer cloned live: both run, the clone has its own identity.
+    src_ids = bash(api, cid, "hostname; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'").split()
+    t0 = time.monotonic()
+    clone = api.json("POST", f"/api/computers/{cid}/clone", timeout=900)
+    clone_id = clone["id"]
+    step(f"clone answered in {time.monotonic() - t0:.1f} s: {clone_id} ({clone.get('status')})")
+    poll("the clone runs", lambda: api.status_of(clone_id) in ("running", "error"), 300, every_s=0.5)
+    expect(api.status_of(clone_id) == "running", f"the clone is {api.status_of(clone_id)}")
+    clone_ids = bash(api, clone_id, "hostname; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'").split()
+    expect(bash(api, cid, "echo source") == "source", "the source stopped answering after the clone")
+    for what, a, b in zip(("hostname", "machine-id", "urandom"), src_ids, clone_ids):
+        expect(a != b, f"the clone has its source's {what} ({a})")
+    clone_c = api.json("GET", f"/api/computers/{clone_id}")
+    expect(clone_ids[0] == f"deskd-{clone_c['instance_id']}", f"the clone's hostname {clone_ids[0]} is not its own")
+    expect(clone_c["vnc_password"] != api.json("GET", f"/api/computers/{cid}")["vnc_password"], "same vnc_password")
+    expect(bash(api, clone_id, f"kill -0 {pid} && echo alive") == "alive", "the clone lost the source's processes")
+    if NETWORK:
+        import rig_network_flow
+        rig_network_flow.fetch_page(api, clone_id, "live clone")
+        rig_network_flow.fetch_page(api, cid, "the clone's source")
+        rig_network_flow.check_neighbours_unreachable(api, cid, ctl, "the clone's source")
+    step(f"clone runs {time.monotonic() - t0:.1f} s after the request: hostname {clone_ids[0]} (source {src_ids[0]}), "
+         "own machine-id and RNG output, the source's processes")
+    # The official SDK drives the clone (its restart is that test's one cold boot), then
+    # destroys it.
+    sdk_python = os.environ.get("DESKD_SDK_PYTHON")
+    if sdk_python:
+        # The source is suspended while the SDK test runs. Twice (2026-12-01, sessions 6 and 7) the
+        # rig's L1 kernel died at the clone's restart() cold boot with the source running: "stack
+        # guard page was hit" in a vcpu thread of L1's KVM, with the source guest reset at the same
+        # moment. That is a fault of the emulated SVM under two L2 guests. A cold boot beside a
+        # running guest is therefore not covered in the rig; on hardware it is the normal case.
+        r = api.json("POST", f"/api/computers/{cid}/suspend", timeout=900)
+        expect(r.get("status") == "suspended", f"suspending the source answered {r}")
+        step("the clone's source suspended for the SDK test (one guest in the rig during its cold boot)")
+        # DESKD_BASE and DESKD_KEY come from tests/sdk-rig-e2e along with DESKD_SDK_PYTHON.
+        env = dict(os.environ, DESKD_COMPUTER_ID=clone_id)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "orgo_sdk_vm.py")
+        rc = subprocess.run([sdk_python, script], env=env).returncode
+        expect(rc == 0, f"the SDK test on the clone failed (exit {rc})")
+        code, _ = api.call("GET", f"/api/computers/{clone_id}")
+        expect(code == 404, f"the SDK's destroy() left the clone (GET answers {code})")
+        r = api.json("POST", f"/api/computers/{cid}/start")
+        expect(r.get("success") is True, f"resuming the source answered {r}")
+        poll("the source runs again", lambda: api.status_of(cid) in ("running", "error"), 300, every_s=0.5)
+        expect(api.status_of(cid) == "running", f"after resume the source is {api.status_of(cid)}")
+        expect(bash(api, cid, "cat /proc/sys/kernel/random/boot_id") == boot, "resuming the source booted it anew")
+        step("the source resumed after the SDK test (same boot)")
+    else:
+        r = api.json("DELETE", f"/api/computers/{clone_id}")
+        expect(r.get("success") is True, f"deleting the clone answered {r}")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_flow(doc, flow, passed="all steps passed"):
+    """The flows' shared entry: `--info-dir DIR` (what tests/rig/serve --info-dir wrote) gives the
+    socket, key and ctl folder; `flow(api, read)` runs with `read(name)` for the folder's files and
+    returns an exit status (None for 0). A `Failed` is printed and exits 1."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--info-dir", required=True, help="the folder tests/rig/serve --info-dir wrote")
     a = p.parse_args()
 
@@ -347,12 +441,17 @@ def main():
 
     api = Api(read("socket"), read("key"))
     try:
-        flow(api, read("ctl"))
+        rc = flow(api, read) or 0
     except Failed as e:
         step(f"FAILED: {e}")
         return 1
-    step("all steps passed")
-    return 0
+    if rc == 0:
+        step(passed)
+    return rc
+
+
+def main():
+    return run_flow(__doc__, lambda api, read: flow(api, read("ctl")))
 
 
 if __name__ == "__main__":

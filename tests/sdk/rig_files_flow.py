@@ -16,7 +16,6 @@ Run alone: `rig_files_flow.py --info-dir DIR` creates a workspace and a computer
 runs the checks. Exits 1 on the first mismatch.
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ import sys
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rig_api_flow import Api, Failed, UnixHTTP, bash, expect, poll, step  # noqa: E402
+from rig_api_flow import UnixHTTP, bash, expect, poll, run_flow, step  # noqa: E402
 
 
 def multipart(fields, filename, data):
@@ -126,27 +125,16 @@ def check_files(api, ws, cid, other_cid=None):
     step("deleted: its signed URL answers 404")
 
 
+def standalone(api, _read):
+    ws = api.json("POST", "/api/projects", {"name": f"files-{uuid.uuid4().hex[:6]}"})["id"]
+    cid = api.json("POST", "/api/computers", {"project_id": ws, "name": "files-1"})["id"]
+    poll("the computer runs", lambda: api.status_of(cid) in ("running", "error"), 900, every_s=2)
+    expect(api.status_of(cid) == "running", f"the computer is {api.status_of(cid)}")
+    check_files(api, ws, cid)
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--info-dir", required=True, help="the folder tests/rig/serve --info-dir wrote")
-    a = p.parse_args()
-
-    def read(name):
-        with open(os.path.join(a.info_dir, name)) as f:
-            return f.read().strip()
-
-    api = Api(read("socket"), read("key"))
-    try:
-        ws = api.json("POST", "/api/projects", {"name": f"files-{uuid.uuid4().hex[:6]}"})["id"]
-        cid = api.json("POST", "/api/computers", {"project_id": ws, "name": "files-1"})["id"]
-        poll("the computer runs", lambda: api.status_of(cid) in ("running", "error"), 900, every_s=2)
-        expect(api.status_of(cid) == "running", f"the computer is {api.status_of(cid)}")
-        check_files(api, ws, cid)
-    except Failed as e:
-        step(f"FAILED: {e}")
-        return 1
-    step("all file steps passed")
-    return 0
+    return run_flow(__doc__, standalone, passed="all file steps passed")
 
 
 if __name__ == "__main__":

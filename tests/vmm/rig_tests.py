@@ -233,13 +233,22 @@ def test_control_and_sigterm_power_button(opts):
 
 def test_hard_stop_after_timeout(opts):
     ctl = os.path.join(opts.sockets, "control2.sock")
-    vm = Vmm(opts, "hang", "hang", extra=["--control-socket", ctl, "--shutdown-timeout", "3"])
+    # Generous against the rig's slowness: CI once took over 3 s between the shutdown request
+    # and the status request, so the VM was already stopping when asked.
+    timeout = 15
+    vm = Vmm(opts, "hang", "hang", extra=["--control-socket", ctl, "--shutdown-timeout", str(timeout)])
     vm.wait_for("DESKD-IGNORING-POWER-BUTTON", opts.timeout)
+    asked = time.monotonic()
     expect(control(ctl, {"cmd": "shutdown"}) == {"ok": True}, "shutdown refused")
-    expect(control(ctl, {"cmd": "status"}).get("state") == "shutting-down", "not shutting down")
-    t = time.monotonic()
-    vm.wait_exit(60, EXIT_HARD_STOP)
-    expect(time.monotonic() - t >= 2, "stopped before the timeout")
+    state = control(ctl, {"cmd": "status"}).get("state")
+    waited = time.monotonic() - asked
+    if waited < timeout - 1:
+        expect(state == "shutting-down", f"state {state!r} {waited:.1f} s after the shutdown request")
+    else:
+        print(f"vmm e2e: note: status came {waited:.1f} s after shutdown; state {state!r} not judged")
+    vm.wait_exit(60 + timeout, EXIT_HARD_STOP)
+    stopped_after = time.monotonic() - asked
+    expect(stopped_after >= timeout - 1, f"stopped {stopped_after:.1f} s after the request, before the {timeout} s timeout")
     return vm
 
 

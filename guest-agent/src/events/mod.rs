@@ -5,7 +5,7 @@
 
 mod files;
 mod procs;
-mod time;
+pub(crate) mod time;
 mod x11_watch;
 
 use std::collections::{HashSet, VecDeque};

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 /// Events queued per client; when a slow client's queue is full the oldest is dropped.
 pub const EVENT_QUEUE_SIZE: usize = 256;
 
-/// Every kind of event the agent knows (api.md section 4). Audio events come with the audio route.
+/// Every kind of event the agent knows (api.md section 4). The audio route emits the audio events
+/// when a stream starts and when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {

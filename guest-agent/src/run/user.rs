@@ -17,6 +17,10 @@ pub struct DesktopUser {
     pub display: String,
     /// Variables copied from the agent's own environment when set (locale, X authority, PATH).
     inherited: Vec<(String, String)>,
+    /// The user's runtime directory (`/run/user/UID`, made by systemd-logind for a lingering or
+    /// logged-in user) when it exists: where the session's PulseAudio and D-Bus listen, so that
+    /// programs started through the agent play into the desktop's speaker.
+    runtime_dir: Option<PathBuf>,
 }
 
 /// Credentials to drop to in a forked child (computed beforehand: nothing here allocates).
@@ -68,7 +72,10 @@ impl DesktopUser {
         } else {
             user.shell.clone()
         };
+        let runtime_dir =
+            Some(PathBuf::from(format!("/run/user/{}", user.uid))).filter(|d| d.is_dir());
         Ok(DesktopUser {
+            runtime_dir,
             home: home.unwrap_or(user.dir.clone()),
             name: user.name,
             uid: user.uid,
@@ -105,6 +112,16 @@ impl DesktopUser {
             ("DISPLAY".to_string(), self.display.clone()),
         ];
         env.extend(self.inherited.iter().cloned());
+        if let Some(dir) = &self.runtime_dir {
+            env.push(("XDG_RUNTIME_DIR".into(), dir.to_string_lossy().into_owned()));
+            let bus = dir.join("bus");
+            if bus.exists() {
+                env.push((
+                    "DBUS_SESSION_BUS_ADDRESS".into(),
+                    format!("unix:path={}", bus.display()),
+                ));
+            }
+        }
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push((
                 "PATH".into(),
@@ -115,5 +132,28 @@ impl DesktopUser {
             env.push(("LANG".into(), "C.UTF-8".into()));
         }
         env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_find_the_users_session_services() {
+        let u = DesktopUser::resolve(None, None, ":9").unwrap();
+        let env = u.env();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("DISPLAY").as_deref(), Some(":9"));
+        let dir = format!("/run/user/{}", Uid::current());
+        if std::path::Path::new(&dir).is_dir() {
+            assert_eq!(get("XDG_RUNTIME_DIR"), Some(dir));
+        } else {
+            assert_eq!(
+                get("XDG_RUNTIME_DIR"),
+                None,
+                "no runtime directory, none named"
+            );
+        }
     }
 }

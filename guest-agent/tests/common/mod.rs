@@ -1,6 +1,8 @@
-//! Test rig: a private Xvfb, an in-process agent on a Unix socket, a tiny HTTP client, and a test
-//! X client window that records what it receives.
+//! Test rig: a private X server (Xvfb or Xvnc), an in-process agent on a Unix socket, a tiny HTTP
+//! client, and a test X client window that records what it receives.
 #![allow(dead_code)]
+
+pub mod pulse;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use x11rb::protocol::xproto::*;
 use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
 
-/// A private X server, killed on drop.
+/// A private X server (Xvfb, or TigerVNC's Xvnc: see [`server_kind`]), killed on drop.
 pub struct Xvfb {
     child: Child,
     pub display: String,
@@ -27,7 +29,7 @@ pub struct Xvfb {
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
-        // SIGTERM lets Xvfb remove its lock file and socket, so the display number is free again.
+        // SIGTERM lets the server remove its lock file and socket, so the display number is free.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -36,32 +38,47 @@ impl Drop for Xvfb {
     }
 }
 
+/// Which X server the tests run against: `DESKD_TEST_X_SERVER=xvnc` picks TigerVNC's Xvnc (the
+/// image's display), anything else Xvfb. `make agent-test-xvnc` runs the agent's tests on Xvnc.
+pub fn server_kind() -> &'static str {
+    match std::env::var("DESKD_TEST_X_SERVER").as_deref() {
+        Ok("xvnc") => "Xvnc",
+        _ => "Xvfb",
+    }
+}
+
+/// The program and arguments of a server of `kind` at `width`x`height`, without its display.
+fn server_command(kind: &str, width: u16, height: u16) -> Command {
+    let mut cmd = Command::new(kind);
+    if kind == "Xvnc" {
+        // No RFB listener at all: these tests drive X, not VNC (tests/vnc.rs does VNC).
+        cmd.args(["-geometry", &format!("{width}x{height}"), "-depth", "24"])
+            .args(["-rfbport", "-1", "-SecurityTypes", "None"]);
+    } else {
+        cmd.args(["-screen", "0", &format!("{width}x{height}x24")]);
+    }
+    cmd.args(["-nolisten", "tcp", "-noreset"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 impl Xvfb {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Starts another Xvfb on this one's display number (after this one was dropped).
+    /// Starts another server on this one's display number (after this one was dropped).
     pub fn restart_on(display: &str, width: u16, height: u16) -> Xvfb {
-        let child = Command::new("Xvfb")
+        let child = server_command(server_kind(), width, height)
             .arg(display)
-            .args([
-                "-screen",
-                "0",
-                &format!("{width}x{height}x24"),
-                "-nolisten",
-                "tcp",
-                "-noreset",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
-            .expect("spawn Xvfb");
+            .expect("spawn the X server");
         let deadline = Instant::now() + Duration::from_secs(10);
         while RustConnection::connect(Some(display)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "Xvfb did not come back on {display}"
+                "the X server did not come back on {display}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -74,37 +91,54 @@ impl Xvfb {
     }
 }
 
-/// Starts Xvfb on a display number it picks itself (`-displayfd`), or returns None (printing why)
-/// when Xvfb is not installed.
+/// Starts the tests' X server ([`server_kind`]) on a display number it picks itself, or returns
+/// None (printing why) when that server is not installed.
 pub fn xvfb(width: u16, height: u16) -> Option<Xvfb> {
+    let kind = server_kind();
+    start_server(kind, server_command(kind, width, height), width, height)
+}
+
+/// Starts Xvnc as the image does: RFB only on the Unix socket `rfb`, VNC authentication with the
+/// password file `passwd` (which need not exist yet). None (printing why) without Xvnc.
+pub fn xvnc_serving(width: u16, height: u16, rfb: &Path, passwd: &Path) -> Option<Xvfb> {
+    let mut cmd = Command::new("Xvnc");
+    cmd.args(["-geometry", &format!("{width}x{height}"), "-depth", "24"])
+        .args(["-nolisten", "tcp", "-noreset", "-rfbport", "-1"])
+        .arg("-rfbunixpath")
+        .arg(rfb)
+        .args(["-rfbunixmode", "0600", "-SecurityTypes", "VncAuth"])
+        .arg("-rfbauth")
+        .arg(passwd)
+        .args(["-AlwaysShared", "-AcceptSetDesktopSize=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    start_server("Xvnc", cmd, width, height)
+}
+
+fn start_server(kind: &str, mut cmd: Command, width: u16, height: u16) -> Option<Xvfb> {
     use std::io::{BufRead, BufReader};
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    if Command::new("Xvfb")
+    if Command::new(kind)
         .arg("-help")
         .stderr(Stdio::null())
         .stdout(Stdio::null())
         .status()
         .is_err()
     {
+        let package = if kind == "Xvnc" {
+            "tigervnc-standalone-server"
+        } else {
+            "xvfb"
+        };
         eprintln!(
-            "\n*** SKIPPED: Xvfb is not installed (apt-get install -y xvfb); this test needs a real X server ***\n"
+            "\n*** SKIPPED: {kind} is not installed (apt-get install -y {package}); this test needs a real X server ***\n"
         );
         return None;
     }
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
     let w_raw = w.as_raw_fd();
-    let mut cmd = Command::new("Xvfb");
-    cmd.args([
-        "-displayfd",
-        "3",
-        "-screen",
-        "0",
-        &format!("{width}x{height}x24"),
-    ])
-    .args(["-nolisten", "tcp", "-noreset"])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.args(["-displayfd", "3"]);
     // SAFETY: dup2 is async-signal-safe; it gives the child the pipe as fd 3 without CLOEXEC.
     unsafe {
         cmd.pre_exec(move || {
@@ -114,7 +148,7 @@ pub fn xvfb(width: u16, height: u16) -> Option<Xvfb> {
             Ok(())
         });
     }
-    let child = cmd.spawn().expect("spawn Xvfb");
+    let child = cmd.spawn().expect("spawn the X server");
     drop(w);
     let mut x = Xvfb {
         child,
@@ -129,7 +163,7 @@ pub fn xvfb(width: u16, height: u16) -> Option<Xvfb> {
     let n: u32 = line
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("Xvfb did not start (said {line:?})"));
+        .unwrap_or_else(|_| panic!("{kind} did not start (said {line:?})"));
     x.display = format!(":{n}");
     Some(x)
 }
@@ -182,6 +216,9 @@ pub async fn start_agent_with(display: &str, tweak: impl FnOnce(&mut Config)) ->
         output_cap: deskd_agent::protocol::DEFAULT_OUTPUT_CAP,
         idle_after: Duration::from_secs(30),
         x_call_limit: Duration::from_secs(30),
+        vnc_socket: deskd_agent::vnc::DEFAULT_RFB_SOCKET.into(),
+        vnc_password_file: deskd_agent::vnc::DEFAULT_PASSWORD_FILE.into(),
+        pulse: deskd_agent::audio::Pulse::default(),
     };
     tweak(&mut cfg);
     let agent = deskd_agent::build(&cfg).expect("build agent");
@@ -191,8 +228,10 @@ pub async fn start_agent_with(display: &str, tweak: impl FnOnce(&mut Config)) ->
             eprintln!("agent stopped: {e}");
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !socket.exists() && Instant::now() < deadline {
+    // Until a connection is taken, not only until the file exists: the file appears at bind(),
+    // a moment before listen(), and a connect in between is refused (seen under load).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::UnixStream::connect(&socket).await.is_err() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     AgentRig {

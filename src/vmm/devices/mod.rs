@@ -5,3 +5,6 @@ pub mod bus;
 pub mod i8042;
 pub mod serial;
 pub mod virtio;
+
+#[cfg(test)]
+mod console_fuzz;

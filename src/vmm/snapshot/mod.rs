@@ -495,4 +495,6 @@ pub fn now_unix_ms() -> u64 {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -61,6 +61,8 @@ pub mod block;
 pub mod chain;
 pub mod cursor;
 #[cfg(test)]
+pub(crate) mod fuzzing;
+#[cfg(test)]
 mod hostile_guest_tests;
 pub mod net;
 pub mod persist;

@@ -140,7 +140,17 @@ pub fn add_chain(vq: &MockSplitQueue<'_, GuestMemory>, first: u16, bufs: &[TestB
 /// Waits (up to 5 s) until the device has returned `count` chains; the worker runs on its own
 /// thread, so tests poll the used index.
 pub fn wait_used(mem: &GuestMemory, vq: &MockSplitQueue<'_, GuestMemory>, count: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    wait_used_within(mem, vq, count, Duration::from_secs(5))
+}
+
+/// True once the device has used `count` chains of `vq`, false after `limit`.
+pub fn wait_used_within(
+    mem: &GuestMemory,
+    vq: &MockSplitQueue<'_, GuestMemory>,
+    count: u16,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if used_idx(mem, vq) >= count {
             return true;

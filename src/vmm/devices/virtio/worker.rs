@@ -161,8 +161,23 @@ impl EventLoop {
 
     /// Blocks until at least one fd is ready; returns (token, events) pairs. EINTR is retried.
     pub fn wait(&self, events: &mut [EpollEvent]) -> io::Result<Vec<(u64, EventSet)>> {
+        self.wait_at_most(-1, events)
+    }
+
+    /// The fds ready now, without waiting (the fuzz targets drive devices step by step).
+    #[cfg(test)]
+    pub fn ready_now(&self, events: &mut [EpollEvent]) -> io::Result<Vec<(u64, EventSet)>> {
+        self.wait_at_most(0, events)
+    }
+
+    /// [`EventLoop::wait`] for at most `timeout_ms` (-1: no limit).
+    pub fn wait_at_most(
+        &self,
+        timeout_ms: i32,
+        events: &mut [EpollEvent],
+    ) -> io::Result<Vec<(u64, EventSet)>> {
         loop {
-            match self.epoll.wait(-1, events) {
+            match self.epoll.wait(timeout_ms, events) {
                 Ok(n) => {
                     return Ok(events
                         .iter()

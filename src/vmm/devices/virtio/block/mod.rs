@@ -266,4 +266,6 @@ impl VirtioDevice for Block {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -300,4 +300,6 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 pub(crate) mod tests;

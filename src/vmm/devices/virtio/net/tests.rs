@@ -284,7 +284,17 @@ fn a_received_frame_fills_mergeable_buffers_across_chains() {
     let mut got = rig.read(RX_DATA + 0x8000, small.len());
     got[10..12].copy_from_slice(&[0, 0]);
     assert_eq!(got, small);
-    assert_eq!(rig.shared().rx_frames.load(Ordering::SeqCst), 3);
+    assert_eq!(counted(&rig.shared().rx_frames, 3), 3);
+}
+
+/// The counter once it reaches `n` (or after 10 s): the worker counts a frame just after it
+/// publishes it in the used ring, so a test that saw the ring must not race the count.
+fn counted(counter: &std::sync::atomic::AtomicU64, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    counter.load(Ordering::SeqCst)
 }
 
 #[test]
@@ -359,7 +369,7 @@ fn a_guest_without_receive_buffers_makes_the_device_hold_one_frame_only() {
         rig.post_rx(i * 0x1000, &[2048]);
     }
     assert!(wait_used(&mem, &rig.rx, 8));
-    assert_eq!(rig.shared().rx_frames.load(Ordering::SeqCst), 8);
+    assert_eq!(counted(&rig.shared().rx_frames, 8), 8);
     assert!(sent > 8);
 }
 

@@ -131,4 +131,6 @@ impl VirtioDevice for Rng {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -464,6 +464,8 @@ impl BusDevice for MmioTransport {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 pub mod persist;
 #[cfg(test)]
 mod tests;

@@ -15,10 +15,13 @@ pub mod persist;
 use crate::vmm::log_limit::LogLimit;
 use crate::vmm::socket_path::{self, SocketPathError};
 use std::io;
+use std::num::Wrapping;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
@@ -40,6 +43,12 @@ const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 const RX_TOKEN: u64 = 0;
 const TX_TOKEN: u64 = 1;
 const EVENT_TOKEN: u64 = 2;
+
+/// How often the worker looks whether the guest has handled the transport reset.
+const RESET_POLL_MS: i32 = 5;
+/// Rx is held at most this long after the transport reset, for a driver that never re-posts its
+/// event buffer.
+const RESET_WAIT_LIMIT: Duration = Duration::from_secs(2);
 
 /// How to set up the vsock device.
 #[derive(Debug, Clone)]
@@ -170,6 +179,7 @@ impl VirtioDevice for Vsock {
             tx_stalled: false,
             broken,
             reset_pending: std::mem::take(&mut self.reset_pending),
+            reset_unhandled: None,
         };
         self.worker =
             Some(Worker::start("virtio-vsock", event_loop, body).map_err(ActivateError::Worker)?);
@@ -235,6 +245,20 @@ pub struct VsockWorker {
     broken: bool,
     /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` is owed to the guest (it waits for an event buffer).
     reset_pending: bool,
+    /// The transport reset is in the guest's event ring but the guest has not handled it yet.
+    reset_unhandled: Option<ResetSent>,
+}
+
+/// A transport reset the guest may not have handled yet. Until it has, nothing goes into rx: the
+/// guest's driver runs its rx and event work independently (Linux queues the rx work first when
+/// both interrupts are pending), so a host connection request delivered right after a restore
+/// would be accepted and then killed by the reset that follows it. Linux re-posts an event buffer
+/// only after handling the event, so the event ring's available index moving past the one seen
+/// when the reset was sent means the old connections are gone.
+#[derive(Debug, Clone, Copy)]
+struct ResetSent {
+    event_avail: Wrapping<u16>,
+    at: Instant,
 }
 
 impl WorkerBody for VsockWorker {
@@ -250,7 +274,13 @@ impl VsockWorker {
             self.send_transport_reset();
         }
         loop {
-            let ready = match event_loop.wait(&mut events) {
+            // A broken device processes nothing, so it has no reason to poll.
+            let timeout_ms = if self.reset_unhandled.is_some() && !self.broken {
+                RESET_POLL_MS
+            } else {
+                -1
+            };
+            let ready = match event_loop.wait_at_most(timeout_ms, &mut events) {
                 Ok(ready) => ready,
                 Err(e) => {
                     tracing::error!("vsock: epoll_wait failed: {e}");
@@ -323,6 +353,14 @@ impl VsockWorker {
                 self.event
                     .add_used(&self.mem, chain.head, out.done() as u32)
                     .map_err(QueueError::Queue)?;
+                let event_avail = self
+                    .event
+                    .avail_idx(&self.mem, Ordering::Acquire)
+                    .map_err(QueueError::Queue)?;
+                self.reset_unhandled = Some(ResetSent {
+                    event_avail,
+                    at: Instant::now(),
+                });
                 signal_used(&self.mem, &mut self.event, &self.interrupt, true)?;
                 Ok(true)
             });
@@ -378,8 +416,37 @@ impl VsockWorker {
         result
     }
 
+    /// True while the guest may still be about to handle the transport reset (see [`ResetSent`]).
+    fn reset_still_unhandled(&mut self) -> Result<bool, QueueError> {
+        let Some(sent) = self.reset_unhandled else {
+            return Ok(false);
+        };
+        let avail = self
+            .event
+            .avail_idx(&self.mem, Ordering::Acquire)
+            .map_err(QueueError::Queue)?;
+        if avail != sent.event_avail {
+            tracing::debug!(
+                "vsock: the guest handled the transport reset after {:?}",
+                sent.at.elapsed()
+            );
+        } else if sent.at.elapsed() >= RESET_WAIT_LIMIT {
+            tracing::debug!(
+                "vsock: the guest did not re-post an event buffer within {RESET_WAIT_LIMIT:?} \
+                 of the transport reset; rx goes on"
+            );
+        } else {
+            return Ok(true);
+        }
+        self.reset_unhandled = None;
+        Ok(false)
+    }
+
     /// Fills guest rx buffers with whatever the host side has for the guest.
     fn process_rx(&mut self) -> Result<(), QueueError> {
+        if self.reset_still_unhandled()? {
+            return Ok(());
+        }
         let mem = &self.mem;
         let mut used = false;
         let result = loop {

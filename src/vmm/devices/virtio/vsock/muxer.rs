@@ -530,3 +530,7 @@ impl Muxer {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "muxer_fuzz.rs"]
+mod fuzz;

@@ -603,9 +603,21 @@ fn pause_keeps_connections_and_a_restore_resets_them_with_the_event() {
         matches!(c.read(&mut buf), Ok(0) | Err(_)),
         "old connection still open"
     );
-    // New host connections reach the guest through the new socket, on the same rx ring.
+    // New host connections reach the guest through the new socket, on the same rx ring, but only
+    // once the guest has handled the reset (it re-posts the event buffer): delivered earlier, a
+    // request could be accepted and then killed by the reset.
     g.path = path2;
-    let (_client2, req2) = g.host_connect(1024);
+    let mut client2 = UnixStream::connect(&g.path).expect("connect to vsock socket");
+    client2.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    client2.write_all(b"CONNECT 1024\n").expect("connect line");
+    assert!(
+        !wait_used_within(&mem, &g.rxq, g.rx_seen + 1, Duration::from_millis(300)),
+        "a connection request reached the guest before it handled the transport reset"
+    );
+    add_chain(&g._evq, 1, &[(EVT_BUF, 4, true)]);
+    let (req2, _) = g.recv();
     assert_eq!(req2.op, op::REQUEST);
+    assert_eq!(req2.dst_port, 1024);
     g.send(g.header(op::RESPONSE, 1024, req2.src_port, 0), &[]);
+    assert_eq!(read_line(&client2), format!("OK {}\n", req2.src_port));
 }

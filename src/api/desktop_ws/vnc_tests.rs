@@ -1,0 +1,332 @@
+//! The VNC relay end to end but for the VM (`crate::api::test_rig`: a real daemon router, a
+//! stand-in for the VM's hybrid vsock, the real agent) and a real TigerVNC Xvnc set up as the
+//! image sets it up. A viewer speaks RFB through `/desktops/{id}/websockify` and `/ws/websockify`
+//! with the computer's `vnc_password`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use des::cipher::{BlockEncrypt, KeyInit};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::api::test_rig::{serve_one_computer, Served};
+use crate::store::{ComputerStatus, Store};
+
+struct Xvnc(Child);
+
+impl Drop for Xvnc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Xvnc as images/rootfs/usr/local/lib/deskd/display starts it, on a display it picks; None (and
+/// a loud skip) without Xvnc.
+fn xvnc(rfb: &Path, passwd: &Path) -> Option<(Xvnc, String)> {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if Command::new("Xvnc")
+        .arg("-help")
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!("\n*** SKIPPED vnc relay test: Xvnc is not installed (apt-get install -y tigervnc-standalone-server) ***\n");
+        return None;
+    }
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let w_raw = w.as_raw_fd();
+    let mut cmd = Command::new("Xvnc");
+    cmd.args(["-displayfd", "3", "-geometry", "640x480", "-depth", "24"])
+        .args([
+            "-nolisten",
+            "tcp",
+            "-noreset",
+            "-rfbport",
+            "-1",
+            "-rfbunixpath",
+        ])
+        .arg(rfb)
+        .args(["-SecurityTypes", "VncAuth", "-rfbauth"])
+        .arg(passwd)
+        .args(["-AlwaysShared", "-AcceptSetDesktopSize=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it gives the child the pipe as fd 3 without CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(w_raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = Xvnc(cmd.spawn().unwrap());
+    drop(w);
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(r))
+        .read_line(&mut line)
+        .unwrap();
+    Some((child, format!(":{}", line.trim())))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>;
+
+struct Viewer {
+    ws: Ws,
+    buf: Vec<u8>,
+}
+
+impl Viewer {
+    async fn open(api: &Path, path: &str) -> Viewer {
+        let s = tokio::net::UnixStream::connect(api).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://localhost{path}"), s)
+            .await
+            .unwrap();
+        Viewer {
+            ws,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next `n` bytes of RFB, or the close code the socket ended with.
+    async fn read(&mut self, n: usize) -> Result<Vec<u8>, u16> {
+        while self.buf.len() < n {
+            match tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .expect("an answer within 20 s")
+            {
+                Some(Ok(Message::Binary(b))) => self.buf.extend_from_slice(&b),
+                Some(Ok(Message::Close(Some(f)))) => return Err(u16::from(f.code)),
+                other => panic!("expected RFB bytes, got {other:?}"),
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    async fn write(&mut self, b: &[u8]) {
+        self.ws
+            .send(Message::Binary(b.to_vec().into()))
+            .await
+            .unwrap();
+    }
+
+    /// RFB 3.8 with VNC authentication; Ok(screen width) once in, Err(security result or close
+    /// code) if refused.
+    async fn log_in(&mut self, password: &str) -> Result<u16, u32> {
+        let v = self.read(12).await.map_err(u32::from)?;
+        assert_eq!(&v, b"RFB 003.008\n");
+        self.write(&v).await;
+        let n = self.read(1).await.unwrap()[0] as usize;
+        assert_eq!(
+            self.read(n).await.unwrap(),
+            vec![2],
+            "VNC authentication only"
+        );
+        self.write(&[2]).await;
+        let challenge = self.read(16).await.unwrap();
+        let mut key = [0u8; 8];
+        for (k, b) in key.iter_mut().zip(password.bytes()) {
+            *k = b.reverse_bits();
+        }
+        let cipher = des::Des::new(&key.into());
+        let mut answer = challenge.clone();
+        for block in answer.chunks_mut(8) {
+            cipher.encrypt_block(block.into());
+        }
+        self.write(&answer).await;
+        let r = self.read(4).await.unwrap();
+        let result = u32::from_be_bytes([r[0], r[1], r[2], r[3]]);
+        if result != 0 {
+            return Err(result);
+        }
+        self.write(&[1]).await;
+        let init = self.read(24).await.unwrap();
+        let name = u32::from_be_bytes([init[20], init[21], init[22], init[23]]);
+        self.read(name as usize).await.unwrap();
+        Ok(u16::from_be_bytes([init[0], init[1]]))
+    }
+
+    async fn close_code(&mut self) -> Option<u16> {
+        match self.ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => Some(u16::from(f.code)),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Everything but the VM: Xvnc, the agent in front of it behind a stand-in vsock, the daemon's
+/// router on a Unix socket and on loopback TCP (for the browser), one running computer.
+struct Rig {
+    store: Arc<Store>,
+    c: crate::store::Computer,
+    api: PathBuf,
+    tcp: std::net::SocketAddr,
+    passwd: PathBuf,
+    display: String,
+    _served: Served,
+    _x: Xvnc,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(password: &str) -> Option<Rig> {
+    let dir = tempfile::tempdir().unwrap();
+    let (rfb, passwd) = (dir.path().join("rfb.sock"), dir.path().join("passwd"));
+    let (x, display) = xvnc(&rfb, &passwd)?;
+
+    // The agent, as in the guest but on a Unix socket, and the daemon in front of it.
+    let cfg = deskd_agent::Config {
+        listen: deskd_agent::Listen::Unix(dir.path().join("agent.sock")),
+        display: display.clone(),
+        user: None,
+        home: Some(dir.path().to_path_buf()),
+        output_cap: 1 << 20,
+        idle_after: Duration::from_secs(30),
+        x_call_limit: Duration::from_secs(30),
+        vnc_socket: rfb.clone(),
+        vnc_password_file: passwd.clone(),
+        pulse: deskd_agent::audio::Pulse::default(),
+    };
+    let served = serve_one_computer(dir.path(), cfg, password, "640x480x24").await;
+    Some(Rig {
+        store: served.store.clone(),
+        c: served.c.clone(),
+        api: served.api.clone(),
+        tcp: served.tcp,
+        passwd,
+        display,
+        _served: served,
+        _x: x,
+        _dir: dir,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_reach_the_desktop_through_the_relay_with_the_current_password() {
+    let Some(r) = rig("FirstPw8rest-ignored").await else {
+        return;
+    };
+    let (store, c, api, passwd) = (&r.store, &r.c, &r.api, &r.passwd);
+    let inst = c.instance_id.clone();
+    let orgo_path = format!("/desktops/{inst}/websockify");
+    let novnc_path = format!("/desktops/{}/ws/websockify", c.id);
+    assert!(
+        !passwd.exists(),
+        "the guest has no password before a viewer comes"
+    );
+
+    // Two viewers at once, on both paths, without a token: the password is the check.
+    let mut a = Viewer::open(api, &orgo_path).await;
+    assert_eq!(a.log_in("FirstPw8").await, Ok(640));
+    let mut b = Viewer::open(api, &novnc_path).await;
+    assert_eq!(b.log_in("FirstPw8rest-ignored").await, Ok(640));
+    let mut wrong = Viewer::open(api, &orgo_path).await;
+    assert_eq!(
+        wrong.log_in("not-it").await,
+        Err(1),
+        "a wrong password is refused"
+    );
+
+    // A bad token is refused before RFB; the right one is accepted.
+    let mut v = Viewer::open(api, &format!("{novnc_path}?token=nope")).await;
+    assert_eq!(v.close_code().await, Some(4401));
+    let mut v = Viewer::open(api, &format!("{novnc_path}?token=FirstPw8rest-ignored")).await;
+    assert_eq!(v.log_in("FirstPw8rest-ignored").await, Ok(640));
+
+    // A new boot's password (what start does) reaches the guest with the next viewer; the X
+    // server (and the viewers already in) carry on.
+    store.set_vnc_password(&c.id, "SecondPw").unwrap();
+    let mut old = Viewer::open(api, &orgo_path).await;
+    assert_eq!(old.log_in("FirstPw8").await, Err(1));
+    let mut new = Viewer::open(api, &orgo_path).await;
+    assert_eq!(new.log_in("SecondPw").await, Ok(640));
+    // The first viewer still gets framebuffer updates (a full one, any encoding).
+    a.write(&[3, 0, 0, 0, 0, 0, 2, 128, 1, 224]).await;
+    let t = a.read(1).await.unwrap();
+    assert_eq!(t[0], 0, "a FramebufferUpdate");
+
+    // A stopped computer: 4404.
+    store
+        .set_computer_status(&c.id, ComputerStatus::Stopped, None)
+        .unwrap();
+    let mut v = Viewer::open(api, &orgo_path).await;
+    assert_eq!(v.close_code().await, Some(4404));
+}
+
+mod browser;
+
+/// noVNC (Debian's package, unmodified) in headless Chromium, through the daemon's relay on
+/// loopback TCP: the canvas shows the desktop (the root window painted red by `xsetroot`), and a
+/// wrong password ends in noVNC's security failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn novnc_in_chromium_shows_the_desktop_and_a_wrong_password_is_refused() {
+    if !Path::new(browser::NOVNC_DIR).join("core/rfb.js").exists() {
+        eprintln!("\n*** SKIPPED noVNC browser test: noVNC is not installed (apt-get install -y novnc) ***\n");
+        return;
+    }
+    let Some(r) = rig("NoVncPw8").await else {
+        return;
+    };
+    match Command::new("xsetroot")
+        .args(["-display", &r.display, "-solid", "#ff0000"])
+        .status()
+    {
+        Ok(s) => assert!(s.success(), "xsetroot failed"),
+        Err(_) => {
+            eprintln!("\n*** SKIPPED noVNC browser test: xsetroot is not installed (apt-get install -y x11-xserver-utils) ***\n");
+            return;
+        }
+    }
+    let Some(mut chromium) = browser::Chromium::start() else {
+        return;
+    };
+    let pages = browser::serve_novnc().await;
+    let ws = format!("ws://{}/desktops/{}/websockify", r.tcp, r.c.instance_id);
+    let seen = tokio::task::spawn_blocking(move || {
+        let page = |pw: &str| format!("http://{pages}/page.html?ws={ws}&pw={pw}");
+        chromium.open(&page("NoVncPw8"));
+        let state = chromium.wait_for(
+            "window.vnc && window.vnc.state",
+            Duration::from_secs(60),
+            |v| v != "connecting" && !v.is_null(),
+        );
+        let probe = "(() => { const c = document.querySelector('#screen canvas'); \
+                     const d = c.getContext('2d').getImageData(320, 240, 1, 1).data; \
+                     return [c.width, c.height, d[0], d[1], d[2]]; })()";
+        let pixels = if state == "connected" {
+            chromium.wait_for(probe, Duration::from_secs(60), |v| {
+                v.get(2).and_then(Value::as_u64) == Some(255)
+            })
+        } else {
+            Value::Null
+        };
+        chromium.open(&page("wrong-pw"));
+        let refused = chromium.wait_for(
+            "window.vnc && window.vnc.state === 'disconnected' && window.vnc.security",
+            Duration::from_secs(60),
+            |v| !v.is_null() && v != &Value::Bool(false),
+        );
+        (state, pixels, refused)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen.0, "connected",
+        "noVNC connected with the right password"
+    );
+    assert_eq!(
+        seen.1,
+        json!([640, 480, 255, 0, 0]),
+        "the canvas shows the red desktop"
+    );
+    assert_eq!(seen.2, json!(1), "noVNC reports the security failure");
+}

@@ -1,0 +1,518 @@
+//! What a template build does inside its VM, as an ordered list of shell steps run as root
+//! (templates.md, "The build"): `env` (a profile script), `build.apt`, `build.pip`, `build.npm`,
+//! `build.run`, build-time `files`, each app's `install` and its services as systemd units,
+//! `terminal` sessions, `hooks.on_first_boot`, every app's health check, `hooks.on_pre_snapshot`,
+//! and a final `sync`. Planning is pure (no VM): what the document asks for that this builder
+//! cannot do fails here, naming the field, before any VM boots.
+
+use std::time::Duration;
+
+use super::build::{BuildFailure, Phase, Source};
+use super::document::{self, Document, EnvValue, HealthKind, Hook, LogSetting, Restart, When};
+
+/// A `build.*` step's limit (the rig runs 50-100x slower than hardware; the build as a whole
+/// has its own limit too).
+const BUILD_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// A hook's limit unless it names one (templates.md).
+const HOOK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Small steps: writing a file, a unit, a tmux session.
+const SMALL_STEP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// A health check that names no `retries`/`every`: about five minutes of patience.
+const HEALTH_RETRIES: u32 = 60;
+const HEALTH_EVERY_SECS: u64 = 5;
+const HEALTH_PROBE_TIMEOUT_SECS: u64 = 10;
+/// Where the build keeps the scripts of services (one per service).
+pub const SERVICE_SCRIPTS: &str = "/usr/local/lib/deskd-template";
+/// The profile script holding the template's `env` (read by every login shell).
+pub const ENV_PROFILE: &str = "/etc/profile.d/deskd-template-env.sh";
+/// The desktop user's home (`~/` in `files[].to`).
+const HOME: &str = "/home/user";
+
+/// One shell script the build runs as root in the guest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub phase: Phase,
+    pub source: Source,
+    /// What the events and a failure call it: the document field, e.g. `build.run[2]`.
+    pub label: String,
+    /// bash text, run with `set -e` as root in a login shell.
+    pub script: String,
+    pub timeout: Duration,
+    /// The step fetches from the internet (apt, pip, npm): it fails at once, saying so, in a
+    /// guest without a network.
+    pub needs_network: bool,
+}
+
+/// `'text'` for bash, whatever the text holds.
+pub fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+fn step(phase: Phase, label: String, script: String, timeout: Duration) -> Step {
+    Step {
+        phase,
+        source: Source::Builder,
+        label,
+        script,
+        timeout,
+        needs_network: false,
+    }
+}
+
+fn refuse(field: &str, why: &str) -> BuildFailure {
+    BuildFailure {
+        phase: Phase::Compile,
+        message: format!("{field}: {why}"),
+    }
+}
+
+/// Seconds of a document duration (`10`, `500ms`, `10s`, `2m`, `1h`), at least 1.
+pub fn seconds(d: &document::Duration) -> u64 {
+    let s = match d {
+        document::Duration::Seconds(n) => *n,
+        document::Duration::Text(t) => {
+            let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
+            let n: u64 = digits.parse().unwrap_or(0);
+            match &t[digits.len()..] {
+                "ms" => n / 1000,
+                "m" => n * 60,
+                "h" => n * 3600,
+                _ => n,
+            }
+        }
+    };
+    s.max(1)
+}
+
+fn hook(h: &Hook) -> (&str, Duration) {
+    match h {
+        Hook::Shell(s) => (s, HOOK_TIMEOUT),
+        Hook::WithTimeout(spec) => (
+            &spec.run,
+            spec.timeout
+                .as_ref()
+                .map(|d| Duration::from_secs(seconds(d)))
+                .unwrap_or(HOOK_TIMEOUT),
+        ),
+    }
+}
+
+/// `~/x` is the desktop user's; anything else is absolute already (validation made sure).
+fn guest_path(to: &str) -> String {
+    match to.strip_prefix("~/") {
+        Some(rest) => format!("{HOME}/{rest}"),
+        None if to == "~" => HOME.to_string(),
+        None => to.to_string(),
+    }
+}
+
+/// A script that writes `content` to `path` with its mode and owner.
+fn write_file(path: &str, content: &[u8], mode: &str, owner: &str, group: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+    let p = quote(path);
+    format!(
+        "mkdir -p \"$(dirname {p})\"\nprintf '%s' {b64} | base64 -d > {p}\nchmod {mode} {p}\nchown {o}:{g} {p}\n",
+        b64 = quote(&b64),
+        o = quote(owner),
+        g = quote(group),
+    )
+}
+
+/// The build of `doc`, in order; a field this builder cannot carry out is refused, named.
+pub fn plan(doc: &Document) -> Result<Vec<Step>, BuildFailure> {
+    let mut steps = Vec::new();
+    // Literal env only: secrets are given per computer at launch and never baked in.
+    if let Some(env) = &doc.env {
+        let lines: String = env
+            .iter()
+            .filter_map(|(k, v)| match v {
+                EnvValue::Literal(s) => Some(format!("export {k}={}\n", quote(s))),
+                EnvValue::Secret(_) => None,
+            })
+            .collect();
+        if !lines.is_empty() {
+            steps.push(step(
+                Phase::Install,
+                "env".into(),
+                write_file(ENV_PROFILE, lines.as_bytes(), "0644", "root", "root"),
+                SMALL_STEP_TIMEOUT,
+            ));
+        }
+    }
+    if let Some(build) = &doc.build {
+        let packages = |list: &Option<Vec<String>>| -> Option<String> {
+            list.as_ref()
+                .filter(|l| !l.is_empty())
+                .map(|l| l.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" "))
+        };
+        for (field, source, list, command) in [
+            (
+                "build.apt",
+                Source::Apt,
+                &build.apt,
+                "export DEBIAN_FRONTEND=noninteractive\napt-get update\napt-get install -y --no-install-recommends",
+            ),
+            (
+                "build.pip",
+                Source::Pip,
+                &build.pip,
+                // Debian's Python is "externally managed" (PEP 668): a template owns its VM.
+                "python3 -m pip install --no-input --break-system-packages",
+            ),
+            ("build.npm", Source::Npm, &build.npm, "npm install --global"),
+        ] {
+            if let Some(pkgs) = packages(list) {
+                steps.push(Step {
+                    phase: Phase::Install,
+                    source,
+                    label: field.into(),
+                    script: format!("{command} {pkgs}\n"),
+                    timeout: BUILD_STEP_TIMEOUT,
+                    needs_network: true,
+                });
+            }
+        }
+        for (i, cmd) in build.run.iter().flatten().enumerate() {
+            steps.push(step(
+                Phase::Install,
+                format!("build.run[{i}]"),
+                format!("{cmd}\n"),
+                BUILD_STEP_TIMEOUT,
+            ));
+        }
+    }
+    for (i, f) in doc.files.iter().flatten().enumerate() {
+        if f.when == Some(When::Runtime) {
+            continue;
+        }
+        let field = format!("files[{i}]");
+        let Some(inline) = &f.inline else {
+            return Err(refuse(
+                &format!("{field}.from"),
+                &format!(
+                    "{:?} cannot be fetched by this deskd's builder yet (only inline content is); put the content in `inline`",
+                    f.from.as_deref().unwrap_or("")
+                ),
+            ));
+        };
+        let path = guest_path(&f.to);
+        let mine = path.starts_with(&format!("{HOME}/")) || path == HOME;
+        let default_owner = if mine { "user" } else { "root" };
+        let owner = f.owner.as_deref().unwrap_or(default_owner);
+        let group = f.group.as_deref().unwrap_or(owner);
+        let mode = f.mode.as_deref().unwrap_or("0644");
+        steps.push(step(
+            Phase::Install,
+            format!("{field} ({path})"),
+            write_file(&path, inline.as_bytes(), mode, owner, group),
+            SMALL_STEP_TIMEOUT,
+        ));
+    }
+    let mut health = Vec::new();
+    for (a, app) in doc.apps.iter().flatten().enumerate() {
+        if let Some(install) = &app.install {
+            steps.push(step(
+                Phase::Install,
+                format!("apps[{a}].install ({})", app.name),
+                format!("{install}\n"),
+                BUILD_STEP_TIMEOUT,
+            ));
+        }
+        for (s, svc) in app.services.iter().flatten().enumerate() {
+            steps.push(step(
+                Phase::Install,
+                format!("apps[{a}].services[{s}] ({}/{})", app.name, svc.name),
+                service_unit(&app.name, svc)?,
+                SMALL_STEP_TIMEOUT,
+            ));
+        }
+        if let Some(h) = &app.health {
+            let (script, timeout) = health_check(h, &format!("apps[{a}].health"))?;
+            health.push(step(
+                Phase::Install,
+                format!("apps[{a}].health ({})", app.name),
+                script,
+                timeout,
+            ));
+        }
+    }
+    for (i, t) in doc.terminal.iter().flatten().enumerate() {
+        let cwd = guest_path(t.cwd.as_deref().unwrap_or("~"));
+        let mut cmd = format!(
+            "sudo -u user -H tmux new-session -d -s {} -c {}",
+            quote(&t.name),
+            quote(&cwd)
+        );
+        if let Some(run) = &t.run {
+            cmd.push(' ');
+            cmd.push_str(&quote(run));
+        }
+        steps.push(step(
+            Phase::Install,
+            format!("terminal[{i}] ({})", t.name),
+            format!("{cmd}\n"),
+            SMALL_STEP_TIMEOUT,
+        ));
+    }
+    let hooks = doc.hooks.clone().unwrap_or_default();
+    if let Some(h) = &hooks.on_first_boot {
+        let (run, timeout) = hook(h);
+        steps.push(step(
+            Phase::Install,
+            "hooks.on_first_boot".into(),
+            format!("{run}\n"),
+            timeout,
+        ));
+    }
+    steps.extend(health);
+    if let Some(h) = &hooks.on_pre_snapshot {
+        let (run, timeout) = hook(h);
+        steps.push(step(
+            Phase::Snapshot,
+            "hooks.on_pre_snapshot".into(),
+            format!("{run}\n"),
+            timeout,
+        ));
+    }
+    // What the steps wrote reaches the disk before the VM is paused and its disk kept.
+    steps.push(step(
+        Phase::Snapshot,
+        "sync".into(),
+        "sync\n".into(),
+        SMALL_STEP_TIMEOUT,
+    ));
+    Ok(steps)
+}
+
+/// A systemd unit for `svc` of app `app`, started now and at every boot. Its command lives in a
+/// script of its own, so that no shell text ever has to survive systemd's quoting rules.
+fn service_unit(app: &str, svc: &document::Service) -> Result<String, BuildFailure> {
+    let unit = format!("deskd-app-{app}-{}", svc.name);
+    let script_path = format!("{SERVICE_SCRIPTS}/{unit}.sh");
+    let user = svc.user.as_deref().unwrap_or("root");
+    let mut script = String::from("#!/bin/bash\n");
+    for (k, v) in svc.env.iter().flatten() {
+        match v {
+            EnvValue::Literal(s) => script.push_str(&format!("export {k}={}\n", quote(s))),
+            // Secrets arrive with the launch (/root/.env), never in the snapshot.
+            EnvValue::Secret(r) => script.push_str(&format!(
+                "[ -r /root/.env ] && export {k}=\"$(sed -n 's/^{}=//p' /root/.env | tail -1)\"\n",
+                r.secret.to_ascii_uppercase()
+            )),
+        }
+    }
+    if let Some(cwd) = &svc.cwd {
+        script.push_str(&format!("cd {}\n", quote(&guest_path(cwd))));
+    }
+    script.push_str(&format!("exec bash -c {}\n", quote(&svc.run)));
+    let restart = match svc.restart.unwrap_or(Restart::Always) {
+        Restart::Always => "always",
+        Restart::OnFailure => "on-failure",
+        Restart::No => "no",
+    };
+    let output = match &svc.log {
+        Some(LogSetting::Enabled(false)) => "null".to_string(),
+        Some(LogSetting::Path(p)) => {
+            if p.contains(char::is_whitespace) {
+                return Err(refuse(
+                    &format!("apps.services.{}.log", svc.name),
+                    "a log path with spaces cannot be given to systemd; choose one without",
+                ));
+            }
+            format!("append:{}", guest_path(p))
+        }
+        _ => "journal".to_string(),
+    };
+    let mut unit_text = format!(
+        "[Unit]\nDescription=template app {app}, service {name}\nAfter=network.target\n\n\
+         [Service]\nExecStart=/bin/bash -l {script_path}\nUser={user}\nRestart={restart}\nRestartSec=2\n\
+         StandardOutput={output}\nStandardError={output}\n",
+        name = svc.name,
+    );
+    if let Some(sig) = &svc.stop_signal {
+        let sig = if sig.starts_with("SIG") {
+            sig.clone()
+        } else {
+            format!("SIG{sig}")
+        };
+        unit_text.push_str(&format!("KillSignal={sig}\n"));
+    }
+    unit_text.push_str("\n[Install]\nWantedBy=multi-user.target\n");
+    let mut out = write_file(&script_path, script.as_bytes(), "0755", "root", "root");
+    out.push_str(&write_file(
+        &format!("/etc/systemd/system/{unit}.service"),
+        unit_text.as_bytes(),
+        "0644",
+        "root",
+        "root",
+    ));
+    out.push_str(&format!(
+        "systemctl daemon-reload\nsystemctl enable --now {unit}.service\n"
+    ));
+    Ok(out)
+}
+
+/// A script that tries the check until it passes, `retries` times `every` seconds apart, and
+/// how long it may take at most.
+fn health_check(h: &document::Health, field: &str) -> Result<(String, Duration), BuildFailure> {
+    let timeout = h
+        .timeout
+        .as_ref()
+        .map(seconds)
+        .unwrap_or(HEALTH_PROBE_TIMEOUT_SECS);
+    let every = h.every.as_ref().map(seconds).unwrap_or(HEALTH_EVERY_SECS);
+    let retries = h.retries.unwrap_or(HEALTH_RETRIES);
+    let missing = |what: &str| {
+        refuse(
+            &format!("{field}.{what}"),
+            "is required by this type of check",
+        )
+    };
+    let check = match h.kind {
+        HealthKind::Http => format!(
+            "curl -fsS -o /dev/null --max-time {timeout} {}",
+            quote(h.url.as_deref().ok_or_else(|| missing("url"))?)
+        ),
+        HealthKind::Tcp => format!(
+            "timeout {timeout} bash -c {}",
+            quote(&format!(
+                "</dev/tcp/127.0.0.1/{}",
+                h.port.ok_or_else(|| missing("port"))?
+            ))
+        ),
+        HealthKind::Command => format!(
+            "timeout {timeout} bash -c {}",
+            quote(h.command.as_deref().ok_or_else(|| missing("command"))?)
+        ),
+        HealthKind::Process => format!(
+            "pgrep -f -- {} >/dev/null",
+            quote(h.process.as_deref().ok_or_else(|| missing("process"))?)
+        ),
+    };
+    let script = format!(
+        "set +e\nfor try in $(seq 0 {retries}); do\n  if {check}; then echo \"healthy (try $try)\"; exit 0; fi\n  sleep {every}\ndone\necho \"not healthy after {retries} retries\"\nexit 1\n"
+    );
+    let most = (u64::from(retries) + 1) * (every + timeout);
+    Ok((script, SMALL_STEP_TIMEOUT + Duration::from_secs(most)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::templates::validate_bytes;
+
+    fn doc(text: &str) -> Document {
+        validate_bytes(text.as_bytes()).unwrap().document
+    }
+
+    #[test]
+    fn steps_follow_the_documented_order() {
+        let d = doc(r#"
+api_version: orgo.ai/v1
+name: ordered@1.0.0
+env: {GREETING: "it's here"}
+build: {apt: [jq], pip: [requests], run: ["echo one", "echo two"]}
+files:
+  - {to: "~/notes.txt", inline: "hi"}
+  - {to: /etc/later.conf, inline: "x", when: runtime}
+apps:
+  - name: web
+    install: "echo install"
+    services: [{name: srv, run: "python3 -m http.server 8000", cwd: "~"}]
+    health: {type: http, url: "http://127.0.0.1:8000/", retries: 3, every: 1}
+terminal: [{name: main, run: top}]
+hooks:
+  on_first_boot: "echo first"
+  on_pre_snapshot: {run: "echo pre", timeout: 30s}
+"#);
+        let steps = plan(&d).unwrap();
+        let labels: Vec<&str> = steps.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "env",
+                "build.apt",
+                "build.pip",
+                "build.run[0]",
+                "build.run[1]",
+                "files[0] (/home/user/notes.txt)",
+                "apps[0].install (web)",
+                "apps[0].services[0] (web/srv)",
+                "terminal[0] (main)",
+                "hooks.on_first_boot",
+                "apps[0].health (web)",
+                "hooks.on_pre_snapshot",
+                "sync",
+            ]
+        );
+        let by = |l: &str| steps.iter().find(|s| s.label == l).unwrap();
+        assert!(by("build.apt").needs_network && by("build.pip").needs_network);
+        assert!(!by("build.run[0]").needs_network);
+        assert_eq!(by("build.apt").source, Source::Apt);
+        assert!(by("env").script.contains("/etc/profile.d/"));
+        assert!(by("files[0] (/home/user/notes.txt)")
+            .script
+            .contains("chown 'user':'user'"));
+        assert_eq!(by("hooks.on_pre_snapshot").timeout, Duration::from_secs(30));
+        assert_eq!(by("hooks.on_pre_snapshot").phase, Phase::Snapshot);
+        assert_eq!(by("hooks.on_first_boot").timeout, HOOK_TIMEOUT);
+        let unit = &by("apps[0].services[0] (web/srv)").script;
+        assert!(
+            unit.contains("systemctl enable --now deskd-app-web-srv.service"),
+            "{unit}"
+        );
+        assert!(by("apps[0].health (web)").script.contains("seq 0 3"));
+    }
+
+    #[test]
+    fn a_source_the_builder_cannot_fetch_is_refused_before_any_vm() {
+        let d = doc("api_version: orgo.ai/v1\nname: far@1.0.0\nfiles:\n  - {to: /opt/x, from: \"https://example.com/x\"}\n");
+        let e = plan(&d).unwrap_err();
+        assert_eq!(e.phase, Phase::Compile);
+        assert!(e.message.starts_with("files[0].from"), "{}", e.message);
+        // A runtime file is not the build's business.
+        let d = doc("api_version: orgo.ai/v1\nname: far@1.0.0\nfiles:\n  - {to: /opt/x, from: \"https://example.com/x\", when: runtime}\n");
+        assert_eq!(plan(&d).unwrap().len(), 1, "only the final sync");
+    }
+
+    #[test]
+    fn file_contents_survive_any_quoting_and_durations_parse() {
+        let nasty = "it's \"quoted\" $HOME `x` \\ \n";
+        let s = write_file("/opt/a b", nasty.as_bytes(), "0600", "root", "root");
+        // Run the script's write (not the chown) in a real shell into a temporary directory.
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("a b");
+        let script = write_file(
+            path.to_str().unwrap(),
+            nasty.as_bytes(),
+            "0600",
+            &whoami(),
+            &whoami(),
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-ec")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), nasty);
+        assert!(s.contains("'/opt/a b'"));
+        assert_eq!(quote("a'b"), r"'a'\''b'");
+        assert_eq!(seconds(&document::Duration::Text("2m".into())), 120);
+        assert_eq!(seconds(&document::Duration::Text("500ms".into())), 1);
+        assert_eq!(seconds(&document::Duration::Seconds(7)), 7);
+    }
+
+    fn whoami() -> String {
+        let out = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}

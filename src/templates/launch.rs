@@ -1,0 +1,88 @@
+//! A new computer of a built template starts from its golden snapshot: before its first start
+//! it gets a copy of the golden disk and, when its hardware is the snapshot's, the snapshot
+//! itself (shared, marked as a copy), so the start restores the template's VM and gives it a new
+//! identity instead of cold-booting. A computer whose hardware differs cold-boots the golden
+//! disk (what the build installed is there; what only ran in memory, such as a service started
+//! by `on_first_boot` without a unit, is not). A template that is not built boots the base image.
+
+use std::sync::Arc;
+
+use super::build::BuildStatus;
+use super::builds::Builds;
+use super::refs::TemplateRef;
+use super::vm_builder::GoldenManifest;
+use crate::computers::golden;
+use crate::computers::{Lifecycle, LifecycleError};
+use crate::store::{Computer, Store, StoreError};
+
+/// Where a computer's first start begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchFrom {
+    /// The image (not built, or a built template whose snapshot is gone).
+    Image,
+    /// The golden snapshot, restored; `shared` when its files are links to the golden ones.
+    Snapshot { digest: String, shared: bool },
+    /// The golden disk, cold-booted: the computer's hardware is not the snapshot's.
+    GoldenDisk { digest: String, why: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot give the computer its template's golden snapshot: {0}")]
+    Seed(#[from] LifecycleError),
+}
+
+/// Gives the new computer `c` its template's golden snapshot if the template is built.
+pub async fn prepare(
+    store: &Store,
+    builds: &Builds,
+    lifecycle: &Arc<Lifecycle>,
+    c: &Computer,
+) -> Result<LaunchFrom, LaunchError> {
+    let Some(r) = TemplateRef::parse(&c.template_ref) else {
+        return Ok(LaunchFrom::Image);
+    };
+    let t = match store.template(&r) {
+        Ok(t) => t,
+        Err(StoreError::NotFound { .. }) => return Ok(LaunchFrom::Image),
+        Err(e) => return Err(e.into()),
+    };
+    let built = store.latest_build(&t.digest)?;
+    if built.map(|b| b.status) != Some(BuildStatus::Ready) {
+        return Ok(LaunchFrom::Image);
+    }
+    let dir = builds.snapshot_dir(&t.digest);
+    let manifest = match GoldenManifest::read(&dir) {
+        Some(m) if golden::is_complete(&dir) => m,
+        _ => {
+            tracing::warn!(template = %r, dir = %dir.display(), "the template is recorded as built but its golden snapshot is missing or incomplete; booting the image (build it again)");
+            return Ok(LaunchFrom::Image);
+        }
+    };
+    let restore = manifest.fits(c.cpu, c.ram_gb, c.disk_size_gb, &c.resolution);
+    let seeded = lifecycle.seed_from_golden(&c.id, dir, restore).await?;
+    let digest = t.digest.clone();
+    Ok(if restore {
+        LaunchFrom::Snapshot {
+            digest,
+            shared: seeded.linked,
+        }
+    } else {
+        LaunchFrom::GoldenDisk {
+            digest,
+            why: format!(
+                "the snapshot is of {} vCPU, {} GB, {} GB disk, {} and this computer is {} vCPU, {} GB, {} GB disk, {}",
+                manifest.cpu,
+                manifest.ram_gb,
+                manifest.disk_size_gb,
+                manifest.resolution,
+                c.cpu,
+                c.ram_gb,
+                c.disk_size_gb,
+                c.resolution
+            ),
+        }
+    })
+}

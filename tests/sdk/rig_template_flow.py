@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""A template built into a golden snapshot and launched from it, through deskd in the rig (issue 14).
+
+Run by tests/sdk-rig-e2e after the API flow (or alone: `rig_template_flow.py --info-dir DIR`), plain
+HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flow.py:
+
+  publish default/rig-template@1.0.0 (a build-time inline file, two `build.run` steps, an
+  `on_first_boot` hook, a literal `env`; no apt/pip/npm, so no network is needed); build it and
+  follow GET .../build/events (SSE) until it closes: phases boot, install, snapshot, ready, each
+  step's output lines; GET .../build is ready with build_time_ms; a second build is `reused`;
+  launch two computers with POST /computers {template_ref}: each reaches running restored from the
+  snapshot (far sooner than the cold boot of the build VM in this same run), has the file, the run
+  steps' and the hook's output, the env, and a hostname (deskd-<instance_id>) and machine-id of its
+  own; POST /templates/run answers for the built template and DELETE /templates/run removes it;
+  build computers never show in GET /computers. Prints build time, launch times and the cold boot
+  time of the same run side by side. Exits 1 on the first mismatch; 77 (skipped) only if the build
+  failed for want of a network, which this template (no package steps) must not.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rig_api_flow import Failed, UnixHTTP, bash, expect, poll, run_flow, step  # noqa: E402
+
+NAME, VERSION = "rig-template", "1.0.0"
+REF = f"default/{NAME}@{VERSION}"
+HELLO = "hello from the golden snapshot\nsecond line with 'quotes' and $dollars\n"
+TEMPLATE = {
+    "api_version": "orgo.ai/v1",
+    "template": {"name": NAME, "version": VERSION, "description": "rig e2e of issue 14"},
+    "env": {"RIG_TEMPLATE_GREETING": "hi there"},
+    "build": {"run": [
+        "mkdir -p /var/lib/rig-template && echo built-by-run > /var/lib/rig-template/run.out",
+        "echo \"run as $(id -un)\"; uname -r | tee -a /var/lib/rig-template/run.out",
+    ]},
+    "files": [
+        {"to": "/opt/rig-template/hello.txt", "inline": HELLO, "mode": "0640"},
+        {"to": "~/Desktop/from-template.txt", "inline": "on the desktop\n"},
+    ],
+    "hooks": {"on_first_boot": "date +%s > /var/lib/rig-template/first-boot; echo first boot hook ran"},
+}
+BUILD_LIMIT_S = 2400
+LAUNCH_LIMIT_S = 600
+
+
+def sse_events(api, path, limit_s):
+    """The `data:` items of a Server-Sent Events stream, parsed, until the server closes it."""
+    conn = UnixHTTP(api.sock, limit_s)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {api.key}", "Accept": "text/event-stream"})
+    r = conn.getresponse()
+    if r.status != 200:
+        raise Failed(f"GET {path} answered {r.status}: {r.read()[:300]!r}")
+    try:
+        while True:
+            line = r.readline()
+            if not line:
+                return
+            line = line.decode(errors="replace").rstrip("\r\n")
+            if line.startswith("data:"):
+                yield json.loads(line[5:].strip())
+    finally:
+        conn.close()
+
+
+def build(api):
+    """Builds the template, printing its events; (build answer, events)."""
+    base = f"/api/templates/default/{NAME}/{VERSION}"
+    code, started = api.call("POST", f"{base}/build")
+    expect(code in (200, 202), f"POST {base}/build answered {code}: {started}")
+    step(f"build: {started.get('status')} ({started.get('digest')})")
+    events = []
+    for e in sse_events(api, f"{base}/build/events", BUILD_LIMIT_S):
+        events.append(e)
+        src = f"/{e['source']}" if e.get("source") else ""
+        step(f"  [{e['phase']}{src} {e['level']}] {e['line'][:200]}")
+    done = api.json("GET", f"{base}/build")
+    return done, events
+
+
+def cold_boot_ms(events):
+    """The build VM's cold boot of the base image, from its event."""
+    for e in events:
+        if e["phase"] == "boot" and e["line"].startswith("the build VM runs after "):
+            return int(e["line"].split()[5])
+    return None
+
+
+def launch(api, ws, name):
+    t0 = time.monotonic()
+    c = api.json("POST", "/api/computers", {"project_id": ws, "name": name, "template_ref": REF})
+    return c["id"], t0
+
+
+def wait_running(api, cid, t0):
+    """Milliseconds from `t0` (the create request) until `cid` runs."""
+    def running():
+        status = api.status_of(cid)
+        if status == "error":
+            c = api.json("GET", f"/api/computers/{cid}")
+            raise Failed(f"{cid} went to error: {c.get('status_reason')}")
+        return status == "running"
+    poll(f"{cid} running", running, LAUNCH_LIMIT_S, 0.25)
+    return (time.monotonic() - t0) * 1000
+
+
+def check_computer(api, cid):
+    """The template's work is in the computer; its (hostname, machine-id)."""
+    instance = api.json("GET", f"/api/computers/{cid}")["instance_id"]
+    out = bash(api, cid, "sudo cat /opt/rig-template/hello.txt")
+    expect(out == HELLO.strip(), f"{cid}: /opt/rig-template/hello.txt holds {out!r}")
+    out = bash(api, cid, "stat -c %a:%U /opt/rig-template/hello.txt; cat ~/Desktop/from-template.txt; "
+                         "stat -c %U ~/Desktop/from-template.txt")
+    expect(out.split() == ["640:root", "on", "the", "desktop", "user"], f"{cid}: file modes/owners {out!r}")
+    out = bash(api, cid, "cat /var/lib/rig-template/run.out; test -s /var/lib/rig-template/first-boot && echo hook-ok")
+    expect(out.startswith("built-by-run\n6.") and out.endswith("hook-ok"),
+           f"{cid}: run steps / on_first_boot output {out!r}")
+    out = bash(api, cid, "echo \"$RIG_TEMPLATE_GREETING\"")
+    expect(out == "hi there", f"{cid}: env RIG_TEMPLATE_GREETING is {out!r}")
+    out = bash(api, cid, "hostname; cat /etc/machine-id")
+    host, machine_id = (out.split() + ["", ""])[:2]
+    expect(host == f"deskd-{instance}", f"{cid}: hostname {host!r}, expected deskd-{instance}")
+    return host, machine_id
+
+
+def flow(api):
+    code, published = api.call("POST", "/api/templates", TEMPLATE)
+    expect(code in (200, 201), f"POST /api/templates answered {code}: {published}")
+    step(f"published {published['ref']} ({published['digest']})")
+
+    t_build = time.monotonic()
+    done, events = build(api)
+    if done.get("status") == "failed" and "needs the network" in (done.get("error") or ""):
+        step(f"SKIPPED: the build needed a network the rig's guest lacks: {done.get('error')}")
+        return 77
+    expect(done.get("status") == "ready", f"the build ended {done.get('status')}: {done.get('error')}")
+    phases = [e["phase"] for e in events]
+    for p in ("publish", "compile", "boot", "install", "snapshot", "ready"):
+        expect(p in phases, f"no {p} event in the build's stream")
+    lines = [e["line"] for e in events]
+    expect("run as root" in lines, "build.run's output (its steps run as root) is not in the events")
+    expect("first boot hook ran" in lines, "on_first_boot's output is not in the events")
+    build_ms = done.get("build_time_ms")
+    step(f"build ready: build_time_ms {build_ms} (client saw {time.monotonic() - t_build:.0f} s)")
+    again = api.json("POST", f"/api/templates/default/{NAME}/{VERSION}/build")
+    expect(again.get("status") == "ready" and again.get("reused") is True, f"a second build answered {again}")
+
+    listed = api.json("GET", "/api/computers")["computers"]
+    expect(not any(c.get("name", "").startswith(f"build-{NAME}-") for c in listed), "a build computer shows in GET /computers")
+
+    ws = api.json("POST", "/api/projects", {"name": "templates"})["id"]
+    a, ta = launch(api, ws, "from-template-1")
+    b, tb = launch(api, ws, "from-template-2")
+    step(f"launched {a} and {b} from {REF}")
+    ms_a = wait_running(api, a, ta)
+    ms_b = wait_running(api, b, tb)
+    step(f"running: {a} after {ms_a:.0f} ms, {b} after {ms_b:.0f} ms (create -> running)")
+    ids = [check_computer(api, c) for c in (a, b)]
+    step(f"both have the template's files, run output, hook and env; identities {ids}")
+    expect(ids[0][0] != ids[1][0], "the two launches share a hostname")
+    expect(ids[0][1] != ids[1][1] and all(len(m) == 32 for _, m in ids), f"machine-ids not distinct: {ids}")
+
+    # The rig's host has 7 GB: a third 4 GB computer is over the RAM commitment quota, so the two
+    # launches go before the run.
+    for c in (a, b):
+        r = api.json("DELETE", f"/api/computers/{c}")
+        expect(r.get("success") is True, f"deleting {c} answered {r}")
+
+    t_run = time.monotonic()
+    run = api.json("POST", "/api/templates/run", {"ref": REF})
+    ms_run = wait_running(api, run["id"], t_run)
+    step(f"POST /templates/run: {run['id']} running after {ms_run:.0f} ms")
+    gone = api.json("DELETE", f"/api/templates/run?id={run['id']}")
+    expect(gone.get("deleted") is True, f"DELETE /templates/run answered {gone}")
+
+    cold = cold_boot_ms(events)
+    step(f"FIGURES (same run): build {build_ms} ms; launch from the golden snapshot {ms_a:.0f} ms and "
+         f"{ms_b:.0f} ms, /templates/run {ms_run:.0f} ms; cold boot of the base image (the build VM) {cold} ms")
+    api.json("DELETE", f"/api/projects/{ws}")
+    return 0
+
+
+def main():
+    return run_flow(__doc__, lambda api, read: flow(api), passed="all template steps passed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
