@@ -60,8 +60,11 @@ e2e: build-debug rig-self-test vmm-e2e image-boot-test sdk-e2e
 ## (issue 7). E2E_VARIANT=minimal runs the minimal image as the default template.
 E2E_VARIANT ?= desktop
 .PHONY: sdk-e2e
+## Two rigs, each booted fresh: the API flow with the SDK test, then the templates with the power
+## steps (tests/rig/README.md, "Faults of the emulator": the L1 has died at ~26 minutes of uptime).
 sdk-e2e: build-debug
-	tests/rig/retry-on-crash tests/sdk-rig-e2e --variant $(E2E_VARIANT)
+	tests/rig/retry-on-crash tests/sdk-rig-e2e --variant $(E2E_VARIANT) --skip-templates
+	tests/rig/retry-on-crash tests/sdk-rig-e2e --variant $(E2E_VARIANT) --templates-only
 
 ## deskd's VMM boots Debian's cloud kernel: disk, vsock, reboot, poweroff, power button (issue 6).
 .PHONY: vmm-e2e
