@@ -13,10 +13,16 @@ build:
 build-debug:
 	$(CARGO) build --workspace
 
+## Runs the make targets $(1) in order, each in a sub-make, printing how long each took.
+define stages
+	@for t in $(1); do s=$$(date +%s); $(MAKE) --no-print-directory $$t || { echo "make $@: stage $$t FAILED after $$(( $$(date +%s) - s )) s" >&2; exit 1; }; echo "make $@: stage $$t took $$(( $$(date +%s) - s )) s" >&2; done
+endef
+
 ## Every test: unit and integration tests, then the end-to-end tests in the rig. Each rig stage has
 ## its own timeout and all share one deadline (tests/rig/README.md, "Time limits"), so even a stuck
 ## one ends well within CI's 90 minutes.
-test: deps install-deps-test unit fuzz e2e
+test:
+	$(call stages,deps install-deps-test unit fuzz e2e)
 ## The rig stages share one deadline (tests/rig/run caps each run's timeout to it): 80 minutes after
 ## `make test` or `make e2e` starts, retries included, or the RIG_DEADLINE given (seconds since the epoch).
 test e2e: export RIG_DEADLINE := $(or $(RIG_DEADLINE),$(shell echo $$(( $$(date +%s) + 80 * 60 ))))
@@ -33,8 +39,9 @@ install-deps-test:
 ## Unit tests, agent tests against Xvfb, API tests against a daemon on a temporary socket.
 unit: sdk-venv
 	$(CARGO) test --workspace -- --skip fuzz_
-	# The agent's X tests once more on the image's X server, TigerVNC's Xvnc.
-	DESKD_TEST_X_SERVER=xvnc $(CARGO) test -p deskd-agent
+	# The agent's X tests once more on the image's X server, TigerVNC's Xvnc, with the binaries
+	# built above (`cargo test -p deskd-agent` would rebuild its dependencies for its own features).
+	DESKD_TEST_X_SERVER=xvnc CARGO=$(CARGO) tests/run-built-tests deskd-agent --skip fuzz_
 
 ## Fuzz targets on stable Rust (bolero's random engine under `cargo test`; README "Fuzzing"):
 ## virtio queues (block, net, rng, vsock), the vsock connection state machine, the MMIO transport
@@ -44,8 +51,8 @@ unit: sdk-venv
 ## s; `make fuzz FUZZ_SECONDS=600` for a long run).
 FUZZ_SECONDS ?= 4
 fuzz:
-	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test -p deskd --lib fuzz_
-	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test -p deskd-agent --lib fuzz_
+	# --workspace, as `make unit` builds: a `-p` selection would rebuild for its own features.
+	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test --workspace --lib fuzz_
 
 ## The official orgo Python SDK from PyPI in target/sdk-venv, the client of the SDK tests.
 sdk-venv:
@@ -54,7 +61,8 @@ sdk-venv:
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it. Each rig test
 ## runs under tests/rig/retry-on-crash: once more after a recorded fault of the emulator, never
 ## after a failure of its own. The binary they use: $$DESKD, else the debug build (tests/lib/common.sh).
-e2e: build-debug rig-self-test vmm-e2e image-boot-test sdk-e2e
+e2e:
+	$(call stages,build-debug rig-self-test vmm-e2e image-boot-test sdk-e2e)
 
 ## A computer from POST /computers driven by curl and the official orgo SDK (PyPI), in the rig
 ## (issue 7). E2E_VARIANT=minimal runs the minimal image as the default template.
