@@ -273,3 +273,92 @@ fn set_auto_stop(state: &AppState, c: &Computer, minutes: u32, results: &mut Res
         r,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower_service::Service;
+
+    use super::*;
+    use crate::api::testing::test_api;
+    use crate::config::Config;
+
+    async fn patch(api: &crate::api::testing::TestApi, body: Value) -> (u16, Value) {
+        let req = Request::builder()
+            .method("PATCH")
+            .uri(format!("/api/computers/{}/resize", api.computer.id))
+            .header("authorization", format!("Bearer {}", api.key))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = crate::api::router(api.state.clone())
+            .call(req)
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// A computer the record says runs, whose VM is gone (it just ended): every live change
+    /// fails with the reason, what is not the VM's still applies, and the answer says which.
+    #[tokio::test]
+    async fn a_mixed_live_resize_answers_207_and_all_failed_422() {
+        let api = test_api(Config::default());
+        let id = &api.computer.id;
+        api.state
+            .store
+            .set_computer_status(id, ComputerStatus::Running, None)
+            .unwrap();
+        let (status, v) = patch(&api, json!({"vcpus": 2, "auto_stop_minutes": 5})).await;
+        assert_eq!(status, 207, "{v}");
+        assert_eq!(v["partial"], true);
+        assert_eq!(v["takes_effect"], "now");
+        assert_eq!(v["results"]["vcpus"]["ok"], false);
+        assert_eq!(
+            v["results"]["vcpus"]["applied"], 1,
+            "what it has, not what was asked"
+        );
+        assert!(v["results"]["vcpus"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not running"));
+        assert_eq!(
+            v["results"]["auto_stop_minutes"],
+            json!({"requested": 5, "applied": 5, "ok": true})
+        );
+        assert_eq!(v["vcpus"], 1);
+
+        let (status, v) = patch(
+            &api,
+            json!({"mem_gb": 8, "disk_size_gb": 12, "bandwidth_limit_mbps": 10}),
+        )
+        .await;
+        assert_eq!(status, 422, "{v}");
+        assert_eq!(v["partial"], false);
+        for (name, current) in [("mem_mb", 4096), ("disk_gb", 8)] {
+            assert_eq!(v["results"][name]["ok"], false, "{name}: {v}");
+            assert_eq!(v["results"][name]["applied"], current, "{name}: {v}");
+        }
+        assert_eq!(v["results"]["bandwidth_limit_mbps"]["applied"], 0);
+        let now = api.state.store.computer(id).unwrap().unwrap();
+        assert_eq!((now.ram_gb, now.disk_size_gb), (4, 8), "nothing applied");
+        assert_eq!(api.state.store.bandwidth_limit(id).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_computer_on_its_way_is_409_after_its_values_are_checked() {
+        let api = test_api(Config::default());
+        api.state
+            .store
+            .set_computer_status(&api.computer.id, ComputerStatus::Stopping, None)
+            .unwrap();
+        let (status, v) = patch(&api, json!({"vcpus": 3})).await;
+        assert_eq!(status, 400, "{v}");
+        let (status, v) = patch(&api, json!({"vcpus": 2})).await;
+        assert_eq!(status, 409, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("is stopping"), "{v}");
+    }
+}

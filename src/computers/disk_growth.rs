@@ -58,3 +58,82 @@ pub async fn grow_root_fs(
     }
     serde_json::from_slice(&reply.body).map_err(|e| GuestGrowError::BadAnswer(e.to_string()))
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    /// A VM's vsock socket at `socket` with an agent behind it that answers every
+    /// `POST /root-fs/grow` with `status` and `body` (after checking the request's shape).
+    pub(crate) fn fake_agent(socket: &Path, status: u16, body: &'static str) {
+        std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(stream);
+                    let mut line = String::new();
+                    reader.read_line(&mut line).await.unwrap();
+                    let mut stream = reader.into_inner();
+                    stream.write_all(b"OK 1073741824\n").await.unwrap();
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| async move {
+                            use http_body_util::BodyExt;
+                            assert_eq!(req.uri().path(), paths::GROW_ROOT_FS);
+                            let asked = req.into_body().collect().await.unwrap().to_bytes();
+                            let asked: GrowRootFs = serde_json::from_slice(&asked).unwrap();
+                            assert!(asked.check().is_ok(), "{asked:?}");
+                            let answer = http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(Bytes::from_static(
+                                    body.as_bytes(),
+                                )))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(answer)
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn the_guests_answer_or_its_reason_comes_back() {
+        let d = tempfile::tempdir().unwrap();
+        let agents = AgentClient::default();
+        let ok = d.path().join("ok/vsock.sock");
+        fake_agent(
+            &ok,
+            200,
+            r#"{"disk_bytes":12884901888,"filesystem_bytes":12600000000}"#,
+        );
+        let grown = grow_root_fs(&agents, &ok, 12 << 30).await.unwrap();
+        assert_eq!(grown.filesystem_bytes, 12_600_000_000);
+
+        let refused = d.path().join("refused/vsock.sock");
+        fake_agent(
+            &refused,
+            500,
+            r#"{"error":"cannot reach the root helper at /run/deskd-growfs.sock"}"#,
+        );
+        let err = grow_root_fs(&agents, &refused, 12 << 30).await.unwrap_err();
+        assert!(
+            err.to_string().contains("500") && err.to_string().contains("deskd-growfs.sock"),
+            "{err}"
+        );
+
+        let old = d.path().join("old/vsock.sock");
+        fake_agent(&old, 200, "<html>no such route</html>");
+        let err = grow_root_fs(&agents, &old, 12 << 30).await.unwrap_err();
+        assert!(err.to_string().contains("older than this deskd"), "{err}");
+
+        let nobody = d.path().join("none/vsock.sock");
+        let err = grow_root_fs(&agents, &nobody, 12 << 30).await.unwrap_err();
+        assert!(matches!(err, GuestGrowError::Agent(_)), "{err}");
+    }
+}

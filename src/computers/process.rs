@@ -855,6 +855,20 @@ mod tests {
     }
 
     #[test]
+    fn cpu_and_memory_hotplug_say_they_are_not_there_yet_and_what_to_do() {
+        for change in [Hotplug::Vcpus(2), Hotplug::MemMib(8192)] {
+            let m = VmmProcessBackend::hotplug_unsupported(change).to_string();
+            assert!(
+                m.contains("not supported by deskd's VMM yet") && m.contains("stop the computer"),
+                "{m}"
+            );
+        }
+        let b = VmmProcessBackend::new("/bin/false".into(), Path::new("/nonexistent"), true);
+        let err = b.hotplug("c1", Hotplug::DiskGb(12)).unwrap_err();
+        assert!(err.to_string().contains("not running"), "{err}");
+    }
+
+    #[test]
     fn log_tails_lose_colour_codes() {
         assert_eq!(
             strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m VM started"),

@@ -30,7 +30,7 @@ pub enum ControlRequest {
     /// VM runs: the image file is extended (sparse) and the guest is told by a
     /// configuration-change interrupt. Refused for a read-only disk, a smaller size (a shrink),
     /// a size that is not a multiple of 512, and one over
-    /// [`crate::vmm::devices::virtio::block::MAX_DISK_BYTES`]; the size it has already is fine.
+    /// [`crate::vmm::devices::virtio::block::resize::MAX_DISK_BYTES`]; the size it has already is fine.
     GrowDisk { disk: usize, size_bytes: u64 },
     /// Presses the ACPI power button (hard stop after the VMM's shutdown timeout); `force` stops
     /// the VM at once.

@@ -25,7 +25,7 @@ use super::persist::{DeviceState, PersistError};
 use super::worker::{spawn_single_queue, SingleQueue, Worker};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 pub use request::Disk;
-pub use resize::{grow_live, BlockHandle, GrowError, MAX_DISK_BYTES};
+pub use resize::{grow_live, BlockHandle, GrowError};
 
 /// Size of a virtio-blk sector, whatever the image's own block size.
 pub const SECTOR_SIZE: u64 = 512;

@@ -164,7 +164,7 @@ fn hostile_sizes_are_refused_and_change_nothing() {
         (have + 1, "multiple of 512"),
         (u64::MAX, "multiple of 512"),
         (u64::MAX - 511, "16 TiB"),
-        (MAX_DISK_BYTES + SECTOR_SIZE, "16 TiB"),
+        (resize::MAX_DISK_BYTES + SECTOR_SIZE, "16 TiB"),
     ] {
         let err = grow_live(&mut t, &handle, want).unwrap_err();
         assert!(err.to_string().contains(expected), "{want}: {err}");
