@@ -247,7 +247,8 @@ fn lifecycle_routes_answer_truthfully() {
     let r = d.post(&format!("/api/desktops/{inst}/proxy/health"), json!({}));
     assert_eq!(r.error(400), "Desktop instance not available");
 
-    // Resize: validated first, then 409 because it is not running.
+    // Resize: validated first; a computer that does not run keeps it for its next start
+    // (tests/api_resize.rs has the details).
     assert!(d
         .patch(&path("/resize"), json!({}))
         .error(400)
@@ -260,10 +261,9 @@ fn lifecycle_routes_answer_truthfully() {
         .patch(&path("/resize"), json!({"disk_size_gb": 4}))
         .error(400)
         .contains("can only grow"));
-    assert!(d
-        .patch(&path("/resize"), json!({"vcpus": 2}))
-        .error(409)
-        .contains("must be running"));
+    let stored = d.patch(&path("/resize"), json!({"vcpus": 2})).expect(200);
+    assert_eq!(stored["takes_effect"], "next_start", "{stored}");
+    assert_eq!(d.get(&path("")).expect(200)["cpu"], 2);
 
     // Auto-stop.
     assert_eq!(

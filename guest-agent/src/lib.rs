@@ -18,7 +18,11 @@ pub mod events;
 #[cfg(feature = "agent")]
 pub mod files;
 #[cfg(feature = "agent")]
+pub mod growfs;
+#[cfg(feature = "agent")]
 pub mod resumed;
+#[cfg(feature = "agent")]
+pub mod root_helper;
 #[cfg(feature = "agent")]
 pub mod run;
 #[cfg(feature = "agent")]

@@ -35,6 +35,10 @@ struct Args {
     /// stdout (started by deskd-restore.socket; see deskd_agent::resumed).
     #[arg(long)]
     apply_resumed: bool,
+    /// Run as the root helper of `POST /root-fs/grow` instead: one request on stdin, the answer
+    /// on stdout (started by deskd-growfs.socket; see deskd_agent::growfs).
+    #[arg(long, conflicts_with = "apply_resumed")]
+    grow_root_fs: bool,
     /// The X server's RFB (VNC) Unix socket, bridged to /ws/vnc.
     #[arg(long, default_value = deskd_agent::vnc::DEFAULT_RFB_SOCKET)]
     vnc_socket: PathBuf,
@@ -61,6 +65,9 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if args.apply_resumed {
         return deskd_agent::resumed::serve_helper();
+    }
+    if args.grow_root_fs {
+        return deskd_agent::growfs::serve_helper();
     }
     let listen: Listen = match args.listen.parse() {
         Ok(l) => l,

@@ -12,6 +12,7 @@
 pub mod audio;
 pub mod events;
 pub mod files;
+pub mod growfs;
 pub mod health;
 pub mod resumed;
 pub mod screenshot;
@@ -42,6 +43,9 @@ pub mod paths {
     pub const HEALTH: &str = "/health";
     /// `POST`: after a restore, [`super::resumed::Resumed`] → [`super::resumed::ResumedDone`].
     pub const RESUMED: &str = "/resumed";
+    /// `POST`: after the host grew the disk, [`super::growfs::GrowRootFs`] →
+    /// [`super::growfs::RootFsGrown`].
+    pub const GROW_ROOT_FS: &str = "/root-fs/grow";
     /// `GET`: the screen as an image, see [`super::ScreenshotQuery`].
     pub const SCREENSHOT: &str = "/screenshot";
     /// WebSocket: a terminal, see [`super::TerminalSize`], [`super::TerminalIn`].

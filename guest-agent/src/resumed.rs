@@ -3,13 +3,14 @@
 //! machine-id, a reseeded kernel RNG).
 //!
 //! The agent runs as the desktop user, so the work that needs root is done by `deskd-agent
-//! --apply-resumed`, started by systemd as root for each connection to [`HELPER_SOCKET`]
-//! (`deskd-restore.socket`, which only the agent's user may open): the agent writes the request,
-//! shuts its side down and reads one [`HelperAnswer`].
+//! --apply-resumed`, the root helper (see [`crate::root_helper`]) behind [`HELPER_SOCKET`]
+//! (`deskd-restore.socket`, which only the agent's user may open).
 
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::protocol::resumed::{NewIdentity, Resumed, ResumedDone};
+use crate::root_helper::{self, HelperError};
 
 /// Why the agent could not apply a restore's request; shown to the daemon as a 500 or 400.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +36,6 @@ pub enum ResumedError {
 pub const HELPER_SOCKET: &str = "/run/deskd-restore.sock";
 /// How long the helper may take (it writes three small files and makes a few syscalls).
 const HELPER_DEADLINE: Duration = Duration::from_secs(20);
-/// Cap on what is read from either side of the helper socket.
-const HELPER_MAX_BYTES: u64 = 64 * 1024;
 
 /// What the agent hands the helper: the request, and when the agent received it on
 /// CLOCK_MONOTONIC, so the clock is set to the host's time plus however long the helper took to
@@ -57,76 +56,28 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// What the helper answers.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub enum HelperAnswer {
-    Done(ResumedDone),
-    BadRequest(String),
-    Failed(String),
-}
-
 /// Has the root helper apply `req` (the agent's side).
 pub async fn apply_through_helper(req: &Resumed) -> Result<ResumedDone, ResumedError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let req = HelperRequest {
         resumed: req.clone(),
         received_monotonic_ns: monotonic_ns(),
     };
-    let exchange = async {
-        let mut stream = tokio::net::UnixStream::connect(HELPER_SOCKET)
-            .await
-            .map_err(|e| format!("cannot reach the root helper at {HELPER_SOCKET}: {e}"))?;
-        let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-        stream.write_all(&body).await.map_err(|e| e.to_string())?;
-        stream.shutdown().await.map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        stream
-            .take(HELPER_MAX_BYTES)
-            .read_to_end(&mut answer)
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice::<HelperAnswer>(&answer)
-            .map_err(|e| format!("the root helper's answer does not parse ({e}); see its journal"))
-    };
-    match tokio::time::timeout(HELPER_DEADLINE, exchange).await {
-        Err(_) => Err(ResumedError::Helper(format!(
-            "the root helper did not answer within {} s",
-            HELPER_DEADLINE.as_secs()
-        ))),
-        Ok(Err(e)) => Err(ResumedError::Helper(e)),
-        Ok(Ok(HelperAnswer::Done(done))) => Ok(done),
-        Ok(Ok(HelperAnswer::BadRequest(m))) => Err(ResumedError::BadRequest(m)),
-        Ok(Ok(HelperAnswer::Failed(m))) => Err(ResumedError::Helper(m)),
-    }
+    root_helper::ask(Path::new(HELPER_SOCKET), &req, HELPER_DEADLINE)
+        .await
+        .map_err(|e| match e {
+            HelperError::BadRequest(m) => ResumedError::BadRequest(m),
+            HelperError::Failed(m) => ResumedError::Helper(m),
+        })
 }
 
-/// `deskd-agent --apply-resumed`: the root helper's side, one request on stdin, the answer on
-/// stdout (both are the socket systemd accepted).
+/// `deskd-agent --apply-resumed`: the root helper's side (see [`root_helper::serve`]).
 pub fn serve_helper() -> std::process::ExitCode {
-    use std::io::{Read, Write};
-    let mut body = Vec::new();
-    let read = std::io::stdin()
-        .take(HELPER_MAX_BYTES)
-        .read_to_end(&mut body);
-    let answer = match read {
-        Err(e) => HelperAnswer::Failed(format!("cannot read the request: {e}")),
-        Ok(_) => match serde_json::from_slice::<HelperRequest>(&body) {
-            Err(e) => HelperAnswer::BadRequest(format!("bad request: {e}")),
-            Ok(req) => match apply(&req.resumed, req.received_monotonic_ns) {
-                Ok(done) => HelperAnswer::Done(done),
-                Err(ResumedError::BadRequest(m)) => HelperAnswer::BadRequest(m),
-                Err(e) => HelperAnswer::Failed(e.to_string()),
-            },
-        },
-    };
-    let ok = matches!(answer, HelperAnswer::Done(_));
-    let text = serde_json::to_vec(&answer).unwrap_or_default();
-    let _ = std::io::stdout().write_all(&text);
-    if ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    root_helper::serve(|req: HelperRequest| {
+        apply(&req.resumed, req.received_monotonic_ns).map_err(|e| match e {
+            ResumedError::BadRequest(m) => HelperError::BadRequest(m),
+            e => HelperError::Failed(e.to_string()),
+        })
+    })
 }
 
 /// Applies `req` (as root); blocking (small file writes and syscalls).

@@ -20,6 +20,7 @@ use crate::events::EventHub;
 use crate::files::FileError;
 use crate::protocol::audio::AudioFormat;
 use crate::protocol::files::{self, FileWritten, ReadQuery, WriteQuery};
+use crate::protocol::growfs::{GrowRootFs, RootFsGrown};
 use crate::protocol::resumed::{Resumed, ResumedDone};
 use crate::protocol::stream::{self, StreamStartRequest, StreamStarted, StreamStatus};
 use crate::protocol::*;
@@ -250,6 +251,7 @@ pub fn router(agent: Shared) -> Router {
         .route("/bash", post(bash))
         .route("/exec", post(exec))
         .route(paths::RESUMED, post(resumed))
+        .route(paths::GROW_ROOT_FS, post(grow_root_fs))
         .route(paths::WS_TERMINAL, get(ws_terminal))
         .route(paths::WS_EVENTS, get(ws_events))
         .route(paths::WS_VNC, get(ws_vnc))
@@ -656,6 +658,23 @@ async fn resumed(JsonBody(req): JsonBody<Resumed>) -> ApiResult<Json<ResumedDone
             Ok(Json(done))
         }
         Err(crate::resumed::ResumedError::BadRequest(m)) => Err(ApiError::bad(m)),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+/// After the host grew the disk: the root filesystem onto it (see `crate::growfs`).
+async fn grow_root_fs(JsonBody(req): JsonBody<GrowRootFs>) -> ApiResult<Json<RootFsGrown>> {
+    let socket = std::path::Path::new(crate::growfs::HELPER_SOCKET);
+    match crate::growfs::grow_through_helper(socket, &req).await {
+        Ok(grown) => {
+            tracing::info!(
+                "root filesystem grown: {} bytes on a {}-byte disk",
+                grown.filesystem_bytes,
+                grown.disk_bytes
+            );
+            Ok(Json(grown))
+        }
+        Err(crate::growfs::GrowFsError::BadRequest(m)) => Err(ApiError::bad(m)),
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
 }

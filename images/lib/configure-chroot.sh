@@ -35,7 +35,7 @@ echo 'Etc/UTC' > /etc/timezone
 systemctl set-default graphical.target
 systemctl enable deskd-display.service deskd-session.service deskd-agent.service \
     deskd-hostname.service deskd-selftest.service systemd-networkd.service \
-    deskd-restore.socket
+    deskd-restore.socket deskd-growfs.socket
 # Nothing to wait for or to ask: no network at boot is normal, and nobody answers a first-boot prompt.
 systemctl mask systemd-networkd-wait-online.service systemd-firstboot.service
 # Periodic maintenance that only slows a small VM down.

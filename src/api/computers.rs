@@ -11,12 +11,12 @@ use serde_json::{json, Map, Value};
 
 use super::access::{self, ScopedComputer};
 use super::body::{
-    check_int, check_uuid, field, kind, optional_int, optional_string, required_name, JsonObject,
+    check_uuid, field, kind, optional_int, optional_string, required_name, JsonObject,
 };
 use super::error::ApiError;
 use super::middleware::AuthKey;
 use super::{views, AppState};
-use crate::computers::{new_vnc_password, quota, Hotplug, LifecycleError};
+use crate::computers::{new_vnc_password, quota, LifecycleError};
 use crate::network::EgressPolicy;
 use crate::store::{Commitment, Computer, ComputerStatus, NewComputer};
 
@@ -27,9 +27,9 @@ pub const DEFAULT_TEMPLATE: &str = "system/desktop@1.0.0";
 /// Smallest disk: the default desktop image fits in it.
 pub const MIN_DISK_GB: i64 = 8;
 const DEFAULT_RESOLUTION: &str = "1280x720x24";
-const CPU_CHOICES: [u32; 5] = [1, 2, 4, 8, 16];
+pub(super) const CPU_CHOICES: [u32; 5] = [1, 2, 4, 8, 16];
 const RAM_CHOICES: [u32; 7] = [1, 2, 4, 8, 16, 32, 64];
-const RESIZE_MEM_CHOICES: [u32; 4] = [4, 8, 16, 32];
+pub(super) const RESIZE_MEM_CHOICES: [u32; 4] = [4, 8, 16, 32];
 /// How long `ensure-running` waits for a VM to come up (the rig is slow).
 const ENSURE_RUNNING_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -82,7 +82,7 @@ fn parse_cpu(v: &Value) -> Result<u32, ApiError> {
         .ok_or_else(|| ApiError::bad_request(msg))
 }
 
-fn parse_ram(v: &Value, choices: &[u32], name: &str) -> Result<u32, ApiError> {
+pub(super) fn parse_ram(v: &Value, choices: &[u32], name: &str) -> Result<u32, ApiError> {
     let list = choices
         .iter()
         .map(|c| c.to_string())
@@ -151,7 +151,7 @@ pub fn is_template_ref(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
 }
 
-fn parse_auto_stop(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
+pub(super) fn parse_auto_stop(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
     Ok(optional_int(body, "auto_stop_minutes", 0, 525_600)?.map(|n| n as u32))
 }
 
@@ -628,125 +628,6 @@ pub async fn clone(
             "status": c.status.as_str(),
             "status_reason": c.status_reason,
             "source_id": src.id,
-        })),
-    ))
-}
-
-/// `PATCH /computers/{id}/resize`: reports what was applied, per dimension.
-pub async fn resize(
-    State(state): State<AppState>,
-    ScopedComputer { computer: c, .. }: ScopedComputer,
-    JsonObject(body): JsonObject,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let vcpus = field(&body, "vcpus")
-        .map(|v| {
-            check_int(v, "vcpus", 1, 16).and_then(|n| {
-                CPU_CHOICES
-                    .contains(&(n as u32))
-                    .then_some(n as u32)
-                    .ok_or_else(|| ApiError::bad_request("vcpus must be one of 1, 2, 4, 8, 16."))
-            })
-        })
-        .transpose()?;
-    let mem_gb = field(&body, "mem_gb")
-        .map(|v| parse_ram(v, &RESIZE_MEM_CHOICES, "mem_gb"))
-        .transpose()?;
-    let disk_gb = optional_int(&body, "disk_size_gb", 1, 1_000_000)?.map(|n| n as u32);
-    if let Some(d) = disk_gb {
-        if d < c.disk_size_gb {
-            return Err(ApiError::bad_request(format!(
-                "disk_size_gb can only grow: the disk is {} GB, {d} GB would shrink it.",
-                c.disk_size_gb
-            )));
-        }
-        check_disk_quota(&state, d)?;
-    }
-    let bandwidth = optional_int(&body, "bandwidth_limit_mbps", 1, 100_000)?.map(|n| n as u32);
-    let auto_stop = parse_auto_stop(&body)?;
-    if vcpus.is_none()
-        && mem_gb.is_none()
-        && disk_gb.is_none()
-        && bandwidth.is_none()
-        && auto_stop.is_none()
-    {
-        return Err(ApiError::bad_request(
-            "Nothing to resize: send any of vcpus, mem_gb, disk_size_gb, bandwidth_limit_mbps, auto_stop_minutes.",
-        ));
-    }
-    if c.status != ComputerStatus::Running {
-        return Err(ApiError::conflict(format!(
-            "The computer must be running to resize it (it is {}).",
-            c.status.as_str()
-        )));
-    }
-    let mut results = Map::new();
-    let (mut ok, mut failed) = (0, 0);
-    let mut apply = |name: &str,
-                     requested: u64,
-                     outcome: Result<u64, LifecycleError>,
-                     current: u64| {
-        let entry = match outcome {
-            Ok(applied) => {
-                ok += 1;
-                json!({ "requested": requested, "applied": applied, "ok": true })
-            }
-            Err(e) => {
-                failed += 1;
-                json!({ "requested": requested, "applied": current, "ok": false, "error": e.to_string() })
-            }
-        };
-        results.insert(name.to_string(), entry);
-    };
-    if let Some(n) = vcpus {
-        let r = state.lifecycle.hotplug(&c.id, Hotplug::Vcpus(n)).await;
-        apply("vcpus", n.into(), r, c.cpu.into());
-    }
-    if let Some(g) = mem_gb {
-        let mib = u64::from(g) * 1024;
-        let r = state.lifecycle.hotplug(&c.id, Hotplug::MemMib(mib)).await;
-        apply("mem_mb", mib, r, u64::from(c.ram_gb) * 1024);
-    }
-    if let Some(d) = disk_gb {
-        let r = state.lifecycle.hotplug(&c.id, Hotplug::DiskGb(d)).await;
-        apply("disk_gb", d.into(), r, c.disk_size_gb.into());
-    }
-    if let Some(b) = bandwidth {
-        let r = state
-            .lifecycle
-            .hotplug(&c.id, Hotplug::BandwidthMbps(b))
-            .await;
-        let current = state.store.bandwidth_limit(&c.id)?.unwrap_or(0);
-        apply("bandwidth_limit_mbps", b.into(), r, current.into());
-    }
-    if let Some(m) = auto_stop {
-        let r = state
-            .store
-            .set_auto_stop(&c.id, Some(m))
-            .map(|()| u64::from(m))
-            .map_err(LifecycleError::from);
-        apply(
-            "auto_stop_minutes",
-            m.into(),
-            r,
-            c.auto_stop_minutes.unwrap_or(0).into(),
-        );
-    }
-    let now = reload(&state, &c.id)?;
-    let status = match (ok, failed) {
-        (_, 0) => StatusCode::OK,
-        (0, _) => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::MULTI_STATUS,
-    };
-    Ok((
-        status,
-        Json(json!({
-            "vcpus": now.cpu,
-            "mem_gb": now.ram_gb,
-            "disk_size_gb": now.disk_size_gb,
-            "bandwidth_limit_mbps": state.store.bandwidth_limit(&c.id)?,
-            "auto_stop_minutes": now.auto_stop_minutes,
-            "results": results,
-            "partial": ok > 0 && failed > 0,
         })),
     ))
 }

@@ -23,6 +23,7 @@ mod metrics;
 mod middleware;
 pub mod openapi;
 pub(crate) mod rate_limit;
+mod resize;
 mod routes;
 pub(crate) mod server;
 mod storage;

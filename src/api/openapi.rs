@@ -295,7 +295,7 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "patch",
         "/api/computers/{id}/resize",
-        "Resize a running computer (200/207/422)",
+        "Resize: a running computer's disk and bandwidth live (vCPUs and memory not yet: no hotplug), a stopped one's shape stored for its next start [ours] (200/207/422; 400 a bad value or a disk shrink, 403 over a quota, 409 suspended or on its way)",
         200,
         Some("Resize"),
         "ResizeResult",
@@ -1014,7 +1014,27 @@ fn schemas_core() -> Value {
                 "auto_stop_minutes": s("integer")
             }
         },
-        "ResizeResult": {"type": "object", "properties": {"results": s("object"), "partial": s("boolean")}},
+        "ResizeResult": {
+            "type": "object",
+            "properties": {
+                "vcpus": s("integer"), "mem_gb": s("integer"), "disk_size_gb": s("integer"),
+                "bandwidth_limit_mbps": {"type": ["integer", "null"]},
+                "auto_stop_minutes": {"type": ["integer", "null"]},
+                "results": {
+                    "type": "object",
+                    "description": "Per dimension asked for (vcpus, mem_mb, disk_gb, bandwidth_limit_mbps, auto_stop_minutes): what was asked, what is in effect now, and the reason when it was not applied; a grown disk also says its root filesystem's size.",
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {
+                            "requested": s("integer"), "applied": s("integer"), "ok": s("boolean"),
+                            "error": s("string"), "filesystem_bytes": s("integer")
+                        }
+                    }
+                },
+                "partial": s("boolean"),
+                "takes_effect": {"enum": ["now", "next_start"], "description": "[ours] now: applied to the running VM; next_start: stored, the computer's next start (or resume) uses it"}
+            }
+        },
         "Action": {"type": "object", "properties": {"success": s("boolean"), "action": s("string")}},
         "Click": {
             "type": "object", "required": ["x", "y"],

@@ -7,7 +7,7 @@ use axum::Router;
 
 use super::error::ApiError;
 use super::{
-    actions, computers, console, desktop_ws, files, middleware, openapi, storage, streams,
+    actions, computers, console, desktop_ws, files, middleware, openapi, resize, storage, streams,
     templates, workspaces, AppState,
 };
 
@@ -83,7 +83,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/computers/{id}/resize",
-            axum::routing::patch(computers::resize),
+            // A live disk growth waits for the guest agent.
+            agent(axum::routing::patch(resize::resize)),
         )
         .route("/api/computers/{id}/events", get(computers::events))
         .route("/api/computers/{id}/console", get(console::serial_log))

@@ -14,6 +14,8 @@
 //!   agent is briefly slow to answer stays `running` (its VM does run; the rig is 50-100x slower
 //!   than hardware); actions then report the agent as unreachable.
 
+mod resize;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,8 @@ use deskd_agent::protocol::resumed::{hex_encode, NewIdentity};
 
 use crate::network::Network;
 use crate::store::{Computer, ComputerStatus, Store, StoreError};
+
+pub use resize::{GrownDisk, StoredResize};
 
 /// How long a VM gets to power off after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(20);
@@ -824,8 +828,16 @@ impl Lifecycle {
     }
 
     /// Applies one resize dimension to a running VM. A bandwidth limit that the VM took is
-    /// stored too, so that its next start (or resume) keeps it.
+    /// stored too, so that its next start (or resume) keeps it. A disk goes through
+    /// [`Lifecycle::grow_disk`] (its answer says more: the guest's filesystem).
     pub async fn hotplug(&self, id: &str, change: Hotplug) -> Result<u64, LifecycleError> {
+        if let Hotplug::DiskGb(gb) = change {
+            let grown = self.grow_disk(id, gb).await?;
+            return grown
+                .filesystem
+                .map(|_| grown.disk_gb.into())
+                .map_err(LifecycleError::Host);
+        }
         let cid = id.to_string();
         let applied = self
             .blocking(move |b| b.hotplug(&cid, change))

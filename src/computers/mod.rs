@@ -8,17 +8,21 @@
 //! - `vmm_config`: the configuration file the daemon writes for each VMM.
 //! - `agent_client`: the one client of the guest agents (pooled connections, deadlines, caps).
 //! - `readiness`: per-VM tasks that ask each guest agent whether its desktop is usable.
-//! - `quota`: the commitment quotas checked at create.
+//! - `quota`: the commitment quotas checked at create and at a stored resize.
 //! - `saved_vm`: a computer's saved VM (suspend, clone of a running computer), restored at start.
+//! - `live_resize`: changes to a running VM through its VMM's control socket (bandwidth, disk).
+//! - `disk_growth`: the guest's side of a live disk growth (the agent grows the root filesystem).
 //! - `golden`: golden snapshots on disk (a template build's disk and saved VM) and launches' copies.
 
 pub mod agent_client;
 pub mod agent_files;
 mod backend;
 mod disk;
+mod disk_growth;
 pub mod golden;
 mod images;
 mod lifecycle;
+mod live_resize;
 mod process;
 pub mod quota;
 mod readiness;
@@ -29,6 +33,6 @@ pub use backend::{
     BackendError, GuestNic, Hotplug, Saved, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
 };
 pub use images::{boot_image_ref, GuestImage, BASE_IMAGE};
-pub use lifecycle::{new_vnc_password, Lifecycle, LifecycleError};
+pub use lifecycle::{new_vnc_password, GrownDisk, Lifecycle, LifecycleError, StoredResize};
 pub use process::VmmProcessBackend;
 pub use vmm_config::{files, vm_config, GUEST_CID};

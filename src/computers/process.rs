@@ -28,7 +28,7 @@ use super::backend::{
     BackendError, Hotplug, Saved, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
 };
 use super::vmm_config::{self, files};
-use super::{disk, golden, images, saved_vm};
+use super::{disk, golden, images, live_resize, saved_vm};
 
 /// How long a restored VMM may take to load its snapshot and answer (it maps memory, so size
 /// hardly matters; the rig is slow).
@@ -385,9 +385,11 @@ impl VmBackend for VmmProcessBackend {
         }
         match change {
             Hotplug::BandwidthMbps(mbps) => {
-                saved_vm::set_net_limit(&self.dir(computer_id), mbps)?;
+                live_resize::set_net_limit(&self.dir(computer_id), mbps)?;
                 Ok(mbps.into())
             }
+            // The disk's size in whole GiB, as the VMM answered it.
+            Hotplug::DiskGb(gb) => Ok(live_resize::grow_disk(&self.dir(computer_id), gb)? >> 30),
             other => Err(Self::hotplug_unsupported(other)),
         }
     }
@@ -583,17 +585,17 @@ impl VmmProcessBackend {
             .map(|(_, pid, start)| (pid, start))
     }
 
-    /// Hotplug needs the VMM's control channel and ACPI hotplug devices, which `deskd vmm` does
-    /// not have yet: every resize is reported as not applied rather than pretended.
+    /// CPU and memory hotplug need ACPI hotplug devices and virtio-mem, which `deskd vmm` does not
+    /// have yet: such a resize is reported as not applied rather than pretended.
     fn hotplug_unsupported(change: Hotplug) -> BackendError {
         let what = match change {
-            Hotplug::Vcpus(_) => "CPU hotplug",
-            Hotplug::MemMib(_) => "memory hotplug",
-            Hotplug::DiskGb(_) => "growing a disk while the VM runs",
-            Hotplug::BandwidthMbps(_) => "bandwidth limits",
+            Hotplug::Vcpus(_) => "Changing the vCPUs of a running computer (CPU hotplug)",
+            Hotplug::MemMib(_) => "Changing the memory of a running computer (memory hotplug)",
+            Hotplug::DiskGb(_) | Hotplug::BandwidthMbps(_) => "This change",
         };
         BackendError::NotReady(format!(
-            "{what} is not supported by this deskd's VMM yet; stop the computer, or recreate it with the size you need"
+            "{what} is not supported by deskd's VMM yet; stop the computer, resize it (the new \
+             size is stored) and start it again"
         ))
     }
 }
@@ -850,6 +852,20 @@ mod tests {
             }
             other => panic!("expected an exit, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn cpu_and_memory_hotplug_say_they_are_not_there_yet_and_what_to_do() {
+        for change in [Hotplug::Vcpus(2), Hotplug::MemMib(8192)] {
+            let m = VmmProcessBackend::hotplug_unsupported(change).to_string();
+            assert!(
+                m.contains("not supported by deskd's VMM yet") && m.contains("stop the computer"),
+                "{m}"
+            );
+        }
+        let b = VmmProcessBackend::new("/bin/false".into(), Path::new("/nonexistent"), true);
+        let err = b.hotplug("c1", Hotplug::DiskGb(12)).unwrap_err();
+        assert!(err.to_string().contains("not running"), "{err}");
     }
 
     #[test]

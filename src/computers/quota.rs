@@ -1,4 +1,4 @@
-//! The commitment quotas checked when a computer is made or grown: how many computers may exist,
+//! The commitment quotas checked when a computer is made or resized: how many computers may exist,
 //! and how many vCPUs, GB of RAM and GB of disk all of them together may be promised, relative to
 //! what the host has (`quotas` in the config file). Messages name the config key to change.
 
@@ -48,6 +48,29 @@ pub fn admit(
             quotas.max_computers, now.computers
         ));
     }
+    admit_commitment(quotas, host, cpu, ram_gb, now)
+}
+
+/// Whether a computer resized to `cpu` vCPUs and `ram_gb` of RAM fits next to what the other
+/// computers hold (`others`): the commitment quotas of [`admit`], without the count of computers
+/// (a resize makes none).
+pub fn admit_resize(
+    quotas: &Quotas,
+    host: HostFacts,
+    cpu: u32,
+    ram_gb: u32,
+    others: &Commitment,
+) -> Result<(), String> {
+    admit_commitment(quotas, host, cpu, ram_gb, others)
+}
+
+fn admit_commitment(
+    quotas: &Quotas,
+    host: HostFacts,
+    cpu: u32,
+    ram_gb: u32,
+    now: &Commitment,
+) -> Result<(), String> {
     let vcpu_limit = (quotas.vcpu_commit_ratio * f64::from(host.cpus)).floor() as u64;
     if now.vcpus + u64::from(cpu) > vcpu_limit {
         return Err(format!(
@@ -143,6 +166,14 @@ mod tests {
             .unwrap_err()
             .contains("vcpu_commit_ratio"));
         assert!(admit(&q, host, 1, 17, &empty)
+            .unwrap_err()
+            .contains("ram_commit_ratio"));
+        // A resize is not one more computer: only the commitments count.
+        assert!(admit_resize(&q, host, 4, 8, &full).is_ok());
+        assert!(admit_resize(&q, host, 9, 1, &full)
+            .unwrap_err()
+            .contains("vcpu_commit_ratio"));
+        assert!(admit_resize(&q, host, 1, 17, &empty)
             .unwrap_err()
             .contains("ram_commit_ratio"));
         assert!(check_disk(&q, 100).is_ok());

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::vmm::control::client::{ControlClient, ControlClientError};
-use crate::vmm::control::protocol::{ControlRequest, SnapshotDone};
+use crate::vmm::control::protocol::{ControlRequest, ControlResponse, SnapshotDone};
 
 use super::backend::BackendError;
 use super::vmm_config::files;
@@ -92,7 +92,7 @@ fn control(
     request: &ControlRequest,
     deadline: Duration,
 ) -> Result<(), ControlClientError> {
-    control_answer(dir, request, deadline).map(|_| ())
+    control_request(dir, request, deadline).map(|_| ())
 }
 
 fn control_answer(
@@ -100,6 +100,16 @@ fn control_answer(
     request: &ControlRequest,
     deadline: Duration,
 ) -> Result<Option<SnapshotDone>, ControlClientError> {
+    control_request(dir, request, deadline).map(|answer| answer.snapshot)
+}
+
+/// One control request to the VMM of the computer directory `dir`, and its whole answer, on a
+/// private runtime (backend calls are blocking).
+pub(super) fn control_request(
+    dir: &Path,
+    request: &ControlRequest,
+    deadline: Duration,
+) -> Result<ControlResponse, ControlClientError> {
     let client = ControlClient::new(&dir.join(files::CONTROL));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,9 +118,7 @@ fn control_answer(
             path: dir.join(files::CONTROL),
             source,
         })?;
-    runtime
-        .block_on(client.request(request, deadline))
-        .map(|answer| answer.snapshot)
+    runtime.block_on(client.request(request, deadline))
 }
 
 /// Pauses the VM of `dir` and writes its snapshot to `into` (a computer directory). On failure the
@@ -254,20 +262,6 @@ pub fn restore_args(
         }
     }
     Ok(args)
-}
-
-/// Sets the bandwidth limit of the VM's network card (card 0) live, in megabits per second.
-pub fn set_net_limit(dir: &Path, mbps: u32) -> Result<(), BackendError> {
-    let request = ControlRequest::SetNetLimit {
-        card: 0,
-        limit: crate::vmm::config::NetRateLimit::from_megabits_per_sec(mbps),
-    };
-    control(dir, &request, QUICK_DEADLINE).map_err(|e| {
-        BackendError::NotReady(format!(
-            "the VM's network card did not take the limit ({e}); a computer without a network \
-             (guest networking off on this host) has no card to limit"
-        ))
-    })
 }
 
 /// Whether the VMM of `dir` answers on its control socket (a restore has finished loading).

@@ -114,6 +114,14 @@ pub struct Commitment {
     pub disk_gb: u64,
 }
 
+/// A computer's hardware as a resize changes it; `None` keeps what it has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub cpu: Option<u32>,
+    pub ram_gb: Option<u32>,
+    pub disk_size_gb: Option<u32>,
+}
+
 const COLUMNS: &str = "id, instance_id, workspace_id, name, os, cpu, ram_gb, gpu, disk_size_gb, \
      resolution, status, status_reason, auto_stop_minutes, template_ref, image, vnc_password, \
      created_at, updated_at";
@@ -372,6 +380,61 @@ impl Store {
         )
     }
 
+    /// Stores a computer's new shape (each `None` keeps what it has). `admit` sees what all the
+    /// *other* computers hold and refuses (with a message naming the limit) if this one's new
+    /// shape would exceed a quota; the check and the update are one transaction, as at create.
+    pub fn resize_computer(
+        &self,
+        id: &str,
+        shape: Shape,
+        admit: impl FnOnce(&Commitment, &Shape) -> Result<(), String>,
+    ) -> Result<Computer, StoreError> {
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now: Computer = tx
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM computers WHERE id = ?1"),
+                    [id],
+                    row_to_computer,
+                )
+                .optional()?
+                .ok_or(StoreError::NotFound { what: "computer" })?;
+            let all = commitment(&tx)?;
+            let others = Commitment {
+                computers: all.computers.saturating_sub(1),
+                vcpus: all.vcpus.saturating_sub(u64::from(now.cpu)),
+                ram_gb: all.ram_gb.saturating_sub(u64::from(now.ram_gb)),
+                disk_gb: all.disk_gb.saturating_sub(u64::from(now.disk_size_gb)),
+            };
+            let new = Shape {
+                cpu: shape.cpu.or(Some(now.cpu)),
+                ram_gb: shape.ram_gb.or(Some(now.ram_gb)),
+                disk_size_gb: shape.disk_size_gb.or(Some(now.disk_size_gb)),
+            };
+            admit(&others, &new).map_err(StoreError::QuotaExceeded)?;
+            tx.execute(
+                "UPDATE computers SET cpu = ?2, ram_gb = ?3, disk_size_gb = ?4, updated_at = ?5
+                 WHERE id = ?1",
+                params![id, new.cpu, new.ram_gb, new.disk_size_gb, now_iso()],
+            )?;
+            let updated = tx.query_row(
+                &format!("SELECT {COLUMNS} FROM computers WHERE id = ?1"),
+                [id],
+                row_to_computer,
+            )?;
+            tx.commit()?;
+            Ok(updated)
+        })
+    }
+
+    /// Records the size a running computer's disk was grown to (never smaller than it was).
+    pub fn set_disk_size(&self, id: &str, disk_size_gb: u32) -> Result<(), StoreError> {
+        self.update_one(
+            "UPDATE computers SET disk_size_gb = max(disk_size_gb, ?2), updated_at = ?3 WHERE id = ?1",
+            params![id, disk_size_gb, now_iso()],
+        )
+    }
+
     /// Moves a computer to another workspace; its name must be free there.
     pub fn move_computer(&self, id: &str, workspace_id: &str) -> Result<(), StoreError> {
         self.write(|conn| {
@@ -501,6 +564,62 @@ mod tests {
         let c = store.computer(&c.id).unwrap().unwrap();
         assert_eq!(c.status, ComputerStatus::Error);
         assert_eq!(c.status_reason.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_resize_is_admitted_against_the_other_computers_and_stored_whole() {
+        let (_d, store) = test_store();
+        let ws = store
+            .create_workspace("w", WorkspaceStatus::Active, None)
+            .unwrap();
+        let a = store
+            .insert_computer(&new(&ws.id, "a"), |_| Ok(()))
+            .unwrap();
+        store
+            .insert_computer(&new(&ws.id, "b"), |_| Ok(()))
+            .unwrap();
+        let grown = store
+            .resize_computer(
+                &a.id,
+                Shape {
+                    cpu: Some(4),
+                    ram_gb: None,
+                    disk_size_gb: Some(12),
+                },
+                |others, shape| {
+                    // Only b is counted, and the shape is complete.
+                    assert_eq!((others.computers, others.vcpus, others.ram_gb), (1, 2, 4));
+                    assert_eq!(others.disk_gb, 8);
+                    assert_eq!(
+                        (shape.cpu, shape.ram_gb, shape.disk_size_gb),
+                        (Some(4), Some(4), Some(12))
+                    );
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!((grown.cpu, grown.ram_gb, grown.disk_size_gb), (4, 4, 12));
+        // Refused: nothing changes.
+        let err = store
+            .resize_computer(
+                &a.id,
+                Shape {
+                    ram_gb: Some(64),
+                    ..Shape::default()
+                },
+                |_, _| Err("ram_commit_ratio".into()),
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::QuotaExceeded(_)));
+        assert_eq!(store.computer(&a.id).unwrap().unwrap().ram_gb, 4);
+        assert!(matches!(
+            store.resize_computer("nope", Shape::default(), |_, _| Ok(())),
+            Err(StoreError::NotFound { .. })
+        ));
+        // A live growth is recorded, never as a shrink.
+        store.set_disk_size(&a.id, 20).unwrap();
+        store.set_disk_size(&a.id, 10).unwrap();
+        assert_eq!(store.computer(&a.id).unwrap().unwrap().disk_size_gb, 20);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::Connection;
 
 pub use cli::{keys_command, KeysCommand};
-pub use computers::{Commitment, Computer, ComputerStatus, NewComputer};
+pub use computers::{Commitment, Computer, ComputerStatus, NewComputer, Shape};
 pub use files::{FileSource, NewFile, StoredFile};
 pub use keys::{generate_key, hash_key, ApiKey, CreatedKey, KEY_PREFIX};
 pub use streams::StreamConnection;

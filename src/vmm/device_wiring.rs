@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::acpi::VirtioMmioWindow;
 use super::config::{NetRateLimit, VmConfig};
 use super::devices::bus::{Bus, BusError};
-use super::devices::virtio::block::{Block, BlockConfig, BlockError};
+use super::devices::virtio::block::{self, Block, BlockConfig, BlockError, BlockHandle, GrowError};
 use super::devices::virtio::net::{Net, NetError, NetHandle};
 use super::devices::virtio::persist::PersistError;
 use super::devices::virtio::rng::Rng;
@@ -52,6 +52,10 @@ pub enum VirtioError {
     TooMany(usize),
     #[error("the VM has no network card {card} (it has {count}; the first is 0)")]
     NoNetCard { card: usize, count: usize },
+    #[error("the VM has no disk {disk} (it has {count}; the first is 0)")]
+    NoDisk { disk: usize, count: usize },
+    #[error("disk {disk} was not grown: {source}")]
+    Grow { disk: usize, source: GrowError },
     #[error("cannot restore virtio device {index} from the snapshot: {source}")]
     Restore { index: usize, source: PersistError },
 }
@@ -62,6 +66,8 @@ pub struct AttachedDevices {
     windows: Vec<VirtioMmioWindow>,
     /// Each device's transport, also reachable through the MMIO bus.
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The disks' size handles, in configuration order (their transports come first).
+    disks: Vec<BlockHandle>,
     /// The network cards' limit handles, in configuration order.
     nets: Vec<NetHandle>,
 }
@@ -99,6 +105,20 @@ impl AttachedDevices {
         Ok(())
     }
 
+    /// Grows disk `disk` to `size_bytes` and tells the guest (see [`block::grow_live`]); returns
+    /// the disk's size now.
+    pub fn grow_disk(&self, disk: usize, size_bytes: u64) -> Result<u64, VirtioError> {
+        let count = self.disks.len();
+        let (Some(handle), Some(transport)) = (self.disks.get(disk), self.transports.get(disk))
+        else {
+            return Err(VirtioError::NoDisk { disk, count });
+        };
+        // A poisoned lock still holds plain register state; use it (see Bus::read).
+        let mut transport = transport.lock().unwrap_or_else(|e| e.into_inner());
+        block::grow_live(&mut transport, handle, size_bytes)
+            .map_err(|source| VirtioError::Grow { disk, source })
+    }
+
     /// Each card's limit in force, in configuration order (for the snapshot's configuration).
     pub fn net_limits(&self) -> Vec<Option<NetRateLimit>> {
         self.nets.iter().map(|h| h.limit()).collect()
@@ -134,18 +154,27 @@ impl AttachedDevices {
     }
 }
 
-/// The device models in guest order, and the network cards' limit handles.
-type Models = (Vec<Box<dyn VirtioDevice>>, Vec<NetHandle>);
+/// The device models in guest order, the disks' size handles and the network cards' limit
+/// handles.
+struct Models {
+    devices: Vec<Box<dyn VirtioDevice>>,
+    disks: Vec<BlockHandle>,
+    nets: Vec<NetHandle>,
+}
 
-/// Builds the device models `config` asks for, in guest order, and the network cards' handles.
+/// Builds the device models `config` asks for, in guest order, and the disks' and network
+/// cards' handles.
 fn device_models(config: &VmConfig) -> Result<Models, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut disks = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
-        devices.push(Box::new(Block::new(BlockConfig {
+        let block = Block::new(BlockConfig {
             path: disk.path.clone(),
             read_only: disk.read_only,
             serial: format!("deskd-disk{i}"),
-        })?));
+        })?;
+        disks.push(block.handle());
+        devices.push(Box::new(block));
     }
     if let Some(vsock) = &config.vsock {
         let guest_cid =
@@ -164,7 +193,11 @@ fn device_models(config: &VmConfig) -> Result<Models, VirtioError> {
         nets.push(net.handle());
         devices.push(Box::new(net));
     }
-    Ok((devices, nets))
+    Ok(Models {
+        devices,
+        disks,
+        nets,
+    })
 }
 
 /// Creates and attaches every virtio device `config` asks for.
@@ -174,15 +207,20 @@ pub fn attach(
     mmio: &mut Bus,
     config: &VmConfig,
 ) -> Result<AttachedDevices, VirtioError> {
-    let (models, nets) = device_models(config)?;
-    if models.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
-        return Err(VirtioError::TooMany(models.len()));
+    let Models {
+        devices,
+        disks,
+        nets,
+    } = device_models(config)?;
+    if devices.len() > layout::VIRTIO_MMIO_MAX_DEVICES {
+        return Err(VirtioError::TooMany(devices.len()));
     }
     let mut attached = AttachedDevices {
+        disks,
         nets,
         ..AttachedDevices::default()
     };
-    for (index, model) in models.into_iter().enumerate() {
+    for (index, model) in devices.into_iter().enumerate() {
         let kvm = |what: &'static str| {
             move |source| VirtioError::Kvm {
                 what,
@@ -276,7 +314,7 @@ mod tests {
         });
         let types: Vec<u32> = device_models(&c)
             .unwrap()
-            .0
+            .devices
             .iter()
             .map(|d| d.device_type())
             .collect();
@@ -303,6 +341,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no network card 0"));
+        assert!(AttachedDevices::default()
+            .grow_disk(0, 1 << 30)
+            .unwrap_err()
+            .to_string()
+            .contains("no disk 0"));
     }
 
     #[test]

@@ -91,6 +91,9 @@ impl Controllable for Vm {
     fn set_net_limit(&self, card: usize, limit: config::NetRateLimit) -> Result<(), String> {
         Vm::set_net_limit(self, card, limit).map_err(|e| e.to_string())
     }
+    fn grow_disk(&self, disk: usize, size_bytes: u64) -> Result<u64, String> {
+        Vm::grow_disk(self, disk, size_bytes).map_err(|e| e.to_string())
+    }
     fn shutdown(&self) {
         self.request_shutdown()
     }

@@ -77,7 +77,7 @@ pub enum VmError {
         "a snapshot can be taken only while the VM is paused; send {{\"cmd\":\"pause\"}} first"
     )]
     NotPaused,
-    #[error("the VM is ending; it cannot be paused, resumed or snapshotted")]
+    #[error("the VM is ending; it cannot be paused, resumed, snapshotted or have a disk grown")]
     Ending,
 }
 
@@ -383,6 +383,17 @@ impl Vm {
         limit: super::config::NetRateLimit,
     ) -> Result<(), VmError> {
         Ok(self.devices.set_net_limit(card, limit)?)
+    }
+
+    /// Grows disk `disk` to `size_bytes` while the VM runs (or is paused); returns its size now.
+    /// Under the control lock, so that a snapshot holds the disk as it was before the growth or
+    /// after it, never half-way.
+    pub fn grow_disk(&self, disk: usize, size_bytes: u64) -> Result<u64, VmError> {
+        let _guard = self.lock_control();
+        if self.exit.reason().is_some() {
+            return Err(VmError::Ending);
+        }
+        Ok(self.devices.grow_disk(disk, size_bytes)?)
     }
 
     /// Writes a snapshot of the paused VM to `dir` (see [`snapshot`]); the VM stays paused.

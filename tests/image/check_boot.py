@@ -210,6 +210,9 @@ def main():
         for unit in ("deskd-display", "deskd-session", "deskd-agent", "deskd-hostname"):
             check(f"{unit}.service is active ({facts.get('unit_' + unit)})",
                   facts.get("unit_" + unit) == "active")
+        for sock in ("deskd-restore", "deskd-growfs"):
+            check(f"{sock}.socket listens ({facts.get('socket_' + sock)})",
+                  facts.get("socket_" + sock) == "active")
         check(f"no failed units ({facts.get('failed_units') or 'none'})", not facts.get("failed_units"))
         check(f"PulseAudio default sink is the null sink 'speaker' ({facts.get('default_sink')})",
               facts.get("default_sink") == "speaker")

@@ -135,6 +135,9 @@ mod tests {
         ) -> Result<(), String> {
             Err("no network card".into())
         }
+        fn grow_disk(&self, _: usize, size_bytes: u64) -> Result<u64, String> {
+            Err(format!("the disk is read-only, so not {size_bytes} bytes"))
+        }
         fn shutdown(&self) {}
         fn force_stop(&self) {}
     }
@@ -160,6 +163,12 @@ mod tests {
         };
         let err = client.request(&snap, t).await.unwrap_err();
         assert!(err.to_string().contains("not paused"), "{err}");
+        let grow = ControlRequest::GrowDisk {
+            disk: 0,
+            size_bytes: 4096,
+        };
+        let err = client.request(&grow, t).await.unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
     }
 
     #[tokio::test]

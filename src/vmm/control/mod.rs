@@ -11,6 +11,11 @@
 //! - `{"cmd":"set-net-limit","card":0,"limit":{"bandwidth_bytes_per_sec":N,"packets_per_sec":N}}`
 //!   replaces network card 0's rate limit while the VM runs (either rate may be left out; `{}`
 //!   lifts the limit) -> `{"ok":true}`
+//! - `{"cmd":"grow-disk","disk":0,"size_bytes":N}` grows disk 0 (as in the VM's `disks` list)
+//!   to N bytes while the VM runs: the image is extended (sparse) and the guest gets a
+//!   configuration-change interrupt, on which Linux re-reads the disk's capacity. A shrink, a
+//!   read-only disk, a size that is not a multiple of 512 or over 16 TiB are refused; the size the
+//!   disk has already is fine. -> `{"ok":true,"disk_bytes":N}`
 //! - `{"cmd":"shutdown"}` presses the ACPI power button (hard stop after the configured timeout);
 //!   `{"cmd":"shutdown","force":true}` stops the VM at once. -> `{"ok":true}`
 //!
@@ -30,7 +35,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::vmm::config::NetRateLimit;
 
 pub use client::{ControlClient, ControlClientError};
-pub use protocol::{ControlRequest, ControlResponse, RunState, SnapshotDone, VmStatus};
+pub use protocol::{ControlRequest, ControlResponse, DiskGrown, RunState, SnapshotDone, VmStatus};
 
 /// Longest request line accepted; a client sending more is cut off.
 pub const MAX_LINE: u64 = 64 * 1024;
@@ -55,6 +60,8 @@ pub trait Controllable: Send + Sync + 'static {
     fn snapshot(&self, dir: &Path) -> Result<SnapshotDone, String>;
     /// Replaces the rate limit of network card `card`.
     fn set_net_limit(&self, card: usize, limit: NetRateLimit) -> Result<(), String>;
+    /// Grows disk `disk` to `size_bytes`; returns its size now.
+    fn grow_disk(&self, disk: usize, size_bytes: u64) -> Result<u64, String>;
     fn shutdown(&self);
     fn force_stop(&self);
 }
@@ -91,6 +98,10 @@ pub fn handle_line(vm: &dyn Controllable, line: &str) -> ControlResponse {
                 Err(e) => ControlResponse::failed(e),
             }
         }
+        ControlRequest::GrowDisk { disk, size_bytes } => match vm.grow_disk(disk, size_bytes) {
+            Ok(disk_bytes) => ControlResponse::grown(DiskGrown { disk_bytes }),
+            Err(e) => ControlResponse::failed(e),
+        },
         ControlRequest::Shutdown { force } => {
             if force {
                 vm.force_stop();
@@ -261,6 +272,13 @@ mod tests {
             }
             Ok(())
         }
+        fn grow_disk(&self, disk: usize, size_bytes: u64) -> Result<u64, String> {
+            self.calls.lock().unwrap().push("grow-disk");
+            if disk > 0 {
+                return Err(format!("no disk {disk}"));
+            }
+            Ok(size_bytes)
+        }
         fn shutdown(&self) {
             self.calls.lock().unwrap().push("shutdown");
         }
@@ -291,6 +309,12 @@ mod tests {
             handle_line(&vm, no_card),
             ControlResponse::failed("no network card 1")
         );
+        let grow = handle_line(&vm, r#"{"cmd":"grow-disk","disk":0,"size_bytes":1024}"#);
+        assert_eq!(grow.grown.unwrap().disk_bytes, 1024);
+        assert_eq!(
+            handle_line(&vm, r#"{"cmd":"grow-disk","disk":1,"size_bytes":1024}"#),
+            ControlResponse::failed("no disk 1")
+        );
         // A zero rate is refused before the VM sees it.
         let zero = r#"{"cmd":"set-net-limit","card":0,"limit":{"packets_per_sec":0}}"#;
         assert!(handle_line(&vm, zero)
@@ -308,7 +332,9 @@ mod tests {
                 "snapshot",
                 "snapshot",
                 "set-net-limit",
-                "set-net-limit"
+                "set-net-limit",
+                "grow-disk",
+                "grow-disk"
             ]
         );
     }

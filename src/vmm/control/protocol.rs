@@ -26,6 +26,12 @@ pub enum ControlRequest {
     /// list) while the VM runs; `{}` lifts it. Applies to each direction separately, as in the
     /// VM configuration.
     SetNetLimit { card: usize, limit: NetRateLimit },
+    /// Grows disk `disk` (0 is the first, as in the VM's `disks` list) to `size_bytes` while the
+    /// VM runs: the image file is extended (sparse) and the guest is told by a
+    /// configuration-change interrupt. Refused for a read-only disk, a smaller size (a shrink),
+    /// a size that is not a multiple of 512, and one over
+    /// [`crate::vmm::devices::virtio::block::resize::MAX_DISK_BYTES`]; the size it has already is fine.
+    GrowDisk { disk: usize, size_bytes: u64 },
     /// Presses the ACPI power button (hard stop after the VMM's shutdown timeout); `force` stops
     /// the VM at once.
     Shutdown {
@@ -41,7 +47,7 @@ impl ControlRequest {
 }
 
 /// The one-line usage text in error answers.
-pub const USAGE: &str = "expected {\"cmd\": \"status\"|\"pause\"|\"resume\"|\"shutdown\"[, \"force\": true]} or {\"cmd\": \"snapshot\", \"dir\": \"/path\"} or {\"cmd\": \"set-net-limit\", \"card\": 0, \"limit\": {\"bandwidth_bytes_per_sec\": N, \"packets_per_sec\": N}}";
+pub const USAGE: &str = "expected {\"cmd\": \"status\"|\"pause\"|\"resume\"|\"shutdown\"[, \"force\": true]} or {\"cmd\": \"snapshot\", \"dir\": \"/path\"} or {\"cmd\": \"set-net-limit\", \"card\": 0, \"limit\": {\"bandwidth_bytes_per_sec\": N, \"packets_per_sec\": N}} or {\"cmd\": \"grow-disk\", \"disk\": 0, \"size_bytes\": N}";
 
 /// What the VM is doing, as `status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,8 +80,14 @@ pub struct SnapshotDone {
     pub snapshot_ms: u64,
 }
 
+/// The answer to `grow-disk`: the disk's size now, as the guest is told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskGrown {
+    pub disk_bytes: u64,
+}
+
 /// An answer line: `{"ok":true}` (plus the status fields for `status`, the snapshot fields for
-/// `snapshot`), or `{"ok":false,"error":"..."}`.
+/// `snapshot`, the disk's size for `grow-disk`), or `{"ok":false,"error":"..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlResponse {
     pub ok: bool,
@@ -85,6 +97,8 @@ pub struct ControlResponse {
     pub status: Option<VmStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
     pub snapshot: Option<SnapshotDone>,
+    #[serde(default, skip_serializing_if = "Option::is_none", flatten)]
+    pub grown: Option<DiskGrown>,
 }
 
 impl ControlResponse {
@@ -94,6 +108,7 @@ impl ControlResponse {
             error: None,
             status: None,
             snapshot: None,
+            grown: None,
         }
     }
 
@@ -115,6 +130,13 @@ impl ControlResponse {
     pub fn snapshot(done: SnapshotDone) -> ControlResponse {
         ControlResponse {
             snapshot: Some(done),
+            ..ControlResponse::done()
+        }
+    }
+
+    pub fn grown(grown: DiskGrown) -> ControlResponse {
+        ControlResponse {
+            grown: Some(grown),
             ..ControlResponse::done()
         }
     }
@@ -154,7 +176,25 @@ mod tests {
             serde_json::from_str::<ControlRequest>(&line).unwrap(),
             limit
         );
+        let grow = ControlRequest::GrowDisk {
+            disk: 0,
+            size_bytes: 12 << 30,
+        };
+        let line = serde_json::to_string(&grow).unwrap();
+        assert_eq!(
+            line,
+            r#"{"cmd":"grow-disk","disk":0,"size_bytes":12884901888}"#
+        );
+        assert_eq!(serde_json::from_str::<ControlRequest>(&line).unwrap(), grow);
         for bad in [
+            r#"{"cmd":"grow-disk","disk":0}"#,
+            r#"{"cmd":"grow-disk","size_bytes":512}"#,
+            r#"{"cmd":"grow-disk","disk":-1,"size_bytes":512}"#,
+            r#"{"cmd":"grow-disk","disk":0,"size_bytes":-512}"#,
+            r#"{"cmd":"grow-disk","disk":0,"size_bytes":1e3}"#,
+            r#"{"cmd":"grow-disk","disk":0,"size_bytes":"512"}"#,
+            r#"{"cmd":"grow-disk","disk":0,"size_bytes":18446744073709551616}"#,
+            r#"{"cmd":"grow-disk","disk":0,"size_bytes":512,"shrink":true}"#,
             r#"{"cmd":"set-net-limit","card":0}"#,
             r#"{"cmd":"set-net-limit","card":0,"limit":{"bandwidth":1}}"#,
             r#"{"cmd":"status","x":1}"#,
@@ -208,5 +248,13 @@ mod tests {
             serde_json::from_str::<ControlResponse>(&line).unwrap(),
             snap
         );
+        let grown = ControlResponse::grown(DiskGrown {
+            disk_bytes: 1 << 34,
+        });
+        let line = serde_json::to_string(&grown).unwrap();
+        assert_eq!(line, r#"{"ok":true,"disk_bytes":17179869184}"#);
+        let back: ControlResponse = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, grown);
+        assert_eq!(back.snapshot, None);
     }
 }

@@ -1,13 +1,15 @@
 //! virtio-blk backed by a raw image file: read, write, flush (fdatasync), get-id, discard and
-//! write-zeroes (hole punching), read-only mode.
+//! write-zeroes (hole punching), read-only mode, and growth while the VM runs ([`resize`]).
 
 mod discard;
 pub mod persist;
 mod request;
+pub mod resize;
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{
@@ -23,6 +25,7 @@ use super::persist::{DeviceState, PersistError};
 use super::worker::{spawn_single_queue, SingleQueue, Worker};
 use super::{read_config_bytes, ActivateError, GuestMemory, Interrupt, VirtioDevice};
 pub use request::Disk;
+pub use resize::{grow_live, BlockHandle, GrowError};
 
 /// Size of a virtio-blk sector, whatever the image's own block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -94,7 +97,8 @@ pub struct Block {
     /// the kernel when the VMM exits, however it ends).
     _lock: Option<nix::fcntl::Flock<File>>,
     disk: Disk,
-    config_space: Vec<u8>,
+    /// The control socket's way to grow the disk (it shares `disk`'s capacity).
+    handle: BlockHandle,
     worker: Option<Worker<SingleQueue>>,
 }
 
@@ -140,7 +144,13 @@ impl Block {
         }
         let mut serial = config.serial.into_bytes();
         serial.truncate(VIRTIO_BLK_ID_BYTES as usize);
-        let config_space = config_space(capacity);
+        let capacity = Arc::new(AtomicU64::new(capacity));
+        let handle = BlockHandle::new(
+            file.try_clone().map_err(BlockError::Clone)?,
+            config.path,
+            config.read_only,
+            capacity.clone(),
+        );
         Ok(Block {
             _lock: lock,
             disk: Disk {
@@ -149,9 +159,14 @@ impl Block {
                 read_only: config.read_only,
                 serial,
             },
-            config_space,
+            handle,
             worker: None,
         })
+    }
+
+    /// The handle the control socket grows the disk through.
+    pub fn handle(&self) -> BlockHandle {
+        self.handle.clone()
     }
 }
 
@@ -197,7 +212,9 @@ impl VirtioDevice for Block {
     fn ack_features(&mut self, _features: u64) {}
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config_space, offset, data);
+        // Built at each read: the capacity changes when the disk grows (reads are rare: at probe
+        // and after a configuration-change interrupt).
+        read_config_bytes(&config_space(self.disk.capacity()), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
@@ -267,5 +284,7 @@ impl VirtioDevice for Block {
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod resize_tests;
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,8 @@ use crate::vmm::devices::virtio::persist::PersistError;
 /// The disk as the guest knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockState {
-    /// Size in 512-byte sectors (the guest cached it at probe time).
+    /// Size in 512-byte sectors (the guest cached it at probe time, or at the last live growth,
+    /// which the snapshot therefore keeps: the restored guest and its disk file are both grown).
     pub capacity: u64,
     /// Whether `VIRTIO_BLK_F_RO` was offered.
     pub read_only: bool,
@@ -21,7 +22,7 @@ pub struct BlockState {
 
 pub fn save(disk: &Disk) -> BlockState {
     BlockState {
-        capacity: disk.capacity,
+        capacity: disk.capacity(),
         read_only: disk.read_only,
         serial: disk.serial.clone(),
     }
@@ -29,11 +30,11 @@ pub fn save(disk: &Disk) -> BlockState {
 
 /// A restored guest keeps the size and features it probed, so the image it gets must match them.
 pub fn check(saved: &BlockState, disk: &Disk) -> Result<(), PersistError> {
-    if saved.capacity != disk.capacity {
+    if saved.capacity != disk.capacity() {
         return Err(PersistError::Mismatch {
             what: "disk size in sectors",
             saved: saved.capacity.to_string(),
-            here: disk.capacity.to_string(),
+            here: disk.capacity().to_string(),
             hint: "give the restored VM the disk image (or a same-sized copy) it had when the snapshot was taken",
         });
     }

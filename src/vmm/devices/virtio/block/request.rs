@@ -2,6 +2,8 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
@@ -58,17 +60,24 @@ impl RequestError {
 #[derive(Debug)]
 pub struct Disk {
     pub(super) file: File,
-    /// Size in 512-byte sectors.
-    pub(super) capacity: u64,
+    /// Size in 512-byte sectors, shared by the device, its worker and its [`super::BlockHandle`]:
+    /// a live growth changes it for all of them at once (the file is extended first, so no
+    /// request ever sees sectors the file does not have yet).
+    pub(super) capacity: Arc<AtomicU64>,
     pub(super) read_only: bool,
     pub(super) serial: Vec<u8>,
 }
 
 impl Disk {
+    /// Size in 512-byte sectors now.
+    pub(super) fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Acquire)
+    }
+
     pub(super) fn try_clone(&self) -> io::Result<Disk> {
         Ok(Disk {
             file: self.file.try_clone()?,
-            capacity: self.capacity,
+            capacity: self.capacity.clone(),
             read_only: self.read_only,
             serial: self.serial.clone(),
         })
@@ -151,7 +160,8 @@ impl Disk {
                     return Err(RequestError::ReadOnly);
                 }
                 let write_zeroes = kind == VIRTIO_BLK_T_WRITE_ZEROES;
-                discard::execute(&mut self.file, self.capacity, &mut input, write_zeroes)?;
+                let capacity = self.capacity();
+                discard::execute(&mut self.file, capacity, &mut input, write_zeroes)?;
                 Ok(0)
             }
             other => Err(RequestError::Unsupported(other)),
@@ -164,13 +174,14 @@ impl Disk {
             return Err(RequestError::UnalignedLength(len));
         }
         let count = len / SECTOR_SIZE;
+        let capacity = self.capacity();
         let out_of_range = RequestError::OutOfRange {
             sector,
             count,
-            capacity: self.capacity,
+            capacity,
         };
         match sector.checked_add(count) {
-            Some(end) if end <= self.capacity => {}
+            Some(end) if end <= capacity => {}
             _ => return Err(out_of_range),
         }
         // sector < capacity <= u64::MAX / 512 since capacity came from a byte length.

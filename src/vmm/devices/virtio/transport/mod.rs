@@ -142,6 +142,17 @@ impl MmioTransport {
         }
     }
 
+    /// The device changed its configuration space by itself (a disk grew): the generation moves
+    /// on, so a driver in the middle of a multi-register read starts over, and a driver that is
+    /// up gets a configuration-change interrupt. One that is not up yet reads the new values
+    /// when it probes.
+    pub fn signal_config_change(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.interrupt.signal_config_change();
+        }
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }
