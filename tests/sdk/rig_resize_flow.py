@@ -158,7 +158,9 @@ def standalone(api, _read):
                                               "disk_size_gb": 8})["id"]
     wait_running(api, cid, "the computer runs")
     vcpus = int(os.environ.get("RIG_RESIZE_VCPUS", "2"))
-    check_resize(api, cid, stored_vcpus=vcpus)
+    # 2 GB by default: the rig's L1 has 8 GB, so an 8 GB guest is over its RAM commitment quota.
+    mem_gb = int(os.environ.get("RIG_RESIZE_MEM_GB", "2"))
+    check_resize(api, cid, stored_vcpus=vcpus, stored_mem_gb=mem_gb)
     r = api.json("DELETE", f"/api/computers/{cid}")
     expect(r.get("success") is True, f"delete answered {r}")
 
