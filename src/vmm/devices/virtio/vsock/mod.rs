@@ -47,8 +47,10 @@ const EVENT_TOKEN: u64 = 2;
 /// How often the worker looks whether the guest has handled the transport reset.
 const RESET_POLL_MS: i32 = 5;
 /// Rx is held at most this long after the transport reset, for a driver that never re-posts its
-/// event buffer.
-const RESET_WAIT_LIMIT: Duration = Duration::from_secs(2);
+/// event buffer. Generous: a restored Linux guest handles the event in a work item that may run
+/// seconds later on a slow or loaded host (2 s was too short once in the rig, and the reset then
+/// killed the test's first connection).
+const RESET_WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// How to set up the vsock device.
 #[derive(Debug, Clone)]
@@ -426,12 +428,12 @@ impl VsockWorker {
             .avail_idx(&self.mem, Ordering::Acquire)
             .map_err(QueueError::Queue)?;
         if avail != sent.event_avail {
-            tracing::debug!(
+            tracing::info!(
                 "vsock: the guest handled the transport reset after {:?}",
                 sent.at.elapsed()
             );
         } else if sent.at.elapsed() >= RESET_WAIT_LIMIT {
-            tracing::debug!(
+            tracing::warn!(
                 "vsock: the guest did not re-post an event buffer within {RESET_WAIT_LIMIT:?} \
                  of the transport reset; rx goes on"
             );
