@@ -15,6 +15,7 @@
 pub mod agent_client;
 pub mod agent_files;
 mod backend;
+pub mod cgroup;
 mod disk;
 pub mod golden;
 mod images;
@@ -24,6 +25,7 @@ pub mod quota;
 mod readiness;
 mod saved_vm;
 mod vmm_config;
+pub mod vmm_identity;
 
 pub use backend::{
     BackendError, GuestNic, Hotplug, Saved, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
