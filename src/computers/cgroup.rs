@@ -4,8 +4,8 @@
 //! `cgroup.procs`, opened beforehand), the group removed once the VMM has ended.
 //!
 //! cgroup v2 lets only leaf groups hold processes once controllers are enabled for children, so
-//! the daemon first moves itself into `<own>/daemon` (capped with `memory.high`/`memory.max`:
-//! the unit's own `MemoryMax=` would cover every VM too) and then enables `memory`, `cpu`,
+//! the daemon first moves itself into `<own>/daemon` (capped with `memory.max`: the unit's own
+//! `MemoryMax=` would cover every VM too) and then enables `memory`, `cpu`,
 //! `pids` (and `io` where available) in `<own>`. Under systemd `<own>` is the unit's group,
 //! which `Delegate=yes` hands to the daemon; started by hand it is wherever the daemon runs.
 //!
@@ -23,11 +23,11 @@ pub const DAEMON_GROUP: &str = "daemon";
 pub const VM_GROUP_PREFIX: &str = "vm-";
 /// Controllers enabled for the VMs' groups, where the kernel offers them.
 const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "io"];
-/// Memory the daemon is throttled above (reclaimed hard, never killed) and may never pass: a
-/// few hundred MiB of its own plus the 256 MiB of agent answers in flight
-/// (docs/threat-model.md), with room for page cache while it copies disks.
-const DAEMON_MEMORY_HIGH: u64 = 1 << 30;
-const DAEMON_MEMORY_MAX: u64 = 2 << 30;
+/// Memory the daemon may never pass: a few hundred MiB of its own plus the 256 MiB of agent
+/// answers in flight (docs/threat-model.md), with ample room for the page cache of the disks it
+/// copies (charged to it, reclaimed at the cap). A cap against a runaway daemon, not a budget:
+/// no `memory.high`, whose throttling would slow the API while it copies a disk.
+const DAEMON_MEMORY_MAX: u64 = 4 << 30;
 /// Memory a VMM needs beyond guest RAM: its binary and heap, vsock buffers (32 MiB at most),
 /// KVM's page tables, device buffers, and some page cache.
 const VMM_MEMORY_OVERHEAD: u64 = 256 << 20;
@@ -75,14 +75,14 @@ pub struct VmGroup {
 }
 
 impl VmGroup {
-    /// In the forked child, before exec: moves the child into the group ("0" is the writer).
-    /// Async-signal-safe: one write(2) on a descriptor opened beforehand.
+    /// The descriptor of its `cgroup.procs`, for [`join_in_child`]; open while this lives.
     pub fn join_fd(&self) -> i32 {
         self.procs.as_raw_fd()
     }
 }
 
-/// In a forked child: joins the group whose `cgroup.procs` is open at `fd`.
+/// In a forked child, before exec: joins the group whose `cgroup.procs` is open at `fd`
+/// (writing "0" moves the writer). Async-signal-safe: one write(2), no allocation.
 pub fn join_in_child(fd: i32) -> std::io::Result<()> {
     // SAFETY: write(2) of a 1-byte static buffer on a descriptor number; async-signal-safe.
     if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } == 1 {
@@ -147,15 +147,10 @@ impl Cgroups {
         }
         let cgroups = Cgroups::at(base)?;
         // The daemon's own cap; a kernel without the memory controller has no such files.
-        for (file, value) in [
-            ("memory.high", DAEMON_MEMORY_HIGH),
-            ("memory.max", DAEMON_MEMORY_MAX),
-        ] {
-            let path = daemon.join(file);
-            if path.exists() {
-                if let Err(e) = write_file(&path, &value.to_string()) {
-                    tracing::warn!("cannot set the daemon's {file}: {e}");
-                }
+        let path = daemon.join("memory.max");
+        if path.exists() {
+            if let Err(e) = write_file(&path, &DAEMON_MEMORY_MAX.to_string()) {
+                tracing::warn!("cannot set the daemon's memory.max: {e}");
             }
         }
         Ok(cgroups)

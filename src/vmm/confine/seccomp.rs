@@ -184,10 +184,14 @@ mod kvm {
 const LOG_OPEN_FLAGS: u64 =
     (libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC) as u64;
 
-/// One allowed system call: with any arguments, or only with one of a set of argument matches.
+/// One argument check: argument index, comparison, value.
+type Check = (u8, SeccompCmpOp, u64);
+
+/// The allowed system calls: each with any arguments (`None`), or only when one of its rules
+/// (all of a rule's checks) matches.
 #[derive(Default)]
 struct Allowed {
-    calls: BTreeMap<i64, Option<Vec<Vec<(u8, SeccompCmpOp, u64)>>>>,
+    calls: BTreeMap<i64, Option<Vec<Vec<Check>>>>,
 }
 
 impl Allowed {
@@ -212,10 +216,9 @@ impl Allowed {
         self.rule(nr, vec![(arg, SeccompCmpOp::MaskedEq(bits), bits)])
     }
 
-    fn rule(&mut self, nr: libc::c_long, conditions: Vec<(u8, SeccompCmpOp, u64)>) -> &mut Self {
-        match self.calls.entry(nr).or_insert_with(|| Some(Vec::new())) {
-            Some(rules) => rules.push(conditions),
-            None => {}
+    fn rule(&mut self, nr: libc::c_long, checks: Vec<Check>) -> &mut Self {
+        if let Some(rules) = self.calls.entry(nr).or_insert_with(|| Some(Vec::new())) {
+            rules.push(checks);
         }
         self
     }
@@ -342,7 +345,7 @@ fn activates_devices(a: &mut Allowed) {
             libc::F_DUPFD_CLOEXEC as u64,
         ],
     );
-    a.arg_in(libc::SYS_ioctl, 1, &[libc::TUNSETOFFLOAD as u64]);
+    a.arg_in(libc::SYS_ioctl, 1, &[libc::TUNSETOFFLOAD]);
 }
 
 fn vcpu(a: &mut Allowed) {
@@ -395,7 +398,7 @@ fn worker(a: &mut Allowed) {
             libc::F_DUPFD_CLOEXEC as u64,
         ],
     );
-    a.arg_in(libc::SYS_ioctl, 1, &[libc::FIONBIO as u64]);
+    a.arg_in(libc::SYS_ioctl, 1, &[libc::FIONBIO]);
 }
 
 fn control(a: &mut Allowed) {
