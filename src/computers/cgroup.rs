@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 /// The daemon's own leaf group, beside the VMs'.
 pub const DAEMON_GROUP: &str = "daemon";
+/// Where processes that were in the daemon's group already go (VMMs a deskd without per-VM
+/// groups started): they run on there, without limits (the daemon's cap is not theirs).
+pub const OTHERS_GROUP: &str = "others";
 /// Prefix of each VM's group.
 pub const VM_GROUP_PREFIX: &str = "vm-";
 /// Controllers enabled for the VMs' groups, where the kernel offers them.
@@ -140,9 +143,16 @@ impl Cgroups {
         .map_err(|e| format!("cannot move the daemon into {}: {e}", daemon.display()))?;
         if !is_root {
             // A group holding processes cannot give controllers to its children: whatever else
-            // is in ours (VMMs a deskd without groups started) joins the daemon's leaf.
-            for pid in procs(&base) {
-                let _ = write_file(&daemon.join("cgroup.procs"), &pid.to_string());
+            // is in ours gets a leaf of its own.
+            let others = procs(&base);
+            if !others.is_empty() {
+                let group = base.join(OTHERS_GROUP);
+                make_dir(&group)?;
+                for pid in others {
+                    let _ = write_file(&group.join("cgroup.procs"), &pid.to_string());
+                }
+            } else {
+                let _ = std::fs::remove_dir(base.join(OTHERS_GROUP));
             }
         }
         let cgroups = Cgroups::at(base)?;

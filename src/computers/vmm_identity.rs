@@ -96,15 +96,19 @@ fn uids_of_live_processes() -> std::collections::HashSet<u32> {
         .collect()
 }
 
-/// Gives `dir`, everything directly in it and in its subdirectories one level down (the saved
-/// VM) to `uid`:`gid`. Symbolic links are changed themselves, never followed.
+/// Gives `dir` and everything directly in it (disk, logs, sockets, the saved VM's directory) to
+/// `uid`:`gid`: what a confined VMM writes (it rotates its logs and writes snapshots into its
+/// directory). Not handed over: what is inside subdirectories (a saved VM's files may be hard
+/// links to a golden snapshot's, shared by every computer seeded from it: the VMM only reads
+/// them and must never own them), any file with more than one link, and symbolic links (deskd
+/// makes none there; they are left alone, never followed).
 pub fn hand_over(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    chown_tree(dir, uid, gid, 2)
+    chown_tree(dir, uid, gid, 1)
 }
 
 /// Gives `dir` and what [`hand_over`] gave back to root.
 pub fn take_back(dir: &Path) {
-    if let Err(e) = chown_tree(dir, 0, 0, 2) {
+    if let Err(e) = chown_tree(dir, 0, 0, 1) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!("cannot give {} back to root: {e}", dir.display());
         }
@@ -112,8 +116,21 @@ pub fn take_back(dir: &Path) {
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32, depth: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() || (!meta.is_dir() && meta.nlink() > 1) {
+        tracing::warn!(
+            "{} is {}: not handed to a VMM's user",
+            path.display(),
+            if meta.file_type().is_symlink() {
+                "a symbolic link (deskd makes none in a computer's directory)"
+            } else {
+                "linked elsewhere too"
+            }
+        );
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
     if depth == 0 || !meta.is_dir() {
         return Ok(());
     }
@@ -172,22 +189,28 @@ mod tests {
         std::fs::create_dir_all(dir.join("saved")).unwrap();
         std::fs::write(dir.join("disk.img"), b"d").unwrap();
         std::fs::write(dir.join("saved/memory"), b"m").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap();
+        // A golden snapshot's file, linked into this computer's directory.
+        let golden = d.path().join("golden-state");
+        std::fs::write(&golden, b"g").unwrap();
+        std::fs::hard_link(&golden, dir.join("state-link")).unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"o").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
         let id = FIRST_POOL_ID + 999;
         hand_over(&dir, id, id).unwrap();
-        for p in ["", "disk.img", "saved", "saved/memory"] {
+        for p in ["", "disk.img", "saved"] {
             let meta = std::fs::symlink_metadata(dir.join(p)).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (id, id), "{p}");
         }
-        assert_eq!(
-            std::fs::metadata("/etc/passwd").unwrap().uid(),
-            0,
-            "links are not followed"
+        let root_owned = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid() == 0;
+        assert!(
+            root_owned(&dir.join("saved/memory")),
+            "inside a subdirectory"
         );
+        assert!(root_owned(&golden), "a shared file is never handed over");
+        assert!(root_owned(&outside), "links are not followed");
+        assert!(root_owned(&dir.join("link")), "nor changed");
         take_back(&dir);
-        assert_eq!(
-            std::fs::metadata(dir.join("saved/memory")).unwrap().uid(),
-            0
-        );
+        assert!(root_owned(&dir) && root_owned(&dir.join("disk.img")));
     }
 }
