@@ -9,8 +9,10 @@
 //! `pids` (and `io` where available) in `<own>`. Under systemd `<own>` is the unit's group,
 //! which `Delegate=yes` hands to the daemon; started by hand it is wherever the daemon runs.
 //!
-//! Where cgroup v2 is not mounted or not writable (a container, a unit without `Delegate=yes`)
-//! the daemon logs one warning and runs VMMs without groups of their own, as before.
+//! Where cgroup v2 is not mounted or not writable (a container), or under systemd the unit's
+//! group is not delegated (no `Delegate=yes`: systemd marks delegated groups with a
+//! `trusted.delegate` xattr), the daemon logs one warning and runs VMMs without groups of their
+//! own, as before.
 
 use std::fs::File;
 use std::io::Write;
@@ -134,6 +136,14 @@ impl Cgroups {
             }
         }
         let is_root = base == mount;
+        // Under systemd (which sets INVOCATION_ID for a service) a group is the daemon's to
+        // divide only if the unit delegates it; systemd marks such groups with an xattr.
+        if std::env::var_os("INVOCATION_ID").is_some() && !is_root && !delegated(&base) {
+            return Err(format!(
+                "the unit's cgroup {} is not delegated to deskd (add Delegate=yes to deskd.service)",
+                base.display()
+            ));
+        }
         let daemon = base.join(DAEMON_GROUP);
         make_dir(&daemon)?;
         write_file(
@@ -268,6 +278,28 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// Whether systemd delegated `group` (`trusted.delegate` or `user.delegate` is "1").
+fn delegated(group: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(group.as_os_str().as_bytes()) else {
+        return false;
+    };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut value = [0u8; 8];
+        // SAFETY: both strings are NUL-terminated and live across the call; `value` is a
+        // writable buffer of the length given.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        n > 0 && value[0] == b'1'
+    })
 }
 
 fn make_dir(dir: &Path) -> Result<(), String> {
