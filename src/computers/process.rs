@@ -327,7 +327,11 @@ impl VmBackend for VmmProcessBackend {
                     start_time,
                     child: None,
                 },
-                None => return Ok(()),
+                None => {
+                    // No VMM: an identity taken for a start that failed is free again.
+                    self.ended(computer_id);
+                    return Ok(());
+                }
             },
         };
         if matches!(Self::alive(&mut tracked), Ok(true)) {
