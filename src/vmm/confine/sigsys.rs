@@ -58,6 +58,70 @@ fn push_number(buf: &mut [u8], mut at: usize, n: i64) -> usize {
     at
 }
 
+/// Writes `n` in hexadecimal (`0x...`) at `buf[at..]`; returns the new end.
+fn push_hex(buf: &mut [u8], mut at: usize, n: u64) -> usize {
+    for &b in b"0x" {
+        if at < buf.len() {
+            buf[at] = b;
+            at += 1;
+        }
+    }
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        if at < buf.len() {
+            buf[at] = b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize];
+            at += 1;
+        }
+    }
+    at
+}
+
+/// Appends `bytes` at `buf[at..]`; returns the new end.
+fn push_bytes(buf: &mut [u8], mut at: usize, bytes: &[u8]) -> usize {
+    for &b in bytes {
+        if at < buf.len() {
+            buf[at] = b;
+            at += 1;
+        }
+    }
+    at
+}
+
+/// The stderr line for a forbidden call of `nr` with its first two arguments (for an ioctl, the
+/// descriptor and the request number: what a missing filter entry needs).
+pub fn log_line(buf: &mut [u8; 160], nr: i64, args: Option<(u64, u64)>) -> usize {
+    let mut at = push_bytes(buf, 0, b"deskd vmm: forbidden system call ");
+    at = push_number(buf, at, nr);
+    if let Some((a0, a1)) = args {
+        at = push_bytes(buf, at, b" (arguments ");
+        at = push_hex(buf, at, a0);
+        at = push_bytes(buf, at, b", ");
+        at = push_hex(buf, at, a1);
+        at = push_bytes(buf, at, b", ...)");
+    }
+    push_bytes(buf, at, b" stopped by seccomp; the VMM ends\n")
+}
+
+/// The first two system call arguments at the trap, from the saved registers.
+#[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
+fn first_args(context: *mut libc::c_void) -> Option<(u64, u64)> {
+    if context.is_null() {
+        return None;
+    }
+    // SAFETY: with SA_SIGINFO the third handler argument is the ucontext_t of the interrupted
+    // thread, valid for the whole handler; RDI and RSI hold the first two syscall arguments.
+    let regs = unsafe { &(*context.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+    Some((
+        regs[libc::REG_RDI as usize] as u64,
+        regs[libc::REG_RSI as usize] as u64,
+    ))
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_env = "gnu")))]
+fn first_args(_: *mut libc::c_void) -> Option<(u64, u64)> {
+    None
+}
+
 /// `prefix` then `n` then `suffix` into `buf`; returns the length.
 fn line(buf: &mut [u8], prefix: &[u8], n: i64, suffix: &[u8]) -> usize {
     let mut at = 0;
@@ -82,7 +146,7 @@ pub fn status_line(buf: &mut [u8; 48], nr: i64) -> usize {
     line(buf, b"6 seccomp ", nr, b"\n")
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     let nr = if info.is_null() {
         -1
     } else {
@@ -97,13 +161,8 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         // SAFETY: write(2) is async-signal-safe; the buffer is valid for `len` bytes.
         unsafe { libc::write(fd, status.as_ptr().cast(), len) };
     }
-    let mut message = [0u8; 128];
-    let len = line(
-        &mut message,
-        b"deskd vmm: forbidden system call ",
-        nr,
-        b" (seccomp); the VMM ends\n",
-    );
+    let mut message = [0u8; 160];
+    let len = log_line(&mut message, nr, first_args(context));
     // SAFETY: as above, to stderr (the VMM's log).
     unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), len) };
     // SAFETY: _exit(2) is async-signal-safe and ends the process without running anything else.
@@ -147,6 +206,21 @@ mod tests {
             4,
             "never past the end"
         );
+        let mut log = [0u8; 160];
+        let n = log_line(&mut log, 16, Some((7, 0xc008_ae88)));
+        assert_eq!(
+            std::str::from_utf8(&log[..n]).unwrap(),
+            "deskd vmm: forbidden system call 16 (arguments 0x7, 0xc008ae88, ...) stopped by seccomp; the VMM ends\n"
+        );
+        let n = log_line(&mut log, 110, None);
+        assert!(std::str::from_utf8(&log[..n])
+            .unwrap()
+            .ends_with("110 stopped by seccomp; the VMM ends\n"));
+        let mut hex = [0u8; 24];
+        let n = push_hex(&mut hex, 0, 0);
+        assert_eq!(&hex[..n], b"0x0");
+        let n = push_hex(&mut hex, 0, u64::MAX);
+        assert_eq!(&hex[..n], b"0xffffffffffffffff");
         // The layout read in the handler: the syscall number at offset 24 on 64-bit Linux.
         assert_eq!(std::mem::offset_of!(SigsysInfo, syscall), 24);
     }
