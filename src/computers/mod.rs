@@ -17,6 +17,7 @@
 pub mod agent_client;
 pub mod agent_files;
 mod backend;
+pub mod cgroup;
 mod disk;
 mod disk_growth;
 pub mod golden;
@@ -28,6 +29,7 @@ pub mod quota;
 mod readiness;
 mod saved_vm;
 mod vmm_config;
+pub mod vmm_identity;
 
 pub use backend::{
     BackendError, GuestNic, Hotplug, Saved, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,

@@ -27,7 +27,9 @@ use crate::vmm::{exit, pidfile};
 use super::backend::{
     BackendError, Hotplug, Saved, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
 };
+use super::cgroup::{self, Cgroups, VmLimits};
 use super::vmm_config::{self, files};
+use super::vmm_identity::{self, IdentityPool};
 use super::{disk, golden, images, live_resize, saved_vm};
 
 /// How long a restored VMM may take to load its snapshot and answer (it maps memory, so size
@@ -58,6 +60,10 @@ pub struct VmmProcessBackend {
     images_dir: PathBuf,
     hardware_virtualization: bool,
     procs: Mutex<HashMap<String, Tracked>>,
+    /// Whether VMMs are confined (their own uid from `identities`, jail, seccomp).
+    confine: bool,
+    identities: IdentityPool,
+    cgroups: Cgroups,
 }
 
 impl VmmProcessBackend {
@@ -69,7 +75,42 @@ impl VmmProcessBackend {
             images_dir: data_dir.join("images"),
             hardware_virtualization,
             procs: Mutex::new(HashMap::new()),
+            confine: false,
+            identities: IdentityPool::default(),
+            cgroups: Cgroups::disabled(),
         }
+    }
+
+    /// Confines every VMM (`confine`: an identity of its own, the jail, seccomp; see
+    /// `crate::vmm::confine`) and gives each a cgroup of its own where `cgroups` has them.
+    pub fn with_confinement(mut self, confine: bool, cgroups: Cgroups) -> VmmProcessBackend {
+        self.confine = confine;
+        self.cgroups = cgroups;
+        self
+    }
+
+    /// The confinement settings of `computer_id`'s next VMM, taking its identity.
+    fn confinement(
+        &self,
+        computer_id: &str,
+    ) -> Result<Option<crate::vmm::config::ConfineConfig>, BackendError> {
+        if !self.confine {
+            return Ok(None);
+        }
+        let id = self
+            .identities
+            .acquire(computer_id)
+            .map_err(BackendError::NotReady)?;
+        Ok(Some(crate::vmm::config::ConfineConfig::new(id, id)))
+    }
+
+    /// Once `computer_id`'s VMM has ended: its identity is free again, its files are root's,
+    /// its cgroup goes.
+    fn ended(&self, computer_id: &str) {
+        if self.identities.release(computer_id).is_some() {
+            vmm_identity::take_back(&self.dir(computer_id));
+        }
+        self.cgroups.remove(computer_id);
     }
 
     fn dir(&self, computer_id: &str) -> PathBuf {
@@ -104,11 +145,12 @@ impl VmmProcessBackend {
     /// it got that far; a VMM killed outright writes nothing.
     fn ended_without_us(dir: &Path, when: &str) -> VmState {
         let tail = log_tail(&dir.join(files::VMM_LOG));
-        match exit::read_status_file(&dir.join(files::EXIT_STATUS)) {
-            Some(code) => {
+        match exit::read_status_record(&dir.join(files::EXIT_STATUS)) {
+            Some(record) => {
+                let code = record.status;
                 let reason = format!(
                     "the VMM process {when}: it exited with status {code} ({}).{tail}",
-                    exit::meaning(code)
+                    exit::describe(code, Some(record))
                 );
                 if exit::is_reboot(code) {
                     VmState::GuestRebooted { reason }
@@ -174,7 +216,8 @@ impl VmBackend for VmmProcessBackend {
         }
         let image = images::resolve(&self.images_dir, &spec.template_ref)?;
         let disk = disk::prepare(spec, &image)?;
-        let config = vmm_config::vm_config(spec, &image, &disk);
+        let mut config = vmm_config::vm_config(spec, &image, &disk);
+        config.confine = self.confinement(&spec.computer_id)?;
         let config_path = spec.dir.join(files::CONFIG);
         vmm_config::write(&config, &config_path).map_err(|e| {
             BackendError::Process(format!("cannot write {}: {e}", config_path.display()))
@@ -222,9 +265,32 @@ impl VmBackend for VmmProcessBackend {
         let (from, to) = (self.dir(from_id), self.dir(to_id));
         std::fs::create_dir_all(&to)
             .map_err(|e| BackendError::Process(format!("cannot create {}: {e}", to.display())))?;
-        saved_vm::pause_and_save(&from, &to)?;
+        // A confined VMM sees only its own directory: it writes the snapshot into a staging
+        // directory there, which then moves into the clone's (a rename: same filesystem).
+        let staging = saved_vm::clone_staging_dir(&from, to_id);
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir(&staging).map_err(|e| {
+            BackendError::Process(format!("cannot create {}: {e}", staging.display()))
+        })?;
+        if let Some(id) = self.identities.held(from_id) {
+            if let Err(e) = vmm_identity::hand_over(&staging, id, id) {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(BackendError::Process(format!(
+                    "cannot give {} to the VMM's user: {e}",
+                    staging.display()
+                )));
+            }
+        }
+        if let Err(e) = saved_vm::pause_and_save(&from, &staging) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let moved = saved_vm::move_saved(&staging, &to);
+        let _ = std::fs::remove_dir_all(&staging);
         // The disk is copied while the source is still paused, so it matches the snapshot.
-        let copied = disk::clone(&from, &to).and_then(|()| saved_vm::mark_copy(&to));
+        let copied = moved
+            .and_then(|()| disk::clone(&from, &to))
+            .and_then(|()| saved_vm::mark_copy(&to));
         saved_vm::resume(&from);
         if let Err(e) = copied {
             let _ = saved_vm::discard(&to);
@@ -261,7 +327,11 @@ impl VmBackend for VmmProcessBackend {
                     start_time,
                     child: None,
                 },
-                None => return Ok(()),
+                None => {
+                    // No VMM: an identity taken for a start that failed is free again.
+                    self.ended(computer_id);
+                    return Ok(());
+                }
             },
         };
         if matches!(Self::alive(&mut tracked), Ok(true)) {
@@ -286,6 +356,7 @@ impl VmBackend for VmmProcessBackend {
             }
         }
         let _ = std::fs::remove_file(self.dir(computer_id).join(files::PID));
+        self.ended(computer_id);
         Ok(())
     }
 
@@ -299,11 +370,22 @@ impl VmBackend for VmmProcessBackend {
             Ok(true) => VmState::Alive { pid: tracked.pid },
             Ok(false) => {
                 procs.remove(computer_id);
+                self.ended(computer_id);
                 Self::ended_without_us(&dir, "ended while deskd was not its parent")
             }
             Err((how, rebooted)) => {
                 procs.remove(computer_id);
+                self.ended(computer_id);
                 let _ = std::fs::remove_file(dir.join(files::PID));
+                // A confined VMM's forbidden system call is named in its exit status file.
+                let how = match exit::read_status_record(&dir.join(files::EXIT_STATUS)) {
+                    Some(record) if record.forbidden_syscall.is_some() => format!(
+                        "the VMM process exited with status {}: {}",
+                        record.status,
+                        exit::describe(record.status, Some(record))
+                    ),
+                    _ => how,
+                };
                 let reason = format!("{how}.{}", log_tail(&dir.join(files::VMM_LOG)));
                 if rebooted {
                     VmState::GuestRebooted { reason }
@@ -326,6 +408,7 @@ impl VmBackend for VmmProcessBackend {
             if recorded != Some((pid, start_time)) {
                 tracing::warn!(computer = %computer_id, pid, "adopting a VMM its pid file did not name");
             }
+            self.identities.adopt(computer_id, pid);
             self.procs().insert(
                 computer_id.to_string(),
                 Tracked {
@@ -338,6 +421,7 @@ impl VmBackend for VmmProcessBackend {
         }
         if recorded.is_some() {
             let _ = std::fs::remove_file(dir.join(files::PID));
+            self.ended(computer_id);
             return Self::ended_without_us(&dir, "ended while deskd was down");
         }
         VmState::Absent
@@ -432,6 +516,26 @@ impl VmmProcessBackend {
         let log2 = log
             .try_clone()
             .map_err(|e| BackendError::Process(format!("cannot open the VMM log: {e}")))?;
+        // A confined VMM writes its directory as its own user (logs rotate, snapshots).
+        if let Some(id) = self
+            .confine
+            .then(|| self.identities.held(&spec.computer_id))
+            .flatten()
+        {
+            vmm_identity::hand_over(&spec.dir, id, id).map_err(|e| {
+                BackendError::Process(format!(
+                    "cannot give {} to the VMM's user {id}: {e}",
+                    spec.dir.display()
+                ))
+            })?;
+        }
+        let group = self
+            .cgroups
+            .prepare(
+                &spec.computer_id,
+                VmLimits::for_vm(spec.vcpus, spec.mem_mib),
+            )
+            .map_err(|e| BackendError::Process(format!("cannot make the VM's cgroup: {e}")))?;
         let mut command = Command::new(&self.exe);
         command
             .args(args)
@@ -450,9 +554,19 @@ impl VmmProcessBackend {
                 command.pre_exec(move || inherit_at(tap, VMM_TAP_FD));
             }
         }
+        if let Some(group) = &group {
+            let fd = group.join_fd();
+            // SAFETY: the closure runs in the forked child before exec and makes one write(2) on
+            // a descriptor open in the parent (`group` lives past the spawn): async-signal-safe,
+            // no allocation, no lock.
+            unsafe {
+                command.pre_exec(move || cgroup::join_in_child(fd));
+            }
+        }
         let child = command.spawn().map_err(|e| {
             BackendError::Process(format!("cannot run {} vmm: {e}", self.exe.display()))
         })?;
+        drop(group);
         let pid = child.id() as i32;
         // The VMM writes its own pid file before its guest runs (and does not start without it).
         let start_time = pidfile::start_time(pid).unwrap_or(0);
@@ -472,7 +586,12 @@ impl VmmProcessBackend {
     fn restore(&self, spec: &VmSpec) -> Result<(), BackendError> {
         let cards = saved_vm::saved_cards(&spec.dir)?;
         let net = spec.net.as_ref().map(|nic| &nic.card);
-        self.spawn(spec, &saved_vm::restore_args(&spec.dir, cards, net)?)?;
+        let mut args = saved_vm::restore_args(&spec.dir, cards, net)?;
+        // A snapshot never carries its confinement: the VMM is given its identity anew.
+        if let Some(confine) = self.confinement(&spec.computer_id)? {
+            args.extend(saved_vm::confine_args(&confine));
+        }
+        self.spawn(spec, &args)?;
         let deadline = Instant::now() + RESTORE_DEADLINE;
         loop {
             match self.state(&spec.computer_id) {
@@ -520,6 +639,7 @@ impl VmmProcessBackend {
             }
         }
         let _ = std::fs::remove_file(dir.join(files::PID));
+        self.ended(computer_id);
     }
 
     /// Every live `deskd vmm` process of this data directory, found by its command line
@@ -629,6 +749,12 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         (Some(code), _) => format!(
             "the VMM process exited with status {code} ({})",
             exit::meaning(code)
+        ),
+        // The kernel's own SIGSYS: a confined VMM's forbidden system call made while it blocked
+        // signals (inside a thread start), so its handler could not run.
+        (None, Some(libc::SIGSYS)) => format!(
+            "the VMM process was killed by signal {} (SIGSYS): it made a forbidden system call",
+            libc::SIGSYS
         ),
         (None, Some(sig)) => format!("the VMM process was killed by signal {sig}"),
         _ => "the VMM process ended".to_string(),
@@ -824,6 +950,81 @@ mod tests {
                 other => panic!("exit {code}: unexpected state {other:?}"),
             }
         }
+    }
+
+    /// A confined VMM's forbidden system call (its SIGSYS handler writes `6 seccomp N` to the
+    /// exit status file and exits with 6) becomes the reason, naming the call.
+    #[test]
+    fn a_forbidden_system_call_is_the_reason() {
+        let data = tempfile::tempdir().unwrap();
+        fake_image(data.path());
+        let script = data.path().join("fake-deskd");
+        fake_vmm(
+            &script,
+            "dir=$(dirname \"$3\")\nsleep 0.5\necho '6 seccomp 41' > \"$dir/vmm.exit\"\nexit 6",
+        );
+        let b = VmmProcessBackend::new(script, data.path(), true);
+        if let Err(e) = b.host_check() {
+            eprintln!("SKIPPED a_forbidden_system_call_is_the_reason: {e}");
+            return;
+        }
+        b.start(&spec(data.path())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let state = loop {
+            match b.state("c1") {
+                VmState::Alive { .. } if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                other => break other,
+            }
+        };
+        match state {
+            VmState::Exited { reason } => {
+                assert!(reason.contains("forbidden system call 41"), "{reason}")
+            }
+            other => panic!("unexpected state {other:?}"),
+        }
+    }
+
+    /// With confinement, the VMM's configuration names an identity of the pool, its directory
+    /// is that identity's while it runs and root's again once it has ended.
+    #[test]
+    fn a_confined_vmm_gets_its_own_identity_and_gives_it_back() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!(
+                "SKIPPED a_confined_vmm_gets_its_own_identity_and_gives_it_back: chown needs root"
+            );
+            return;
+        }
+        let data = tempfile::tempdir().unwrap();
+        fake_image(data.path());
+        let script = data.path().join("fake-deskd");
+        fake_vmm(
+            &script,
+            "dir=$(dirname \"$3\")\necho \"$$ $(cut -d' ' -f22 /proc/$$/stat)\" > \"$dir/vmm.pid\"\nexec sleep 30",
+        );
+        let b = VmmProcessBackend::new(script, data.path(), true)
+            .with_confinement(true, Cgroups::disabled());
+        if let Err(e) = b.host_check() {
+            eprintln!("SKIPPED a_confined_vmm_gets_its_own_identity_and_gives_it_back: {e}");
+            return;
+        }
+        let s = spec(data.path());
+        b.start(&s).unwrap();
+        let config = crate::vmm::config::VmConfig::from_file(&s.dir.join(files::CONFIG)).unwrap();
+        let confine = config.confine.expect("a confined VMM's config says so");
+        assert!(vmm_identity::in_pool(confine.uid));
+        assert_eq!(confine.uid, confine.gid);
+        assert_eq!(std::fs::metadata(&s.dir).unwrap().uid(), confine.uid);
+        assert_eq!(
+            std::fs::metadata(s.dir.join(files::DISK)).unwrap().uid(),
+            confine.uid
+        );
+        b.stop("c1", Duration::from_secs(2)).unwrap();
+        assert_eq!(std::fs::metadata(&s.dir).unwrap().uid(), 0);
+        assert_eq!(b.identities.held("c1"), None, "released");
     }
 
     /// A VMM that ended while deskd was down is judged by the exit status file it wrote.

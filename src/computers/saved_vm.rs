@@ -62,17 +62,51 @@ pub fn discard(dir: &Path) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// Removes `.<saved>.tmp-<pid>` directories: snapshots whose VMM died while writing them.
+/// Removes `.<saved>.tmp-<pid>` directories (snapshots whose VMM died while writing them) and
+/// clone staging directories a daemon that died while cloning left.
 pub fn remove_unfinished(dir: &Path) {
     let prefix = format!(".{}.tmp-", files::SAVED_VM);
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) || name.starts_with(CLONE_STAGING_PREFIX) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Prefix of the directory in a running computer's own directory where its VMM writes the
+/// snapshot of a clone (a confined VMM reaches nothing outside its directory).
+const CLONE_STAGING_PREFIX: &str = ".clone-";
+
+/// Where the VMM of the computer in `dir` writes the snapshot for clone `to_id`.
+pub fn clone_staging_dir(dir: &Path, to_id: &str) -> PathBuf {
+    dir.join(format!("{CLONE_STAGING_PREFIX}{to_id}"))
+}
+
+/// Moves the saved VM written into `staging` (a computer-like directory) to the computer
+/// directory `to`, replacing any it had.
+pub fn move_saved(staging: &Path, to: &Path) -> Result<(), BackendError> {
+    remove_dir(&saved_dir(to))?;
+    std::fs::rename(saved_dir(staging), saved_dir(to)).map_err(|e| {
+        BackendError::Process(format!(
+            "cannot move the clone's saved VM into {}: {e}",
+            to.display()
+        ))
+    })
+}
+
+/// The arguments that confine a restored VMM (a snapshot never carries them).
+pub fn confine_args(confine: &crate::vmm::config::ConfineConfig) -> Vec<OsString> {
+    vec![
+        "--confine-uid".into(),
+        confine.uid.to_string().into(),
+        "--confine-gid".into(),
+        confine.gid.to_string().into(),
+    ]
 }
 
 fn remove_dir(path: &Path) -> Result<(), BackendError> {
@@ -301,6 +335,20 @@ mod tests {
             vec!["/var/lib/deskd/computers/c2/disk.img"]
         );
         assert!(parsed.vmm.net.is_empty());
+        // With its confinement, which the VMM's parser takes too.
+        let confine = crate::vmm::config::ConfineConfig::new(64_003, 64_003);
+        let with = confine_args(&confine);
+        let parsed = Cli::try_parse_from(
+            ["deskd", "--restore", "/s"]
+                .into_iter()
+                .map(OsString::from)
+                .chain(with),
+        )
+        .unwrap();
+        assert_eq!(
+            (parsed.vmm.confine_uid, parsed.vmm.confine_gid),
+            (Some(64_003), Some(64_003))
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub fn vm_config(spec: &VmSpec, image: &GuestImage, disk: &Path) -> VmConfig {
         // Capped by the VMM; its stdout and stderr (early errors, panics) also go to this file.
         log_file: Some(spec.dir.join(files::VMM_LOG)),
         pid_file: Some(spec.dir.join(files::PID)),
+        confine: None,
     }
 }
 

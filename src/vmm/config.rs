@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::layout;
 
+mod confine;
 mod net;
 
+pub use confine::{ConfineConfig, ConfineConfigError, FIRST_POOL_ID, MIN_OPEN_FILES};
 pub use net::{MacAddr, NetArg, NetConfig, NetConfigError, NetRateLimit, TapSource};
 
 /// Most vCPUs a VM may have (the MADT, CPUID topology and tests are sized for this).
@@ -81,6 +83,8 @@ pub enum ConfigError {
     RestoreDiskCount { saved: usize, given: usize },
     #[error(transparent)]
     Net(#[from] NetConfigError),
+    #[error(transparent)]
+    Confine(#[from] ConfineConfigError),
     #[error(
         "the snapshot has {saved} network cards; --net was given {given} times, give all of them or none"
     )]
@@ -167,6 +171,11 @@ pub struct VmConfig {
     /// File the VMM writes `<pid> <start time>` to before the guest runs (see `vmm::pidfile`).
     #[serde(default)]
     pub pid_file: Option<PathBuf>,
+    /// Confine the VMM (its own mount namespace, this unprivileged identity, limits, seccomp;
+    /// see `vmm::confine`) once it has opened what it needs. Absent: not confined. Never saved
+    /// in a snapshot: a restore is given it again.
+    #[serde(default, with = "confine::runtime_only")]
+    pub confine: Option<ConfineConfig>,
 }
 
 fn default_cmdline() -> String {
@@ -191,7 +200,7 @@ pub struct VmmArgs {
     /// JSON file with the VM description: kernel, initrd, cmdline, disks [{path, read_only}],
     /// vcpus, memory_mib, vsock {socket, guest_cid}, net [{tap: {fd}|{name}, mac, limit}], rng, console_log, console_stdout,
     /// control_socket, shutdown_timeout_secs, host_decompress, exit_status_file, log_file,
-    /// pid_file.
+    /// pid_file, confine {uid, gid, max_open_files, max_file_size_bytes}.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// bzImage to boot.
@@ -250,11 +259,22 @@ pub struct VmmArgs {
     /// File to write `<pid> <start time>` to before the guest runs.
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
+    /// Confine the VMM as this unprivileged user (with --confine-gid): its own mount namespace
+    /// holding only its files, no capabilities, limits, seccomp filters. Needs root.
+    #[arg(long, value_name = "UID")]
+    pub confine_uid: Option<u32>,
+    /// The group of --confine-uid.
+    #[arg(long, value_name = "GID")]
+    pub confine_gid: Option<u32>,
+    /// Do not confine the VMM even if its configuration says so (development only: a VMM escape
+    /// then owns the host).
+    #[arg(long)]
+    pub no_confine: bool,
     /// Start the VM from the snapshot in DIR (written by the control request `snapshot`) instead
     /// of booting. Its saved configuration is used; --control-socket, --vsock-socket/--vsock-cid,
     /// --console-log, --console-stdout, --exit-status-file, --log-file, --pid-file,
     /// --shutdown-timeout, --disk (same count and sizes) and --net (same count and MACs: a new
-    /// TAP, and limits) override it.
+    /// TAP, and limits) override it; confinement is given anew (--confine-uid/--confine-gid).
     #[arg(long, value_name = "DIR")]
     pub restore: Option<PathBuf>,
     /// With --restore: keep vCPUs and devices paused until the control request `resume`.
@@ -309,6 +329,7 @@ impl VmConfig {
             exit_status_file: None,
             log_file: None,
             pid_file: None,
+            confine: None,
         });
         config.kernel = kernel;
         if let Some(initrd) = &args.initrd {
@@ -377,6 +398,12 @@ impl VmConfig {
         if let Some(path) = &args.pid_file {
             config.pid_file = Some(path.clone());
         }
+        config.confine = confine::from_args(
+            config.confine.take(),
+            args.no_confine,
+            args.confine_uid,
+            args.confine_gid,
+        )?;
         Ok(config)
     }
 
@@ -466,6 +493,12 @@ impl VmConfig {
         if let Some(path) = &args.pid_file {
             config.pid_file = Some(path.clone());
         }
+        config.confine = confine::from_args(
+            config.confine.take(),
+            args.no_confine,
+            args.confine_uid,
+            args.confine_gid,
+        )?;
         Ok(config)
     }
 
@@ -541,6 +574,9 @@ impl VmConfig {
                 return Err(ConfigError::GuestCid(vsock.guest_cid));
             }
             require_parent_dir(&vsock.socket)?;
+        }
+        if let Some(confine) = &self.confine {
+            confine.validate()?;
         }
         for (i, card) in self.net.iter().enumerate() {
             card.validate()?;
@@ -751,6 +787,43 @@ mod tests {
         std::fs::write(&file, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
         let err = VmConfig::from_file(&file).unwrap_err();
         assert!(err.to_string().contains("vcpu"), "{err}");
+    }
+
+    /// Confinement is kept in the JSON config file the daemon writes, but never in a snapshot
+    /// (postcard): the bytes are those of an unconfined config, and a restore starts without it.
+    #[test]
+    fn confinement_is_in_the_config_file_but_not_in_snapshots() {
+        let dir = scratch();
+        let mut config = VmConfig::from_args(&args_with_kernel(&dir)).unwrap();
+        let plain = postcard::to_stdvec(&config).unwrap();
+        config.confine = Some(ConfineConfig::new(64_007, 64_007));
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            serde_json::from_str::<VmConfig>(&json).unwrap().confine,
+            config.confine
+        );
+        let saved = postcard::to_stdvec(&config).unwrap();
+        assert_eq!(saved, plain, "the snapshot format must not change");
+        let back: VmConfig = postcard::from_bytes(&saved).unwrap();
+        assert_eq!(back.confine, None);
+        // A restore gets it from its arguments.
+        let restored = VmConfig::for_restore(
+            back,
+            &VmmArgs {
+                confine_uid: Some(64_008),
+                confine_gid: Some(64_009),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(restored.confine, Some(ConfineConfig::new(64_008, 64_009)));
+        // Root is no confinement.
+        let mut root = restored;
+        root.confine = Some(ConfineConfig::new(0, 0));
+        assert!(matches!(
+            root.validate_runtime(),
+            Err(ConfigError::Confine(_))
+        ));
     }
 
     #[test]

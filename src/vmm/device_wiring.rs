@@ -288,6 +288,7 @@ mod tests {
             exit_status_file: None,
             log_file: None,
             pid_file: None,
+            confine: None,
         }
     }
 

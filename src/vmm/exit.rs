@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// | 3 | the guest rebooted (i8042 reset, ACPI reset, triple fault): start it again |
 /// | 4 | hard stop: the guest ignored the power button until the timeout, or a forced shutdown |
 /// | 5 | the VM failed while running (KVM internal error, entry failure, vCPU thread died) |
+/// | 6 | a confined VMM made a system call its seccomp filter forbids (`vmm::confine`); the exit status file says which: `6 seccomp <number>` |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmExit {
     PowerOff,
@@ -28,6 +29,8 @@ pub enum VmExit {
 pub const EXIT_START_FAILED: u8 = 1;
 /// Exit status clap gives a bad command line.
 pub const EXIT_BAD_ARGUMENTS: u8 = 2;
+/// Exit status of a confined VMM that made a forbidden system call (`vmm::confine::sigsys`).
+pub const EXIT_FORBIDDEN_SYSCALL: u8 = 6;
 
 /// What a `deskd vmm` exit status means, for messages (the table above).
 pub fn meaning(status: i32) -> &'static str {
@@ -38,6 +41,7 @@ pub fn meaning(status: i32) -> &'static str {
         3 => "the guest rebooted",
         4 => "the guest did not power off in time and was stopped hard",
         5 => "the VM failed",
+        s if s == i32::from(EXIT_FORBIDDEN_SYSCALL) => "the VMM made a forbidden system call",
         _ => "unknown exit status",
     }
 }
@@ -47,19 +51,78 @@ pub fn is_reboot(status: i32) -> bool {
     status == i32::from(VmExit::Reboot.status())
 }
 
-/// Writes `<status> <word>` to the exit status file atomically, so a reader never sees half a
-/// line. Written by the VMM when its VM ends; a daemon that is not the VMM's parent (it was
-/// restarted) reads it with [`read_status_file`] to tell a reboot from a failure.
-pub fn write_status_file(path: &std::path::Path, how: VmExit) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{} {}\n", how.status(), how.as_str()))?;
-    std::fs::rename(&tmp, path)
+/// The exit status file, opened (empty) when the VMM starts and kept open: the VMM writes
+/// `<status> <word>` into it when its VM ends, and a confined VMM's SIGSYS handler writes
+/// `6 seccomp <number>` through the same descriptor (it can open nothing then). A daemon that is
+/// not the VMM's parent (it was restarted) reads it with [`read_status_file`] to tell a reboot
+/// from a failure. An empty file says nothing, as a missing one does.
+#[derive(Debug)]
+pub struct StatusFile {
+    file: std::fs::File,
+}
+
+impl StatusFile {
+    /// Creates or empties the file at `path`.
+    pub fn create(path: &std::path::Path) -> std::io::Result<StatusFile> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(StatusFile { file })
+    }
+
+    /// The descriptor, for the SIGSYS handler.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
+    /// Writes how the VM ended, in one write at the start of the file.
+    pub fn write(&self, how: VmExit) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let line = format!("{} {}\n", how.status(), how.as_str());
+        self.file.write_all_at(line.as_bytes(), 0)?;
+        self.file.set_len(line.len() as u64)
+    }
+}
+
+/// What an exit status file says: the status and, for a forbidden system call, its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRecord {
+    pub status: i32,
+    pub forbidden_syscall: Option<i64>,
+}
+
+/// The exit status file's record, if it has one that makes sense.
+pub fn read_status_record(path: &std::path::Path) -> Option<StatusRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut words = text.split_whitespace();
+    let status = words.next()?.parse().ok()?;
+    let forbidden_syscall = match (words.next(), words.next()) {
+        (Some("seccomp"), Some(nr)) => nr.parse().ok(),
+        _ => None,
+    };
+    Some(StatusRecord {
+        status,
+        forbidden_syscall,
+    })
 }
 
 /// The status in an exit status file, if there is one that makes sense.
 pub fn read_status_file(path: &std::path::Path) -> Option<i32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    read_status_record(path).map(|r| r.status)
+}
+
+/// How a VMM that ended with `status` is described to people (a computer's `status_reason`),
+/// with the exit status file's detail when there is one.
+pub fn describe(status: i32, record: Option<StatusRecord>) -> String {
+    match record.and_then(|r| r.forbidden_syscall) {
+        Some(nr) if status == i32::from(EXIT_FORBIDDEN_SYSCALL) => format!(
+            "the VMM made a forbidden system call {nr} (its seccomp filter stopped it: a guest \
+             attacking the VMM, or a call deskd's filter lacks; the VMM log has the details)"
+        ),
+        _ => meaning(status).to_string(),
+    }
 }
 
 impl VmExit {
@@ -142,6 +205,7 @@ mod tests {
         for (i, a) in all.iter().enumerate() {
             assert_ne!(a.status(), EXIT_START_FAILED);
             assert_ne!(a.status(), 2, "2 is the argument parser's");
+            assert_ne!(a.status(), EXIT_FORBIDDEN_SYSCALL);
             for b in &all[i + 1..] {
                 assert_ne!(a.status(), b.status());
             }
@@ -153,13 +217,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("vmm.exit");
         assert_eq!(read_status_file(&path), None);
-        write_status_file(&path, VmExit::Reboot).unwrap();
+        let file = StatusFile::create(&path).unwrap();
+        assert_eq!(read_status_file(&path), None, "empty: says nothing yet");
+        file.write(VmExit::PowerOff).unwrap();
+        file.write(VmExit::Reboot).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "3 reboot\n");
         let status = read_status_file(&path).unwrap();
         assert!(is_reboot(status));
         assert_eq!(meaning(status), "the guest rebooted");
         std::fs::write(&path, "garbage\n").unwrap();
         assert_eq!(read_status_file(&path), None);
         assert_eq!(meaning(99), "unknown exit status");
+        // What the SIGSYS handler writes (confine::sigsys).
+        std::fs::write(&path, "6 seccomp 41\n").unwrap();
+        let record = read_status_record(&path).unwrap();
+        assert_eq!(record.forbidden_syscall, Some(41));
+        let said = describe(record.status, Some(record));
+        assert!(said.contains("forbidden system call 41"), "{said}");
+        assert_eq!(describe(5, None), "the VM failed");
     }
 
     #[test]

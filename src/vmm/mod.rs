@@ -17,6 +17,7 @@
 // so), the control protocol, the host check, the hybrid-vsock client and the KVM probe. Everything
 // else is the VMM's own business.
 pub mod config;
+pub mod confine;
 pub mod control;
 pub mod exit;
 pub mod host;
@@ -160,9 +161,46 @@ pub fn run(args: VmmArgs) -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
+    // Opened now and kept: a confined VMM can open nothing in its directory's place later, and
+    // its SIGSYS handler writes through this descriptor.
+    let status_file = match config
+        .exit_status_file
+        .as_deref()
+        .map(exit::StatusFile::create)
+    {
+        None => None,
+        Some(Ok(file)) => Some(file),
+        Some(Err(e)) => {
+            eprintln!("deskd vmm: cannot create the exit status file: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    // Bound before confinement, while the VMM may still create files anywhere it is told to;
+    // served once the VM exists (clients wait in the backlog until then).
+    let mut control = match config.control_socket.as_deref().map(ControlServer::bind) {
+        None => None,
+        Some(Ok(server)) => Some(server),
+        Some(Err(e)) => {
+            eprintln!("deskd vmm: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let confinement = match confine::Confinement::prepare(
+        &config,
+        status_file.as_ref().map(exit::StatusFile::raw_fd),
+    ) {
+        Ok(confinement) => confinement,
+        Err(e) => {
+            eprintln!("deskd vmm: {e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    if confinement.is_none() {
+        tracing::info!("this VMM is not confined (no confine settings, or --no-confine)");
+    }
     let built = match &restore {
-        None => Vm::start(&config),
-        Some((dir, state)) => Vm::restore(&config, dir, state, args.restore_paused),
+        None => Vm::start(&config, confinement),
+        Some((dir, state)) => Vm::restore(&config, dir, state, args.restore_paused, confinement),
     };
     drop(restore);
     let vm = match built {
@@ -179,28 +217,28 @@ pub fn run(args: VmmArgs) -> ExitCode {
             return VmExit::Failed.exit_code();
         }
     };
-    let _control = match &config.control_socket {
-        Some(path) => {
-            let server = wake
-                .try_clone()
-                .map_err(|e| e.to_string())
-                .and_then(|w| ControlServer::start(path, vm.clone(), w).map_err(|e| e.to_string()));
-            match server {
-                Ok(server) => Some(server),
-                Err(e) => {
-                    eprintln!("deskd vmm: {e}");
-                    vm.force_stop();
-                    if !vm.stop_vcpus() {
-                        std::mem::forget(vm);
-                    }
-                    return ExitCode::from(EXIT_START_FAILED);
-                }
+    if let Some(server) = control.as_mut() {
+        let served = wake
+            .try_clone()
+            .map_err(|e| e.to_string())
+            .and_then(|w| server.serve(vm.clone(), w).map_err(|e| e.to_string()));
+        if let Err(e) = served {
+            eprintln!("deskd vmm: {e}");
+            vm.force_stop();
+            if !vm.stop_vcpus() {
+                std::mem::forget(vm);
             }
+            return ExitCode::from(EXIT_START_FAILED);
         }
-        None => None,
-    };
+    }
+    confine::arm_debug_hook();
+    // From here the main thread only waits for the end, stops the vCPUs and writes the status.
+    if let Err(e) = confine::enter_thread(confine::ThreadKind::Main) {
+        tracing::error!("{e}; stopping the VM");
+        vm.force_stop();
+    }
     let how = wait_for_end(&vm, &signal_evt, &wake);
-    drop(_control);
+    drop(control);
     if !vm.stop_vcpus() {
         // A vCPU still runs guest code: unmapping guest memory under it would fault, so leave
         // the VM to the process exit.
@@ -212,9 +250,9 @@ pub fn run(args: VmmArgs) -> ExitCode {
         started.elapsed(),
         how.status()
     );
-    if let Some(path) = &config.exit_status_file {
-        if let Err(e) = exit::write_status_file(path, how) {
-            tracing::warn!("cannot write the exit status to {}: {e}", path.display());
+    if let Some(file) = &status_file {
+        if let Err(e) = file.write(how) {
+            tracing::warn!("cannot write the exit status file: {e}");
         }
     }
     how.exit_code()

@@ -279,6 +279,12 @@ fn run_vcpu(
     exit: &ExitNotifier,
     gate: &PauseGate<VcpuFd>,
 ) {
+    // Before the first KVM_RUN: from here on the guest drives this thread.
+    if let Err(e) = crate::vmm::confine::enter_thread(crate::vmm::confine::ThreadKind::Vcpu) {
+        tracing::error!("vcpu{index}: {e}");
+        exit.request(VmExit::Failed);
+        return;
+    }
     loop {
         if exit.reason().is_some() {
             return;

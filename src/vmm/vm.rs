@@ -13,6 +13,7 @@ use super::arch::x86_64::boot::{self, BootError};
 use super::arch::x86_64::cpuid::{self, VcpuTopology};
 use super::arch::x86_64::regs::{self, RegsError};
 use super::config::VmConfig;
+use super::confine::{ConfineError, Confinement};
 use super::control::{RunState, VmStatus};
 use super::device_wiring::{self, VirtioError};
 use super::devices::acpi_pm::{self, AcpiSleep};
@@ -79,6 +80,8 @@ pub enum VmError {
     NotPaused,
     #[error("the VM is ending; it cannot be paused, resumed, snapshotted or have a disk grown")]
     Ending,
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -131,9 +134,10 @@ const REQUIRED_CAPS: [(Cap, &str); 5] = [
 ];
 
 impl Vm {
-    /// Builds the VM described by `config` (already validated) and starts its vCPUs.
-    pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
-        Vm::build(config, None)
+    /// Builds the VM described by `config` (already validated) and starts its vCPUs; with
+    /// `confinement`, the VMM confines itself once everything is open, before any thread starts.
+    pub fn start(config: &VmConfig, confinement: Option<Confinement>) -> Result<Vm, VmError> {
+        Vm::build(config, None, confinement)
     }
 
     /// Builds the VM saved in the snapshot at `dir`, as `config` (the saved configuration with
@@ -143,13 +147,15 @@ impl Vm {
         dir: &std::path::Path,
         state: &snapshot::SnapshotState,
         paused: bool,
+        confinement: Option<Confinement>,
     ) -> Result<Vm, VmError> {
-        Vm::build(config, Some((dir, state, paused)))
+        Vm::build(config, Some((dir, state, paused)), confinement)
     }
 
     fn build(
         config: &VmConfig,
         restore: Option<(&std::path::Path, &snapshot::SnapshotState, bool)>,
+        confinement: Option<Confinement>,
     ) -> Result<Vm, VmError> {
         let started = Instant::now();
         memory::check_host_memory(config.memory_mib)?;
@@ -231,7 +237,7 @@ impl Vm {
 
         let devices = device_wiring::attach(&vm_fd, &mem, &mut mmio, config)?;
         let windows: Vec<VirtioMmioWindow> = devices.windows().to_vec();
-        let vcpu_fds = match restore {
+        let boot_rip = match restore {
             None => {
                 acpi::build(config.vcpus, &windows)?.write_to(&mem)?;
                 tracing::debug!("devices and ACPI ready at {:?}", started.elapsed());
@@ -245,8 +251,18 @@ impl Vm {
                 )?;
                 tracing::debug!("kernel loaded ({format:?}) at {:?}", started.elapsed());
                 regs::write_boot_tables(&mem)?;
-                create_vcpus(&kvm, &vm_fd, config.vcpus, entry.rip)?
+                Some(entry.rip)
             }
+            Some(_) => None,
+        };
+        // Everything the VMM opens is open (KVM, memory, disks, TAP, sockets, logs; the kernel
+        // read), and this is still its only thread: confine it before any thread starts.
+        if let Some(confinement) = confinement {
+            confinement.enter()?;
+            tracing::debug!("confined at {:?}", started.elapsed());
+        }
+        let vcpu_fds = match restore {
+            None => create_vcpus(&kvm, &vm_fd, config.vcpus, boot_rip.unwrap_or_default())?,
             Some((_, state, _)) => {
                 // ACPI tables, kernel and page tables are in the restored RAM already.
                 devices.restore(&state.virtio)?;

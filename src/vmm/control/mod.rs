@@ -116,25 +116,54 @@ pub fn handle_line(vm: &dyn Controllable, line: &str) -> ControlResponse {
 /// The listening socket; the file is removed when this is dropped.
 pub struct ControlServer {
     path: PathBuf,
+    /// Until [`ControlServer::serve`] hands it to the control thread.
+    listener: Option<UnixListener>,
 }
 
 impl ControlServer {
-    /// Listens on `path` (replacing a stale socket) and serves clients on background threads.
-    /// `wake` is written after each command so the lifecycle loop re-reads the VM's state.
-    pub fn start(
-        path: &Path,
-        vm: Arc<dyn Controllable>,
-        wake: EventFd,
-    ) -> Result<ControlServer, ControlError> {
+    /// Listens on `path` (replacing a stale socket); clients wait in the backlog until
+    /// [`ControlServer::serve`]. Bound before the VMM is confined (the socket's directory may not
+    /// be writable by the confined VMM's user).
+    pub fn bind(path: &Path) -> Result<ControlServer, ControlError> {
         crate::vmm::socket_path::claim(path)?;
         let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
             path: path.to_path_buf(),
             source,
         })?;
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            listener: Some(listener),
+        })
+    }
+
+    /// [`ControlServer::bind`] and [`ControlServer::serve`] in one.
+    pub fn start(
+        path: &Path,
+        vm: Arc<dyn Controllable>,
+        wake: EventFd,
+    ) -> Result<ControlServer, ControlError> {
+        let mut server = ControlServer::bind(path)?;
+        server.serve(vm, wake)?;
+        Ok(server)
+    }
+
+    /// Serves clients on background threads (one listener, one per client). `wake` is written
+    /// after each command so the lifecycle loop re-reads the VM's state. A second call does
+    /// nothing.
+    pub fn serve(&mut self, vm: Arc<dyn Controllable>, wake: EventFd) -> Result<(), ControlError> {
+        let Some(listener) = self.listener.take() else {
+            return Ok(());
+        };
         let wake = Arc::new(wake);
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
+                // Clients drive this thread and the ones it starts (they inherit the filter).
+                use crate::vmm::confine;
+                if let Err(e) = confine::enter_thread(confine::ThreadKind::Control) {
+                    tracing::error!("control: {e}; the control socket is closed");
+                    return;
+                }
                 for stream in listener.incoming() {
                     match stream {
                         Ok(stream) => {
@@ -151,9 +180,7 @@ impl ControlServer {
                 }
             })
             .map_err(ControlError::Spawn)?;
-        Ok(ControlServer {
-            path: path.to_path_buf(),
-        })
+        Ok(())
     }
 }
 

@@ -497,4 +497,4 @@ pub fn now_unix_ms() -> u64 {
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

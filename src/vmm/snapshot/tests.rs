@@ -26,6 +26,7 @@ fn sample_config() -> VmConfig {
         exit_status_file: None,
         log_file: None,
         pid_file: None,
+        confine: None,
     }
 }
 

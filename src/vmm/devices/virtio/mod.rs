@@ -71,7 +71,7 @@ pub mod rng;
 mod testing;
 pub mod transport;
 pub mod vsock;
-mod worker;
+pub(crate) mod worker;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -51,17 +51,23 @@ impl<B: WorkerBody> std::fmt::Debug for Worker<B> {
     }
 }
 
+/// Starts the worker thread (through the spawner once the VMM is confined: see
+/// `confine::spawner`). Its first act is to install the worker filter: the guest drives it.
 fn spawn_thread<B: WorkerBody>(
     name: &'static str,
     mut body: B,
     event_loop: EventLoop,
 ) -> io::Result<JoinHandle<(B, EventLoop)>> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            body.run(&event_loop);
-            (body, event_loop)
-        })
+    use crate::vmm::confine;
+    confine::spawner::spawn(name, move || {
+        if let Err(e) = confine::enter_thread(confine::ThreadKind::Worker) {
+            // A device that cannot run confined must not run: end the VM (status 5, failed).
+            tracing::error!("{name}: {e}; ending the VM");
+            std::process::exit(i32::from(crate::vmm::exit::VmExit::Failed.status()));
+        }
+        body.run(&event_loop);
+        (body, event_loop)
+    })
 }
 
 impl<B: WorkerBody> Worker<B> {
