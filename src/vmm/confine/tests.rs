@@ -214,6 +214,9 @@ impl crate::vmm::control::Controllable for SnapshottingVm {
     fn set_net_limit(&self, _: usize, _: crate::vmm::config::NetRateLimit) -> Result<(), String> {
         Ok(())
     }
+    fn grow_disk(&self, _: usize, size_bytes: u64) -> Result<u64, String> {
+        Ok(size_bytes)
+    }
     fn shutdown(&self) {}
     fn force_stop(&self) {}
 }
