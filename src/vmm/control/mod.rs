@@ -237,11 +237,14 @@ fn serve_client(stream: UnixStream, vm: &dyn Controllable, wake: &EventFd) {
     }
 }
 
-/// Whether a request line is a shutdown, which always succeeds and may end the process.
+/// Whether a request line is a forced stop, which always succeeds and may end the process at
+/// once. A graceful shutdown only presses the power button and arms the hard-stop timer, so it is
+/// carried out before its answer: a client that asks for the status right after sees
+/// `shutting-down` (the VMM e2e's hard-stop test once saw `running`).
 fn ends_the_vm(line: &str) -> bool {
     matches!(
         serde_json::from_str::<ControlRequest>(line),
-        Ok(ControlRequest::Shutdown { .. })
+        Ok(ControlRequest::Shutdown { force: true })
     )
 }
 
@@ -421,6 +424,44 @@ mod tests {
         assert!(line.contains("too long"), "{line}");
         drop(server);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_graceful_shutdown_is_carried_out_before_its_answer_and_a_forced_one_after() {
+        let path =
+            std::env::temp_dir().join(format!("deskd-control-sd-{}.sock", std::process::id()));
+        let vm = Arc::new(Recorder::default());
+        let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+        let server = ControlServer::start(&path, vm.clone(), wake).unwrap();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"{\"cmd\":\"shutdown\"}\n").unwrap();
+        let mut reader = BufReader::new(client.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).unwrap(),
+            json!({"ok": true})
+        );
+        assert_eq!(
+            *vm.calls.lock().unwrap(),
+            vec!["shutdown"],
+            "answered before it was done"
+        );
+        client
+            .write_all(b"{\"cmd\":\"shutdown\",\"force\":true}\n")
+            .unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).unwrap(),
+            json!({"ok": true})
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while vm.calls.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(*vm.calls.lock().unwrap(), vec!["shutdown", "force"]);
+        drop(server);
     }
 
     #[test]
