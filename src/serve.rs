@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// by default until it has passed the end-to-end suite in the rig (issue 13).
     #[arg(long, env = "DESKD_CONFINE")]
     pub confine: bool,
+    /// First uid/gid of the confined VMMs' identities (VMM N runs as BASE+N, 1000 of them). The
+    /// default, 70000, sits where systemd assigns no one (https://systemd.io/UIDS-GIDS/); the
+    /// daemon refuses to start if a user, group or subuid/subgid range of this host holds one.
+    #[arg(long, env = "DESKD_VMM_UID_BASE", default_value_t = crate::computers::vmm_identity::FIRST_POOL_ID)]
+    pub vmm_uid_base: u32,
 }
 
 /// Errors that stop the daemon from starting.
@@ -70,6 +75,8 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Identities(#[from] crate::computers::vmm_identity::IdentityError),
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
 }
@@ -155,9 +162,14 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let root = unsafe { libc::geteuid() } == 0;
     let confine = root && args.confine;
     if confine {
+        // Before anything runs as a pool identity: one that is someone's already would hand a
+        // VMM escape that someone's files.
+        crate::computers::vmm_identity::check_pool(args.vmm_uid_base, Path::new("/etc"))?;
         tracing::info!(
-            "VMMs are confined: each in its own mount namespace, as its own user (uids {} and up),              without capabilities, with seccomp filters",
-            crate::computers::vmm_identity::FIRST_POOL_ID
+            "VMMs are confined: each in its own mount namespace, as its own user (uids {} to {}), \
+             without capabilities, with seccomp filters",
+            args.vmm_uid_base,
+            args.vmm_uid_base + crate::computers::vmm_identity::POOL_SIZE - 1
         );
     } else if root {
         tracing::warn!(
@@ -174,7 +186,9 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
         crate::computers::cgroup::Cgroups::disabled()
     };
     let backend = Arc::new(
-        VmmProcessBackend::new(exe, &args.data_dir, hardware).with_confinement(confine, cgroups),
+        VmmProcessBackend::new(exe, &args.data_dir, hardware)
+            .with_confinement(confine, cgroups)
+            .with_uid_base(args.vmm_uid_base),
     );
     // Guest networking (issue 12): on where the host can do it (`[network] enabled = "auto"`),
     // required with `true` (a host that cannot provide it then refuses to start rather than run
