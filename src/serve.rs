@@ -236,6 +236,10 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
             config.rate_limit.requests_per_second,
             config.rate_limit.burst,
         )),
+        bad_keys: Arc::new(crate::api::bad_keys::BadKeyLimiter::new(
+            config.rate_limit.bad_key_per_second,
+            config.rate_limit.bad_key_burst,
+        )),
         agent_calls: crate::api::InFlight::new(config.limits.max_agent_calls_per_key),
         config: Arc::new(config),
         host: HostFacts::detect(),

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Rate limits high enough that tests which do not test them never meet them.
-pub const RELAXED: &str = "[rate_limit]\nrequests_per_second = 100000.0\nburst = 100000\n";
+pub const RELAXED: &str =
+    "[rate_limit]\nrequests_per_second = 100000.0\nburst = 100000\nbad_key_burst = 100000\n";
 
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -269,6 +270,18 @@ impl Drop for Daemon {
 
 pub fn raw_request(socket: &Path, request: &[u8]) -> Resp {
     let mut stream = UnixStream::connect(socket).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    stream.write_all(request).expect("send request");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).expect("read answer");
+    parse_response(&buf)
+}
+
+/// Sends raw bytes to a TCP listener (`deskd serve --listen`) and parses the answer.
+pub fn raw_tcp_request(addr: &str, request: &[u8]) -> Resp {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the daemon over TCP");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
