@@ -34,6 +34,8 @@ pub struct Config {
     pub limits: Limits,
     /// Guest networking's host side (src/network); off by default.
     pub network: crate::network::NetworkConfig,
+    /// Disk I/O limits of each VM's cgroup (src/computers/cgroup.rs); none by default.
+    pub vm_io: crate::computers::cgroup::IoConfig,
 }
 
 /// Host quotas: the self-hosted form of the service's plan limits.
@@ -96,6 +98,7 @@ impl Default for Config {
             rate_limit: RateLimit::default(),
             limits: Limits::default(),
             network: crate::network::NetworkConfig::default(),
+            vm_io: crate::computers::cgroup::IoConfig::default(),
         }
     }
 }
@@ -233,12 +236,18 @@ mod tests {
             [limits]
             max_json_body_bytes = 4096
             max_upload_bytes = 1000
+            [vm_io]
+            write_bytes_per_second = 104857600
+            device = "/dev/vda"
         "#;
         let c = Config::parse(text, Path::new("x.toml")).unwrap();
         assert_eq!(c.public_base(), "https://desk.example.org");
         assert_eq!(c.quotas.max_computers, 3);
         assert_eq!(c.rate_limit.burst, 10);
         assert_eq!(c.limits.max_upload_bytes, 1000);
+        assert_eq!(c.vm_io.write_bytes_per_second, 100 << 20);
+        assert_eq!(c.vm_io.read_iops, 0);
+        assert_eq!(c.vm_io.device, "/dev/vda");
     }
 
     #[test]

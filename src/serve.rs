@@ -182,7 +182,14 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     let cgroups = if confine {
         crate::computers::cgroup::Cgroups::init()
+            .with_io(&config.vm_io, &args.data_dir.join("computers"))
     } else {
+        if config.vm_io.any() {
+            tracing::warn!(
+                "[vm_io] sets disk limits, but they apply only to confined VMMs (--confine): no \
+                 VM's disk I/O is limited"
+            );
+        }
         crate::computers::cgroup::Cgroups::disabled()
     };
     let backend = Arc::new(
