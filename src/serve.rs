@@ -1,6 +1,6 @@
 //! `deskd serve`: the daemon's start-up and shutdown. Opens the store, makes the first key, binds
 //! the API's sockets and says READY to systemd, then re-attaches to the VMs a previous daemon left
-//! (in the background) and supervises them until SIGTERM or SIGINT.
+//! (in the background) and supervises them until SIGTERM, SIGINT or SIGHUP.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,11 +77,13 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Identities(#[from] crate::computers::vmm_identity::IdentityError),
+    #[error("cannot catch SIGTERM, SIGINT and SIGHUP (the daemon would not stop cleanly): {0}")]
+    Signals(std::io::Error),
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM, SIGINT or SIGHUP.
 pub fn serve(args: ServeArgs) -> ExitCode {
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +148,7 @@ fn ensure_first_key(store: &Store, data_dir: &Path) -> Result<(), ServeError> {
 }
 
 async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let mut signals = StopSignals::install()?;
     let config = Config::load(args.config.as_deref())?;
     let store = Arc::new(Store::open(&args.data_dir)?);
     ensure_first_key(&store, &args.data_dir)?;
@@ -291,11 +294,9 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     // answers, in the background: no guest, however slow, delays the start-up.
     let supervisor = lifecycle.spawn_recovery_then_supervisor(SUPERVISE_EVERY);
 
-    let signal = wait_for_signal();
-    tokio::pin!(signal);
     let mut result = Ok(());
     tokio::select! {
-        () = &mut signal => {}
+        name = signals.recv() => tracing::info!("{name} received"),
         Some(done) = servers.join_next() => {
             result = match done {
                 Ok(()) => Err(ServeError::Serve(std::io::Error::other("a listener stopped"))),
@@ -314,18 +315,34 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     result
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process still dies on SIGTERM, just less tidily.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals that stop the daemon cleanly: SIGTERM (systemd's stop), SIGINT (Ctrl-C) and
+/// SIGHUP (a closed terminal, or `kill -HUP`: deskd has no configuration to reload, and the unit
+/// sets no `ExecReload=`). Caught from the first moment of `run`, so that one sent while the
+/// daemon starts is handled once it has (rather than killing it half-way, with its socket left).
+/// SIGPIPE needs nothing here: Rust's runtime ignores it before `main`, so a client that hangs up
+/// mid-answer is an `EPIPE` on its connection only.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals, ServeError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).map_err(ServeError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(ServeError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(ServeError::Signals)?,
+        })
+    }
+
+    /// Waits for one of them; its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
     }
 }

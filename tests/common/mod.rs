@@ -189,6 +189,42 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `signal` to the daemon and waits at most `limit` for it to exit (then kills it and
+    /// panics); its exit status.
+    pub fn signal_and_wait(&mut self, signal: i32, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon runs");
+        // SAFETY: signals our own child process by pid; no memory is involved.
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for deskd") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "deskd did not exit within {limit:?} of signal {signal}: {}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the daemon again (after [`Daemon::signal_and_wait`]) on the same socket and data.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
     /// Whether the daemon process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
