@@ -192,7 +192,7 @@ fn refuse(state: &AppState, peer: Peer, message: &str) -> Response {
                 format!(
                     "Too many requests without a valid API key from {peer}: {} are answered, then {} \
                      per second (rate_limit.bad_key_burst, rate_limit.bad_key_per_second). Retry \
-                     after {secs} s with a valid key: {message}",
+                     after {secs} s with a valid key (this request: {message})",
                     rl.bad_key_burst, rl.bad_key_per_second
                 ),
             )

@@ -5,11 +5,10 @@
 //! carries who sent it (a [`ConnPeer`] extension: the Unix client's uid, the TCP client's
 //! address), for the limit on requests without a valid key (`super::bad_keys`).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
