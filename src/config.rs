@@ -34,6 +34,8 @@ pub struct Config {
     pub limits: Limits,
     /// Guest networking's host side (src/network); off by default.
     pub network: crate::network::NetworkConfig,
+    /// Disk I/O limits of each VM's cgroup (src/computers/cgroup.rs); none by default.
+    pub vm_io: crate::computers::cgroup::IoConfig,
 }
 
 /// Host quotas: the self-hosted form of the service's plan limits.
@@ -53,7 +55,7 @@ pub struct Quotas {
     pub min_free_disk_gb: u32,
 }
 
-/// Per-key token bucket.
+/// Per-key token bucket, and the per-peer one for requests without a valid key.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimit {
@@ -61,6 +63,15 @@ pub struct RateLimit {
     pub requests_per_second: f64,
     /// Bucket size (largest burst per key).
     pub burst: u32,
+    /// Requests with a missing or wrong key one peer (a uid on the Unix socket, an address on
+    /// TCP) gets answered with 401 before it is limited (429 with Retry-After).
+    pub bad_key_burst: u32,
+    /// Such requests per second a limited peer is answered after its burst.
+    pub bad_key_per_second: f64,
+    /// Whether the TCP listener is behind a reverse proxy that sets `X-Forwarded-For`: the last
+    /// address in it (the one the proxy saw) is then the peer of requests from loopback. Leave
+    /// off unless the proxy overwrites or appends the header, or clients could name any peer.
+    pub trust_forwarded_for: bool,
 }
 
 /// Request size limits.
@@ -87,6 +98,7 @@ impl Default for Config {
             rate_limit: RateLimit::default(),
             limits: Limits::default(),
             network: crate::network::NetworkConfig::default(),
+            vm_io: crate::computers::cgroup::IoConfig::default(),
         }
     }
 }
@@ -108,6 +120,9 @@ impl Default for RateLimit {
         RateLimit {
             requests_per_second: 50.0,
             burst: 200,
+            bad_key_burst: 20,
+            bad_key_per_second: 1.0,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -174,6 +189,12 @@ impl Config {
         if r.burst == 0 {
             return Err("rate_limit.burst must be at least 1".into());
         }
+        if !(r.bad_key_per_second > 0.0 && r.bad_key_per_second.is_finite()) {
+            return Err("rate_limit.bad_key_per_second must be a positive number".into());
+        }
+        if r.bad_key_burst == 0 {
+            return Err("rate_limit.bad_key_burst must be at least 1".into());
+        }
         if self.limits.max_json_body_bytes < 1024 {
             return Err("limits.max_json_body_bytes must be at least 1024".into());
         }
@@ -215,12 +236,18 @@ mod tests {
             [limits]
             max_json_body_bytes = 4096
             max_upload_bytes = 1000
+            [vm_io]
+            write_bytes_per_second = 104857600
+            device = "/dev/vda"
         "#;
         let c = Config::parse(text, Path::new("x.toml")).unwrap();
         assert_eq!(c.public_base(), "https://desk.example.org");
         assert_eq!(c.quotas.max_computers, 3);
         assert_eq!(c.rate_limit.burst, 10);
         assert_eq!(c.limits.max_upload_bytes, 1000);
+        assert_eq!(c.vm_io.write_bytes_per_second, 100 << 20);
+        assert_eq!(c.vm_io.read_iops, 0);
+        assert_eq!(c.vm_io.device, "/dev/vda");
     }
 
     #[test]
@@ -234,6 +261,8 @@ mod tests {
     fn rejects_unknown_keys_and_bad_values() {
         assert!(Config::parse("nope = 1", Path::new("x")).is_err());
         assert!(Config::parse("[rate_limit]\nburst = 0", Path::new("x")).is_err());
+        assert!(Config::parse("[rate_limit]\nbad_key_burst = 0", Path::new("x")).is_err());
+        assert!(Config::parse("[rate_limit]\nbad_key_per_second = 0.0", Path::new("x")).is_err());
         assert!(Config::parse("public_url = \"ftp://x\"", Path::new("x")).is_err());
     }
 

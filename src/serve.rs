@@ -1,6 +1,6 @@
 //! `deskd serve`: the daemon's start-up and shutdown. Opens the store, makes the first key, binds
 //! the API's sockets and says READY to systemd, then re-attaches to the VMs a previous daemon left
-//! (in the background) and supervises them until SIGTERM or SIGINT.
+//! (in the background) and supervises them until SIGTERM, SIGINT or SIGHUP.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// by default until it has passed the end-to-end suite in the rig (issue 13).
     #[arg(long, env = "DESKD_CONFINE")]
     pub confine: bool,
+    /// First uid/gid of the confined VMMs' identities (VMM N runs as BASE+N, 1000 of them). The
+    /// default, 70000, sits where systemd assigns no one (https://systemd.io/UIDS-GIDS/); the
+    /// daemon refuses to start if a user, group or subuid/subgid range of this host holds one.
+    #[arg(long, env = "DESKD_VMM_UID_BASE", default_value_t = crate::computers::vmm_identity::FIRST_POOL_ID)]
+    pub vmm_uid_base: u32,
 }
 
 /// Errors that stop the daemon from starting.
@@ -70,11 +75,15 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Identities(#[from] crate::computers::vmm_identity::IdentityError),
+    #[error("cannot catch SIGTERM, SIGINT and SIGHUP (the daemon would not stop cleanly): {0}")]
+    Signals(std::io::Error),
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM, SIGINT or SIGHUP.
 pub fn serve(args: ServeArgs) -> ExitCode {
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -139,6 +148,7 @@ fn ensure_first_key(store: &Store, data_dir: &Path) -> Result<(), ServeError> {
 }
 
 async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let mut signals = StopSignals::install()?;
     let config = Config::load(args.config.as_deref())?;
     let store = Arc::new(Store::open(&args.data_dir)?);
     ensure_first_key(&store, &args.data_dir)?;
@@ -155,9 +165,14 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let root = unsafe { libc::geteuid() } == 0;
     let confine = root && args.confine;
     if confine {
+        // Before anything runs as a pool identity: one that is someone's already would hand a
+        // VMM escape that someone's files.
+        crate::computers::vmm_identity::check_pool(args.vmm_uid_base, Path::new("/etc"))?;
         tracing::info!(
-            "VMMs are confined: each in its own mount namespace, as its own user (uids {} and up),              without capabilities, with seccomp filters",
-            crate::computers::vmm_identity::FIRST_POOL_ID
+            "VMMs are confined: each in its own mount namespace, as its own user (uids {} to {}), \
+             without capabilities, with seccomp filters",
+            args.vmm_uid_base,
+            args.vmm_uid_base + crate::computers::vmm_identity::POOL_SIZE - 1
         );
     } else if root {
         tracing::warn!(
@@ -170,11 +185,20 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     let cgroups = if confine {
         crate::computers::cgroup::Cgroups::init()
+            .with_io(&config.vm_io, &args.data_dir.join("computers"))
     } else {
+        if config.vm_io.any() {
+            tracing::warn!(
+                "[vm_io] sets disk limits, but they apply only to confined VMMs (--confine): no \
+                 VM's disk I/O is limited"
+            );
+        }
         crate::computers::cgroup::Cgroups::disabled()
     };
     let backend = Arc::new(
-        VmmProcessBackend::new(exe, &args.data_dir, hardware).with_confinement(confine, cgroups),
+        VmmProcessBackend::new(exe, &args.data_dir, hardware)
+            .with_confinement(confine, cgroups)
+            .with_uid_base(args.vmm_uid_base),
     );
     // Guest networking (issue 12): on where the host can do it (`[network] enabled = "auto"`),
     // required with `true` (a host that cannot provide it then refuses to start rather than run
@@ -222,6 +246,10 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
             config.rate_limit.requests_per_second,
             config.rate_limit.burst,
         )),
+        bad_keys: Arc::new(crate::api::bad_keys::BadKeyLimiter::new(
+            config.rate_limit.bad_key_per_second,
+            config.rate_limit.bad_key_burst,
+        )),
         agent_calls: crate::api::InFlight::new(config.limits.max_agent_calls_per_key),
         config: Arc::new(config),
         host: HostFacts::detect(),
@@ -266,11 +294,9 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     // answers, in the background: no guest, however slow, delays the start-up.
     let supervisor = lifecycle.spawn_recovery_then_supervisor(SUPERVISE_EVERY);
 
-    let signal = wait_for_signal();
-    tokio::pin!(signal);
     let mut result = Ok(());
     tokio::select! {
-        () = &mut signal => {}
+        name = signals.recv() => tracing::info!("{name} received"),
         Some(done) = servers.join_next() => {
             result = match done {
                 Ok(()) => Err(ServeError::Serve(std::io::Error::other("a listener stopped"))),
@@ -289,18 +315,34 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     result
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process still dies on SIGTERM, just less tidily.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals that stop the daemon cleanly: SIGTERM (systemd's stop), SIGINT (Ctrl-C) and
+/// SIGHUP (a closed terminal, or `kill -HUP`: deskd has no configuration to reload, and the unit
+/// sets no `ExecReload=`). Caught from the first moment of `run`, so that one sent while the
+/// daemon starts is handled once it has (rather than killing it half-way, with its socket left).
+/// SIGPIPE needs nothing here: Rust's runtime ignores it before `main`, so a client that hangs up
+/// mid-answer is an `EPIPE` on its connection only.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals, ServeError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).map_err(ServeError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(ServeError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(ServeError::Signals)?,
+        })
+    }
+
+    /// Waits for one of them; its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
     }
 }

@@ -183,3 +183,161 @@ fn logs_never_contain_keys() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// The limit on requests without a valid key: 5 answered with 401 per peer here, then 429 with
+/// Retry-After in the section 0 error shape; a key that has worked before still works from the
+/// limited peer; the bucket refills; the log gets one line for all of it.
+#[test]
+fn bad_keys_are_limited_per_peer_and_logged_once_a_minute() {
+    let d = Daemon::start_with_config(
+        "[rate_limit]\nrequests_per_second = 1000.0\nburst = 1000\nbad_key_burst = 5\nbad_key_per_second = 0.5\n",
+    );
+    // The key has worked before the peer is limited.
+    d.get("/api/workspaces").expect(200);
+    // A key made now that has not been used yet.
+    let out = d.cli(&["keys", "create", "--name", "fresh"]);
+    assert!(out.status.success(), "{out:?}");
+    let fresh = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let wrong = "sk_live_0000000000000000000000000000000000000000";
+    for i in 0..5 {
+        let key = if i % 2 == 0 { Some(wrong) } else { None };
+        let r = d.send("GET", "/api/workspaces", key, None);
+        assert_eq!(
+            r.status,
+            401,
+            "attempt {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    for key in [Some(wrong), None, Some("x".repeat(10_000).as_str())] {
+        let r = d.send("GET", "/api/workspaces", key, None);
+        let v = r.expect(429);
+        assert_eq!(v["code"], "too_many_bad_keys", "{v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(message.contains("uid "), "names the peer: {message}");
+        let retry: u64 = r
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("seconds");
+        assert!((1..=2).contains(&retry), "{retry}");
+    }
+    // The key that has worked keeps working from the limited peer; a never-used one waits.
+    d.get("/api/workspaces").expect(200);
+    assert_eq!(
+        d.send("GET", "/api/workspaces", Some(&fresh), None).status,
+        429
+    );
+    // Public routes are not affected.
+    assert_eq!(d.send("GET", "/api/openapi.json", None, None).status, 200);
+
+    // Refilled (0.5 per second): the fresh key is checked again, and one more bad one is
+    // answered with 401, the next with 429.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(
+        d.send("GET", "/api/workspaces", Some(&fresh), None).status,
+        200
+    );
+    assert_eq!(
+        d.send("GET", "/api/workspaces", Some(wrong), None).status,
+        401
+    );
+    assert_eq!(
+        d.send("GET", "/api/workspaces", Some(wrong), None).status,
+        429
+    );
+
+    // Many more: still one log line for this peer within the minute, and no access line per
+    // refused request.
+    for _ in 0..200 {
+        assert_eq!(d.send("GET", "/api/workspaces", None, None).status, 429);
+    }
+    let log = d.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("without a valid API key"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("peer=\"uid ") || lines[0].contains("peer=uid"),
+        "{}",
+        lines[0]
+    );
+    let refused_lines = log
+        .lines()
+        .filter(|l| l.contains("status=401") || l.contains("status=429"))
+        .count();
+    assert_eq!(refused_lines, 1, "{log}");
+}
+
+/// Behind a reverse proxy that sets X-Forwarded-For (and `trust_forwarded_for`), each client
+/// address has its bucket; without the setting, the header names no one.
+#[test]
+fn bad_keys_behind_a_proxy_count_per_forwarded_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with_args(
+        "[rate_limit]\nbad_key_burst = 3\nbad_key_per_second = 0.01\ntrust_forwarded_for = true\n",
+        &["--listen".into(), addr.clone()],
+    );
+    let get = |forwarded: &str| {
+        let request = format!(
+            "GET /api/workspaces HTTP/1.1\r\nHost: desk\r\nConnection: close\r\n\
+             X-Forwarded-For: {forwarded}\r\nAuthorization: Bearer nope\r\n\r\n"
+        );
+        common::raw_tcp_request(&addr, request.as_bytes())
+    };
+    let valid = |forwarded: &str| {
+        let request = format!(
+            "GET /api/workspaces HTTP/1.1\r\nHost: desk\r\nConnection: close\r\n\
+             X-Forwarded-For: {forwarded}\r\nAuthorization: Bearer {}\r\n\r\n",
+            d.key
+        );
+        common::raw_tcp_request(&addr, request.as_bytes())
+    };
+    assert_eq!(valid("203.0.113.1").status, 200);
+    for _ in 0..3 {
+        assert_eq!(get("203.0.113.1").status, 401);
+    }
+    let r = get("203.0.113.1");
+    assert!(r.error(429).contains("203.0.113.1"), "{}", r.error(429));
+    // The proxy appends the address it saw: what the client wrote before it does not count.
+    assert_eq!(get("203.0.113.9, 203.0.113.1").status, 429);
+    // Another client behind the same proxy has its own bucket, and so has the Unix socket.
+    assert_eq!(get("203.0.113.2").status, 401);
+    assert_eq!(
+        d.send("GET", "/api/workspaces", Some("nope"), None).status,
+        401
+    );
+    // The valid key, which has worked, still does from the limited client.
+    assert_eq!(valid("203.0.113.1").status, 200);
+}
+
+/// Without `trust_forwarded_for` the header is ignored: every request over TCP from loopback is
+/// one peer.
+#[test]
+fn forwarded_for_is_ignored_unless_trusted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _d = Daemon::start_with_args(
+        "[rate_limit]\nbad_key_burst = 2\nbad_key_per_second = 0.01\n",
+        &["--listen".into(), addr.clone()],
+    );
+    let statuses: Vec<u16> = (1..=4)
+        .map(|i| {
+            let request = format!(
+                "GET /api/workspaces HTTP/1.1\r\nHost: desk\r\nConnection: close\r\n\
+                 X-Forwarded-For: 198.51.100.{i}\r\n\r\n"
+            );
+            common::raw_tcp_request(&addr, request.as_bytes()).status
+        })
+        .collect();
+    assert_eq!(statuses, [401, 401, 429, 429]);
+}

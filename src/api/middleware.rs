@@ -1,6 +1,7 @@
 //! Middleware around every request: request ids, error bodies, panic safety, access logs (the
-//! outermost, [`finish`]); API key check ([`authenticate`]); per-key rate limit ([`rate_limit`]);
-//! per-key limit on calls to guest agents in flight ([`agent_calls`]).
+//! outermost, [`finish`]); API key check with the per-peer limit on requests without a valid key
+//! ([`authenticate`], `bad_keys`); per-key rate limit ([`rate_limit`]); per-key limit on calls
+//! to guest agents in flight ([`agent_calls`]).
 
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
+use super::bad_keys::{ConnPeer, Peer};
 use super::error::{default_message, ApiError};
 use super::AppState;
 use crate::store::ApiKey;
@@ -23,6 +25,18 @@ pub struct AuthKey(pub ApiKey);
 /// Which key made the request, for the access log (response extension; the id, never the key).
 #[derive(Debug, Clone)]
 struct KeyIdForLog(String);
+
+/// On the answer to a request without a valid key (response extension): whether the access log
+/// gets its line. `Some(n)`: yes, with the peer and the `n` such answers to it left out since its
+/// last line; `None`: no (one line per peer per minute, `bad_keys::LOG_EVERY`).
+#[derive(Debug, Clone)]
+struct BadKeyLog {
+    peer: Peer,
+    unlogged: Option<u64>,
+}
+
+/// Longest key string [`authenticate`] hashes for the known-good check (ours are 48 characters).
+const MAX_KEY_LEN: usize = 64;
 
 /// Routes that need no key.
 fn is_public(path: &str) -> bool {
@@ -82,7 +96,14 @@ pub async fn finish(req: Request, next: Next) -> Response {
         .map(|k| k.0.clone())
         .unwrap_or_else(|| "-".into());
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    if status.is_server_error() {
+    if let Some(bad) = response.extensions().get::<BadKeyLog>() {
+        // Anyone can send these: a bounded number of lines, whatever the rate.
+        if let Some(unlogged) = bad.unlogged {
+            let peer = bad.peer.to_string();
+            tracing::info!(%request_id, %method, %path, status = status.as_u16(), ms, key, peer, unlogged,
+                "request without a valid API key (at most one line per peer per minute; `unlogged` more since the last)");
+        }
+    } else if status.is_server_error() {
         tracing::warn!(%request_id, %method, %path, status = status.as_u16(), ms, key, "request");
     } else {
         tracing::info!(%request_id, %method, %path, status = status.as_u16(), ms, key, "request");
@@ -103,38 +124,88 @@ fn json_error(err: ApiError, request_id: &str, old: Response) -> Response {
     Response::from_parts(parts, Body::from(body))
 }
 
-/// Checks `Authorization: Bearer <key>`: 401 `Missing API key.` / `Invalid API key.`.
+/// Checks `Authorization: Bearer <key>`: 401 `Missing API key.` / `Invalid API key.`, or 429
+/// once the peer has sent too many of those (`bad_keys`).
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if is_public(req.uri().path()) {
         return next.run(req).await;
     }
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "Missing API key.").into_response();
-    };
-    let secret = value
-        .to_str()
-        .ok()
+    let peer = Peer::of(
+        req.extensions().get::<ConnPeer>().copied(),
+        req.headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes()),
+        state.config.rate_limit.trust_forwarded_for,
+    );
+    let secret = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
         .unwrap_or("");
     if secret.is_empty() {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "Missing API key.").into_response();
+        return refuse(&state, peer, "Missing API key.");
+    }
+    let now = std::time::Instant::now();
+    // An empty bucket: only keys that have worked before are looked up (module docs of
+    // `bad_keys`: honest clients sharing the peer keep working, a flood costs no lookups). Keys
+    // are 48 characters: a longer string is never hashed.
+    if state.bad_keys.limited(&peer, now) {
+        let known = secret.len() <= MAX_KEY_LEN
+            && state.bad_keys.known_good(&crate::store::hash_key(secret));
+        if !known {
+            return refuse(&state, peer, "Invalid API key.");
+        }
     }
     let key = match state.store.authenticate(secret) {
         Ok(Some(key)) => key,
-        Ok(None) => {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "Invalid API key.").into_response()
-        }
+        Ok(None) => return refuse(&state, peer, "Invalid API key."),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    state
+        .bad_keys
+        .remember_good(crate::store::hash_key(secret), now);
     let key_id = key.id.clone();
     // Nothing downstream needs the secret: drop the header before handlers see the request.
     req.headers_mut().remove(header::AUTHORIZATION);
     req.extensions_mut().insert(AuthKey(key));
     let mut response = next.run(req).await;
     response.extensions_mut().insert(KeyIdForLog(key_id));
+    response
+}
+
+/// The answer to a request of `peer` without a valid key: 401 with `message` while its bucket
+/// has tokens, then 429 with `Retry-After`; logged per [`BadKeyLog`].
+fn refuse(state: &AppState, peer: Peer, message: &str) -> Response {
+    let refusal = state.bad_keys.refuse(peer, std::time::Instant::now());
+    let err = match refusal.retry_after {
+        None => ApiError::new(StatusCode::UNAUTHORIZED, message),
+        Some(wait) => {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let rl = &state.config.rate_limit;
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Too many requests without a valid API key from {peer}: {} are answered, then {} \
+                     per second (rate_limit.bad_key_burst, rate_limit.bad_key_per_second). Retry \
+                     after {secs} s with a valid key (this request: {message})",
+                    rl.bad_key_burst, rl.bad_key_per_second
+                ),
+            )
+            .with("code", "too_many_bad_keys");
+            err.retry_after_secs = Some(secs);
+            err
+        }
+    };
+    let mut response = err.into_response();
+    response.extensions_mut().insert(BadKeyLog {
+        peer,
+        unlogged: refusal.log,
+    });
     response
 }
 

@@ -5,10 +5,11 @@
 //! `views` (JSON shapes), `files` (section 7, uploads, exports and signed downloads), `templates` (section 6), `workspaces`/`computers`/`actions` (handlers; actions are forwarded to
 //! the guest agent), `desktop_ws` (section 4 WebSockets relayed to the agent), `streams` (section 5 RTMP), `storage` (stored
 //! screenshots), `console` (serial log), `openapi`, `listen` (sockets, sd_notify), `rate_limit`
-//! (token buckets), `in_flight` (calls to agents in flight per key).
+//! (token buckets), `bad_keys` (per-peer limit on requests without a valid key), `in_flight` (calls to agents in flight per key).
 
 mod access;
 mod actions;
+pub(crate) mod bad_keys;
 mod body;
 mod computers;
 mod console;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     pub config: Arc<Config>,
     pub limiter: Arc<rate_limit::RateLimiter>,
+    /// Requests without a valid key, per peer (`rate_limit.bad_key_*`).
+    pub bad_keys: Arc<bad_keys::BadKeyLimiter>,
     /// Calls to guest agents in flight, per key (`limits.max_agent_calls_per_key`).
     pub agent_calls: Arc<InFlight>,
     pub host: HostFacts,

@@ -121,6 +121,7 @@ pub async fn serve_one_computer(
         store: store.clone(),
         lifecycle,
         limiter: Arc::new(RateLimiter::new(1000.0, 1000)),
+        bad_keys: Arc::new(crate::api::bad_keys::BadKeyLimiter::new(1000.0, 1000)),
         agent_calls: crate::api::InFlight::new(32),
         config: Arc::new(Config::default()),
         host: HostFacts::detect(),

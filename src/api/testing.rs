@@ -69,6 +69,7 @@ pub(crate) fn test_api(config: Config) -> TestApi {
         store,
         lifecycle,
         limiter: Arc::new(RateLimiter::new(1e9, u32::MAX)),
+        bad_keys: Arc::new(super::bad_keys::BadKeyLimiter::new(1e9, u32::MAX)),
         agent_calls: InFlight::new(config.limits.max_agent_calls_per_key),
         config: Arc::new(config),
         host: HostFacts::detect(),

@@ -1,6 +1,7 @@
 //! A cgroup v2 group per VM, under the daemon's own (delegated) group: `<own>/vm-<id>` with
-//! `memory.max` (guest RAM plus the VMM's overhead), `cpu.max` (its vCPUs' worth of CPU time)
-//! and `pids.max`, the VMM placed in it before it runs (`pre_exec` writes to its
+//! `memory.max` (guest RAM plus the VMM's overhead), `memory.swap.max` 0, `cpu.max` (its vCPUs'
+//! worth of CPU time), `pids.max`, and `io.max` on the block device of the computers' directory
+//! when `[vm_io]` sets limits, the VMM placed in it before it runs (`pre_exec` writes to its
 //! `cgroup.procs`, opened beforehand), the group removed once the VMM has ended.
 //!
 //! cgroup v2 lets only leaf groups hold processes once controllers are enabled for children, so
@@ -18,6 +19,9 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Deserialize;
 
 /// The daemon's own leaf group, beside the VMs'.
 pub const DAEMON_GROUP: &str = "daemon";
@@ -33,8 +37,10 @@ const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "io"];
 /// copies (charged to it, reclaimed at the cap). A cap against a runaway daemon, not a budget:
 /// no `memory.high`, whose throttling would slow the API while it copies a disk.
 const DAEMON_MEMORY_MAX: u64 = 4 << 30;
-/// Memory a VMM needs beyond guest RAM: its binary and heap, vsock buffers (32 MiB at most),
-/// KVM's page tables, device buffers, and some page cache.
+/// Memory a VMM needs beyond guest RAM, fixed part: its binary and heap, vsock buffers (32 MiB at
+/// most), device buffers (virtio queues, the block device's bounce buffers), the console and
+/// control threads' stacks. The part that grows with RAM (KVM's page tables and its memory
+/// slots' dirty bitmaps, the page cache of a snapshot's memory file) is RAM/16.
 const VMM_MEMORY_OVERHEAD: u64 = 256 << 20;
 /// Threads a VMM may have: its vCPUs (16 at most), a worker per device, the control socket's,
 /// the spawner, with room for control clients.
@@ -64,12 +70,153 @@ impl VmLimits {
             pids_max: VMM_PIDS_MAX,
         }
     }
+
+    /// What the group's files get, in the order they are written.
+    fn files(&self) -> [(&'static str, String); 4] {
+        [
+            ("memory.max", self.memory_max.to_string()),
+            // No swap: `memory.max` then caps RAM and swap together, so a VM cannot spill its
+            // guest RAM into the host's swap (shared by every VM and the daemon) past its cap,
+            // and a guest near its cap is stopped by the OOM killer rather than thrashing the
+            // host's disk.
+            ("memory.swap.max", "0".to_string()),
+            ("cpu.max", format!("{} {CPU_PERIOD_US}", self.cpu_quota_us)),
+            ("pids.max", self.pids_max.to_string()),
+        ]
+    }
+}
+
+/// `[vm_io]` in deskd.toml: the same `io.max` for every VM's group, on the block device that
+/// holds the computers' disks. All limits 0 (the default): no `io.max`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IoConfig {
+    /// Bytes per second a VM may read from its disk (0: unlimited).
+    pub read_bytes_per_second: u64,
+    /// Bytes per second a VM may write (0: unlimited).
+    pub write_bytes_per_second: u64,
+    /// Read operations per second (0: unlimited).
+    pub read_iops: u64,
+    /// Write operations per second (0: unlimited).
+    pub write_iops: u64,
+    /// The block device to limit (e.g. "/dev/nvme0n1"); empty: the one holding the computers'
+    /// directory (for a partition, its whole disk, which is what `io.max` takes).
+    pub device: String,
+}
+
+impl IoConfig {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        [
+            self.read_bytes_per_second,
+            self.write_bytes_per_second,
+            self.read_iops,
+            self.write_iops,
+        ]
+        .iter()
+        .any(|v| *v > 0)
+    }
+
+    /// The `io.max` line for device `dev` (0 becomes "max", so a reused group loses old limits).
+    fn line(&self, dev: DeviceNumber) -> String {
+        let v = |n: u64| {
+            if n == 0 {
+                "max".to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        format!(
+            "{}:{} rbps={} wbps={} riops={} wiops={}",
+            dev.major,
+            dev.minor,
+            v(self.read_bytes_per_second),
+            v(self.write_bytes_per_second),
+            v(self.read_iops),
+            v(self.write_iops)
+        )
+    }
+}
+
+/// A block device's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceNumber {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl DeviceNumber {
+    fn of(dev: u64) -> DeviceNumber {
+        DeviceNumber {
+            major: libc::major(dev),
+            minor: libc::minor(dev),
+        }
+    }
+
+    /// Parses sysfs's `MAJ:MIN`.
+    fn parse(text: &str) -> Option<DeviceNumber> {
+        let (major, minor) = text.trim().split_once(':')?;
+        Some(DeviceNumber {
+            major: major.parse().ok()?,
+            minor: minor.parse().ok()?,
+        })
+    }
+}
+
+/// The whole block device `io.max` can take for the filesystem or device at `path`: a block
+/// device node (when `[vm_io] device` names one) or the device of the filesystem holding `path`.
+/// `sys_dev_block` is `/sys/dev/block`, whose `MAJ:MIN` entries link to the device's sysfs
+/// directory: a partition (which has a `partition` file) is replaced by its disk, the parent
+/// directory. Filesystems without a block device of their own (tmpfs, overlayfs, btrfs's
+/// anonymous devices, NFS) have no entry there: an error saying so.
+pub fn block_device_of(path: &Path, sys_dev_block: &Path) -> Result<DeviceNumber, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let dev = if meta.file_type().is_block_device() {
+        DeviceNumber::of(meta.rdev())
+    } else {
+        DeviceNumber::of(meta.dev())
+    };
+    let entry = sys_dev_block.join(format!("{}:{}", dev.major, dev.minor));
+    let dir = std::fs::canonicalize(&entry).map_err(|_| {
+        format!(
+            "{} is on device {}:{}, which is not a block device ({} does not exist: tmpfs, \
+             overlayfs, btrfs and network filesystems have none)",
+            path.display(),
+            dev.major,
+            dev.minor,
+            entry.display()
+        )
+    })?;
+    if !dir.join("partition").exists() {
+        return Ok(dev);
+    }
+    let parent = dir.parent().map(|p| p.join("dev"));
+    parent
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .as_deref()
+        .and_then(DeviceNumber::parse)
+        .ok_or_else(|| {
+            format!(
+                "{}:{} is a partition whose disk is not found in sysfs ({})",
+                dev.major,
+                dev.minor,
+                dir.display()
+            )
+        })
 }
 
 /// The daemon's VM groups, or none.
 #[derive(Debug)]
 pub struct Cgroups {
     base: Option<PathBuf>,
+    /// The `io.max` line every VM's group gets, when `[vm_io]` sets limits and the device is
+    /// known.
+    io_max: Option<String>,
+    /// Whether the missing `io.max` file (the io controller is not enabled) has been reported.
+    io_missing_told: AtomicBool,
 }
 
 /// A VM's group, ready for its VMM: `pre_exec` writes to `procs`.
@@ -100,7 +247,51 @@ pub fn join_in_child(fd: i32) -> std::io::Result<()> {
 impl Cgroups {
     /// No groups: VMMs run in the daemon's.
     pub fn disabled() -> Cgroups {
-        Cgroups { base: None }
+        Cgroups {
+            base: None,
+            io_max: None,
+            io_missing_told: AtomicBool::new(false),
+        }
+    }
+
+    /// Gives every VM's group the `io.max` of `config` on the block device holding
+    /// `computers_dir` (or `config.device`). Without groups, or without limits, nothing; a
+    /// device that cannot be found is logged as a warning once, and VMs run without `io.max`.
+    pub fn with_io(mut self, config: &IoConfig, computers_dir: &Path) -> Cgroups {
+        self.io_max = None;
+        if !config.any() {
+            return self;
+        }
+        if self.base.is_none() {
+            tracing::warn!(
+                "[vm_io] sets disk limits, but VMMs have no cgroups of their own (see the warning \
+                 above): no VM's disk I/O is limited"
+            );
+            return self;
+        }
+        let target = if config.device.is_empty() {
+            // Made at the first create: until then, the data directory it will be in.
+            computers_dir
+                .ancestors()
+                .find(|p| p.exists())
+                .unwrap_or(computers_dir)
+                .to_path_buf()
+        } else {
+            PathBuf::from(&config.device)
+        };
+        match block_device_of(&target, Path::new("/sys/dev/block")) {
+            Ok(dev) => {
+                let line = config.line(dev);
+                tracing::info!("each VM's disk I/O is limited: io.max {line}");
+                self.io_max = Some(line);
+            }
+            Err(why) => tracing::warn!(
+                "[vm_io] sets disk limits, but no VM's disk I/O is limited: {why}. Name the block \
+                 device that holds {} with [vm_io] device = \"/dev/...\"",
+                computers_dir.display()
+            ),
+        }
+        self
     }
 
     /// Sets up the daemon's subtree (see the module docs); on any failure logs one warning and
@@ -198,7 +389,10 @@ impl Cgroups {
                 base.display()
             );
         }
-        let cgroups = Cgroups { base: Some(base) };
+        let cgroups = Cgroups {
+            base: Some(base),
+            ..Cgroups::disabled()
+        };
         cgroups.remove_stale();
         Ok(cgroups)
     }
@@ -225,19 +419,26 @@ impl Cgroups {
             return Ok(None);
         };
         make_dir(&dir)?;
-        for (file, value) in [
-            ("memory.max", limits.memory_max.to_string()),
-            (
-                "cpu.max",
-                format!("{} {CPU_PERIOD_US}", limits.cpu_quota_us),
-            ),
-            ("pids.max", limits.pids_max.to_string()),
-        ] {
+        for (file, value) in limits.files() {
             let path = dir.join(file);
-            // Absent where the controller is not enabled (logged once at start).
+            // Absent where the controller is not enabled (logged once at start), and
+            // `memory.swap.max` where the kernel has no swap accounting (no swap to limit).
             if path.exists() {
                 write_file(&path, &value)
                     .map_err(|e| format!("cannot set {}: {e}", path.display()))?;
+            }
+        }
+        if let Some(line) = &self.io_max {
+            let path = dir.join("io.max");
+            if path.exists() {
+                write_file(&path, line)
+                    .map_err(|e| format!("cannot set {} to {line:?}: {e}", path.display()))?;
+            } else if !self.io_missing_told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "[vm_io] sets disk limits, but the io controller is not enabled for the VMs' \
+                     groups (no {}): VMs' disk I/O is not limited",
+                    path.display()
+                );
             }
         }
         let procs = std::fs::OpenOptions::new()
@@ -364,6 +565,167 @@ mod tests {
     }
 
     #[test]
+    fn no_swap_and_the_overhead_is_documented() {
+        let l = VmLimits::for_vm(4, 8192);
+        let files = l.files();
+        assert_eq!(
+            files[0],
+            ("memory.max", ((8192u64 + 512 + 256) << 20).to_string())
+        );
+        assert_eq!(files[1], ("memory.swap.max", "0".to_string()));
+        assert_eq!(files[2], ("cpu.max", "400000 100000".to_string()));
+        assert_eq!(files[3], ("pids.max", "128".to_string()));
+    }
+
+    /// A temporary directory standing in for cgroupfs: the files the kernel would show, empty.
+    fn fake_cgroupfs(controllers: &str, vm_files: &[&str]) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("deskd.service");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::write(base.join("cgroup.controllers"), controllers).unwrap();
+        std::fs::write(base.join("cgroup.subtree_control"), "").unwrap();
+        // The kernel makes a new group's files itself; here the test makes them beforehand.
+        let vm = base.join("vm-c1");
+        std::fs::create_dir(&vm).unwrap();
+        for f in vm_files.iter().chain(&["cgroup.procs"]) {
+            std::fs::write(vm.join(f), "").unwrap();
+        }
+        (d, base)
+    }
+
+    #[test]
+    fn a_vm_group_gets_every_limit_written() {
+        let (_d, base) = fake_cgroupfs(
+            "cpuset cpu io memory pids",
+            &[
+                "memory.max",
+                "memory.swap.max",
+                "cpu.max",
+                "pids.max",
+                "io.max",
+            ],
+        );
+        let mut cgroups = Cgroups::at(base.clone()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(base.join("cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids +io"
+        );
+        cgroups.io_max = Some(
+            IoConfig {
+                write_bytes_per_second: 50 << 20,
+                read_iops: 2000,
+                ..IoConfig::default()
+            }
+            .line(DeviceNumber {
+                major: 259,
+                minor: 0,
+            }),
+        );
+        let limits = VmLimits::for_vm(2, 2048);
+        let group = cgroups.prepare("c1", limits).unwrap().unwrap();
+        let read = |f: &str| std::fs::read_to_string(group.path.join(f)).unwrap();
+        assert_eq!(read("memory.max"), limits.memory_max.to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "200000 100000");
+        assert_eq!(read("pids.max"), "128");
+        assert_eq!(
+            read("io.max"),
+            "259:0 rbps=max wbps=52428800 riops=2000 wiops=max"
+        );
+    }
+
+    #[test]
+    fn files_of_controllers_that_are_off_are_skipped() {
+        // No swap accounting, no io controller: those files do not exist and are not made.
+        let (_d, base) = fake_cgroupfs("cpu memory pids", &["memory.max", "cpu.max", "pids.max"]);
+        let mut cgroups = Cgroups::at(base.clone()).unwrap();
+        cgroups.io_max = Some("8:0 rbps=1 wbps=max riops=max wiops=max".into());
+        let group = cgroups
+            .prepare("c1", VmLimits::for_vm(1, 512))
+            .unwrap()
+            .unwrap();
+        assert!(!group.path.join("memory.swap.max").exists());
+        assert!(!group.path.join("io.max").exists());
+        assert!(cgroups.io_missing_told.load(Ordering::Relaxed), "said once");
+        assert_eq!(
+            std::fs::read_to_string(group.path.join("pids.max")).unwrap(),
+            "128"
+        );
+    }
+
+    #[test]
+    fn io_limits_need_a_limit_and_groups() {
+        assert!(!IoConfig::default().any());
+        let config = IoConfig {
+            read_bytes_per_second: 1,
+            ..IoConfig::default()
+        };
+        assert!(config.any());
+        // Without groups there is nowhere to write io.max.
+        let c = Cgroups::disabled().with_io(&config, Path::new("/"));
+        assert_eq!(c.io_max, None);
+        // No limit set: none, even with groups.
+        let (_d, base) = fake_cgroupfs("io", &["io.max"]);
+        let c = Cgroups::at(base.clone())
+            .unwrap()
+            .with_io(&IoConfig::default(), &base);
+        assert_eq!(c.io_max, None);
+        // A device that cannot be found: none (a warning at start), and the VM still gets its
+        // group.
+        let c = Cgroups::at(base.clone()).unwrap().with_io(
+            &IoConfig {
+                device: "/nonexistent/nvme9n9".into(),
+                ..config
+            },
+            &base,
+        );
+        assert_eq!(c.io_max, None);
+        assert!(c.prepare("c1", VmLimits::for_vm(1, 512)).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_whole_disk_of_a_partition_is_found_in_sysfs() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let here = std::fs::metadata(d.path()).unwrap().dev();
+        let dev = DeviceNumber::of(here);
+        let sys = d.path().join("sys");
+        let disk = sys.join("devices/pci0000:00/nvme0n1");
+        let part = disk.join("nvme0n1p2");
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::write(disk.join("dev"), "259:0\n").unwrap();
+        std::fs::write(part.join("dev"), format!("{}:{}\n", dev.major, dev.minor)).unwrap();
+        let block = sys.join("dev/block");
+        std::fs::create_dir_all(&block).unwrap();
+        let entry = block.join(format!("{}:{}", dev.major, dev.minor));
+        std::os::unix::fs::symlink("../../devices/pci0000:00/nvme0n1/nvme0n1p2", &entry).unwrap();
+        // A whole disk: itself.
+        assert_eq!(block_device_of(d.path(), &block), Ok(dev));
+        // A partition: its disk.
+        std::fs::write(part.join("partition"), "2\n").unwrap();
+        assert_eq!(
+            block_device_of(d.path(), &block),
+            Ok(DeviceNumber {
+                major: 259,
+                minor: 0
+            })
+        );
+        // Not in sysfs (tmpfs and the like): an error naming the device.
+        std::fs::remove_file(&entry).unwrap();
+        let err = block_device_of(d.path(), &block).unwrap_err();
+        assert!(err.contains("not a block device"), "{err}");
+        assert!(block_device_of(&d.path().join("none"), &block).is_err());
+        assert_eq!(
+            DeviceNumber::parse("8:16\n"),
+            Some(DeviceNumber {
+                major: 8,
+                minor: 16
+            })
+        );
+        assert_eq!(DeviceNumber::parse("8"), None);
+    }
+
+    #[test]
     fn mounts_and_groups_are_found() {
         let mountinfo = "\
 25 1 0:22 / /sys rw,nosuid - sysfs sysfs rw
@@ -404,6 +766,7 @@ mod tests {
     fn odd_ids_never_become_paths() {
         let c = Cgroups {
             base: Some("/sys/fs/cgroup/x".into()),
+            ..Cgroups::disabled()
         };
         assert!(c.vm_dir("../../etc").is_none());
         assert!(c.vm_dir("").is_none());
@@ -444,6 +807,9 @@ mod tests {
                 assert_eq!(read("memory.max").trim(), limits.memory_max.to_string());
                 assert_eq!(read("cpu.max").trim(), "200000 100000");
                 assert_eq!(read("pids.max").trim(), "128");
+                if group.path.join("memory.swap.max").exists() {
+                    assert_eq!(read("memory.swap.max").trim(), "0");
+                }
             } else {
                 eprintln!(
                     "{test}: the memory, cpu and pids controllers are not available at {} \

@@ -89,6 +89,13 @@ impl VmmProcessBackend {
         self
     }
 
+    /// Hands confined VMMs identities from `first` up (checked by
+    /// [`vmm_identity::check_pool`] beforehand) instead of [`vmm_identity::FIRST_POOL_ID`].
+    pub fn with_uid_base(mut self, first: u32) -> VmmProcessBackend {
+        self.identities = IdentityPool::new(first);
+        self
+    }
+
     /// The confinement settings of `computer_id`'s next VMM, taking its identity.
     fn confinement(
         &self,
@@ -100,7 +107,7 @@ impl VmmProcessBackend {
         let id = self
             .identities
             .acquire(computer_id)
-            .map_err(BackendError::NotReady)?;
+            .map_err(|e| BackendError::NotReady(e.to_string()))?;
         Ok(Some(crate::vmm::config::ConfineConfig::new(id, id)))
     }
 
@@ -1015,7 +1022,7 @@ mod tests {
         b.start(&s).unwrap();
         let config = crate::vmm::config::VmConfig::from_file(&s.dir.join(files::CONFIG)).unwrap();
         let confine = config.confine.expect("a confined VMM's config says so");
-        assert!(vmm_identity::in_pool(confine.uid));
+        assert!(b.identities.contains(confine.uid));
         assert_eq!(confine.uid, confine.gid);
         assert_eq!(std::fs::metadata(&s.dir).unwrap().uid(), confine.uid);
         assert_eq!(

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Rate limits high enough that tests which do not test them never meet them.
-pub const RELAXED: &str = "[rate_limit]\nrequests_per_second = 100000.0\nburst = 100000\n";
+pub const RELAXED: &str =
+    "[rate_limit]\nrequests_per_second = 100000.0\nburst = 100000\nbad_key_burst = 100000\n";
 
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -188,6 +189,42 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `signal` to the daemon and waits at most `limit` for it to exit (then kills it and
+    /// panics); its exit status.
+    pub fn signal_and_wait(&mut self, signal: i32, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the daemon runs");
+        // SAFETY: signals our own child process by pid; no memory is involved.
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for deskd") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "deskd did not exit within {limit:?} of signal {signal}: {}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the daemon again (after [`Daemon::signal_and_wait`]) on the same socket and data.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
     /// Whether the daemon process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
@@ -269,6 +306,18 @@ impl Drop for Daemon {
 
 pub fn raw_request(socket: &Path, request: &[u8]) -> Resp {
     let mut stream = UnixStream::connect(socket).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    stream.write_all(request).expect("send request");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).expect("read answer");
+    parse_response(&buf)
+}
+
+/// Sends raw bytes to a TCP listener (`deskd serve --listen`) and parses the answer.
+pub fn raw_tcp_request(addr: &str, request: &[u8]) -> Resp {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the daemon over TCP");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");

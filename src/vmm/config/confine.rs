@@ -5,15 +5,20 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// First uid/gid of the daemon's pool of VMM identities: VMM N runs as 64000+N.
-pub const FIRST_POOL_ID: u32 = 64_000;
+/// First uid/gid of the daemon's pool of VMM identities by default: VMM N runs as 70000+N
+/// (`deskd serve --vmm-uid-base` moves it). Chosen inside the range systemd leaves unused
+/// (65536–524287, <https://systemd.io/UIDS-GIDS/>): clear of regular users (1000–60000),
+/// systemd-homed (60001–60513), DynamicUser= (61184–65519), `nobody` (65534), and of the
+/// container ranges (524288 and up); and below 100000, where `useradd` starts the
+/// subordinate ids of /etc/subuid and /etc/subgid that rootless containers map.
+pub const FIRST_POOL_ID: u32 = 70_000;
 
 /// Why confinement settings were rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineConfigError {
     #[error(
         "confinement to uid {uid} gid {gid} keeps root's identity; give an unprivileged uid and \
-         gid (the daemon uses {FIRST_POOL_ID} and up), or pass --no-confine"
+         gid (the daemon uses {FIRST_POOL_ID} and up by default), or pass --no-confine"
     )]
     Root { uid: u32, gid: u32 },
     #[error("--confine-uid and --confine-gid go together: give both or neither")]
@@ -123,11 +128,11 @@ mod tests {
 
     #[test]
     fn root_and_tiny_limits_are_refused() {
-        assert!(ConfineConfig::new(64_000, 64_000).validate().is_ok());
-        let err = ConfineConfig::new(0, 64_000).validate().unwrap_err();
+        assert!(ConfineConfig::new(70_000, 70_000).validate().is_ok());
+        let err = ConfineConfig::new(0, 70_000).validate().unwrap_err();
         assert!(err.to_string().contains("--no-confine"), "{err}");
-        assert!(ConfineConfig::new(64_000, 0).validate().is_err());
-        let mut c = ConfineConfig::new(64_001, 64_001);
+        assert!(ConfineConfig::new(70_000, 0).validate().is_err());
+        let mut c = ConfineConfig::new(70_001, 70_001);
         c.max_open_files = Some(3);
         assert!(matches!(
             c.validate(),
@@ -137,7 +142,7 @@ mod tests {
 
     #[test]
     fn arguments_override_or_turn_it_off() {
-        let mut configured = ConfineConfig::new(64_000, 64_000);
+        let mut configured = ConfineConfig::new(70_000, 70_000);
         configured.max_open_files = Some(500);
         let set = from_args(Some(configured.clone()), false, Some(64_002), Some(64_003))
             .unwrap()

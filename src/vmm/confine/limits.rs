@@ -109,7 +109,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let confine = ConfineConfig::new(64_000, 64_000);
+        let confine = ConfineConfig::new(70_000, 70_000);
         let limits = Limits::for_vm(&config, &confine, 8 << 30, 10);
         assert!(limits.file_size >= (4u64 << 30) + (8 << 30));
         assert_eq!(limits.open_files, DEFAULT_MAX_OPEN_FILES);
