@@ -84,7 +84,8 @@ pub fn seconds(d: &document::Duration) -> u64 {
     s.max(1)
 }
 
-fn hook(h: &Hook) -> (&str, Duration) {
+/// A hook's text and limit (its own `timeout`, else [`HOOK_TIMEOUT`]).
+pub(crate) fn hook(h: &Hook) -> (&str, Duration) {
     match h {
         Hook::Shell(s) => (s, HOOK_TIMEOUT),
         Hook::WithTimeout(spec) => (
@@ -98,12 +99,24 @@ fn hook(h: &Hook) -> (&str, Duration) {
 }
 
 /// `~/x` is the desktop user's; anything else is absolute already (validation made sure).
-fn guest_path(to: &str) -> String {
+pub(crate) fn guest_path(to: &str) -> String {
     match to.strip_prefix("~/") {
         Some(rest) => format!("{HOME}/{rest}"),
         None if to == "~" => HOME.to_string(),
         None => to.to_string(),
     }
+}
+
+/// Owner and group of a file at `path` (resolved): as given, else the desktop user's below its
+/// home and root's elsewhere; the group defaults to the owner's name.
+pub(crate) fn default_owner(
+    path: &str,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> (String, String) {
+    let mine = path.starts_with(&format!("{HOME}/")) || path == HOME;
+    let owner = owner.unwrap_or(if mine { "user" } else { "root" });
+    (owner.to_string(), group.unwrap_or(owner).to_string())
 }
 
 /// A script that writes `content` to `path` with its mode and owner.
@@ -197,15 +210,12 @@ pub fn plan(doc: &Document) -> Result<Vec<Step>, BuildFailure> {
             ));
         };
         let path = guest_path(&f.to);
-        let mine = path.starts_with(&format!("{HOME}/")) || path == HOME;
-        let default_owner = if mine { "user" } else { "root" };
-        let owner = f.owner.as_deref().unwrap_or(default_owner);
-        let group = f.group.as_deref().unwrap_or(owner);
+        let (owner, group) = default_owner(&path, f.owner.as_deref(), f.group.as_deref());
         let mode = f.mode.as_deref().unwrap_or("0644");
         steps.push(step(
             Phase::Install,
             format!("{field} ({path})"),
-            write_file(&path, inline.as_bytes(), mode, owner, group),
+            write_file(&path, inline.as_bytes(), mode, &owner, &group),
             SMALL_STEP_TIMEOUT,
         ));
     }
@@ -295,10 +305,13 @@ fn service_unit(app: &str, svc: &document::Service) -> Result<String, BuildFailu
     for (k, v) in svc.env.iter().flatten() {
         match v {
             EnvValue::Literal(s) => script.push_str(&format!("export {k}={}\n", quote(s))),
-            // Secrets arrive with the launch (/root/.env), never in the snapshot.
+            // Secrets arrive with the launch (/root/.env, shell-quoted: see
+            // `super::secrets`), never in the snapshot; read in a subshell so that only this
+            // one variable comes out of the file.
             EnvValue::Secret(r) => script.push_str(&format!(
-                "[ -r /root/.env ] && export {k}=\"$(sed -n 's/^{}=//p' /root/.env | tail -1)\"\n",
-                r.secret.to_ascii_uppercase()
+                "if [ -r {env} ]; then export {k}=\"$(set -a; . {env}; printf '%s' \"${{{var}-}}\")\"; fi\n",
+                env = super::secrets::ENV_FILE,
+                var = super::secrets::env_name(&r.secret)
             )),
         }
     }

@@ -4,16 +4,22 @@
 //! identity instead of cold-booting. A computer whose hardware differs cold-boots the golden
 //! disk (what the build installed is there; what only ran in memory, such as a service started
 //! by `on_first_boot` without a unit, is not). A template that is not built boots the base image.
+//!
+//! At every start of a template's computer, [`guest_setup`] plans what its guest then gets
+//! (`super::secrets`): `/root/.env` with its secrets, the runtime files, and after a restore
+//! `hooks.on_resume`; the readiness probe carries it out (`crate::computers::GuestSetup`).
 
 use std::sync::Arc;
 
 use super::build::BuildStatus;
 use super::builds::Builds;
 use super::refs::TemplateRef;
-use super::vm_builder::GoldenManifest;
+use super::secrets::{self, Secrets};
+use super::vm_builder::{GoldenManifest, BUILD_WORKSPACE};
 use crate::computers::golden;
-use crate::computers::{Lifecycle, LifecycleError};
+use crate::computers::{Lifecycle, LifecycleError, SetupHook};
 use crate::store::{Computer, Store, StoreError};
+use deskd_agent::protocol::files::InstallFile;
 
 /// Where a computer's first start begins.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +38,64 @@ pub enum LaunchError {
     Store(#[from] StoreError),
     #[error("cannot give the computer its template's golden snapshot: {0}")]
     Seed(#[from] LifecycleError),
+    #[error("the stored document of {0} no longer validates")]
+    Invalid(String),
+}
+
+/// What a template's computer gets at a start, from [`guest_setup`].
+pub struct LaunchSetup {
+    /// `/root/.env` first, then the runtime files.
+    pub files: Vec<InstallFile>,
+    pub hook: Option<SetupHook>,
+    /// Its secrets, to mask them out of what is recorded.
+    pub secrets: Secrets,
+}
+
+/// What computer `id`'s guest gets at this start (`restored`: from a saved VM, which adds
+/// `hooks.on_resume`), or `None` when its template asks for nothing of the kind (or it is a
+/// build computer, or its template is gone: a deleted template leaves its computers running
+/// as they are). Builds never get any: their computers are of no template and have no secrets.
+pub fn guest_setup(
+    store: &Store,
+    id: &str,
+    restored: bool,
+) -> Result<Option<LaunchSetup>, LaunchError> {
+    let Some(c) = store.computer(id)? else {
+        return Ok(None);
+    };
+    if store
+        .workspace(&c.workspace_id)?
+        .is_some_and(|w| w.name == BUILD_WORKSPACE)
+    {
+        return Ok(None);
+    }
+    let Some(t) = super::find_for_launch(store, &c.template_ref)? else {
+        return Ok(None);
+    };
+    let valid = super::validate_value(t.document.clone())
+        .map_err(|_| LaunchError::Invalid(t.reference.to_string()))?;
+    let given = store.computer_secrets(id)?;
+    let plan = secrets::plan(&valid.document, &given, restored);
+    for field in &plan.skipped {
+        store.add_launch_event(
+            id,
+            "warn",
+            "files",
+            &format!("{field} was not written: the optional secret it comes from was not given"),
+        )?;
+    }
+    if plan.files.is_empty() && plan.hook.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(LaunchSetup {
+        files: plan.files,
+        hook: plan.hook.map(|(label, commands, timeout)| SetupHook {
+            label,
+            commands,
+            timeout,
+        }),
+        secrets: given,
+    }))
 }
 
 /// Gives the new computer `c` its template's golden snapshot if the template is built.
