@@ -43,13 +43,21 @@ fn secrets_are_checked_by_field_and_never_answered_or_logged() {
     };
     for (secrets, field, says) in [
         (json!({}), "secrets.api-key", "needs the secret api-key"),
-        (json!({"extra": "x"}), "secrets.api-key", "needs the secret api-key"),
+        (
+            json!({"extra": "x"}),
+            "secrets.api-key",
+            "needs the secret api-key",
+        ),
         (
             json!({"api-key": "v", "nope": "x"}),
             "secrets.nope",
             "declares no secret named nope",
         ),
-        (json!({"api-key": true}), "secrets.api-key", "must be a string, not a boolean"),
+        (
+            json!({"api-key": true}),
+            "secrets.api-key",
+            "must be a string, not a boolean",
+        ),
         (json!("api-key=v"), "secrets", "must be an object"),
         (json!({"Api-Key": "v"}), "secrets.Api-Key", "a-z, 0-9"),
         (
@@ -60,7 +68,10 @@ fn secrets_are_checked_by_field_and_never_answered_or_logged() {
     ] {
         let v = create(secrets.clone()).expect(400);
         assert_eq!(v["fields"][0], field, "{secrets}: {v}");
-        assert!(v["error"].as_str().unwrap().contains(says), "{secrets}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(says),
+            "{secrets}: {v}"
+        );
         assert!(!text(&create(secrets.clone())).contains("yyyy"));
     }
     let total: serde_json::Map<String, Value> = (0..5)
@@ -105,6 +116,12 @@ fn secrets_are_checked_by_field_and_never_answered_or_logged() {
     // Nothing the daemon printed holds the value (its start, failing here, included).
     std::thread::sleep(std::time::Duration::from_millis(500));
     let logged = d.log_text();
-    assert!(logged.contains("launching"), "the log is captured: {logged}");
-    assert!(!logged.contains("sk-proc-9876543210"), "the daemon logged a secret");
+    assert!(
+        logged.contains("launching"),
+        "the log is captured: {logged}"
+    );
+    assert!(
+        !logged.contains("sk-proc-9876543210"),
+        "the daemon logged a secret"
+    );
 }

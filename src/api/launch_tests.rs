@@ -107,7 +107,12 @@ impl Agent {
                     .iter()
                     .map(|f| f["path"].clone())
                     .collect();
-                (200, json!({"success": true, "paths": paths}).to_string().into_bytes())
+                (
+                    200,
+                    json!({"success": true, "paths": paths})
+                        .to_string()
+                        .into_bytes(),
+                )
             }
             "/bash" => {
                 let command = json["command"].as_str().unwrap().to_string();
@@ -160,21 +165,23 @@ fn serve_vsock(rt: &tokio::runtime::Handle, agent: Arc<Agent>, id: String, socke
                 if s.write_all(b"OK 1073741824\n").await.is_err() {
                     return;
                 }
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (agent, id) = (agent.clone(), id.clone());
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let (status, out) = agent.answer(&id, &path, &body);
-                        Ok::<_, Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(out)))
-                                .unwrap(),
-                        )
-                    }
-                });
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (agent, id) = (agent.clone(), id.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let (status, out) = agent.answer(&id, &path, &body);
+                            Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(out)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), service)
                     .await;
@@ -198,7 +205,12 @@ impl VmBackend for Backend {
     }
     fn start(&self, spec: &VmSpec) -> Result<Started, BackendError> {
         let socket = spec.dir.join(files::VSOCK);
-        serve_vsock(&self.rt, self.agent.clone(), spec.computer_id.clone(), &socket);
+        serve_vsock(
+            &self.rt,
+            self.agent.clone(),
+            spec.computer_id.clone(),
+            &socket,
+        );
         let pid = self.next_pid.fetch_add(1, Ordering::SeqCst);
         self.alive
             .lock()
@@ -404,7 +416,9 @@ impl Daemon {
     /// Waits (bounded) for computer `id` to be `status`; returns its GET answer.
     async fn until(&self, id: &str, status: &str) -> Value {
         for _ in 0..400 {
-            let (code, text) = self.call("GET", &format!("/api/computers/{id}"), None).await;
+            let (code, text) = self
+                .call("GET", &format!("/api/computers/{id}"), None)
+                .await;
             assert_eq!(code, 200, "{text}");
             assert!(!text.contains(SECRET), "GET holds the secret: {text}");
             let v: Value = serde_json::from_str(&text).unwrap();
@@ -421,7 +435,10 @@ impl Daemon {
             .call("GET", &format!("/api/computers/{id}/launch-log"), None)
             .await;
         assert_eq!(code, 200, "{text}");
-        assert!(!text.contains(SECRET), "the launch log holds the secret: {text}");
+        assert!(
+            !text.contains(SECRET),
+            "the launch log holds the secret: {text}"
+        );
         serde_json::from_str::<Value>(&text).unwrap()["events"]
             .as_array()
             .unwrap()
@@ -436,7 +453,10 @@ fn assert_start_sequence(seen: &[Seen], copy: bool) {
     assert_eq!(paths[0], "/resumed", "{paths:?}");
     assert_eq!(seen[0].body["identity"].is_object(), copy, "{:?}", seen[0]);
     assert_eq!(paths[1], "/files/install", "{paths:?}");
-    assert!(paths.len() > 2 && paths[2..].iter().all(|p| *p == "/bash"), "{paths:?}");
+    assert!(
+        paths.len() > 2 && paths[2..].iter().all(|p| *p == "/bash"),
+        "{paths:?}"
+    );
     let last = seen.last().unwrap().body["command"].as_str().unwrap();
     assert!(last.contains("sudo -n -H bash -l"), "{last}");
     let files = seen[1].body["files"].as_array().unwrap();
@@ -462,7 +482,10 @@ fn assert_start_sequence(seen: &[Seen], copy: bool) {
     let env = files[0]["content"].as_str().unwrap();
     let quoted = SECRET.replace('\'', r"'\''");
     assert!(env.contains(&format!("\nAPI_KEY='{quoted}'\n")), "{env}");
-    assert!(env.contains(&format!("\nOPENAI_API_KEY='{quoted}'\n")), "{env}");
+    assert!(
+        env.contains(&format!("\nOPENAI_API_KEY='{quoted}'\n")),
+        "{env}"
+    );
     assert!(!env.contains("GREETING"), "{env}");
     assert_eq!(files[1]["content"], r#"{"a": 1}"#);
     assert_eq!(files[2]["content"], SECRET);
@@ -482,8 +505,18 @@ async fn secrets_reach_the_guest_after_every_restore_and_nowhere_else() {
 
     // The create's checks, each naming its field.
     for (secrets, status, field, says) in [
-        (json!(null), 400, "secrets.api-key", "needs the secret api-key"),
-        (json!({}), 400, "secrets.api-key", "needs the secret api-key"),
+        (
+            json!(null),
+            400,
+            "secrets.api-key",
+            "needs the secret api-key",
+        ),
+        (
+            json!({}),
+            400,
+            "secrets.api-key",
+            "needs the secret api-key",
+        ),
         (json!({"api-key": ""}), 400, "secrets.api-key", "api-key"),
         (
             json!({"api-key": "v", "stray": "x"}),
@@ -491,7 +524,12 @@ async fn secrets_reach_the_guest_after_every_restore_and_nowhere_else() {
             "secrets.stray",
             "declares no secret named stray",
         ),
-        (json!({"api-key": 5}), 400, "secrets.api-key", "must be a string"),
+        (
+            json!({"api-key": 5}),
+            400,
+            "secrets.api-key",
+            "must be a string",
+        ),
         (json!(["api-key"]), 400, "secrets", "must be an object"),
         (
             json!({"api-key": "x".repeat(64 * 1024 + 1)}),
@@ -503,7 +541,10 @@ async fn secrets_reach_the_guest_after_every_restore_and_nowhere_else() {
         let (code, v) = d.create("refused", secrets.clone()).await;
         assert_eq!(code, status, "{secrets}: {v}");
         assert_eq!(v["fields"][0], field, "{secrets}: {v}");
-        assert!(v["error"].as_str().unwrap().contains(says), "{secrets}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains(says),
+            "{secrets}: {v}"
+        );
     }
     // Secrets for a template that declares none.
     let (code, text) = d
@@ -536,7 +577,11 @@ async fn secrets_reach_the_guest_after_every_restore_and_nowhere_else() {
     assert_eq!(lines[0].1, "files", "{lines:?}");
     assert!(lines[0].2.starts_with("wrote /root/.env, "), "{lines:?}");
     assert!(
-        lines.contains(&("info", "hooks.on_resume", "OPENAI_API_KEY='[secret api-key]'")),
+        lines.contains(&(
+            "info",
+            "hooks.on_resume",
+            "OPENAI_API_KEY='[secret api-key]'"
+        )),
         "the hook's output is recorded, the secret masked: {lines:?}"
     );
     let (level, step, line) = *lines.last().unwrap();
@@ -574,7 +619,11 @@ async fn secrets_reach_the_guest_after_every_restore_and_nowhere_else() {
     assert_eq!(code, 200, "{text}");
     d.until(&id, "stopped").await;
     let (code, text) = d
-        .call("POST", &format!("/api/computers/{id}/clone"), Some(json!({})))
+        .call(
+            "POST",
+            &format!("/api/computers/{id}/clone"),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(code, 201, "{text}");
     assert!(!text.contains(SECRET));
@@ -597,5 +646,8 @@ async fn secrets_reach_the_guest_after_every_restore_and_nowhere_else() {
         "the capture works: {logged}"
     );
     assert!(!logged.contains(SECRET), "a log line holds the secret");
-    assert!(!logged.contains("sk-live-0123456789"), "a log line holds the secret");
+    assert!(
+        !logged.contains("sk-live-0123456789"),
+        "a log line holds the secret"
+    );
 }

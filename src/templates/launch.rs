@@ -150,3 +150,73 @@ pub async fn prepare(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewComputer, WorkspaceStatus};
+
+    fn computer(store: &Store, ws: &str, template_ref: &str) -> String {
+        store
+            .insert_computer(
+                &NewComputer {
+                    egress_policy: None,
+                    workspace_id: ws.into(),
+                    name: uuid::Uuid::new_v4().to_string(),
+                    os: "linux".into(),
+                    cpu: 1,
+                    ram_gb: 4,
+                    gpu: "none".into(),
+                    disk_size_gb: 8,
+                    resolution: "1280x720x24".into(),
+                    auto_stop_minutes: None,
+                    template_ref: template_ref.into(),
+                    image: None,
+                    vnc_password: "p".into(),
+                },
+                |_| Ok(()),
+            )
+            .unwrap()
+            .id
+    }
+
+    #[test]
+    fn only_a_template_computer_of_a_user_workspace_gets_a_setup() {
+        let (_d, store) = crate::store::test_store();
+        super::super::seed(&store).unwrap();
+        let t = super::super::validate_bytes(
+            b"api_version: orgo.ai/v1\nname: k@1.0.0\nsecrets: [{name: tok}]\nhooks: {on_resume: \"echo hi\"}\n",
+        )
+        .unwrap();
+        store
+            .publish_template(&t.reference("default"), &t.digest, &t.canonical, false)
+            .unwrap();
+        let ws = store
+            .create_workspace("w", WorkspaceStatus::Active, None)
+            .unwrap();
+        let c = computer(&store, &ws.id, "default/k@1.0.0");
+        store
+            .set_computer_secrets(&c, &Secrets([("tok".into(), "v-1".into())].into()))
+            .unwrap();
+        let after_restore = guest_setup(&store, &c, true).unwrap().unwrap();
+        assert_eq!(after_restore.files[0].path, secrets::ENV_FILE);
+        assert_eq!(
+            after_restore.files[0].content.lines().last(),
+            Some("TOK='v-1'")
+        );
+        assert_eq!(after_restore.hook.unwrap().label, "hooks.on_resume");
+        // A cold boot: the file, no hook.
+        let booted = guest_setup(&store, &c, false).unwrap().unwrap();
+        assert!(booted.hook.is_none() && booted.files.len() == 1);
+        // The default desktop asks for nothing; a build computer never gets anything, whatever
+        // its template.
+        let plain = computer(&store, &ws.id, "system/desktop@1.0.0");
+        assert!(guest_setup(&store, &plain, true).unwrap().is_none());
+        let builds = store
+            .create_workspace(BUILD_WORKSPACE, WorkspaceStatus::Active, None)
+            .unwrap();
+        let build = computer(&store, &builds.id, "default/k@1.0.0");
+        assert!(guest_setup(&store, &build, true).unwrap().is_none());
+        assert!(guest_setup(&store, "gone", true).unwrap().is_none());
+    }
+}

@@ -291,12 +291,6 @@ pub struct GuestPlan {
     pub skipped: Vec<String>,
 }
 
-impl GuestPlan {
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.hook.is_none() && self.skipped.is_empty()
-    }
-}
-
 /// The plan for a computer of `doc` with `secrets`; `restored` adds `hooks.on_resume`.
 pub fn plan(doc: &Document, secrets: &Secrets, restored: bool) -> GuestPlan {
     let mut files = Vec::new();
