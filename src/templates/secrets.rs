@@ -64,7 +64,7 @@ impl Secrets {
     pub fn mask(&self, text: &str) -> String {
         let mut by_len: Vec<(&String, &String)> =
             self.0.iter().filter(|(_, v)| v.len() >= 4).collect();
-        by_len.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        by_len.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
         let mut out = text.to_string();
         for (name, value) in by_len {
             if out.contains(value.as_str()) {
