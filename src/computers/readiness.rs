@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deskd_agent::protocol::files::{FilesInstalled, InstallFile, InstallFiles, INSTALL};
+use deskd_agent::protocol::files::{
+    FilesInstalled, InstallFile, InstallFiles, INSTALL, MAX_INSTALL_BYTES, MAX_INSTALL_FILES,
+};
 use deskd_agent::protocol::resumed::{NewIdentity, Resumed, ResumedDone};
 use deskd_agent::protocol::{BashRequest, BashResponse, ErrorBody, Health};
 
@@ -41,6 +43,8 @@ const INSTALL_TRIES: u32 = 3;
 const HOOK_CALL_SLACK: Duration = Duration::from_secs(60);
 /// At most this many lines of a hook's output go to the launch log (the rest is counted).
 const MAX_HOOK_LINES: usize = 400;
+/// A longer line of a hook's output is cut to this many bytes in the launch log.
+const MAX_HOOK_LINE_BYTES: usize = 4096;
 
 /// How bad a launch-log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,8 +293,57 @@ async fn run_setup(agents: &AgentClient, socket: &std::path::Path, id: &str, set
     }
 }
 
-/// `POST /files/install` with `files`, tried again while the agent cannot be reached.
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `files` in order as requests within the agent's limits ([`MAX_INSTALL_FILES`],
+/// [`MAX_INSTALL_BYTES`]; a single file over the byte limit goes alone, for the agent to refuse
+/// by name).
+fn batches(files: &[InstallFile]) -> Vec<&[InstallFile]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, f) in files.iter().enumerate() {
+        let full = i - start >= MAX_INSTALL_FILES || bytes + f.content.len() > MAX_INSTALL_BYTES;
+        if i > start && full {
+            out.push(&files[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += f.content.len();
+    }
+    if start < files.len() {
+        out.push(&files[start..]);
+    }
+    out
+}
+
+/// Writes `files` in order through `/files/install`, in as many requests as the agent's limits
+/// need; the first failure ends it.
 async fn install(
+    agents: &AgentClient,
+    socket: &std::path::Path,
+    files: &[InstallFile],
+) -> Result<FilesInstalled, String> {
+    let mut paths = Vec::with_capacity(files.len());
+    for batch in batches(files) {
+        paths.extend(install_batch(agents, socket, batch).await?.paths);
+    }
+    Ok(FilesInstalled {
+        success: true,
+        paths,
+    })
+}
+
+/// One `POST /files/install`, tried again while the agent cannot be reached.
+async fn install_batch(
     agents: &AgentClient,
     socket: &std::path::Path,
     files: &[InstallFile],
@@ -363,7 +416,7 @@ async fn run_hook(
         };
         let lines: Vec<&str> = out.output.lines().collect();
         for line in lines.iter().take(MAX_HOOK_LINES) {
-            record(SetupLevel::Info, &h.label, line);
+            record(SetupLevel::Info, &h.label, cut(line, MAX_HOOK_LINE_BYTES));
         }
         if lines.len() > MAX_HOOK_LINES {
             record(
@@ -506,6 +559,32 @@ mod tests {
         };
         let health = Health::new("test", Some((1280, 720)), parts);
         (200, serde_json::to_vec(&health).unwrap())
+    }
+
+    fn file(n: usize) -> InstallFile {
+        InstallFile {
+            path: "/f".into(),
+            content: "x".repeat(n),
+            mode: "0600".into(),
+            owner: "root".into(),
+            group: "root".into(),
+        }
+    }
+
+    #[test]
+    fn launch_files_go_in_requests_the_agent_takes_and_long_lines_are_cut() {
+        let sizes = |files: &[InstallFile]| -> Vec<usize> {
+            batches(files).iter().map(|b| b.len()).collect()
+        };
+        assert_eq!(sizes(&[file(1), file(2)]), [2]);
+        assert!(sizes(&[]).is_empty());
+        let half = MAX_INSTALL_BYTES / 2;
+        assert_eq!(sizes(&[file(half), file(half), file(1)]), [2, 1]);
+        assert_eq!(sizes(&[file(MAX_INSTALL_BYTES + 1), file(1)]), [1, 1]);
+        let many: Vec<InstallFile> = (0..MAX_INSTALL_FILES + 1).map(|_| file(1)).collect();
+        assert_eq!(sizes(&many), [MAX_INSTALL_FILES, 1]);
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("abc", 10), "abc");
     }
 
     #[tokio::test]
