@@ -636,6 +636,41 @@ async fn secrets_reach_the_guest_after_every_restore_and_nowhere_else() {
     d.until(&clone_id, "running").await;
     assert_start_sequence(&d.agent.take(&clone_id), true);
 
+    // A test run of the template (recorded as built; its golden snapshot is missing, so it
+    // starts from the image, which here is the stand-in's restore too) takes the same secrets.
+    let digest = crate::templates::validate_bytes(TEMPLATE.as_bytes())
+        .unwrap()
+        .digest;
+    let crate::store::BuildStart::Started(b) = d
+        .store
+        .begin_build(&digest, "default/with-secrets@1.0.0")
+        .unwrap()
+    else {
+        panic!("a build was already recorded");
+    };
+    d.store
+        .finish_build(&b.id, crate::templates::build::BuildStatus::Ready, 1, None)
+        .unwrap();
+    let run = |secrets: Value| {
+        d.call(
+            "POST",
+            "/api/templates/run",
+            Some(json!({"ref": "default/with-secrets@1.0.0", "secrets": secrets})),
+        )
+    };
+    let (code, text) = run(json!({})).await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("secrets.api-key"), "{text}");
+    let (code, text) = run(json!({"api-key": SECRET})).await;
+    assert_eq!(code, 201, "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    let run_id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.until(&run_id, "running").await;
+    assert_start_sequence(&d.agent.take(&run_id), true);
+
     // The list answer holds no secret either; nor did any log line, at any level.
     let (code, text) = d.call("GET", "/api/computers", None).await;
     assert_eq!(code, 200);
