@@ -1,6 +1,7 @@
 //! Files in and out of the desktop user's home: uploads streamed to `~/Desktop` (owned by the
 //! user, never overwriting: the clash rule of `protocol::files`) and reads confined to the home
-//! (`..` and symlinks that leave it are refused).
+//! (`..` and symlinks that leave it are refused), and files installed anywhere as root
+//! ([`install`]: the launch's `/root/.env` and a template's runtime files).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,8 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::protocol::files::{
-    clash_name, sanitize_filename, FileWritten, DESKTOP_DIR, MAX_CLASH_TRIES,
+    clash_name, sanitize_filename, FileWritten, FilesInstalled, InstallFiles, DESKTOP_DIR,
+    MAX_CLASH_TRIES,
 };
 use crate::run::DesktopUser;
 
@@ -98,6 +100,103 @@ pub async fn write(user: &DesktopUser, name: &str, body: Body) -> Result<FileWri
         name,
         path: path.display().to_string(),
         size_bytes: size,
+    })
+}
+
+/// How long one file's install may take (a shell, a few coreutils; the rig is slow).
+const INSTALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Run as root for each file of [`install`], with the path, mode, owner, group and the parent
+/// directories as arguments (never in the text, so no quoting matters) and the content on stdin
+/// (never in an argument, which every user of the guest could read in /proc). Missing parents
+/// are made owned like the file (a `~/.config` made for `~/.config/app.json` stays the user's);
+/// the content goes to a temporary file in the same directory, made 0600 by `mktemp`, and gets
+/// its owner and mode before it is renamed over the path, so nobody ever reads it half-written
+/// or with looser permissions.
+const INSTALL_SCRIPT: &str = r#"set -eu
+path=$1 mode=$2 owner=$3 group=$4
+shift 4
+for d in "$@"; do
+  if [ ! -d "$d" ]; then mkdir -m 0755 -- "$d"; chown -- "$owner:$group" "$d"; fi
+done
+if [ -d "$path" ]; then echo "$path is a directory" >&2; exit 1; fi
+dir=${path%/*}
+[ -n "$dir" ] || dir=/
+tmp=$(mktemp -- "$dir/.deskd-install.XXXXXX")
+trap 'rm -f -- "$tmp"' EXIT
+cat > "$tmp"
+chown -- "$owner:$group" "$tmp"
+chmod -- "$mode" "$tmp"
+mv -f -- "$tmp" "$path"
+trap - EXIT
+"#;
+
+/// Writes every file of `req` in order as root (the agent runs as the desktop user, so through
+/// `sudo -n`, which the image grants it; directly when the agent is root itself, as in tests).
+/// The first failure ends it, naming the file by path; no message carries content.
+pub async fn install(req: &InstallFiles) -> Result<FilesInstalled, FileError> {
+    req.check().map_err(FileError::BadRequest)?;
+    let as_root = nix::unistd::geteuid().is_root();
+    let mut paths = Vec::with_capacity(req.files.len());
+    for f in &req.files {
+        let mut cmd = if as_root {
+            tokio::process::Command::new("/bin/sh")
+        } else {
+            let mut c = tokio::process::Command::new("sudo");
+            c.args(["-n", "/bin/sh"]);
+            c
+        };
+        cmd.arg("-c")
+            .arg(INSTALL_SCRIPT)
+            .arg("deskd-install")
+            .args([&f.path, &f.mode, &f.owner, &f.group])
+            .args(f.parents())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| FileError::Io(format!("cannot run the installer for {}: {e}", f.path)))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| FileError::Io("the installer has no stdin".into()))?;
+        let content = f.content.clone().into_bytes();
+        let run = async move {
+            // A failed write (the script ended early) shows in its exit status and stderr.
+            let _ = stdin.write_all(&content).await;
+            drop(stdin);
+            child.wait_with_output().await
+        };
+        let out = tokio::time::timeout(INSTALL_DEADLINE, run)
+            .await
+            .map_err(|_| {
+                FileError::Io(format!(
+                    "writing {} took longer than {} s",
+                    f.path,
+                    INSTALL_DEADLINE.as_secs()
+                ))
+            })?
+            .map_err(|e| FileError::Io(format!("the installer for {} failed: {e}", f.path)))?;
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            let why = why.trim();
+            if why.contains("No space left") {
+                return Err(FileError::DiskFull);
+            }
+            return Err(FileError::Io(format!(
+                "cannot write {} ({}): {}",
+                f.path,
+                out.status,
+                if why.is_empty() { "no message" } else { why }
+            )));
+        }
+        paths.push(f.path.clone());
+    }
+    Ok(FilesInstalled {
+        success: true,
+        paths,
     })
 }
 

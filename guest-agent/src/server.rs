@@ -242,6 +242,7 @@ pub fn router(agent: Shared) -> Router {
         .route(paths::CLIPBOARD, get(clipboard_get).post(clipboard_set))
         .route(files::WRITE, post(file_write))
         .route(files::READ, get(file_read))
+        .route(files::INSTALL, post(file_install))
         .route("/move", post(move_pointer))
         .route("/drag", post(drag))
         .route("/scroll", post(scroll))
@@ -462,6 +463,16 @@ async fn file_write(
 ) -> ApiResult<Json<FileWritten>> {
     let Query(q) = query.map_err(|e| ApiError::bad(format!("bad query: {e}")))?;
     Ok(Json(crate::files::write(&agent.user, &q.name, body).await?))
+}
+
+/// `POST /files/install`: files written as root, each with its mode and owner (see
+/// `crate::files::install`); the body is never logged, it may hold secrets.
+async fn file_install(
+    JsonBody(req): JsonBody<files::InstallFiles>,
+) -> ApiResult<Json<files::FilesInstalled>> {
+    let done = crate::files::install(&req).await?;
+    tracing::info!(paths = ?done.paths, "installed files");
+    Ok(Json(done))
 }
 
 /// `GET /files/read?path=`: a file below the home, streamed.

@@ -158,3 +158,93 @@ async fn bad_upload_names_are_400s() {
         .next()
         .is_none());
 }
+
+/// `POST /files/install` as the launch uses it: `/root/.env`-like files with mode 0600 and their
+/// owner, missing parents made, an existing file replaced whole, and a bad request refused
+/// without its content in the answer. Run as root (the agent in the image reaches root through
+/// `sudo -n`; a test as root takes the same script directly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_files_get_their_mode_owner_and_whole_content() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: installing files as another owner needs root");
+        return;
+    }
+    let agent = start_agent(":4242").await;
+    let root = agent.home.join("fake-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let env = root.join(".env");
+    std::fs::write(&env, "OLD=1\n").unwrap();
+    let nested = agent.home.join("new dir/deeper/app.json");
+    let secret = "sk-'quoted' $HOME\nline two";
+    let body = serde_json::json!({"files": [
+        {"path": env.display().to_string(), "content": format!("API_KEY='{secret}'\n"), "mode": "0600", "owner": "root", "group": "root"},
+        {"path": nested.display().to_string(), "content": "{}", "mode": "0640", "owner": "nobody", "group": "0"},
+    ]});
+    let r = request(
+        &agent.socket,
+        "POST",
+        "/files/install",
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["paths"],
+        serde_json::json!([env.display().to_string(), nested.display().to_string()])
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env).unwrap(),
+        format!("API_KEY='{secret}'\n")
+    );
+    let meta = std::fs::metadata(&env).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let meta = std::fs::metadata(&nested).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(meta.uid(), nobody.uid.as_raw());
+    // The directories made for it are the file's owner's.
+    let made = std::fs::metadata(agent.home.join("new dir/deeper")).unwrap();
+    assert_eq!(made.uid(), nobody.uid.as_raw());
+    // No temporary file is left beside them.
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from(".env")]);
+
+    // Refused: a path with `..`; the answer names it and shows no content.
+    let bad = serde_json::json!({"files": [
+        {"path": "/tmp/../etc/x", "content": "hidden-value", "mode": "0600", "owner": "root", "group": "root"},
+    ]});
+    let r = request(
+        &agent.socket,
+        "POST",
+        "/files/install",
+        Some(&bad.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains("files[0]") && !text.contains("hidden-value"),
+        "{text}"
+    );
+    // A directory in the way is an error naming the path, not a file moved into it.
+    let dir = root.join("adir");
+    std::fs::create_dir(&dir).unwrap();
+    let body = serde_json::json!({"files": [
+        {"path": dir.display().to_string(), "content": "x", "mode": "0600", "owner": "root", "group": "root"},
+    ]});
+    let r = request(
+        &agent.socket,
+        "POST",
+        "/files/install",
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("is a directory"));
+    assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
+}

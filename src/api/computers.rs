@@ -220,16 +220,26 @@ pub(super) async fn launch_new(state: &AppState, c: &Computer) -> Result<(), Api
     start_new(state, &c.id).await
 }
 
-/// 400 when the published template asks for what this host cannot give (a GPU, a region) or a
-/// required secret is missing from the create's `secrets` map (templates.md).
-// TODO(lead): keep the secrets for /root/.env at launch; they are only checked here.
-fn check_template_launch(
+/// The create's `secrets` (ours), checked against the template `template_ref` names: 400 when
+/// the published template asks for what this host cannot give (a GPU, a region, a runtime file
+/// from afar), a required secret is missing, a secret is not the template's, or a value breaks
+/// the limits (`crate::templates::secrets`); each error names its fields. A ref that names no
+/// published template takes no secrets.
+pub(super) fn check_template_launch(
     state: &AppState,
     template_ref: &str,
     body: &Map<String, Value>,
-) -> Result<(), ApiError> {
+) -> Result<crate::templates::secrets::Secrets, ApiError> {
+    let secrets = crate::templates::secrets::parse(field(body, "secrets"))
+        .map_err(|e| ApiError::bad_request(e.message).with("fields", vec![e.field]))?;
     let Some(t) = crate::templates::find_for_launch(&state.store, template_ref)? else {
-        return Ok(());
+        if let Some(name) = secrets.0.keys().next() {
+            return Err(ApiError::bad_request(format!(
+                "secrets.{name}: {template_ref} is not a published template, so it declares no secrets; remove secrets from the request."
+            ))
+            .with("fields", vec![format!("secrets.{name}")]));
+        }
+        return Ok(secrets);
     };
     let Ok(valid) = crate::templates::validate_value(t.document.clone()) else {
         return Err(ApiError::internal(format!(
@@ -246,27 +256,26 @@ fn check_template_launch(
         &crate::templates::HostCapabilities::default(),
     )
     .map_err(refuse)?;
-    let mut secrets = std::collections::BTreeMap::new();
-    match field(body, "secrets") {
-        None => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Some(v) = v.as_str() else {
-                    return Err(ApiError::bad_request(format!(
-                        "secrets.{k} must be a string."
-                    )));
-                };
-                secrets.insert(k.clone(), v.to_string());
-            }
-        }
-        Some(v) => {
-            return Err(ApiError::bad_request(format!(
-                "secrets must be an object of name: value, not {}.",
-                kind(v)
-            )))
-        }
+    crate::templates::check_runtime_files(&t.reference, &valid.document).map_err(refuse)?;
+    crate::templates::check_secrets(&t.reference, &valid.document, &secrets.0).map_err(refuse)?;
+    Ok(secrets)
+}
+
+/// Keeps a new computer's secrets before its first start (which writes them to `/root/.env`); a
+/// computer whose secrets cannot be kept is removed again and the create fails.
+pub(super) async fn keep_secrets(
+    state: &AppState,
+    c: &Computer,
+    secrets: &crate::templates::secrets::Secrets,
+) -> Result<(), ApiError> {
+    if secrets.is_empty() {
+        return Ok(());
     }
-    crate::templates::check_secrets(&t.reference, &valid.document, &secrets).map_err(refuse)
+    if let Err(e) = state.store.set_computer_secrets(&c.id, secrets) {
+        let _ = state.lifecycle.destroy(&c.id).await;
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 /// `POST /computers`.
@@ -329,7 +338,7 @@ pub async fn create(
                 None => DEFAULT_TEMPLATE.to_string(),
             },
         };
-    check_template_launch(&state, &template_ref, &body)?;
+    let secrets = check_template_launch(&state, &template_ref, &body)?;
     // The template's hardware fills what the request leaves out (templates.md); a computer of
     // that hardware can restore the template's golden snapshot.
     let (t_cpu, t_ram, t_disk, t_resolution) =
@@ -369,6 +378,7 @@ pub async fn create(
     if bandwidth.is_some() {
         state.store.set_bandwidth_limit(&c.id, bandwidth)?;
     }
+    keep_secrets(&state, &c, &secrets).await?;
     launch_new(&state, &c).await?;
     let c = reload(&state, &c.id)?;
     Ok((
@@ -618,6 +628,9 @@ pub async fn clone(
     state
         .store
         .set_bandwidth_limit(&c.id, state.store.bandwidth_limit(&src.id)?)?;
+    // And its secrets: its disk (and a live copy's memory) holds them already, and its every
+    // start writes /root/.env again from these.
+    state.store.copy_computer_secrets(&src.id, &c.id)?;
     start_new(&state, &c.id).await?;
     let c = reload(&state, &c.id)?;
     Ok((
@@ -634,6 +647,16 @@ pub async fn clone(
 
 /// `GET /computers/{id}/events`: the catalogue of event types of the events WebSocket (the
 /// agent's own, with the shapes of their data).
+/// `GET /computers/{id}/launch-log` (ours): what each start did in the guest for the template
+/// (`/root/.env`, runtime files, `hooks.on_resume` with its output, secrets masked), oldest first.
+pub async fn launch_log(
+    State(state): State<AppState>,
+    ScopedComputer { computer: c, .. }: ScopedComputer,
+) -> Answer {
+    let events = state.store.launch_events(&c.id)?;
+    Ok(Json(json!({"id": c.id, "events": events})))
+}
+
 pub async fn events(ScopedComputer { computer: c, .. }: ScopedComputer) -> Answer {
     Ok(Json(json!({
         "computer_id": c.id,

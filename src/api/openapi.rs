@@ -309,6 +309,14 @@ pub const OPERATIONS: &[Operation] = &[
         "Any",
     ),
     op(
+        "get",
+        "/api/computers/{id}/launch-log",
+        "Ours: what each start did in the guest for the computer's template: /root/.env and runtime files written, hooks.on_resume's output and outcome (a failed hook leaves the computer running and is recorded here); secrets masked, newest 1000 lines, oldest first",
+        200,
+        None,
+        "LaunchLog",
+    ),
+    op(
         "post",
         "/api/computers/{id}/move",
         "Move the mouse pointer (needs a running computer)",
@@ -687,7 +695,7 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "post",
         "/api/templates/run",
-        "A throwaway test computer from a built template ({ref}); 409 when it is not built",
+        "A throwaway test computer from a built template ({ref}, ours: secrets as on create); 409 when it is not built",
         201,
         Some("TemplateRun"),
         "TemplateRunResult",
@@ -913,7 +921,28 @@ fn template_schemas() -> Value {
                 "line": s("string")
             }
         },
-        "TemplateRun": {"type": "object", "required": ["ref"], "properties": {"ref": s("string")}},
+        "TemplateRun": {"type": "object", "required": ["ref"], "properties": {"ref": s("string"), "secrets": schema_ref("Secrets")}},
+        "Secrets": {
+            "type": "object",
+            "maxProperties": 64,
+            "additionalProperties": {"type": "string", "maxLength": 65536},
+            "description": "Ours: the values of the template's declared secrets, by name (each at most 64 KiB, 256 KiB together, no NUL). A required one missing, an undeclared one or a bad value is 400 naming the field (`fields`). Kept per computer (a clone gets its source's), written to /root/.env (mode 0600) at every start and never shown again"
+        },
+        "LaunchLog": {
+            "type": "object",
+            "properties": {
+                "id": s("string"),
+                "events": {"type": "array", "items": {
+                    "type": "object", "required": ["ts", "level", "step", "line"],
+                    "properties": {
+                        "ts": s("string"),
+                        "level": {"enum": ["info", "success", "warn", "error"]},
+                        "step": {"type": "string", "description": "files, hooks.on_resume or launch"},
+                        "line": s("string")
+                    }
+                }}
+            }
+        },
         "TemplateRunResult": {
             "type": "object",
             "properties": {
@@ -978,7 +1007,7 @@ fn schemas_core() -> Value {
                 "auto_stop_minutes": {"type": ["integer", "null"], "minimum": 0},
                 "template_ref": s("string"), "image": s("string"),
                 "egress_policy": schema_ref("EgressPolicy"),
-                "secrets": {"type": "object", "additionalProperties": s("string"), "description": "Ours: values of the template's declared secrets (a missing required one is 400)"},
+                "secrets": schema_ref("Secrets"),
                 "bandwidth_limit_mbps": {"type": "integer", "minimum": 1, "maximum": 100000}
             }
         },

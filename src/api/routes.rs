@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
             agent(axum::routing::patch(resize::resize)),
         )
         .route("/api/computers/{id}/events", get(computers::events))
+        .route("/api/computers/{id}/launch-log", get(computers::launch_log))
         .route("/api/computers/{id}/console", get(console::serial_log))
         // Section 3: forwarded to the guest agent (waiting while the computer boots).
         .route("/api/computers/{id}/click", agent(post(actions::click)))

@@ -377,7 +377,8 @@ pub async fn build_events(
         .into_response())
 }
 
-/// `POST /templates/run {"ref"}`: a throwaway computer from a built template (409 unless built).
+/// `POST /templates/run {"ref", "secrets"?}`: a throwaway computer from a built template (409
+/// unless built); `secrets` as on `POST /computers`.
 pub async fn run(
     State(state): State<AppState>,
     Extension(AuthKey(key)): Extension<AuthKey>,
@@ -411,8 +412,8 @@ pub async fn run(
     let doc = crate::templates::validate_value(t.document.clone())
         .map_err(|_| ApiError::internal(format!("the stored document of {r} no longer validates")))?
         .document;
-    crate::templates::check_hardware(&r, &doc, &crate::templates::HostCapabilities::default())
-        .map_err(|e| ApiError::bad_request(e.message).with("fields", e.fields))?;
+    // The hardware, runtime files and `secrets` (ours, as on POST /computers) checks.
+    let secrets = computers::check_template_launch(&state, &r.to_string(), &body)?;
     let ws = match state
         .store
         .list_workspaces()?
@@ -450,6 +451,7 @@ pub async fn run(
     let c = state
         .store
         .insert_computer(&new, computers::admit(&state, cpu, ram_gb))?;
+    computers::keep_secrets(&state, &c, &secrets).await?;
     computers::launch_new(&state, &c).await?;
     let c = computers::reload(&state, &c.id)?;
     let view = views::computer(&state, &c, &ws.name);

@@ -25,7 +25,7 @@ use super::agent_client::{limits, AgentCall, AgentClient, AgentError, AgentReply
 use super::backend::{
     BackendError, GuestNic, Hotplug, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
 };
-use super::readiness::{AfterRestore, Readiness};
+use super::readiness::{AfterRestore, GuestSetup, Readiness, SetupLevel, SetupLog};
 use super::vmm_config::files;
 use deskd_agent::protocol::resumed::{hex_encode, NewIdentity};
 
@@ -478,13 +478,17 @@ impl Lifecycle {
         }
         // The daemon's copy of the TAP closes once the VMM has its own (the closure drops spec).
         let reason = match self.blocking(move |b| b.start(&spec)).await {
-            Ok(Ok(Started::Booted)) => return,
+            Ok(Ok(Started::Booted)) => {
+                self.plan_guest_setup(&id, false);
+                return;
+            }
             Ok(Ok(Started::Restored { copy })) => {
                 // Pooled connections to the agent ended with the old VM's vsock transport.
                 self.agents.forget(&self.agent_socket(&id));
                 let identity = copy.then(|| new_identity(&instance_id));
                 self.readiness
                     .expect_restore(&id, AfterRestore { identity });
+                self.plan_guest_setup(&id, true);
                 tracing::info!(computer = %id, copy, "restored its saved VM");
                 return;
             }
@@ -495,6 +499,36 @@ impl Lifecycle {
             self.drop_network(&id).await;
         }
         self.record_failed_start(&id, &reason);
+    }
+
+    /// Has the readiness probe give a template's computer its launch files (and after a
+    /// restore its `hooks.on_resume`) before it counts as ready; see `crate::templates::launch`.
+    /// A setup that cannot even be planned is recorded in the launch log; the computer starts.
+    fn plan_guest_setup(&self, id: &str, restored: bool) {
+        match crate::templates::launch::guest_setup(&self.store, id, restored) {
+            Ok(Some(plan)) => {
+                let secrets = plan.secrets;
+                self.readiness.expect_setup(
+                    id,
+                    GuestSetup {
+                        files: plan.files,
+                        hook: plan.hook,
+                        mask: Arc::new(move |line: &str| secrets.mask(line)),
+                        log: self.store.clone(),
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(computer = %id, "cannot prepare its launch files: {e}");
+                self.store.record(
+                    id,
+                    SetupLevel::Error,
+                    "launch",
+                    &format!("cannot prepare /root/.env, runtime files and hooks: {e}"),
+                );
+            }
+        }
     }
 
     fn record_failed_start(&self, id: &str, reason: &str) {

@@ -7,7 +7,8 @@
 //! - `disk`: a computer's disk, a copy-on-write clone of its image.
 //! - `vmm_config`: the configuration file the daemon writes for each VMM.
 //! - `agent_client`: the one client of the guest agents (pooled connections, deadlines, caps).
-//! - `readiness`: per-VM tasks that ask each guest agent whether its desktop is usable.
+//! - `readiness`: per-VM tasks that ask each guest agent whether its desktop is usable, and give a
+//!   template's computer its launch files and `hooks.on_resume` ([`GuestSetup`]).
 //! - `quota`: the commitment quotas checked at create and at a stored resize.
 //! - `saved_vm`: a computer's saved VM (suspend, clone of a running computer), restored at start.
 //! - `live_resize`: changes to a running VM through its VMM's control socket (bandwidth, disk).
@@ -37,4 +38,5 @@ pub use backend::{
 pub use images::{boot_image_ref, GuestImage, BASE_IMAGE};
 pub use lifecycle::{new_vnc_password, GrownDisk, Lifecycle, LifecycleError, StoredResize};
 pub use process::VmmProcessBackend;
+pub use readiness::{GuestSetup, SetupHook, SetupLevel, SetupLog};
 pub use vmm_config::{files, vm_config, GUEST_CID};

@@ -6,6 +6,14 @@
 //! A VM restored from a saved VM is ready once its agent has also taken what the restore needs
 //! (`POST /resumed`: the host's wall clock, and for a copy its new identity): nobody uses a
 //! restored computer whose clock is behind or a clone that still has its source's identity.
+//!
+//! A template's computer then gets its [`GuestSetup`] (built by `crate::templates::launch`):
+//! `/root/.env` and the runtime files through the agent's `/files/install`, then, after a
+//! restore, `hooks.on_resume` as root with `set -e` through `/bash`. It counts as ready only
+//! once that is over, so the first call after `running` sees what the template set up; a
+//! failure does not keep it from running (its desktop works), it is written to the computer's
+//! launch log ([`SetupLog`], `GET /computers/{id}/launch-log`) with the hook's output, secrets
+//! masked, and warned about in the daemon's log without that output.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,8 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deskd_agent::protocol::files::{
+    FilesInstalled, InstallFile, InstallFiles, INSTALL, MAX_INSTALL_BYTES, MAX_INSTALL_FILES,
+};
 use deskd_agent::protocol::resumed::{NewIdentity, Resumed, ResumedDone};
-use deskd_agent::protocol::Health;
+use deskd_agent::protocol::{BashRequest, BashResponse, ErrorBody, Health};
 
 use super::agent_client::{limits, AgentCall, AgentClient};
 
@@ -22,6 +33,73 @@ use super::agent_client::{limits, AgentCall, AgentClient};
 const PROBE_DEADLINE: Duration = Duration::from_secs(5);
 /// Pause between probes of a VM that is not ready yet.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Deadline of the `/files/install` call (a few small files written by a root shell each).
+const INSTALL_DEADLINE: Duration = Duration::from_secs(120);
+/// Tries of `/files/install` when the agent cannot be reached (it just answered `/health`, so a
+/// refusal is a hiccup, not an absence).
+const INSTALL_TRIES: u32 = 3;
+/// Extra time a hook's `/bash` call gets beyond the hook's own limit (the agent ends the hook at
+/// its limit and answers).
+const HOOK_CALL_SLACK: Duration = Duration::from_secs(60);
+/// At most this many lines of a hook's output go to the launch log (the rest is counted).
+const MAX_HOOK_LINES: usize = 400;
+/// A longer line of a hook's output is cut to this many bytes in the launch log.
+const MAX_HOOK_LINE_BYTES: usize = 4096;
+
+/// How bad a launch-log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupLevel {
+    Info,
+    Success,
+    Warn,
+    Error,
+}
+
+impl SetupLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetupLevel::Info => "info",
+            SetupLevel::Success => "success",
+            SetupLevel::Warn => "warn",
+            SetupLevel::Error => "error",
+        }
+    }
+}
+
+/// Where what a [`GuestSetup`] did is recorded (the store's launch log).
+pub trait SetupLog: Send + Sync {
+    fn record(&self, computer_id: &str, level: SetupLevel, step: &str, line: &str);
+}
+
+/// A hook run as root with `set -e` through the agent's `/bash`.
+#[derive(Debug, Clone)]
+pub struct SetupHook {
+    /// The document field, e.g. `hooks.on_resume`.
+    pub label: String,
+    /// The `/bash` commands that carry and run it (`crate::templates::vm_builder::commands_for`).
+    pub commands: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// What a template's computer gets once its agent answers.
+pub struct GuestSetup {
+    /// Written in order (`/root/.env` first); may hold secrets.
+    pub files: Vec<InstallFile>,
+    pub hook: Option<SetupHook>,
+    /// Masks secret values out of what is recorded.
+    pub mask: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    pub log: Arc<dyn SetupLog>,
+}
+
+// By hand: the files may hold secrets, and the closures print nothing useful.
+impl std::fmt::Debug for GuestSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestSetup")
+            .field("files", &self.files)
+            .field("hook", &self.hook.as_ref().map(|h| &h.label))
+            .finish_non_exhaustive()
+    }
+}
 
 /// One VM being watched: which VMM process (a new process is a new boot), and what was found.
 struct Watch {
@@ -49,6 +127,8 @@ pub struct Readiness {
     watches: Mutex<HashMap<String, Watch>>,
     /// Restores whose probe has not started yet, by computer.
     restored: Mutex<HashMap<String, AfterRestore>>,
+    /// Guest setups whose probe has not started yet, by computer.
+    setups: Mutex<HashMap<String, GuestSetup>>,
 }
 
 impl Readiness {
@@ -57,7 +137,17 @@ impl Readiness {
             agents,
             watches: Mutex::new(HashMap::new()),
             restored: Mutex::new(HashMap::new()),
+            setups: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records that computer `id`'s next VM gets `setup` once its agent answers (after a
+    /// restore's `/resumed`), before it counts as ready.
+    pub fn expect_setup(&self, id: &str, setup: GuestSetup) {
+        self.setups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), setup);
     }
 
     /// Records that computer `id`'s next VM is a restore: its probe tells the agent `after`
@@ -89,12 +179,18 @@ impl Readiness {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        let setup = self
+            .setups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let task = tokio::spawn(probe_until_ready(
             self.agents.clone(),
             socket,
             ready.clone(),
             id.to_string(),
             after,
+            setup,
         ));
         watches.insert(id.to_string(), Watch { pid, ready, task });
         false
@@ -112,6 +208,10 @@ impl Readiness {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.setups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
 
@@ -122,6 +222,7 @@ async fn probe_until_ready(
     ready: Arc<AtomicBool>,
     id: String,
     after: Option<AfterRestore>,
+    mut setup: Option<GuestSetup>,
 ) {
     loop {
         let outcome = match probe(&agents, &socket).await {
@@ -140,6 +241,9 @@ async fn probe_until_ready(
         };
         match outcome {
             Ok(()) => {
+                if let Some(setup) = setup.take() {
+                    run_setup(&agents, &socket, &id, setup).await;
+                }
                 ready.store(true, Ordering::Release);
                 return;
             }
@@ -147,6 +251,230 @@ async fn probe_until_ready(
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }
+}
+
+/// Carries out `setup` once: the files, then the hook (not run when the files it follows could
+/// not be written). Every outcome goes to the launch log; nothing here fails the computer.
+async fn run_setup(agents: &AgentClient, socket: &std::path::Path, id: &str, setup: GuestSetup) {
+    let record = |level: SetupLevel, step: &str, line: &str| {
+        setup.log.record(id, level, step, &(setup.mask)(line));
+    };
+    if !setup.files.is_empty() {
+        let paths: Vec<&str> = setup.files.iter().map(|f| f.path.as_str()).collect();
+        match install(agents, socket, &setup.files).await {
+            Ok(done) => record(
+                SetupLevel::Success,
+                "files",
+                &format!("wrote {}", done.paths.join(", ")),
+            ),
+            Err(why) => {
+                tracing::warn!(computer = %id, "could not write its launch files ({}): {why}", paths.join(", "));
+                record(
+                    SetupLevel::Error,
+                    "files",
+                    &format!("could not write {}: {why}", paths.join(", ")),
+                );
+                if let Some(h) = &setup.hook {
+                    record(
+                        SetupLevel::Error,
+                        &h.label,
+                        &format!(
+                            "{} was not run: the files it follows were not written",
+                            h.label
+                        ),
+                    );
+                }
+                return;
+            }
+        }
+    }
+    if let Some(h) = &setup.hook {
+        run_hook(agents, socket, id, h, &record).await;
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `files` in order as requests within the agent's limits ([`MAX_INSTALL_FILES`],
+/// [`MAX_INSTALL_BYTES`]; a single file over the byte limit goes alone, for the agent to refuse
+/// by name).
+fn batches(files: &[InstallFile]) -> Vec<&[InstallFile]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, f) in files.iter().enumerate() {
+        let full = i - start >= MAX_INSTALL_FILES || bytes + f.content.len() > MAX_INSTALL_BYTES;
+        if i > start && full {
+            out.push(&files[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += f.content.len();
+    }
+    if start < files.len() {
+        out.push(&files[start..]);
+    }
+    out
+}
+
+/// Writes `files` in order through `/files/install`, in as many requests as the agent's limits
+/// need; the first failure ends it.
+async fn install(
+    agents: &AgentClient,
+    socket: &std::path::Path,
+    files: &[InstallFile],
+) -> Result<FilesInstalled, String> {
+    let mut paths = Vec::with_capacity(files.len());
+    for batch in batches(files) {
+        paths.extend(install_batch(agents, socket, batch).await?.paths);
+    }
+    Ok(FilesInstalled {
+        success: true,
+        paths,
+    })
+}
+
+/// One `POST /files/install`, tried again while the agent cannot be reached.
+async fn install_batch(
+    agents: &AgentClient,
+    socket: &std::path::Path,
+    files: &[InstallFile],
+) -> Result<FilesInstalled, String> {
+    let body = serde_json::to_vec(&InstallFiles {
+        files: files.to_vec(),
+    })
+    .map_err(|e| format!("the request does not serialize: {e}"))?;
+    let body = bytes::Bytes::from(body);
+    let mut tries = 0;
+    let reply = loop {
+        tries += 1;
+        match agents
+            .request(
+                socket,
+                AgentCall::post_json(INSTALL, body.clone(), INSTALL_DEADLINE),
+            )
+            .await
+        {
+            Ok(reply) => break reply,
+            Err(e) if tries < INSTALL_TRIES => {
+                tracing::debug!("launch files: the agent could not be reached, trying again: {e}");
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    if !reply.status.is_success() {
+        return Err(format!(
+            "the agent answered {}: {}",
+            reply.status,
+            agent_error(&reply.body)
+        ));
+    }
+    serde_json::from_slice(&reply.body).map_err(|e| format!("the agent's answer: {e}"))
+}
+
+/// The message of an agent's error body (its text when it is not the usual JSON).
+fn agent_error(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}
+
+/// Runs `h` through `/bash`: its output lines and its outcome go to the launch log.
+async fn run_hook(
+    agents: &AgentClient,
+    socket: &std::path::Path,
+    id: &str,
+    h: &SetupHook,
+    record: &(dyn Fn(SetupLevel, &str, &str) + Sync),
+) {
+    let started = std::time::Instant::now();
+    record(SetupLevel::Info, &h.label, &format!("running {}", h.label));
+    let last = h.commands.len().saturating_sub(1);
+    for (k, command) in h.commands.iter().enumerate() {
+        let outcome = bash(agents, socket, command, h.timeout).await;
+        let out = match outcome {
+            Ok(out) if k < last && out.exit_code == 0 => continue,
+            Ok(out) => out,
+            Err(why) => {
+                tracing::warn!(computer = %id, "{} could not be run: {why}", h.label);
+                record(
+                    SetupLevel::Error,
+                    &h.label,
+                    &format!("{} could not be run: {why}", h.label),
+                );
+                return;
+            }
+        };
+        let lines: Vec<&str> = out.output.lines().collect();
+        for line in lines.iter().take(MAX_HOOK_LINES) {
+            record(SetupLevel::Info, &h.label, cut(line, MAX_HOOK_LINE_BYTES));
+        }
+        if lines.len() > MAX_HOOK_LINES {
+            record(
+                SetupLevel::Warn,
+                &h.label,
+                &format!("({} more lines not shown)", lines.len() - MAX_HOOK_LINES),
+            );
+        }
+        if out.exit_code != 0 || out.timed_out {
+            let how = if out.timed_out {
+                format!("timed out after {} s", h.timeout.as_secs())
+            } else {
+                format!("exited with status {}", out.exit_code)
+            };
+            tracing::warn!(computer = %id, "{} {how}; the computer runs on (its output is in GET /api/computers/{id}/launch-log)", h.label);
+            record(
+                SetupLevel::Error,
+                &h.label,
+                &format!("{} {how}; the computer runs on", h.label),
+            );
+            return;
+        }
+    }
+    record(
+        SetupLevel::Success,
+        &h.label,
+        &format!("{} done in {} ms", h.label, started.elapsed().as_millis()),
+    );
+}
+
+/// One `/bash` call of a hook.
+async fn bash(
+    agents: &AgentClient,
+    socket: &std::path::Path,
+    command: &str,
+    timeout: Duration,
+) -> Result<BashResponse, String> {
+    let body = serde_json::to_vec(&BashRequest {
+        command: command.to_string(),
+        timeout: Some(timeout.as_secs_f64()),
+    })
+    .map_err(|e| e.to_string())?;
+    let reply = agents
+        .request(
+            socket,
+            AgentCall::post_json("/bash", body.into(), timeout + HOOK_CALL_SLACK),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !reply.status.is_success() {
+        return Err(format!(
+            "the agent answered {}: {}",
+            reply.status,
+            agent_error(&reply.body)
+        ));
+    }
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| format!("the agent's answer is not a bash result: {e}"))
 }
 
 /// `POST /resumed` with the host's clock read now, and the copy's identity if any.
@@ -231,6 +559,32 @@ mod tests {
         };
         let health = Health::new("test", Some((1280, 720)), parts);
         (200, serde_json::to_vec(&health).unwrap())
+    }
+
+    fn file(n: usize) -> InstallFile {
+        InstallFile {
+            path: "/f".into(),
+            content: "x".repeat(n),
+            mode: "0600".into(),
+            owner: "root".into(),
+            group: "root".into(),
+        }
+    }
+
+    #[test]
+    fn launch_files_go_in_requests_the_agent_takes_and_long_lines_are_cut() {
+        let sizes = |files: &[InstallFile]| -> Vec<usize> {
+            batches(files).iter().map(|b| b.len()).collect()
+        };
+        assert_eq!(sizes(&[file(1), file(2)]), [2]);
+        assert!(sizes(&[]).is_empty());
+        let half = MAX_INSTALL_BYTES / 2;
+        assert_eq!(sizes(&[file(half), file(half), file(1)]), [2, 1]);
+        assert_eq!(sizes(&[file(MAX_INSTALL_BYTES + 1), file(1)]), [1, 1]);
+        let many: Vec<InstallFile> = (0..MAX_INSTALL_FILES + 1).map(|_| file(1)).collect();
+        assert_eq!(sizes(&many), [MAX_INSTALL_FILES, 1]);
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("abc", 10), "abc");
     }
 
     #[tokio::test]

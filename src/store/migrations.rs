@@ -149,6 +149,25 @@ const MIGRATIONS: &[&str] = &[
         created_at   TEXT NOT NULL
     );
     "#,
+    // 8: a template computer's secrets (issue 14), JSON name → value, kept here (root-only, like
+    // the stream keys) because every restore writes `/root/.env` again; and what each start did
+    // in its guest (`/root/.env`, runtime files, `hooks.on_resume` and its output), read through
+    // `GET /computers/{id}/launch-log`.
+    r#"
+    CREATE TABLE computer_secrets (
+        computer_id TEXT PRIMARY KEY REFERENCES computers (id) ON DELETE CASCADE,
+        secrets     TEXT NOT NULL
+    );
+    CREATE TABLE computer_launch_events (
+        computer_id TEXT NOT NULL REFERENCES computers (id) ON DELETE CASCADE,
+        seq         INTEGER NOT NULL,
+        ts          TEXT NOT NULL,
+        level       TEXT NOT NULL,
+        step        TEXT NOT NULL,
+        line        TEXT NOT NULL,
+        PRIMARY KEY (computer_id, seq)
+    );
+    "#,
 ];
 
 /// Brings the schema up to date.

@@ -84,7 +84,8 @@ pub fn seconds(d: &document::Duration) -> u64 {
     s.max(1)
 }
 
-fn hook(h: &Hook) -> (&str, Duration) {
+/// A hook's text and limit (its own `timeout`, else [`HOOK_TIMEOUT`]).
+pub(crate) fn hook(h: &Hook) -> (&str, Duration) {
     match h {
         Hook::Shell(s) => (s, HOOK_TIMEOUT),
         Hook::WithTimeout(spec) => (
@@ -98,12 +99,24 @@ fn hook(h: &Hook) -> (&str, Duration) {
 }
 
 /// `~/x` is the desktop user's; anything else is absolute already (validation made sure).
-fn guest_path(to: &str) -> String {
+pub(crate) fn guest_path(to: &str) -> String {
     match to.strip_prefix("~/") {
         Some(rest) => format!("{HOME}/{rest}"),
         None if to == "~" => HOME.to_string(),
         None => to.to_string(),
     }
+}
+
+/// Owner and group of a file at `path` (resolved): as given, else the desktop user's below its
+/// home and root's elsewhere; the group defaults to the owner's name.
+pub(crate) fn default_owner(
+    path: &str,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> (String, String) {
+    let mine = path.starts_with(&format!("{HOME}/")) || path == HOME;
+    let owner = owner.unwrap_or(if mine { "user" } else { "root" });
+    (owner.to_string(), group.unwrap_or(owner).to_string())
 }
 
 /// A script that writes `content` to `path` with its mode and owner.
@@ -197,15 +210,12 @@ pub fn plan(doc: &Document) -> Result<Vec<Step>, BuildFailure> {
             ));
         };
         let path = guest_path(&f.to);
-        let mine = path.starts_with(&format!("{HOME}/")) || path == HOME;
-        let default_owner = if mine { "user" } else { "root" };
-        let owner = f.owner.as_deref().unwrap_or(default_owner);
-        let group = f.group.as_deref().unwrap_or(owner);
+        let (owner, group) = default_owner(&path, f.owner.as_deref(), f.group.as_deref());
         let mode = f.mode.as_deref().unwrap_or("0644");
         steps.push(step(
             Phase::Install,
             format!("{field} ({path})"),
-            write_file(&path, inline.as_bytes(), mode, owner, group),
+            write_file(&path, inline.as_bytes(), mode, &owner, &group),
             SMALL_STEP_TIMEOUT,
         ));
     }
@@ -285,20 +295,21 @@ pub fn plan(doc: &Document) -> Result<Vec<Step>, BuildFailure> {
     Ok(steps)
 }
 
-/// A systemd unit for `svc` of app `app`, started now and at every boot. Its command lives in a
-/// script of its own, so that no shell text ever has to survive systemd's quoting rules.
-fn service_unit(app: &str, svc: &document::Service) -> Result<String, BuildFailure> {
-    let unit = format!("deskd-app-{app}-{}", svc.name);
-    let script_path = format!("{SERVICE_SCRIPTS}/{unit}.sh");
-    let user = svc.user.as_deref().unwrap_or("root");
+/// The script a service's unit runs: its env (secrets read from `/root/.env` when the service
+/// starts), its working directory, its command.
+fn service_script(svc: &document::Service) -> String {
     let mut script = String::from("#!/bin/bash\n");
     for (k, v) in svc.env.iter().flatten() {
         match v {
             EnvValue::Literal(s) => script.push_str(&format!("export {k}={}\n", quote(s))),
-            // Secrets arrive with the launch (/root/.env), never in the snapshot.
+            // Secrets arrive with the launch (/root/.env, shell-quoted: see
+            // `super::secrets`), never in the snapshot; read in a subshell so that only this
+            // one variable comes out of the file (the `x` keeps trailing newlines, which `$(...)`
+            // would strip).
             EnvValue::Secret(r) => script.push_str(&format!(
-                "[ -r /root/.env ] && export {k}=\"$(sed -n 's/^{}=//p' /root/.env | tail -1)\"\n",
-                r.secret.to_ascii_uppercase()
+                "if [ -r {env} ]; then deskd_v=\"$(set -a; . {env}; printf '%sx' \"${{{var}-}}\")\"; export {k}=\"${{deskd_v%x}}\"; unset deskd_v; fi\n",
+                env = super::secrets::ENV_FILE,
+                var = super::secrets::env_name(&r.secret)
             )),
         }
     }
@@ -306,6 +317,16 @@ fn service_unit(app: &str, svc: &document::Service) -> Result<String, BuildFailu
         script.push_str(&format!("cd {}\n", quote(&guest_path(cwd))));
     }
     script.push_str(&format!("exec bash -c {}\n", quote(&svc.run)));
+    script
+}
+
+/// A systemd unit for `svc` of app `app`, started now and at every boot. Its command lives in a
+/// script of its own, so that no shell text ever has to survive systemd's quoting rules.
+fn service_unit(app: &str, svc: &document::Service) -> Result<String, BuildFailure> {
+    let unit = format!("deskd-app-{app}-{}", svc.name);
+    let script_path = format!("{SERVICE_SCRIPTS}/{unit}.sh");
+    let user = svc.user.as_deref().unwrap_or("root");
+    let script = service_script(svc);
     let restart = match svc.restart.unwrap_or(Restart::Always) {
         Restart::Always => "always",
         Restart::OnFailure => "on-failure",
@@ -506,6 +527,43 @@ hooks:
         assert_eq!(seconds(&document::Duration::Text("2m".into())), 120);
         assert_eq!(seconds(&document::Duration::Text("500ms".into())), 1);
         assert_eq!(seconds(&document::Duration::Seconds(7)), 7);
+    }
+
+    #[test]
+    fn a_service_reads_its_secret_from_the_env_file_whatever_it_holds() {
+        let d = doc(r#"
+api_version: orgo.ai/v1
+name: svc@1.0.0
+secrets: [{name: api-key}]
+apps:
+  - name: web
+    services: [{name: srv, run: "true", env: {KEY: {secret: api-key}}}]
+"#);
+        let svc = &d.apps.as_ref().unwrap()[0].services.as_ref().unwrap()[0];
+        assert!(service_unit("web", svc).is_ok());
+        let script = service_script(svc);
+        let line = script
+            .lines()
+            .find(|l| l.contains("export KEY="))
+            .unwrap()
+            .to_string();
+        // The line as the service script has it, reading a stand-in for /root/.env.
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join(".env");
+        let value = "it's $HOME\nand more\n\n";
+        let mut given = std::collections::BTreeMap::new();
+        given.insert("api-key".to_string(), value.to_string());
+        let text =
+            crate::templates::secrets::render_env(&d, &crate::templates::secrets::Secrets(given))
+                .unwrap();
+        std::fs::write(&env, text).unwrap();
+        let line = line.replace("/root/.env", env.to_str().unwrap());
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("{line}\nprintf '%s' \"$KEY\""))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), value);
     }
 
     fn whoami() -> String {

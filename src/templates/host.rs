@@ -1,11 +1,13 @@
 //! What a launch checks before it makes a computer from a template: fields this host cannot
 //! honour (a GPU, a region: deskd is one machine without GPUs for guests) and the secrets the
 //! template requires. A document with them is valid (validate and publish accept it, so one file
-//! serves the hosted service and deskd alike); a launch answers 400 naming each of them.
+//! serves the hosted service and deskd alike); a launch answers 400 naming each of them. So does
+//! a runtime file whose source this deskd cannot fetch at launch (only inline text and
+//! `secret://NAME` are).
 
 use std::collections::BTreeMap;
 
-use super::document::{Document, Gpu};
+use super::document::{Document, Gpu, When};
 use super::refs::TemplateRef;
 
 /// What this host can give a computer beyond CPU, memory and disk.
@@ -129,6 +131,37 @@ pub fn check_secrets(
     })
 }
 
+/// Refuses a launch of `doc` when a runtime file comes from a source other than inline text or
+/// `secret://NAME`: a launch has no builder to fetch `file://`, `http(s)://` or `git://` with, and
+/// a file silently missing at every start would be worse than a clear 400.
+pub fn check_runtime_files(reference: &TemplateRef, doc: &Document) -> Result<(), LaunchRefused> {
+    let fields: Vec<String> = doc
+        .files
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, f)| f.when == Some(When::Runtime) && f.inline.is_none())
+        .filter(|(_, f)| {
+            !f.from
+                .as_deref()
+                .is_some_and(|s| s.starts_with("secret://"))
+        })
+        .map(|(i, _)| format!("files[{i}].from"))
+        .collect();
+    if fields.is_empty() {
+        return Ok(());
+    }
+    Err(LaunchRefused {
+        message: format!(
+            "Template {reference} cannot run on this host: {} fetch{} a runtime file from a source this deskd cannot reach at launch (only inline text and secret://NAME are). Make {} a build-time file (when: build) or put its content inline.",
+            fields.join(", "),
+            if fields.len() > 1 { "" } else { "es" },
+            if fields.len() > 1 { "them" } else { "it" },
+        ),
+        fields,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +195,20 @@ mod tests {
             regions: vec![],
         };
         assert!(check_hardware(&r, &d, &host).is_ok());
+    }
+
+    #[test]
+    fn runtime_files_from_afar_are_refused_by_field() {
+        let (r, d) = doc("api_version: orgo.ai/v1\nname: f@1.0.0\nsecrets: [{name: k}]\nfiles:\n  - {to: /a, inline: x, when: runtime}\n  - {to: /b, from: \"secret://k\", when: runtime}\n  - {to: /c, from: \"https://example.com/c\", when: runtime}\n  - {to: /d, from: \"https://example.com/d\"}\n");
+        let e = check_runtime_files(&r, &d).unwrap_err();
+        assert_eq!(e.fields, ["files[2].from"]);
+        assert!(
+            e.message.contains("files[2].from fetches") && e.message.contains("f@1.0.0"),
+            "{}",
+            e.message
+        );
+        let (r, d) = doc("api_version: orgo.ai/v1\nname: f@1.0.0\nfiles:\n  - {to: /a, inline: x, when: runtime}\n");
+        assert!(check_runtime_files(&r, &d).is_ok());
     }
 
     #[test]

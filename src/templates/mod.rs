@@ -10,7 +10,8 @@
 //! this host), `build` (build records, events and the [`BuildRunner`] contract), `builds` (the
 //! build manager), `build_plan` (the shell steps a build runs in its VM), `vm_builder` (the VM
 //! [`BuildRunner`]: boot, steps, golden snapshot), `launch` (a new computer of a built template
-//! starts from its golden snapshot).
+//! starts from its golden snapshot), `secrets` (a computer's secrets, `/root/.env`, runtime
+//! files and `hooks.on_resume`: what the guest gets at every start).
 
 pub mod build;
 pub mod build_plan;
@@ -26,6 +27,7 @@ pub mod parse;
 pub mod refs;
 pub mod rules;
 pub mod schema;
+pub mod secrets;
 pub mod sugar;
 pub mod validate;
 pub mod vm_builder;
@@ -33,7 +35,9 @@ pub mod vm_builder;
 pub use build::{BuildRunner, NoVmBuilder};
 pub use builds::Builds;
 pub use document::Document;
-pub use host::{check_hardware, check_secrets, HostCapabilities, LaunchRefused};
+pub use host::{
+    check_hardware, check_runtime_files, check_secrets, HostCapabilities, LaunchRefused,
+};
 pub use issue::{Code, Issue};
 pub use refs::TemplateRef;
 pub use validate::{validate_bytes, validate_value, Rejection, Template};

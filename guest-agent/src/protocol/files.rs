@@ -43,6 +43,158 @@ pub struct FileWritten {
     pub size_bytes: u64,
 }
 
+/// `POST`: an [`InstallFiles`] → [`FilesInstalled`]. Each file is written anywhere in the guest
+/// as root, with its mode, owner and group, atomically (a reader sees the old file or the whole
+/// new one, never a part, and never the content under looser permissions): the launch's
+/// `/root/.env` (mode 0600) and a template's runtime `files`. The content is never logged or
+/// echoed, by either side: it may hold secrets.
+pub const INSTALL: &str = "/files/install";
+/// Most files one [`INSTALL`] request may carry.
+pub const MAX_INSTALL_FILES: usize = 256;
+/// Most content bytes one [`INSTALL`] request may carry, all files together (the daemon's secret
+/// limits are far below this; runtime files are inline template text).
+pub const MAX_INSTALL_BYTES: usize = 8 << 20;
+/// Longest path an [`InstallFile`] may name (Linux's `PATH_MAX`).
+pub const MAX_INSTALL_PATH: usize = 4096;
+
+/// Body of [`INSTALL`]: written in order; the first failure ends the request.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstallFiles {
+    pub files: Vec<InstallFile>,
+}
+
+/// One file of [`InstallFiles`].
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstallFile {
+    /// Absolute, normal (no `.`, `..` or empty components), no NUL.
+    pub path: String,
+    /// The text the file holds.
+    pub content: String,
+    /// Octal permissions, e.g. `0600` (three or four digits, at most `07777`).
+    pub mode: String,
+    /// User and group names (or numeric ids) the file and any directory made for it get.
+    pub owner: String,
+    pub group: String,
+}
+
+// By hand: a derived Debug would print the content, which may be a secret.
+impl std::fmt::Debug for InstallFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallFile")
+            .field("path", &self.path)
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .field("mode", &self.mode)
+            .field("owner", &self.owner)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for InstallFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallFiles")
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+/// Answer of [`INSTALL`]: the paths written, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FilesInstalled {
+    pub success: bool,
+    pub paths: Vec<String>,
+}
+
+impl InstallFiles {
+    /// Checks the whole request (counts, sizes, every file); the message names the file at fault
+    /// by its index and path, never by its content.
+    pub fn check(&self) -> Result<(), String> {
+        if self.files.is_empty() {
+            return Err("files is empty: send at least one file".into());
+        }
+        if self.files.len() > MAX_INSTALL_FILES {
+            return Err(format!(
+                "at most {MAX_INSTALL_FILES} files per request (got {})",
+                self.files.len()
+            ));
+        }
+        let total: usize = self.files.iter().map(|f| f.content.len()).sum();
+        if total > MAX_INSTALL_BYTES {
+            return Err(format!(
+                "the files hold {total} bytes together; at most {MAX_INSTALL_BYTES} per request"
+            ));
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            f.check()
+                .map_err(|e| format!("files[{i}] ({:?}): {e}", f.path))?;
+        }
+        Ok(())
+    }
+}
+
+impl InstallFile {
+    /// Checks the path, mode, owner and group (the content is any text).
+    pub fn check(&self) -> Result<(), String> {
+        let p = &self.path;
+        if !p.starts_with('/') || p.len() < 2 || p.len() > MAX_INSTALL_PATH {
+            return Err(format!(
+                "path must be absolute, at most {MAX_INSTALL_PATH} bytes, and not / itself"
+            ));
+        }
+        if p.contains('\0') {
+            return Err("path holds a NUL byte".into());
+        }
+        if p[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(
+                "path must be normal: no empty, '.' or '..' components, no trailing /".into(),
+            );
+        }
+        let m = self.mode.strip_prefix('0').unwrap_or(&self.mode);
+        if !(3..=4).contains(&m.len())
+            || !m.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            || self.mode.len() > 5
+        {
+            return Err(format!(
+                "mode {:?} is not octal permissions such as 0644",
+                self.mode
+            ));
+        }
+        for (what, name) in [("owner", &self.owner), ("group", &self.group)] {
+            if !is_account_name(name) {
+                return Err(format!(
+                    "{what} {name:?} is not a user or group name (letters, digits, '_', '-', '.', not starting with '-'; at most 32) or a numeric id"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The directories above [`InstallFile::path`], outermost first (`/a/b/f` → `/a`, `/a/b`):
+    /// those missing are made for the file, owned like it.
+    pub fn parents(&self) -> Vec<String> {
+        let comps: Vec<&str> = self.path[1..].split('/').collect();
+        (1..comps.len())
+            .map(|n| format!("/{}", comps[..n].join("/")))
+            .collect()
+    }
+}
+
+/// A user or group name `chown` takes without surprises (no `:`, no option look-alikes, no
+/// spaces), or a numeric id.
+pub fn is_account_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// The file name an uploaded `raw` name becomes: the last component of any path (`/` or `\`),
 /// without control characters, leading dots (no hidden files) and surrounding spaces, cut to
 /// [`MAX_NAME_BYTES`] keeping a short extension. A name with nothing left is an error (a 400).
@@ -93,6 +245,51 @@ pub fn clash_name(name: &str, n: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file(path: &str, mode: &str, owner: &str) -> InstallFile {
+        InstallFile {
+            path: path.into(),
+            content: "secret value".into(),
+            mode: mode.into(),
+            owner: owner.into(),
+            group: owner.into(),
+        }
+    }
+
+    #[test]
+    fn install_requests_are_checked_and_never_show_content() {
+        assert!(file("/root/.env", "0600", "root").check().is_ok());
+        assert!(file("/home/user/a b/c.json", "644", "user").check().is_ok());
+        assert!(file("/x", "04755", "1000").check().is_ok());
+        for (path, mode, owner, expected) in [
+            ("relative", "0600", "root", "absolute"),
+            ("/", "0600", "root", "absolute"),
+            ("/a/../etc/passwd", "0600", "root", "normal"),
+            ("/a//b", "0600", "root", "normal"),
+            ("/a/b/", "0600", "root", "normal"),
+            ("/a/./b", "0600", "root", "normal"),
+            ("/a", "0800", "root", "mode"),
+            ("/a", "rw", "root", "mode"),
+            ("/a", "000644", "root", "mode"),
+            ("/a", "0644", "ro:ot", "owner"),
+            ("/a", "0644", "-R", "owner"),
+            ("/a", "0644", "", "owner"),
+        ] {
+            let e = file(path, mode, owner).check().unwrap_err();
+            assert!(e.contains(expected), "{path} {mode} {owner}: {e}");
+        }
+        let f = file("/root/.env", "0600", "root");
+        assert!(!format!("{f:?}").contains("secret value"));
+        let req = InstallFiles {
+            files: vec![f.clone(), file("/a/../b", "0600", "root")],
+        };
+        let e = req.check().unwrap_err();
+        assert!(e.starts_with("files[1]") && !e.contains("secret"), "{e}");
+        assert!(!format!("{req:?}").contains("secret value"));
+        assert!(InstallFiles { files: vec![] }.check().is_err());
+        assert_eq!(file("/a/b c/f", "0600", "root").parents(), ["/a", "/a/b c"]);
+        assert!(file("/f", "0600", "root").parents().is_empty());
+    }
 
     #[test]
     fn names_are_cleaned() {
