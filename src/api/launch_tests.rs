@@ -349,6 +349,7 @@ async fn daemon() -> Daemon {
         store: store.clone(),
         lifecycle,
         limiter: Arc::new(RateLimiter::new(1e6, 1_000_000)),
+        bad_keys: Arc::new(crate::api::bad_keys::BadKeyLimiter::new(1e9, u32::MAX)),
         agent_calls: crate::api::InFlight::new(32),
         config: Arc::new(Config::default()),
         host: HostFacts::detect(),
