@@ -265,7 +265,6 @@ impl Vm {
             None => create_vcpus(&kvm, &vm_fd, config.vcpus, boot_rip.unwrap_or_default())?,
             Some((_, state, _)) => {
                 // ACPI tables, kernel and page tables are in the restored RAM already.
-                devices.restore(&state.virtio)?;
                 persist::restore(&vm_fd, &state.vm)?;
                 let mut fds = Vec::with_capacity(state.vcpus.len());
                 for (index, saved) in state.vcpus.iter().enumerate() {
@@ -276,6 +275,12 @@ impl Vm {
                     fds.push(fd);
                 }
                 persist::restore_clock(&vm_fd, &state.vm)?;
+                // The devices last: a restored device's worker starts at once and may interrupt
+                // the guest (vsock sends its transport reset). Restoring the irqchip
+                // (KVM_SET_IRQCHIP) or a vCPU's local APIC (KVM_SET_LAPIC) after that overwrote
+                // the pending edge, so the guest handled the reset only at its next vsock
+                // interrupt: it then reset the connection that interrupt had brought.
+                devices.restore(&state.virtio)?;
                 tracing::debug!("state restored at {:?}", started.elapsed());
                 fds
             }
