@@ -47,10 +47,11 @@ const EVENT_TOKEN: u64 = 2;
 /// How often the worker looks whether the guest has handled the transport reset.
 const RESET_POLL_MS: i32 = 5;
 /// Rx is held at most this long after the transport reset, for a driver that never re-posts its
-/// event buffer. 2 s was too short once in the rig (the reset then killed the VMM e2e's first
-/// connection after a restore); 30 s showed that the Debian desktop guest did not re-post within
-/// it after a resume or a golden-snapshot launch (not understood yet), so every resume waited the
-/// whole limit. 5 s until that is understood.
+/// event buffer. Guests that "never re-posted" (the Debian desktop guest after every resume, the
+/// VMM e2e's guest at times) had never seen the reset's interrupt: the VMM restored the devices
+/// before the irqchip and the vCPUs' local APICs, whose restore dropped the pending edge
+/// (`Vm::build` now restores the devices last). 5 s stays as the bound for a driver that truly
+/// never re-posts.
 const RESET_WAIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// How to set up the vsock device.
