@@ -11,7 +11,7 @@ HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flo
   launch two computers with POST /computers {template_ref}: each reaches running restored from the
   snapshot (far sooner than the cold boot of the build VM in this same run), has the file, the run
   steps' and the hook's output, the env, and a hostname (deskd-<instance_id>) and machine-id of its
-  own; with RIG_TEMPLATE_SECRETS=1, the template's required secret, given per launch, is in /root/.env (0600, root) and in a
+  own; the template's required secret, given per launch, is in /root/.env (0600, root) and in a
   runtime file, another runtime file is there, and `on_resume` ran once after the restore, after
   both (a launch without the secret is a 400 naming it); POST /templates/run answers for the built template and DELETE /templates/run removes it;
   build computers never show in GET /computers. A computer created after the build goes through the API flow's power steps (rig_api_flow.power_steps: a
@@ -46,9 +46,9 @@ TEMPLATE = {
     ],
     "hooks": {"on_first_boot": "date +%s > /var/lib/rig-template/first-boot; echo first boot hook ran"},
 }
-# The launch-time parts (a required secret, runtime files, on_resume): RIG_TEMPLATE_SECRETS=1 adds
-# them (not yet by default: they have not run in a VM yet; issue 14's note).
-SECRETS = os.environ.get("RIG_TEMPLATE_SECRETS", "0") == "1"
+# The launch-time parts (a required secret, runtime files, on_resume); RIG_TEMPLATE_SECRETS=0
+# leaves them out.
+SECRETS = os.environ.get("RIG_TEMPLATE_SECRETS", "1") != "0"
 if SECRETS:
     TEMPLATE["env"]["RIG_TOKEN"] = {"secret": "rig-token"}
     TEMPLATE["secrets"] = [{"name": "rig-token", "description": "a per-computer token (rig e2e)"}]
