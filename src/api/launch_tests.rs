@@ -21,13 +21,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::api::rate_limit::RateLimiter;
-use crate::api::{router, AppState, HostFacts};
+use crate::api::router;
 use crate::computers::golden::Seeded;
 use crate::computers::{
     files, BackendError, Hotplug, Lifecycle, Saved, Started, VmBackend, VmSpec, VmState,
 };
-use crate::config::Config;
 use crate::store::{Store, WorkspaceStatus};
 use deskd_agent::protocol::resumed::{Resumed, ResumedDone};
 use deskd_agent::protocol::{BashResponse, DesktopParts, Health};
@@ -334,27 +332,7 @@ async fn daemon() -> Daemon {
         .unwrap()
         .id;
     let key = store.create_key("test", None).unwrap().secret;
-    let builds = crate::templates::Builds::new(
-        store.clone(),
-        Arc::new(crate::templates::NoVmBuilder),
-        &data,
-        crate::templates::builds::DEFAULT_TIME_LIMIT,
-    )
-    .unwrap();
-    let state = AppState {
-        builds,
-        network: None,
-        signer: Arc::new(crate::files::signing::Signer::load_or_create(&data).unwrap()),
-        account_id: store.account_id().unwrap().into(),
-        store: store.clone(),
-        lifecycle,
-        limiter: Arc::new(RateLimiter::new(1e6, 1_000_000)),
-        bad_keys: Arc::new(crate::api::bad_keys::BadKeyLimiter::new(1e9, u32::MAX)),
-        agent_calls: crate::api::InFlight::new(32),
-        config: Arc::new(Config::default()),
-        host: HostFacts::detect(),
-        metrics: Default::default(),
-    };
+    let state = crate::api::test_rig::app_state(store.clone(), lifecycle, &data);
     let api = dir.path().join("api.sock");
     let listener = tokio::net::UnixListener::bind(&api).unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

@@ -18,6 +18,36 @@ use crate::store::{Computer, ComputerStatus, NewComputer, Store, WorkspaceStatus
 
 /// The VMM's side of hybrid vsock for port 1024: after `CONNECT 1024` and `OK`, the stream is the
 /// agent's (here: its Unix socket).
+/// The daemon's state for in-process API tests: no network, a builder that boots nothing, and
+/// request limits no test reaches.
+pub fn app_state(
+    store: Arc<crate::store::Store>,
+    lifecycle: Arc<crate::computers::Lifecycle>,
+    data: &std::path::Path,
+) -> AppState {
+    let builds = crate::templates::Builds::new(
+        store.clone(),
+        Arc::new(crate::templates::NoVmBuilder),
+        data,
+        crate::templates::builds::DEFAULT_TIME_LIMIT,
+    )
+    .unwrap();
+    AppState {
+        builds,
+        network: None,
+        signer: Arc::new(crate::files::signing::Signer::load_or_create(data).unwrap()),
+        account_id: store.account_id().unwrap().into(),
+        store,
+        lifecycle,
+        limiter: Arc::new(RateLimiter::new(1e6, 1_000_000)),
+        bad_keys: Arc::new(crate::api::bad_keys::BadKeyLimiter::new(1e9, u32::MAX)),
+        agent_calls: crate::api::InFlight::new(32),
+        config: Arc::new(Config::default()),
+        host: HostFacts::detect(),
+        metrics: Default::default(),
+    }
+}
+
 pub fn fake_vsock(vsock: PathBuf, agent: PathBuf) {
     std::fs::create_dir_all(vsock.parent().unwrap()).unwrap();
     let listener = tokio::net::UnixListener::bind(&vsock).unwrap();
@@ -106,27 +136,7 @@ pub async fn serve_one_computer(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     fake_vsock(lifecycle.agent_socket(&c.id), agent_sock);
-    let builds = crate::templates::Builds::new(
-        store.clone(),
-        Arc::new(crate::templates::NoVmBuilder),
-        &data,
-        crate::templates::builds::DEFAULT_TIME_LIMIT,
-    )
-    .unwrap();
-    let state = AppState {
-        builds,
-        network: None,
-        signer: Arc::new(crate::files::signing::Signer::load_or_create(&data).unwrap()),
-        account_id: store.account_id().unwrap().into(),
-        store: store.clone(),
-        lifecycle,
-        limiter: Arc::new(RateLimiter::new(1000.0, 1000)),
-        bad_keys: Arc::new(crate::api::bad_keys::BadKeyLimiter::new(1000.0, 1000)),
-        agent_calls: crate::api::InFlight::new(32),
-        config: Arc::new(Config::default()),
-        host: HostFacts::detect(),
-        metrics: Default::default(),
-    };
+    let state = app_state(store.clone(), lifecycle, &data);
     let api = dir.join("api.sock");
     let listener = tokio::net::UnixListener::bind(&api).unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
