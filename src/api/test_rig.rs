@@ -89,6 +89,18 @@ pub async fn serve_one_computer(
     password: &str,
     resolution: &str,
 ) -> Served {
+    serve_one_computer_at(dir, cfg, password, resolution, None).await
+}
+
+/// [`serve_one_computer`] with the daemon's `public_url` set (the base of `connection_url` and
+/// `hostname`, which viewers behind a proxy connect to).
+pub async fn serve_one_computer_at(
+    dir: &Path,
+    cfg: deskd_agent::Config,
+    password: &str,
+    resolution: &str,
+    public_url: Option<&str>,
+) -> Served {
     let deskd_agent::Listen::Unix(agent_sock) = cfg.listen.clone() else {
         panic!("the test agent listens on a Unix socket");
     };
@@ -136,7 +148,12 @@ pub async fn serve_one_computer(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     fake_vsock(lifecycle.agent_socket(&c.id), agent_sock);
-    let state = app_state(store.clone(), lifecycle, &data);
+    let mut state = app_state(store.clone(), lifecycle, &data);
+    if let Some(url) = public_url {
+        let mut config = (*state.config).clone();
+        config.public_url = url.to_string();
+        state.config = Arc::new(config);
+    }
     let api = dir.join("api.sock");
     let listener = tokio::net::UnixListener::bind(&api).unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

@@ -16,7 +16,10 @@ Run by tests/sdk-rig-e2e against `deskd serve` inside the rig (tests/rig/serve),
   out): the first boot's network checks, the resumed and the cloned computer fetch a page, and no
   namespace or TAP is left after the VMM is killed and after delete. The audio stream
   (rig_media_flow.check_audio; RIG_MEDIA_FLOW=0 leaves it out): a 440 Hz tone played in the guest
-  is captured from /ws/audio, its events arrive, silence when nothing plays.
+  is captured from /ws/audio, its events arrive, silence when nothing plays. The live view
+  (tests/viewer/viewer.py; RIG_VIEWER_FLOW=0 leaves it out): orgo-vnc and noVNC in headless Chromium
+  behind nginx (the README's snippet) connect with the API's hostname and password, show the
+  desktop, a click and typed text reach the guest, a wrong password is refused.
 
 Faults are injected through the supervisor inside (tests/rig/supervise: files in `ctl`); the one
 reboot the test asks for is announced there, so that any other guest reset is recorded as a fault of
@@ -33,6 +36,7 @@ import subprocess
 import struct
 import sys
 import time
+import urllib.parse
 
 START = time.monotonic()
 WIDTH, HEIGHT = 1280, 720
@@ -40,6 +44,9 @@ WIDTH, HEIGHT = 1280, 720
 NETWORK = os.environ.get("RIG_NETWORK_FLOW", "1") != "0"
 # The audio stream's steps (rig_media_flow.check_audio); RIG_MEDIA_FLOW=0 leaves them out.
 MEDIA = os.environ.get("RIG_MEDIA_FLOW", "1") != "0"
+# The live view's steps (tests/viewer/viewer.py: orgo-vnc and noVNC in Chromium behind nginx on this
+# port, the daemon's public_url; tests/sdk-rig-e2e sets it). Unset or RIG_VIEWER_FLOW=0: left out.
+VIEWER_PROXY_PORT = int(os.environ.get("RIG_VIEWER_PROXY_PORT") or 0) if os.environ.get("RIG_VIEWER_FLOW", "1") != "0" else 0
 # The flow's helpers import this file by name: as a script it is that module too (one `Failed`).
 sys.modules.setdefault("rig_api_flow", sys.modules[__name__])
 
@@ -176,6 +183,17 @@ def flow(api, ctl):
     sys.stderr.write(done.stdout + done.stderr)
     expect(done.returncode == 0, f"tests/cli/rig-check exited {done.returncode}")
     step("deskd screenshot and deskd bash work on the running computer")
+
+    if VIEWER_PROXY_PORT:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "viewer"))
+        import viewer
+        # The daemon's TCP listener, which tests/rig/serve forwards to this host.
+        target = urllib.parse.urlparse(os.environ["DESKD_BASE"]).netloc
+        proxy = viewer.Proxy(target, VIEWER_PROXY_PORT)
+        try:
+            viewer.check_viewers(api, cid, proxy)
+        finally:
+            proxy.close()
 
     def boot_id():
         r = api.json("POST", f"/api/computers/{cid}/bash", {"command": "cat /proc/sys/kernel/random/boot_id"})

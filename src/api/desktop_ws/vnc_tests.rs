@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::api::test_rig::{serve_one_computer, Served};
+use crate::api::test_rig::{serve_one_computer_at, Served};
 use crate::store::{ComputerStatus, Store};
 
 struct Xvnc(Child);
@@ -179,6 +179,11 @@ struct Rig {
 }
 
 async fn rig(password: &str) -> Option<Rig> {
+    rig_at(password, None).await
+}
+
+/// [`rig`] with the daemon's `public_url` set.
+async fn rig_at(password: &str, public_url: Option<&str>) -> Option<Rig> {
     let dir = tempfile::tempdir().unwrap();
     let (rfb, passwd) = (dir.path().join("rfb.sock"), dir.path().join("passwd"));
     let (x, display) = xvnc(&rfb, &passwd)?;
@@ -196,7 +201,7 @@ async fn rig(password: &str) -> Option<Rig> {
         vnc_password_file: passwd.clone(),
         pulse: deskd_agent::audio::Pulse::default(),
     };
-    let served = serve_one_computer(dir.path(), cfg, password, "640x480x24").await;
+    let served = serve_one_computer_at(dir.path(), cfg, password, "640x480x24", public_url).await;
     Some(Rig {
         store: served.store.clone(),
         c: served.c.clone(),
@@ -329,4 +334,83 @@ async fn novnc_in_chromium_shows_the_desktop_and_a_wrong_password_is_refused() {
         "the canvas shows the red desktop"
     );
     assert_eq!(seen.2, json!(1), "noVNC reports the security failure");
+}
+
+/// The tools tests/viewer/viewer.py needs, or the first one missing.
+fn missing_viewer_tool() -> Option<&'static str> {
+    let on_path = |t: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+            .unwrap_or(false)
+    };
+    [
+        "chromium",
+        "nginx",
+        "openssl",
+        "node",
+        "npm",
+        "lxterminal",
+        "xwininfo",
+        "python3",
+    ]
+    .into_iter()
+    .find(|t| !on_path(t))
+    .or_else(|| (!Path::new(browser::NOVNC_DIR).join("vnc.html").exists()).then_some("novnc"))
+}
+
+/// orgo-vnc (npm, unmodified, on React) and noVNC's `vnc.html` in headless Chromium, behind nginx
+/// configured with README.md's snippet, against this host's Xvnc through the daemon's relay:
+/// tests/viewer/viewer.py, the same checks the rig runs against a VM (connect with the API's
+/// `hostname` and password, the canvas matches the API's screenshot, a click moves the pointer,
+/// typed text reaches a terminal, a wrong password is refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn orgo_vnc_and_novnc_through_the_readme_proxy() {
+    if let Some(tool) = missing_viewer_tool() {
+        eprintln!("\n*** SKIPPED orgo-vnc viewer test: {tool} is not installed (tests/install-deps) ***\n");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public_url = format!("https://127.0.0.1:{port}");
+    let Some(r) = rig_at("ViewerPw", Some(&public_url)).await else {
+        return;
+    };
+    // Something to see besides a flat root window: the terminal the checks open is drawn on it.
+    let _ = Command::new("xsetroot")
+        .args(["-display", &r.display, "-solid", "#336699"])
+        .status();
+    let info = r._dir.path().join("info");
+    std::fs::create_dir_all(&info).unwrap();
+    for (name, value) in [
+        ("socket", r.api.display().to_string()),
+        ("key", r._served.key.clone()),
+        ("url", format!("http://{}/api", r.tcp)),
+    ] {
+        std::fs::write(info.join(name), value).unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/viewer/viewer.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg("--info-dir")
+        .arg(&info)
+        .args(["--proxy-port", &port.to_string(), "--computer", &r.c.id])
+        .env("DISPLAY", &r.display)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{printed}");
+    assert!(
+        out.status.success(),
+        "tests/viewer/viewer.py failed: {printed}"
+    );
+    assert!(printed.contains("all viewer steps passed"), "{printed}");
 }
