@@ -11,22 +11,27 @@
 //!
 //! VNC (`websockify`, also at `/desktops/{id}/websockify`, the path `orgo-vnc` builds) is RFB in
 //! binary messages. Viewers do not send a token (noVNC and `orgo-vnc` give the password to VNC
-//! authentication instead), so for it a token is optional and, if given, must be right; the check
-//! is the guest's VNC authentication, with the password the daemon hands the agent just before
-//! each relay starts (so a rotated, restored or cloned guest never answers with a stale one).
+//! authentication instead), so for it a token is optional and, if given, must be right. The daemon
+//! ends RFB's security handshake itself ([`vnc_auth`]): it checks the viewer's VNC password, counting
+//! wrong ones against the peer like wrong API keys, and only then hands the agent the password
+//! (so a rotated, restored or cloned guest never holds a stale one), opens the stream and logs in
+//! to the guest's VNC server with it.
 
 use std::collections::HashMap;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::Extension;
 use deskd_agent::protocol::audio::{AudioFormat, AudioOut, CAPTURE_FAILED};
 use deskd_agent::protocol::{self, TerminalSize};
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
 use tokio_tungstenite::tungstenite;
 
+use super::bad_keys::{ConnPeer, Peer};
 use super::error::ApiError;
 use super::AppState;
 use crate::computers::agent_client::AgentCall;
@@ -68,6 +73,8 @@ struct Target {
     vnc_password: Option<String>,
     /// Audio: a failure to open the agent's side is a capture failure, said in an `error`.
     audio: bool,
+    /// Who connected, for the budget of wrong VNC passwords.
+    peer: Peer,
 }
 
 /// Audio's `error` message (api.md section 4).
@@ -132,6 +139,7 @@ fn check(
     Ok(Target {
         vnc_password: (kind == "websockify").then(|| c.vnc_password.clone()),
         audio: kind == "audio",
+        peer: Peer::Unknown,
         computer_id: c.id,
         agent_path,
     })
@@ -142,9 +150,12 @@ pub async fn connect(
     State(state): State<AppState>,
     Path((id, kind)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    conn: Option<Extension<ConnPeer>>,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    open(state, &id, &kind, &query, upgrade)
+    let peer = peer_of(&state, conn, &headers);
+    open(state, &id, &kind, &query, peer, upgrade)
 }
 
 /// `GET /desktops/{id}/websockify`: the VNC stream at the path `orgo-vnc` builds.
@@ -152,9 +163,23 @@ pub async fn websockify(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    conn: Option<Extension<ConnPeer>>,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    open(state, &id, "websockify", &query, upgrade)
+    let peer = peer_of(&state, conn, &headers);
+    open(state, &id, "websockify", &query, peer, upgrade)
+}
+
+fn peer_of(state: &AppState, conn: Option<Extension<ConnPeer>>, headers: &HeaderMap) -> Peer {
+    Peer::of(
+        conn.map(|Extension(c)| c),
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes()),
+        state.config.rate_limit.trust_forwarded_for,
+    )
 }
 
 fn open(
@@ -162,6 +187,7 @@ fn open(
     id: &str,
     kind: &str,
     query: &HashMap<String, String>,
+    peer: Peer,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let Ok(upgrade) = upgrade else {
@@ -171,7 +197,7 @@ fn open(
     };
     // Each relay holds one of its computer's slots (`limits.max_agent_calls_per_key`; these
     // streams carry the computer's token, not a key) until it ends.
-    let target = check(&state, id, kind, query).and_then(|t| {
+    let target = check(&state, id, kind, query).map(|t| Target { peer, ..t }).and_then(|t| {
         match state.agent_calls.try_take(&format!("computer:{}", t.computer_id)) {
             Some(slot) => Ok((t, slot)),
             None => Err(Refusal {
@@ -279,10 +305,34 @@ async fn give_vnc_password(
 async fn relay(state: &AppState, client: WebSocket, target: Target) {
     // An open session keeps the computer from being suspended for disuse.
     let _session = state.lifecycle.session(&target.computer_id);
+    let mut client = client;
+    // VNC: the viewer's password first (nothing reaches the guest before it is right).
+    let mut viewer_leftover = Vec::new();
+    let mut viewer_version = None;
     if let Some(password) = &target.vnc_password {
+        let mut reader = vnc_auth::Reader::new(&mut client);
+        let checked = tokio::time::timeout(
+            vnc_auth::VIEWER_DEADLINE,
+            vnc_auth::check_viewer(
+                &mut reader,
+                password,
+                || vnc_password_allowed(state, target.peer),
+                || vnc_password_wrong(state, target.peer, &target.computer_id),
+            ),
+        )
+        .await
+        .unwrap_or(Err(vnc_auth::AuthError::ViewerTimeout));
+        match checked {
+            Ok(v) => viewer_version = Some(v),
+            Err(e) => {
+                tracing::debug!(computer = %target.computer_id, peer = %target.peer, "VNC viewer refused: {e}");
+                return close_with(client, close::NORMAL, &e.to_string()).await;
+            }
+        }
+        viewer_leftover = reader.leftover();
         if let Err(reason) = give_vnc_password(state, &target.computer_id, password).await {
             tracing::warn!(computer = %target.computer_id, "{reason}");
-            return close_with(client, close::CANNOT_START, &reason).await;
+            return cannot_start_viewer(client, viewer_version, reason).await;
         }
     }
     let opened = tokio::time::timeout(AGENT_HANDSHAKE_DEADLINE, async {
@@ -301,17 +351,63 @@ async fn relay(state: &AppState, client: WebSocket, target: Target) {
             .map_err(|e| format!("the desktop's agent refused the stream: {e}"))
     })
     .await;
-    let agent = match opened {
+    let mut agent = match opened {
         Ok(Ok(ws)) => ws,
+        Ok(Err(reason)) if viewer_version.is_some() => {
+            return cannot_start_viewer(client, viewer_version, reason).await
+        }
         Ok(Err(reason)) => return cannot_start(client, &target, reason).await,
         Err(_) => {
             let reason = format!(
                 "the desktop's agent did not open the stream within {} s",
                 AGENT_HANDSHAKE_DEADLINE.as_secs()
             );
+            if viewer_version.is_some() {
+                return cannot_start_viewer(client, viewer_version, reason).await;
+            }
             return cannot_start(client, &target, reason).await;
         }
     };
+    if let (Some(v), Some(password)) = (viewer_version, &target.vnc_password) {
+        let mut reader = vnc_auth::Reader::new(&mut agent);
+        let logged_in = tokio::time::timeout(
+            AGENT_HANDSHAKE_DEADLINE,
+            vnc_auth::log_in_to_desktop(&mut reader, password),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(vnc_auth::AuthError::Desktop(format!(
+                "did not finish the handshake within {} s",
+                AGENT_HANDSHAKE_DEADLINE.as_secs()
+            )))
+        });
+        let desktop_leftover = reader.leftover();
+        if let Err(e) = &logged_in {
+            tracing::warn!(computer = %target.computer_id, "VNC relay: {e}");
+        }
+        let mut viewer = vnc_auth::Reader::new(&mut client);
+        if !vnc_auth::finish_viewer(&mut viewer, v, logged_in.as_ref().map(|_| ())).await {
+            let reason = logged_in.err().map(|e| e.to_string()).unwrap_or_default();
+            return close_with(client, close::CANNOT_START, &reason).await;
+        }
+        // Bytes read past the handshake on either side go first.
+        if !desktop_leftover.is_empty()
+            && client
+                .send(Message::Binary(desktop_leftover.into()))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        if !viewer_leftover.is_empty()
+            && agent
+                .send(tungstenite::Message::Binary(viewer_leftover.into()))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
     let (mut to_agent, mut from_agent) = agent.split();
     let (mut to_client, mut from_client) = client.split();
     let upstream = async {
@@ -365,6 +461,94 @@ async fn relay(state: &AppState, client: WebSocket, target: Target) {
         () = downstream => {}
     }
 }
+
+/// Whether `peer` may try a VNC password now: wrong ones share the budget of wrong API keys.
+fn vnc_password_allowed(state: &AppState, peer: Peer) -> Result<(), vnc_auth::AuthError> {
+    let now = std::time::Instant::now();
+    if !state.bad_keys.limited(&peer, now) {
+        return Ok(());
+    }
+    // Asking again records this attempt too and says how long until the next is allowed.
+    let refusal = state.bad_keys.refuse(peer, now);
+    Err(vnc_auth::AuthError::Limited {
+        peer: peer.to_string(),
+        retry_after_secs: refusal
+            .retry_after
+            .map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64),
+    })
+}
+
+/// Records a wrong VNC password of `peer` (logged at most once a minute per peer).
+fn vnc_password_wrong(
+    state: &AppState,
+    peer: Peer,
+    computer_id: &str,
+) -> Option<vnc_auth::AuthError> {
+    let refusal = state.bad_keys.refuse(peer, std::time::Instant::now());
+    if let Some(unlogged) = refusal.log {
+        tracing::warn!(
+            computer = %computer_id,
+            "wrong VNC password from {peer} ({unlogged} more wrong passwords or keys from it since its last line)"
+        );
+    }
+    None
+}
+
+/// The end of a viewer that passed its password but whose desktop could not be reached: a
+/// failed SecurityResult with the reason (noVNC shows it), then 4500.
+async fn cannot_start_viewer(
+    mut client: WebSocket,
+    version: Option<vnc_auth::ViewerVersion>,
+    reason: String,
+) {
+    if let Some(v) = version {
+        let mut reader = vnc_auth::Reader::new(&mut client);
+        let err = vnc_auth::AuthError::Desktop(format!("could not be reached: {reason}"));
+        vnc_auth::finish_viewer(&mut reader, v, Err(&err)).await;
+    }
+    close_with(client, close::CANNOT_START, &reason).await
+}
+
+/// A viewer's WebSocket as RFB bytes (text, pings and pongs are not RFB).
+impl vnc_auth::RfbIo for WebSocket {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match self.next().await? {
+                Ok(Message::Binary(b)) => return Some(b.to_vec()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+    async fn send(&mut self, bytes: Vec<u8>) -> bool {
+        SinkExt::send(self, Message::Binary(bytes.into()))
+            .await
+            .is_ok()
+    }
+}
+
+/// The agent's side of a VNC relay as RFB bytes.
+impl<S> vnc_auth::RfbIo for tokio_tungstenite::WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match self.next().await? {
+                Ok(tungstenite::Message::Binary(b)) => return Some(b.to_vec()),
+                Ok(tungstenite::Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+    async fn send(&mut self, bytes: Vec<u8>) -> bool {
+        SinkExt::send(self, tungstenite::Message::Binary(bytes.into()))
+            .await
+            .is_ok()
+    }
+}
+
+mod vnc_auth;
 
 #[cfg(test)]
 mod vnc_tests;

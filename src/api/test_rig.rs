@@ -89,17 +89,27 @@ pub async fn serve_one_computer(
     password: &str,
     resolution: &str,
 ) -> Served {
-    serve_one_computer_at(dir, cfg, password, resolution, None).await
+    serve_one_computer_with(dir, cfg, password, resolution, &Options::default()).await
 }
 
-/// [`serve_one_computer`] with the daemon's `public_url` set (the base of `connection_url` and
-/// `hostname`, which viewers behind a proxy connect to).
-pub async fn serve_one_computer_at(
+/// How [`serve_one_computer_with`] sets the daemon up beyond the defaults.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The daemon's `public_url` (the base of `connection_url` and `hostname`, which viewers
+    /// behind a proxy connect to).
+    pub public_url: Option<String>,
+    /// Wrong credentials a peer may send before it waits (`rate_limit.bad_key_burst`; the tests'
+    /// default is unlimited), then one a second.
+    pub bad_key_burst: Option<u32>,
+}
+
+/// [`serve_one_computer`] with `options`.
+pub async fn serve_one_computer_with(
     dir: &Path,
     cfg: deskd_agent::Config,
     password: &str,
     resolution: &str,
-    public_url: Option<&str>,
+    options: &Options,
 ) -> Served {
     let deskd_agent::Listen::Unix(agent_sock) = cfg.listen.clone() else {
         panic!("the test agent listens on a Unix socket");
@@ -149,10 +159,13 @@ pub async fn serve_one_computer_at(
     }
     fake_vsock(lifecycle.agent_socket(&c.id), agent_sock);
     let mut state = app_state(store.clone(), lifecycle, &data);
-    if let Some(url) = public_url {
+    if let Some(url) = &options.public_url {
         let mut config = (*state.config).clone();
-        config.public_url = url.to_string();
+        config.public_url = url.clone();
         state.config = Arc::new(config);
+    }
+    if let Some(burst) = options.bad_key_burst {
+        state.bad_keys = Arc::new(crate::api::bad_keys::BadKeyLimiter::new(1.0, burst));
     }
     let api = dir.join("api.sock");
     let listener = tokio::net::UnixListener::bind(&api).unwrap();

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::api::test_rig::{serve_one_computer_at, Served};
+use crate::api::test_rig::{serve_one_computer_with, Options, Served};
 use crate::store::{ComputerStatus, Store};
 
 struct Xvnc(Child);
@@ -156,6 +156,21 @@ impl Viewer {
         Ok(u16::from_be_bytes([init[0], init[1]]))
     }
 
+    /// RFB 3.8 up to the security type; then the failure reason the daemon sends where the
+    /// challenge would be.
+    async fn refused_before_challenge(&mut self) -> String {
+        let v = self.read(12).await.unwrap();
+        self.write(&v).await;
+        let n = self.read(1).await.unwrap()[0] as usize;
+        self.read(n).await.unwrap();
+        self.write(&[2]).await;
+        let result = self.read(4).await.unwrap();
+        assert_eq!(result, vec![0, 0, 0, 1], "a failed SecurityResult");
+        let len = self.read(4).await.unwrap();
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        String::from_utf8(self.read(len).await.unwrap()).unwrap()
+    }
+
     async fn close_code(&mut self) -> Option<u16> {
         match self.ws.next().await {
             Some(Ok(Message::Close(Some(f)))) => Some(u16::from(f.code)),
@@ -179,11 +194,11 @@ struct Rig {
 }
 
 async fn rig(password: &str) -> Option<Rig> {
-    rig_at(password, None).await
+    rig_with(password, Options::default()).await
 }
 
-/// [`rig`] with the daemon's `public_url` set.
-async fn rig_at(password: &str, public_url: Option<&str>) -> Option<Rig> {
+/// [`rig`] with the daemon set up by `options`.
+async fn rig_with(password: &str, options: Options) -> Option<Rig> {
     let dir = tempfile::tempdir().unwrap();
     let (rfb, passwd) = (dir.path().join("rfb.sock"), dir.path().join("passwd"));
     let (x, display) = xvnc(&rfb, &passwd)?;
@@ -201,7 +216,7 @@ async fn rig_at(password: &str, public_url: Option<&str>) -> Option<Rig> {
         vnc_password_file: passwd.clone(),
         pulse: deskd_agent::audio::Pulse::default(),
     };
-    let served = serve_one_computer_at(dir.path(), cfg, password, "640x480x24", public_url).await;
+    let served = serve_one_computer_with(dir.path(), cfg, password, "640x480x24", &options).await;
     Some(Rig {
         store: served.store.clone(),
         c: served.c.clone(),
@@ -265,6 +280,38 @@ async fn viewers_reach_the_desktop_through_the_relay_with_the_current_password()
         .unwrap();
     let mut v = Viewer::open(api, &orgo_path).await;
     assert_eq!(v.close_code().await, Some(4404));
+}
+
+/// Wrong passwords end in the daemon: Xvnc, which blocks its one source (the agent) after five
+/// failures, never sees them, so they cannot lock the right password out; past the peer's budget
+/// of wrong credentials it gets no challenge until it waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_stop_at_the_daemon_and_count_against_their_peer() {
+    let options = Options {
+        bad_key_burst: Some(8),
+        ..Options::default()
+    };
+    let Some(r) = rig_with("RightPw8", options).await else {
+        return;
+    };
+    let path = format!("/desktops/{}/websockify", r.c.instance_id);
+    for _ in 0..7 {
+        let mut v = Viewer::open(&r.api, &path).await;
+        assert_eq!(v.log_in("wrong-pw").await, Err(1));
+    }
+    // Xvnc would refuse its source now (five failures); the daemon never passed them on.
+    let mut v = Viewer::open(&r.api, &path).await;
+    assert_eq!(v.log_in("RightPw8").await, Ok(640));
+    let mut v = Viewer::open(&r.api, &path).await;
+    assert_eq!(v.log_in("wrong-pw").await, Err(1), "the eighth");
+    // The budget is spent: the next viewer gets a failed SecurityResult with the reason in place
+    // of a challenge, the right password or not.
+    let mut v = Viewer::open(&r.api, &path).await;
+    let refused = v.refused_before_challenge().await;
+    assert!(
+        refused.contains("too many wrong passwords or keys") && refused.contains("retry after"),
+        "{refused}"
+    );
 }
 
 mod browser;
@@ -375,7 +422,11 @@ async fn orgo_vnc_and_novnc_through_the_readme_proxy() {
         .unwrap()
         .port();
     let public_url = format!("https://127.0.0.1:{port}");
-    let Some(r) = rig_at("ViewerPw", Some(&public_url)).await else {
+    let options = Options {
+        public_url: Some(public_url),
+        ..Options::default()
+    };
+    let Some(r) = rig_with("ViewerPw", options).await else {
         return;
     };
     // Something to see besides a flat root window: the terminal the checks open is drawn on it.
