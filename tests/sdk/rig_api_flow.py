@@ -19,7 +19,9 @@ Run by tests/sdk-rig-e2e against `deskd serve` inside the rig (tests/rig/serve),
   is captured from /ws/audio, its events arrive, silence when nothing plays. The live view
   (tests/viewer/viewer.py; RIG_VIEWER_FLOW=0 leaves it out): orgo-vnc and noVNC in headless Chromium
   behind nginx (the README's snippet) connect with the API's hostname and password, show the
-  desktop, a click and typed text reach the guest, a wrong password is refused.
+  desktop, a click and typed text reach the guest, a wrong password is refused. The clipboard and
+  the models' actions (rig_actions_flow.py; RIG_ACTIONS_FLOW=0 leaves them out): paste and copy,
+  triple_click, hold_key, a drag by mouse_down/move/mouse_up, region and scaled screenshots.
 
 Faults are injected through the supervisor inside (tests/rig/supervise: files in `ctl`); the one
 reboot the test asks for is announced there, so that any other guest reset is recorded as a fault of
@@ -47,6 +49,8 @@ MEDIA = os.environ.get("RIG_MEDIA_FLOW", "1") != "0"
 # The live view's steps (tests/viewer/viewer.py: orgo-vnc and noVNC in Chromium behind nginx on this
 # port, the daemon's public_url; tests/sdk-rig-e2e sets it). Unset or RIG_VIEWER_FLOW=0: left out.
 VIEWER_PROXY_PORT = int(os.environ.get("RIG_VIEWER_PROXY_PORT") or 0) if os.environ.get("RIG_VIEWER_FLOW", "1") != "0" else 0
+# The clipboard and the models' actions (rig_actions_flow.py); RIG_ACTIONS_FLOW=0 leaves them out.
+ACTIONS = os.environ.get("RIG_ACTIONS_FLOW", "1") != "0"
 # The flow's helpers import this file by name: as a script it is that module too (one `Failed`).
 sys.modules.setdefault("rig_api_flow", sys.modules[__name__])
 
@@ -194,6 +198,9 @@ def flow(api, ctl):
             viewer.check_viewers(api, cid, proxy)
         finally:
             proxy.close()
+    if ACTIONS:
+        import rig_actions_flow
+        rig_actions_flow.check_actions(api, cid)
 
     def boot_id():
         r = api.json("POST", f"/api/computers/{cid}/bash", {"command": "cat /proc/sys/kernel/random/boot_id"})
