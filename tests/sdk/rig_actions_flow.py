@@ -62,14 +62,22 @@ def check_clipboard(api, cid, title):
     act(api, cid, "clipboard", {"text": text})
     got = api.json("GET", f"/api/computers/{cid}/clipboard")
     expect(got.get("text") == text, f"GET /clipboard right after POST: {got}")
-    # A here-document read by cat, so the paste is taken as data, not as a command line.
+    # Pasted into cat's input, so the paste is taken as data, not as a command line.
     typed(api, cid, f"cat > {out}")
     act(api, cid, "key", {"key": "Enter"})
+    # Until cat runs, the shell's line editor has the terminal in bracketed-paste mode, which
+    # would wrap the paste in escapes: wait for cat (which turns it off as readline hands over).
+    poll("cat runs in the terminal", lambda: bash(api, cid, f"pgrep -f '^cat$' >/dev/null && echo y || true") == "y", 30)
+    time.sleep(1)
     act(api, cid, "key", {"key": "ctrl+shift+v"})
+    # A paste is asynchronous (the terminal asks the selection's owner, the agent, for it): give
+    # it time before the line ends, and end cat's input only once the line is in the file.
+    time.sleep(3)
     act(api, cid, "key", {"key": "Enter"})
+    pasted = poll("the pasted line reaches the file",
+                  lambda: (lambda s: s if text in s else None)(bash(api, cid, f"cat {out} 2>/dev/null || true")),
+                  60)
     act(api, cid, "key", {"key": "ctrl+d"})
-    pasted = poll("the pasted text reaches the file",
-                  lambda: (lambda s: s if s else None)(bash(api, cid, f"cat {out} 2>/dev/null || true")), 60)
     expect(pasted == text, f"pasted {pasted!r}, set {text!r}")
     step(f"clipboard: {text!r} set through the API was pasted into the terminal (ctrl+shift+v) byte for byte")
 
@@ -157,12 +165,21 @@ def check_actions(api, cid):
 
 
 def standalone(api, _read):
+    if GIVEN:
+        return check_actions(api, GIVEN)
     ws = api.json("POST", "/api/projects", {"name": f"actions-{uuid.uuid4().hex[:6]}"})["id"]
     cid = api.json("POST", "/api/computers", {"project_id": ws, "name": "actions-1"})["id"]
     poll("the computer runs", lambda: api.status_of(cid) in ("running", "error"), 900, every_s=2)
     expect(api.status_of(cid) == "running", f"the computer is {api.status_of(cid)}")
     check_actions(api, cid)
 
+
+# --computer ID: run the checks on that running computer instead of a new one.
+GIVEN = None
+if "--computer" in sys.argv:
+    i = sys.argv.index("--computer")
+    GIVEN = sys.argv[i + 1]
+    del sys.argv[i:i + 2]
 
 if __name__ == "__main__":
     sys.exit(run_flow(__doc__, standalone, passed="all clipboard and action steps passed"))

@@ -433,6 +433,18 @@ async fn orgo_vnc_and_novnc_through_the_readme_proxy() {
     let _ = Command::new("xsetroot")
         .args(["-display", &r.display, "-solid", "#336699"])
         .status();
+    let printed = run_flow_script(
+        &r,
+        "tests/viewer/viewer.py",
+        &["--proxy-port", &port.to_string()],
+    )
+    .await;
+    assert!(printed.contains("all viewer steps passed"), "{printed}");
+}
+
+/// Runs a rig flow script (its `--info-dir` and `--computer` given) against this daemon and the
+/// computer on this host's Xvnc; panics if it fails, else returns what it printed.
+async fn run_flow_script(r: &Rig, script: &str, args: &[&str]) -> String {
     let info = r._dir.path().join("info");
     std::fs::create_dir_all(&info).unwrap();
     for (name, value) in [
@@ -442,12 +454,13 @@ async fn orgo_vnc_and_novnc_through_the_readme_proxy() {
     ] {
         std::fs::write(info.join(name), value).unwrap();
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/viewer/viewer.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let out = tokio::process::Command::new("python3")
         .arg(&script)
         .arg("--info-dir")
         .arg(&info)
-        .args(["--proxy-port", &port.to_string(), "--computer", &r.c.id])
+        .args(args)
+        .args(["--computer", &r.c.id])
         .env("DISPLAY", &r.display)
         .stdin(Stdio::null())
         .output()
@@ -461,7 +474,46 @@ async fn orgo_vnc_and_novnc_through_the_readme_proxy() {
     eprintln!("{printed}");
     assert!(
         out.status.success(),
-        "tests/viewer/viewer.py failed: {printed}"
+        "{} failed: {printed}",
+        script.display()
     );
-    assert!(printed.contains("all viewer steps passed"), "{printed}");
+    printed
+}
+
+/// The rig's clipboard and actions flow (tests/sdk/rig_actions_flow.py) against this host's Xvnc
+/// with the image's window manager and terminal, through the daemon's routes: paste and copy,
+/// triple_click, hold_key, a window dragged by its title bar, region and scaled screenshots.
+#[tokio::test(flavor = "multi_thread")]
+async fn clipboard_and_actions_through_the_daemon_on_a_desktop() {
+    if let Some(tool) = ["openbox", "lxterminal", "xwininfo", "python3"]
+        .into_iter()
+        .find(|t| {
+            Command::new("which")
+                .arg(t)
+                .stdout(Stdio::null())
+                .status()
+                .map_or(true, |s| !s.success())
+        })
+    {
+        eprintln!("\n*** SKIPPED clipboard and actions test: {tool} is not installed (tests/install-deps) ***\n");
+        return;
+    }
+    let Some(r) = rig("ActionsP").await else {
+        return;
+    };
+    // The image's window manager: the drag moves a window by its title bar.
+    let mut wm = Command::new("openbox")
+        .env("DISPLAY", &r.display)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let printed = run_flow_script(&r, "tests/sdk/rig_actions_flow.py", &[]).await;
+    let _ = wm.kill();
+    let _ = wm.wait();
+    assert!(
+        printed.contains("all clipboard and action steps passed"),
+        "{printed}"
+    );
 }
