@@ -647,8 +647,9 @@ pub async fn clone(
 
 /// `GET /computers/{id}/events`: the catalogue of event types of the events WebSocket (the
 /// agent's own, with the shapes of their data).
-/// `GET /computers/{id}/launch-log` (ours): what each start did in the guest for the template
-/// (`/root/.env`, runtime files, `hooks.on_resume` with its output, secrets masked), oldest first.
+/// `GET /computers/{id}/launch-log` (ours): what each start and stop did in the guest for the
+/// template (`/root/.env`, runtime files, the hooks with their output, the autostart stream;
+/// secrets masked), oldest first.
 pub async fn launch_log(
     State(state): State<AppState>,
     ScopedComputer { computer: c, .. }: ScopedComputer,

@@ -40,6 +40,8 @@ mod agent_bounds_tests;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod hooks_tests;
+#[cfg(test)]
 mod launch_tests;
 #[cfg(test)]
 mod testing;

@@ -311,7 +311,7 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         "get",
         "/api/computers/{id}/launch-log",
-        "Ours: what each start did in the guest for the computer's template: /root/.env and runtime files written, hooks.on_resume's output and outcome (a failed hook leaves the computer running and is recorded here); secrets masked, newest 1000 lines, oldest first",
+        "Ours: what each start and stop did in the guest for the computer's template: /root/.env and runtime files written, the output and outcome of hooks.on_every_boot (cold boots), hooks.on_resume (restores) and hooks.on_shutdown (before a stop, restart or delete), the autostart stream started (a failed hook or stream leaves the computer running, or the stop going on, and is recorded here); secrets masked, newest 1000 lines, oldest first",
         200,
         None,
         "LaunchLog",
@@ -937,7 +937,7 @@ fn template_schemas() -> Value {
                     "properties": {
                         "ts": s("string"),
                         "level": {"enum": ["info", "success", "warn", "error"]},
-                        "step": {"type": "string", "description": "files, hooks.on_resume or launch"},
+                        "step": {"type": "string", "description": "files, hooks.on_every_boot, hooks.on_resume, hooks.on_shutdown, streaming.NAME or launch"},
                         "line": s("string")
                     }
                 }}

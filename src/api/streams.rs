@@ -24,7 +24,7 @@ use super::body::{field, kind, JsonObject};
 use super::error::ApiError;
 use super::middleware::AuthKey;
 use super::AppState;
-use crate::computers::agent_client::{limits, AgentCall};
+use crate::computers::agent_client::{limits, stream_start_call, AgentCall};
 use crate::store::StreamConnection;
 
 /// A connection as answers show it: everything but the key.
@@ -176,9 +176,8 @@ pub async fn start(
         stream_key: c.stream_key,
         settings: c.settings,
     };
-    let bytes = serde_json::to_vec(&request)
+    let call = stream_start_call(&request, AGENT_MARGIN)
         .map_err(|e| ApiError::internal(format!("cannot encode the stream request: {e}")))?;
-    let call = AgentCall::post_json(stream::paths::START, Bytes::from(bytes), AGENT_MARGIN);
     forward_call(&state, &key, &id, "stream_start", call).await
 }
 

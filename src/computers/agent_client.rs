@@ -111,6 +111,20 @@ impl AgentCall {
     }
 }
 
+/// The agent's `/stream/start` with `req`: one call for `POST /computers/{id}/stream/start` and
+/// a template's autostart stream, so both start the encoder the same way.
+pub fn stream_start_call(
+    req: &deskd_agent::protocol::stream::StreamStartRequest,
+    timeout: Duration,
+) -> Result<AgentCall, serde_json::Error> {
+    let body = serde_json::to_vec(req)?;
+    Ok(AgentCall::post_json(
+        deskd_agent::protocol::stream::paths::START,
+        Bytes::from(body),
+        timeout,
+    ))
+}
+
 /// One answer from the agent. It holds its share of the in-flight budget until dropped.
 #[derive(Debug)]
 pub struct AgentReply {

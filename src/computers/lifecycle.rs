@@ -25,7 +25,9 @@ use super::agent_client::{limits, AgentCall, AgentClient, AgentError, AgentReply
 use super::backend::{
     BackendError, GuestNic, Hotplug, Started, VmBackend, VmSpec, VmState, VMM_TAP_FD,
 };
-use super::readiness::{AfterRestore, GuestSetup, Readiness, SetupLevel, SetupLog};
+use super::readiness::{
+    self, AfterRestore, GuestSetup, Readiness, SetupLevel, SetupLog, SHUTDOWN_HOOK_CAP,
+};
 use super::vmm_config::files;
 use deskd_agent::protocol::resumed::{hex_encode, NewIdentity};
 
@@ -86,6 +88,8 @@ pub struct Lifecycle {
     network_required: bool,
     /// When each computer's current start was asked for, to log how long it took to run.
     start_asked: Mutex<HashMap<String, std::time::Instant>>,
+    /// The longest a template's `hooks.on_shutdown` may hold a stop ([`SHUTDOWN_HOOK_CAP`]).
+    shutdown_cap: Duration,
 }
 
 /// Use of one computer: the last API call, and the sessions (WebSockets, VNC) open now.
@@ -128,7 +132,14 @@ impl Lifecycle {
             network: None,
             network_required: false,
             start_asked: Mutex::new(HashMap::new()),
+            shutdown_cap: SHUTDOWN_HOOK_CAP,
         }
+    }
+
+    /// Caps `hooks.on_shutdown` at `cap` instead of [`SHUTDOWN_HOOK_CAP`] (tests use a short one).
+    pub fn with_shutdown_cap(mut self, cap: Duration) -> Lifecycle {
+        self.shutdown_cap = cap;
+        self
     }
 
     /// Gives computers a network from `network` (see `crate::network::switch`): set up before
@@ -513,6 +524,7 @@ impl Lifecycle {
                     GuestSetup {
                         files: plan.files,
                         hook: plan.hook,
+                        stream: plan.stream,
                         mask: Arc::new(move |line: &str| secrets.mask(line)),
                         log: self.store.clone(),
                     },
@@ -529,6 +541,37 @@ impl Lifecycle {
                 );
             }
         }
+    }
+
+    /// Runs the template's `hooks.on_shutdown` in running computer `id`'s guest before its VM is
+    /// powered off (by a stop, a restart or a delete), within `min(its timeout, shutdown_cap)`;
+    /// whatever it does, the caller powers off next. A VM that is killed or dies never gets it.
+    async fn before_power_off(&self, id: &str) {
+        let setup = match crate::templates::launch::shutdown_setup(&self.store, id) {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(computer = %id, "cannot prepare hooks.on_shutdown: {e}; stopping without it");
+                self.store.record(
+                    id,
+                    SetupLevel::Error,
+                    "hooks.on_shutdown",
+                    &format!("cannot prepare hooks.on_shutdown: {e}; the stop goes on"),
+                );
+                return;
+            }
+        };
+        let secrets = setup.secrets;
+        readiness::run_shutdown_hook(
+            &self.agents,
+            &self.agent_socket(id),
+            id,
+            setup.hook,
+            self.shutdown_cap,
+            &|line: &str| secrets.mask(line),
+            self.store.as_ref(),
+        )
+        .await;
     }
 
     fn record_failed_start(&self, id: &str, reason: &str) {
@@ -575,8 +618,13 @@ impl Lifecycle {
             .set_computer_status(id, ComputerStatus::Stopping, None)?;
         let this = self.clone();
         let cid = c.id.clone();
+        // Only a running guest's agent can run the hook (a starting one may not answer yet).
+        let hook = c.status == ComputerStatus::Running;
         tokio::spawn(async move {
             let _guard = guard;
+            if hook {
+                this.before_power_off(&cid).await;
+            }
             let id2 = cid.clone();
             let outcome = this.blocking(move |b| b.stop(&id2, STOP_GRACE)).await;
             if matches!(outcome, Ok(Ok(()))) {
@@ -640,8 +688,12 @@ impl Lifecycle {
             .set_computer_status(id, ComputerStatus::Restarting, None)?;
         let this = self.clone();
         let cid = c.id.clone();
+        let hook = c.status == ComputerStatus::Running;
         tokio::spawn(async move {
             let _guard = guard;
+            if hook {
+                this.before_power_off(&cid).await;
+            }
             let id2 = cid.clone();
             let stopped = this.blocking(move |b| b.stop(&id2, STOP_GRACE)).await;
             let failure = match stopped {
@@ -718,9 +770,13 @@ impl Lifecycle {
     pub async fn destroy(&self, id: &str) -> Result<(), LifecycleError> {
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
-        self.load(id)?;
+        let c = self.load(id)?;
         self.store
             .set_computer_status(id, ComputerStatus::Deleting, None)?;
+        // The delete powers the VM off as a stop does (SIGTERM first), so the hook runs first.
+        if c.status == ComputerStatus::Running {
+            self.before_power_off(id).await;
+        }
         self.destroy_vm(id).await?;
         self.store.delete_computer(id)?;
         self.locks

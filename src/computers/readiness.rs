@@ -8,12 +8,17 @@
 //! restored computer whose clock is behind or a clone that still has its source's identity.
 //!
 //! A template's computer then gets its [`GuestSetup`] (built by `crate::templates::launch`):
-//! `/root/.env` and the runtime files through the agent's `/files/install`, then, after a
-//! restore, `hooks.on_resume` as root with `set -e` through `/bash`. It counts as ready only
-//! once that is over, so the first call after `running` sees what the template set up; a
-//! failure does not keep it from running (its desktop works), it is written to the computer's
-//! launch log ([`SetupLog`], `GET /computers/{id}/launch-log`) with the hook's output, secrets
-//! masked, and warned about in the daemon's log without that output.
+//! `/root/.env` and the runtime files through the agent's `/files/install`, then its start's hook
+//! as root with `set -e` through `/bash` (`hooks.on_resume` after a restore, `hooks.on_every_boot`
+//! after a cold boot), then its autostart stream through the agent's `/stream/start` (the call
+//! `POST /computers/{id}/stream/start` makes). It counts as ready only once that is over, so the
+//! first call after `running` sees what the template set up; a failure does not keep it from
+//! running (its desktop works), it is written to the computer's launch log ([`SetupLog`],
+//! `GET /computers/{id}/launch-log`) with the hook's output, secrets masked, and warned about in
+//! the daemon's log without that output.
+//!
+//! [`run_shutdown_hook`] runs `hooks.on_shutdown` the same way before a stop, a restart or a
+//! delete powers the VM off, within [`SHUTDOWN_HOOK_CAP`] at most.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,9 +30,11 @@ use deskd_agent::protocol::files::{
     FilesInstalled, InstallFile, InstallFiles, INSTALL, MAX_INSTALL_BYTES, MAX_INSTALL_FILES,
 };
 use deskd_agent::protocol::resumed::{NewIdentity, Resumed, ResumedDone};
+use deskd_agent::protocol::stream::StreamStarted;
 use deskd_agent::protocol::{BashRequest, BashResponse, ErrorBody, Health};
 
-use super::agent_client::{limits, AgentCall, AgentClient};
+use super::agent_client::{limits, stream_start_call, AgentCall, AgentClient};
+use crate::templates::secrets::AutoStream;
 
 /// Deadline of one probe (connect, ask, read).
 const PROBE_DEADLINE: Duration = Duration::from_secs(5);
@@ -45,6 +52,14 @@ const HOOK_CALL_SLACK: Duration = Duration::from_secs(60);
 const MAX_HOOK_LINES: usize = 400;
 /// A longer line of a hook's output is cut to this many bytes in the launch log.
 const MAX_HOOK_LINE_BYTES: usize = 4096;
+/// The longest `hooks.on_shutdown` may hold a stop, whatever its own `timeout` (10 minutes by
+/// default): a stop is asked for when the computer should go, and a hung hook must not keep it.
+pub const SHUTDOWN_HOOK_CAP: Duration = Duration::from_secs(60);
+/// What the agent gets beyond a shutdown hook's limit to answer (it ends the hook at its limit);
+/// past it the stop goes on without the answer.
+const SHUTDOWN_ANSWER_SLACK: Duration = Duration::from_secs(5);
+/// Deadline of the autostart stream's `/stream/start` (the agent spawns the encoder and answers).
+const STREAM_START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How bad a launch-log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +94,9 @@ pub struct SetupHook {
     /// The `/bash` commands that carry and run it (`crate::templates::vm_builder::commands_for`).
     pub commands: Vec<String>,
     pub timeout: Duration,
+    /// What happens after a failure, for the launch log: `the computer runs on`, `the stop goes
+    /// on`.
+    pub on_failure: &'static str,
 }
 
 /// What a template's computer gets once its agent answers.
@@ -86,6 +104,8 @@ pub struct GuestSetup {
     /// Written in order (`/root/.env` first); may hold secrets.
     pub files: Vec<InstallFile>,
     pub hook: Option<SetupHook>,
+    /// Started last; its key is a secret (`AutoStream`'s `Debug` hides it).
+    pub stream: Option<AutoStream>,
     /// Masks secret values out of what is recorded.
     pub mask: Arc<dyn Fn(&str) -> String + Send + Sync>,
     pub log: Arc<dyn SetupLog>,
@@ -97,6 +117,7 @@ impl std::fmt::Debug for GuestSetup {
         f.debug_struct("GuestSetup")
             .field("files", &self.files)
             .field("hook", &self.hook.as_ref().map(|h| &h.label))
+            .field("stream", &self.stream.as_ref().map(|s| &s.label))
             .finish_non_exhaustive()
     }
 }
@@ -254,11 +275,13 @@ async fn probe_until_ready(
 }
 
 /// Carries out `setup` once: the files, then the hook (not run when the files it follows could
-/// not be written). Every outcome goes to the launch log; nothing here fails the computer.
+/// not be written), then the stream (which needs neither). Every outcome goes to the launch log;
+/// nothing here fails the computer.
 async fn run_setup(agents: &AgentClient, socket: &std::path::Path, id: &str, setup: GuestSetup) {
     let record = |level: SetupLevel, step: &str, line: &str| {
         setup.log.record(id, level, step, &(setup.mask)(line));
     };
+    let mut files_written = true;
     if !setup.files.is_empty() {
         let paths: Vec<&str> = setup.files.iter().map(|f| f.path.as_str()).collect();
         match install(agents, socket, &setup.files).await {
@@ -274,22 +297,117 @@ async fn run_setup(agents: &AgentClient, socket: &std::path::Path, id: &str, set
                     "files",
                     &format!("could not write {}: {why}", paths.join(", ")),
                 );
-                if let Some(h) = &setup.hook {
-                    record(
-                        SetupLevel::Error,
-                        &h.label,
-                        &format!(
-                            "{} was not run: the files it follows were not written",
-                            h.label
-                        ),
-                    );
-                }
-                return;
+                files_written = false;
             }
         }
     }
     if let Some(h) = &setup.hook {
-        run_hook(agents, socket, id, h, &record).await;
+        if files_written {
+            run_hook(agents, socket, id, h, &record).await;
+        } else {
+            record(
+                SetupLevel::Error,
+                &h.label,
+                &format!(
+                    "{} was not run: the files it follows were not written",
+                    h.label
+                ),
+            );
+        }
+    }
+    if let Some(s) = &setup.stream {
+        start_stream(agents, socket, id, s, &record).await;
+    }
+}
+
+/// Starts `s` through the agent's `/stream/start`, as `POST /computers/{id}/stream/start` does.
+/// A stream already running (a resumed VM whose encoder was saved with it) is left as it is.
+async fn start_stream(
+    agents: &AgentClient,
+    socket: &std::path::Path,
+    id: &str,
+    s: &AutoStream,
+    record: &(dyn Fn(SetupLevel, &str, &str) + Sync),
+) {
+    let outcome = async {
+        let call = stream_start_call(&s.request, STREAM_START_DEADLINE)
+            .map_err(|e| format!("the request does not serialize: {e}"))?;
+        let reply = agents
+            .request(socket, call)
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.status == http::StatusCode::CONFLICT {
+            return Ok(None);
+        }
+        if !reply.status.is_success() {
+            return Err(format!(
+                "the agent answered {}: {}",
+                reply.status,
+                agent_error(&reply.body)
+            ));
+        }
+        serde_json::from_slice::<StreamStarted>(&reply.body)
+            .map(Some)
+            .map_err(|e| format!("the agent's answer: {e}"))
+    };
+    match outcome.await {
+        Ok(Some(started)) => record(
+            SetupLevel::Success,
+            &s.label,
+            &format!("{} streaming (encoder pid {})", s.label, started.pid),
+        ),
+        Ok(None) => record(
+            SetupLevel::Info,
+            &s.label,
+            &format!("{} was not started: a stream runs already", s.label),
+        ),
+        Err(why) => {
+            tracing::warn!(computer = %id, "{} could not start; the computer runs on (see GET /api/computers/{id}/launch-log)", s.label);
+            record(
+                SetupLevel::Error,
+                &s.label,
+                &format!("{} could not start: {why}; the computer runs on", s.label),
+            );
+        }
+    }
+}
+
+/// Runs `hooks.on_shutdown` (`hook`) of computer `id` before its VM is powered off: at most
+/// `min(its timeout, cap)` (the agent ends it then) plus [`SHUTDOWN_ANSWER_SLACK`] for the
+/// answer. Its output and outcome go to the launch log; whatever it did, the caller goes on.
+pub async fn run_shutdown_hook(
+    agents: &AgentClient,
+    socket: &std::path::Path,
+    id: &str,
+    hook: SetupHook,
+    cap: Duration,
+    mask: &(dyn Fn(&str) -> String + Sync),
+    log: &dyn SetupLog,
+) {
+    let limit = hook.timeout.min(cap);
+    let hook = SetupHook {
+        timeout: limit,
+        ..hook
+    };
+    let record = |level: SetupLevel, step: &str, line: &str| {
+        log.record(id, level, step, &mask(line));
+    };
+    let run = run_hook(agents, socket, id, &hook, &record);
+    if tokio::time::timeout(limit + SHUTDOWN_ANSWER_SLACK, run)
+        .await
+        .is_err()
+    {
+        tracing::warn!(computer = %id, "{} did not end within {} s; {}", hook.label, limit.as_secs(), hook.on_failure);
+        record(
+            SetupLevel::Error,
+            &hook.label,
+            &format!(
+                "{} did not end within {} s; {}",
+                hook.label,
+                limit.as_secs(),
+                hook.on_failure
+            ),
+        );
     }
 }
 
@@ -409,7 +527,7 @@ async fn run_hook(
                 record(
                     SetupLevel::Error,
                     &h.label,
-                    &format!("{} could not be run: {why}", h.label),
+                    &format!("{} could not be run: {why}; {}", h.label, h.on_failure),
                 );
                 return;
             }
@@ -431,11 +549,11 @@ async fn run_hook(
             } else {
                 format!("exited with status {}", out.exit_code)
             };
-            tracing::warn!(computer = %id, "{} {how}; the computer runs on (its output is in GET /api/computers/{id}/launch-log)", h.label);
+            tracing::warn!(computer = %id, "{} {how}; {} (its output is in GET /api/computers/{id}/launch-log)", h.label, h.on_failure);
             record(
                 SetupLevel::Error,
                 &h.label,
-                &format!("{} {how}; the computer runs on", h.label),
+                &format!("{} {how}; {}", h.label, h.on_failure),
             );
             return;
         }
@@ -609,5 +727,94 @@ mod tests {
         // A new VMM process is a new boot: it starts over.
         assert!(!readiness.is_ready("c", 2, vm.socket.clone()));
         readiness.forget("c");
+    }
+
+    /// The launch log as lines of `(level, step, line)`.
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<(String, String, String)>>);
+
+    impl SetupLog for Lines {
+        fn record(&self, _: &str, level: SetupLevel, step: &str, line: &str) {
+            self.0.lock().unwrap().push((
+                level.as_str().to_string(),
+                step.to_string(),
+                line.to_string(),
+            ));
+        }
+    }
+
+    fn no_encoder(path: &str) -> (u16, Vec<u8>) {
+        match path {
+            "/stream/start" => (
+                500,
+                br#"{"error":"cannot run ffmpeg (apt-get install ffmpeg): No such file or directory"}"#
+                    .to_vec(),
+            ),
+            "/bash" => {
+                let r = BashResponse {
+                    success: true,
+                    action: "bash".into(),
+                    command: String::new(),
+                    output: "booted\n".into(),
+                    exit_code: 0,
+                    truncated: false,
+                    timed_out: false,
+                    error: None,
+                };
+                (200, serde_json::to_vec(&r).unwrap())
+            }
+            _ => (404, br#"{"error":"no such route"}"#.to_vec()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_cannot_start_is_logged_masked_and_the_setup_goes_on() {
+        let vm = fake_vm(no_encoder);
+        let agents = AgentClient::default();
+        let log = Arc::new(Lines::default());
+        let key = "sk-Stream-Key-1".to_string();
+        let masked = key.clone();
+        let setup = GuestSetup {
+            files: Vec::new(),
+            hook: Some(SetupHook {
+                label: "hooks.on_every_boot".into(),
+                commands: vec!["echo booted".into()],
+                timeout: Duration::from_secs(5),
+                on_failure: "the computer runs on",
+            }),
+            stream: Some(AutoStream {
+                label: "streaming.live".into(),
+                request: deskd_agent::protocol::stream::StreamStartRequest {
+                    url: "rtmp://127.0.0.1/live".into(),
+                    stream_key: key.clone(),
+                    settings: deskd_agent::protocol::stream::DEFAULT_SETTINGS,
+                },
+            }),
+            mask: Arc::new(move |l: &str| l.replace(&masked, "[secret sk]")),
+            log: log.clone(),
+        };
+        run_setup(&agents, &vm.socket, "c", setup).await;
+        let lines = log.0.lock().unwrap().clone();
+        let steps: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|(l, s, _)| (l.as_str(), s.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("info", "hooks.on_every_boot"),
+                ("info", "hooks.on_every_boot"),
+                ("success", "hooks.on_every_boot"),
+                ("error", "streaming.live"),
+            ]
+        );
+        let last = &lines.last().unwrap().2;
+        assert!(
+            last.starts_with("streaming.live could not start: the agent answered 500")
+                && last.contains("cannot run ffmpeg")
+                && last.ends_with("; the computer runs on"),
+            "{last}"
+        );
+        assert!(lines.iter().all(|(_, _, l)| !l.contains(&key)));
     }
 }

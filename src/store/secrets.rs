@@ -18,7 +18,8 @@ pub struct LaunchEvent {
     pub ts: String,
     /// `info`, `success`, `warn` or `error`.
     pub level: String,
-    /// What it is about: `files`, `hooks.on_resume`, `launch`.
+    /// What it is about: `files`, `hooks.on_every_boot`, `hooks.on_resume`, `hooks.on_shutdown`,
+    /// `streaming.NAME`, `launch`.
     pub step: String,
     pub line: String,
 }

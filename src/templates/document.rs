@@ -591,6 +591,8 @@ pub struct Terminal {
 pub struct Hooks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_first_boot: Option<Hook>,
+    /// After every cold boot of a launched computer (not a restore, not the build), once
+    /// `/root/.env` and the runtime files are written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_every_boot: Option<Hook>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -598,6 +600,8 @@ pub struct Hooks {
     /// After every restore, once `/root/.env` is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_resume: Option<Hook>,
+    /// Before a stop, a restart or a delete powers the VM off; at most its timeout or 60 s,
+    /// whichever is shorter, then the stop goes on. Not run when the VM is killed or dies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_shutdown: Option<Hook>,
 }
@@ -659,6 +663,7 @@ pub struct Stream {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<EnvValue>,
+    /// Started at every start of a launched computer (one entry at most).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autostart: Option<bool>,
 }

@@ -6,15 +6,24 @@
 //! by `on_first_boot` without a unit, is not). A template that is not built boots the base image.
 //!
 //! At every start of a template's computer, [`guest_setup`] plans what its guest then gets
-//! (`super::secrets`): `/root/.env` with its secrets, the runtime files, and after a restore
-//! `hooks.on_resume`; the readiness probe carries it out (`crate::computers::GuestSetup`).
+//! (`super::secrets`): `/root/.env` with its secrets, the runtime files, `hooks.on_resume` after a
+//! restore or `hooks.on_every_boot` after a cold boot, then the autostart stream; the readiness
+//! probe carries it out (`crate::computers::GuestSetup`). Before a stop, a restart or a delete
+//! powers its VM off, [`shutdown_setup`] gives the lifecycle `hooks.on_shutdown`.
+//!
+//! Build computers get none of these (they are of no template and have no secrets), so the build
+//! does not run `on_every_boot` either, although it boots: the hook is promised `/root/.env` and
+//! the runtime files, which a build never has, and what it starts would be frozen into the golden
+//! snapshot. A launch from that snapshot is a restore (`on_resume`); `on_every_boot` runs at each
+//! cold boot of a launched computer (a golden disk booted because the hardware differs, an
+//! unbuilt template's image, a stop then start, a restart, a reboot by the guest).
 
 use std::sync::Arc;
 
 use super::build::BuildStatus;
 use super::builds::Builds;
 use super::refs::TemplateRef;
-use super::secrets::{self, Secrets};
+use super::secrets::{self, AutoStream, Secrets};
 use super::vm_builder::{GoldenManifest, BUILD_WORKSPACE};
 use crate::computers::golden;
 use crate::computers::{Lifecycle, LifecycleError, SetupHook};
@@ -47,19 +56,29 @@ pub struct LaunchSetup {
     /// `/root/.env` first, then the runtime files.
     pub files: Vec<InstallFile>,
     pub hook: Option<SetupHook>,
-    /// Its secrets, to mask them out of what is recorded.
+    pub stream: Option<AutoStream>,
+    /// Its secrets, to mask them out of what is recorded (a literal stream key among them).
     pub secrets: Secrets,
 }
 
-/// What computer `id`'s guest gets at this start (`restored`: from a saved VM, which adds
-/// `hooks.on_resume`), or `None` when its template asks for nothing of the kind (or it is a
-/// build computer, or its template is gone: a deleted template leaves its computers running
-/// as they are). Builds never get any: their computers are of no template and have no secrets.
-pub fn guest_setup(
+/// What a stop runs in a template's computer before its VM is powered off.
+pub struct ShutdownSetup {
+    pub hook: SetupHook,
+    /// To mask them out of the hook's recorded output.
+    pub secrets: Secrets,
+}
+
+/// What a start hook's failure leaves; a start goes on whatever its hook did.
+const START_GOES_ON: &str = "the computer runs on";
+/// What a shutdown hook's failure leaves.
+const STOP_GOES_ON: &str = "the stop goes on";
+
+/// The document and secrets of computer `id`'s template, or `None` when it has none to apply (a
+/// build computer, a template that is gone: a deleted template leaves its computers as they are).
+fn template_of(
     store: &Store,
     id: &str,
-    restored: bool,
-) -> Result<Option<LaunchSetup>, LaunchError> {
+) -> Result<Option<(super::document::Document, Secrets)>, LaunchError> {
     let Some(c) = store.computer(id)? else {
         return Ok(None);
     };
@@ -74,8 +93,23 @@ pub fn guest_setup(
     };
     let valid = super::validate_value(t.document.clone())
         .map_err(|_| LaunchError::Invalid(t.reference.to_string()))?;
-    let given = store.computer_secrets(id)?;
-    let plan = secrets::plan(&valid.document, &given, restored);
+    Ok(Some((valid.document, store.computer_secrets(id)?)))
+}
+
+/// What computer `id`'s guest gets at this start (`restored`: from a saved VM, which runs
+/// `hooks.on_resume`; else a cold boot, which runs `hooks.on_every_boot`), or `None` when its
+/// template asks for nothing of the kind (or it is a build computer, or its template is gone).
+/// What cannot be given (a runtime file or the stream key from an optional secret not given) is
+/// a `warn` line of the launch log.
+pub fn guest_setup(
+    store: &Store,
+    id: &str,
+    restored: bool,
+) -> Result<Option<LaunchSetup>, LaunchError> {
+    let Some((doc, given)) = template_of(store, id)? else {
+        return Ok(None);
+    };
+    let plan = secrets::plan(&doc, &given, restored);
     for field in &plan.skipped {
         store.add_launch_event(
             id,
@@ -84,8 +118,23 @@ pub fn guest_setup(
             &format!("{field} was not written: the optional secret it comes from was not given"),
         )?;
     }
-    if plan.files.is_empty() && plan.hook.is_none() {
+    let stream = match plan.stream {
+        Some(Ok(s)) => Some(s),
+        Some(Err((label, why))) => {
+            store.add_launch_event(id, "warn", &label, &why)?;
+            None
+        }
+        None => None,
+    };
+    if plan.files.is_empty() && plan.hook.is_none() && stream.is_none() {
         return Ok(None);
+    }
+    // A literal key is no secret of the computer's, but it is kept out of the log all the same.
+    let mut mask = given;
+    if let Some(s) = &stream {
+        mask.0
+            .entry(s.label.clone())
+            .or_insert_with(|| s.request.stream_key.clone());
     }
     Ok(Some(LaunchSetup {
         files: plan.files,
@@ -93,9 +142,30 @@ pub fn guest_setup(
             label,
             commands,
             timeout,
+            on_failure: START_GOES_ON,
         }),
-        secrets: given,
+        stream,
+        secrets: mask,
     }))
+}
+
+/// The `hooks.on_shutdown` of computer `id`'s template, if it has one (not for a build computer
+/// or a template that is gone).
+pub fn shutdown_setup(store: &Store, id: &str) -> Result<Option<ShutdownSetup>, LaunchError> {
+    let Some((doc, given)) = template_of(store, id)? else {
+        return Ok(None);
+    };
+    Ok(
+        secrets::shutdown_hook(&doc).map(|(label, commands, timeout)| ShutdownSetup {
+            hook: SetupHook {
+                label,
+                commands,
+                timeout,
+                on_failure: STOP_GOES_ON,
+            },
+            secrets: given,
+        }),
+    )
 }
 
 /// Gives the new computer `c` its template's golden snapshot if the template is built.
@@ -205,9 +275,11 @@ mod tests {
             Some("TOK='v-1'")
         );
         assert_eq!(after_restore.hook.unwrap().label, "hooks.on_resume");
-        // A cold boot: the file, no hook.
+        // A cold boot: the file, no hook (this template has no on_every_boot).
         let booted = guest_setup(&store, &c, false).unwrap().unwrap();
         assert!(booted.hook.is_none() && booted.files.len() == 1);
+        assert!(booted.stream.is_none());
+        assert!(shutdown_setup(&store, &c).unwrap().is_none());
         // The default desktop asks for nothing; a build computer never gets anything, whatever
         // its template.
         let plain = computer(&store, &ws.id, "system/desktop@1.0.0");
@@ -218,5 +290,77 @@ mod tests {
         let build = computer(&store, &builds.id, "default/k@1.0.0");
         assert!(guest_setup(&store, &build, true).unwrap().is_none());
         assert!(guest_setup(&store, "gone", true).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_boot_shutdown_and_stream_come_from_the_template() {
+        let (_d, store) = crate::store::test_store();
+        super::super::seed(&store).unwrap();
+        let t = super::super::validate_bytes(
+            br#"api_version: orgo.ai/v1
+name: h@1.0.0
+secrets: [{name: sk, optional: true}]
+hooks: {on_every_boot: "echo boot", on_resume: "echo resumed", on_shutdown: "echo bye"}
+streaming: [{name: live, url: "rtmp://127.0.0.1/live", key: {secret: sk}, autostart: true}]
+"#,
+        )
+        .unwrap();
+        store
+            .publish_template(&t.reference("default"), &t.digest, &t.canonical, false)
+            .unwrap();
+        let ws = store
+            .create_workspace("w", WorkspaceStatus::Active, None)
+            .unwrap();
+        let keyed = computer(&store, &ws.id, "default/h@1.0.0");
+        store
+            .set_computer_secrets(
+                &keyed,
+                &Secrets([("sk".into(), "sk-Stream-1".into())].into()),
+            )
+            .unwrap();
+        let cold = guest_setup(&store, &keyed, false).unwrap().unwrap();
+        let hook = cold.hook.unwrap();
+        assert_eq!(hook.label, "hooks.on_every_boot");
+        assert_eq!(hook.on_failure, "the computer runs on");
+        let stream = cold.stream.unwrap();
+        assert_eq!(
+            (stream.label.as_str(), stream.request.stream_key.as_str()),
+            ("streaming.live", "sk-Stream-1")
+        );
+        assert_eq!(
+            guest_setup(&store, &keyed, true)
+                .unwrap()
+                .unwrap()
+                .hook
+                .unwrap()
+                .label,
+            "hooks.on_resume"
+        );
+        let stop = shutdown_setup(&store, &keyed).unwrap().unwrap();
+        assert_eq!(
+            (stop.hook.label.as_str(), stop.hook.on_failure),
+            ("hooks.on_shutdown", "the stop goes on")
+        );
+        // The optional key not given: no stream, a warning that names it, no key anywhere.
+        let bare = computer(&store, &ws.id, "default/h@1.0.0");
+        assert!(guest_setup(&store, &bare, false)
+            .unwrap()
+            .unwrap()
+            .stream
+            .is_none());
+        let log = store.launch_events(&bare).unwrap();
+        let last = log.last().unwrap();
+        assert_eq!(
+            (last.level.as_str(), last.step.as_str()),
+            ("warn", "streaming.live")
+        );
+        assert!(last.line.contains("not given"), "{}", last.line);
+        // A build computer gets no shutdown hook either.
+        let builds = store
+            .create_workspace(BUILD_WORKSPACE, WorkspaceStatus::Active, None)
+            .unwrap();
+        let build = computer(&store, &builds.id, "default/h@1.0.0");
+        assert!(shutdown_setup(&store, &build).unwrap().is_none());
+        assert!(guest_setup(&store, &build, false).unwrap().is_none());
     }
 }

@@ -14,6 +14,7 @@ use super::document::{
     Terminal, Trigger, TriggerSource,
 };
 use super::issue::{index, join, Code, Issue};
+use deskd_agent::protocol::stream;
 
 /// Paths a template may not write: the guest's virtual filesystems and volatile directories,
 /// and deskd's own files in the guest (its agent, helpers and units, the secrets file written at
@@ -205,9 +206,53 @@ pub fn check(doc: &Value) -> Vec<Issue> {
         "streaming",
         &mut out,
     );
+    let mut autostart: Option<usize> = None;
     for (i, s) in streams.iter().enumerate() {
-        if let Some(EnvValue::Secret(r)) = &s.key {
-            secret_ref(&r.secret, join(&index("streaming", i), "key"), &mut out);
+        let at = index("streaming", i);
+        match &s.key {
+            Some(EnvValue::Secret(r)) => secret_ref(&r.secret, join(&at, "key"), &mut out),
+            // The agent's rules, so a launch never meets a key it refuses; the message never
+            // quotes the key.
+            Some(EnvValue::Literal(k)) => {
+                if let Err(why) = stream::check_key(k) {
+                    out.push(
+                        Issue::new(
+                            join(&at, "key"),
+                            Code::InvalidFormat,
+                            format!("{}: {why}", join(&at, "key")),
+                        )
+                        .hint("a key that must stay out of the document: key: {secret: NAME}"),
+                    );
+                }
+            }
+            None if s.autostart == Some(true) => out.push(
+                Issue::new(
+                    join(&at, "key"),
+                    Code::Required,
+                    format!(
+                        "{} is required when autostart is true: the stream is pushed to url/key",
+                        join(&at, "key")
+                    ),
+                )
+                .hint("key: {secret: NAME} keeps it out of the document"),
+            ),
+            None => {}
+        }
+        // The schema checks the scheme; the rest of the agent's URL rules here (one message).
+        if s.url.starts_with("rtmp://") || s.url.starts_with("rtmps://") {
+            if let Err(why) = stream::check_url(&s.url) {
+                out.push(Issue::new(
+                    join(&at, "url"),
+                    Code::InvalidFormat,
+                    format!("{}: {why}", join(&at, "url")),
+                ));
+            }
+        }
+        if s.autostart == Some(true) {
+            match autostart {
+                None => autostart = Some(i),
+                Some(first) => out.push(Issue::new(join(&at, "autostart"), Code::Conflict, format!("{}: only one stream may autostart (a computer streams one at a time), and {} already does; keep autostart: true on one entry only", join(&at, "autostart"), index("streaming", first)))),
+            }
         }
     }
     if let Some(policy) = section::<EgressPolicy>(doc, "egress_policy") {
@@ -425,5 +470,42 @@ mod tests {
         .map(|(f, c)| (f.to_string(), c))
         .collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn streams_follow_the_agents_rules_and_one_at_most_autostarts() {
+        let issues = check(&json!({
+            "secrets": [{"name": "sk"}],
+            "streaming": [
+                {"name": "a", "url": "rtmp://live.example.com/app", "key": {"secret": "sk"}, "autostart": true},
+                {"name": "b", "url": "rtmp://live.example.com/app", "key": "has space", "autostart": true},
+                {"name": "c", "url": "rtmp:///app", "key": "k"},
+                {"name": "d", "url": "rtmps://x.example.com/app", "autostart": true},
+                {"name": "e", "url": "rtmps://x.example.com/app"},
+            ],
+        }));
+        let got: Vec<(&str, Code)> = issues.iter().map(|i| (i.field.as_str(), i.code)).collect();
+        assert_eq!(
+            got,
+            [
+                ("streaming[1].key", Code::InvalidFormat),
+                ("streaming[1].autostart", Code::Conflict),
+                ("streaming[2].url", Code::InvalidFormat),
+                ("streaming[3].key", Code::Required),
+                ("streaming[3].autostart", Code::Conflict),
+            ]
+        );
+        let conflict = &issues[1].message;
+        assert!(
+            conflict.contains("only one stream may autostart") && conflict.contains("streaming[0]"),
+            "{conflict}"
+        );
+        // A literal key is never quoted back.
+        assert!(issues.iter().all(|i| !i.message.contains("has space")));
+        assert!(
+            issues[2].message.contains("names no host"),
+            "{}",
+            issues[2].message
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! A template computer's secrets and what its guest gets at every start (templates.md rows
 //! `secrets`, `env`, `files`, `hooks`): the create's `secrets` map checked ([`parse`]), the
-//! `/root/.env` text ([`render_env`]), the runtime `files` ([`runtime_files`]) and the
-//! `hooks.on_resume` commands, together a [`GuestPlan`].
+//! `/root/.env` text ([`render_env`]), the runtime `files` ([`runtime_files`]), the start's hook
+//! (`hooks.on_resume` after a restore, `hooks.on_every_boot` after a cold boot) and the stream to
+//! start ([`autostart_stream`]), together a [`GuestPlan`]; and the hook a stop runs first
+//! ([`shutdown_hook`]).
 //!
 //! Where secrets live: one row per computer in the daemon's SQLite database (`computer_secrets`,
 //! root-only: 0600 in a 0700 directory, like the stream keys), because every restore (a launch
@@ -24,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::build_plan::{self, quote};
-use super::document::{Document, EnvValue, When};
+use super::document::{Document, EnvValue, Hook, When};
 use deskd_agent::protocol::files::InstallFile;
+use deskd_agent::protocol::stream::{StreamStartRequest, DEFAULT_SETTINGS};
 
 /// Where the secrets go in the guest.
 pub const ENV_FILE: &str = "/root/.env";
@@ -279,19 +282,97 @@ pub fn runtime_files(doc: &Document, secrets: &Secrets) -> (Vec<InstallFile>, Ve
     (files, skipped)
 }
 
+/// A hook ready to run: `(label, /bash commands, limit)`, the hook as root with `set -e`, see
+/// [`super::vm_builder::commands_for`].
+pub type HookPlan = (String, Vec<String>, Duration);
+
+fn hook_plan(label: &str, h: &Hook) -> HookPlan {
+    let (run, timeout) = build_plan::hook(h);
+    (
+        label.to_string(),
+        super::vm_builder::commands_for(&format!("{run}\n"), 0),
+        timeout,
+    )
+}
+
+/// The stream a template's computer starts at every start (templates.md `streaming`, the first
+/// entry with `autostart: true`; validation refuses a second). `Debug` hides the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoStream {
+    /// `streaming.NAME`, the launch log's step.
+    pub label: String,
+    /// What `POST /computers/{id}/stream/start` would send the agent: the entry's `url`, its key
+    /// (a `{secret: NAME}` resolved), the default encoder settings (a template names none).
+    pub request: StreamStartRequest,
+}
+
+/// Why a template's autostart stream is not started: its label (`streaming.NAME`) and a line
+/// naming the entry, never holding the key.
+pub type StreamSkip = (String, String);
+
+/// The autostart stream of `doc` for a computer with `secrets`: `None` when no entry asks for
+/// one, `Some(Err(..))` when it cannot start (its key is an optional secret that was not given,
+/// or it breaks the agent's rules).
+pub fn autostart_stream(
+    doc: &Document,
+    secrets: &Secrets,
+) -> Option<Result<AutoStream, StreamSkip>> {
+    let s = doc
+        .streaming
+        .iter()
+        .flatten()
+        .find(|s| s.autostart == Some(true))?;
+    let label = format!("streaming.{}", s.name);
+    let key = match &s.key {
+        Some(EnvValue::Literal(k)) => k.clone(),
+        Some(EnvValue::Secret(r)) => match secrets.get(&r.secret) {
+            Some(v) => v.to_string(),
+            None => {
+                let why = format!(
+                    "{label} was not started: its key is the secret {:?}, which was not given at create",
+                    r.secret
+                );
+                return Some(Err((label, why)));
+            }
+        },
+        None => {
+            let why = format!(
+                "{label} was not started: it has no key (give key: or key: {{secret: NAME}})"
+            );
+            return Some(Err((label, why)));
+        }
+    };
+    let request = StreamStartRequest {
+        url: s.url.clone(),
+        stream_key: key,
+        settings: DEFAULT_SETTINGS,
+    };
+    // The agent checks the same; checked here so the launch log says it without a round trip.
+    if let Err(why) = request.check() {
+        let why = format!("{label} was not started: {why}");
+        return Some(Err((label, why)));
+    }
+    Some(Ok(AutoStream { label, request }))
+}
+
 /// What a template's computer gets once its agent answers: files in order (`/root/.env` first),
-/// then, after a restore, `hooks.on_resume`.
+/// then its start's hook, then its autostart stream.
 #[derive(Default)]
 pub struct GuestPlan {
     pub files: Vec<InstallFile>,
-    /// `(label, /bash commands, limit)`: the hook as root with `set -e`, see
-    /// [`super::vm_builder::commands_for`].
-    pub hook: Option<(String, Vec<String>, Duration)>,
+    /// `hooks.on_resume` after a restore, `hooks.on_every_boot` after a cold boot.
+    pub hook: Option<HookPlan>,
     /// Runtime files that could not be given (see [`runtime_files`]).
     pub skipped: Vec<String>,
+    /// The stream to start, or why the template's autostart stream cannot start.
+    pub stream: Option<Result<AutoStream, StreamSkip>>,
 }
 
-/// The plan for a computer of `doc` with `secrets`; `restored` adds `hooks.on_resume`.
+/// The plan for a computer of `doc` with `secrets`. `restored` (a launch from the golden
+/// snapshot, a resume, a clone) runs `hooks.on_resume`; a cold boot (the image or the golden disk
+/// booted, a stopped computer's start, a restart, a reboot by the guest) runs
+/// `hooks.on_every_boot`. Never both: a restored VM did not boot, and the processes the last
+/// boot's hook started are still there.
 pub fn plan(doc: &Document, secrets: &Secrets, restored: bool) -> GuestPlan {
     let mut files = Vec::new();
     if let Some(text) = render_env(doc, secrets) {
@@ -305,22 +386,31 @@ pub fn plan(doc: &Document, secrets: &Secrets, restored: bool) -> GuestPlan {
     }
     let (runtime, skipped) = runtime_files(doc, secrets);
     files.extend(runtime);
-    let hook = restored
-        .then(|| doc.hooks.as_ref().and_then(|h| h.on_resume.as_ref()))
-        .flatten()
-        .map(|h| {
-            let (run, timeout) = build_plan::hook(h);
-            (
-                "hooks.on_resume".to_string(),
-                super::vm_builder::commands_for(&format!("{run}\n"), 0),
-                timeout,
-            )
-        });
+    let hooks = doc.hooks.as_ref();
+    let hook = if restored {
+        hooks
+            .and_then(|h| h.on_resume.as_ref())
+            .map(|h| hook_plan("hooks.on_resume", h))
+    } else {
+        hooks
+            .and_then(|h| h.on_every_boot.as_ref())
+            .map(|h| hook_plan("hooks.on_every_boot", h))
+    };
     GuestPlan {
         files,
         hook,
         skipped,
+        stream: autostart_stream(doc, secrets),
     }
+}
+
+/// `hooks.on_shutdown` of `doc`, with its own limit (the stop caps it further,
+/// `crate::computers::Lifecycle`).
+pub fn shutdown_hook(doc: &Document) -> Option<HookPlan> {
+    doc.hooks
+        .as_ref()
+        .and_then(|h| h.on_shutdown.as_ref())
+        .map(|h| hook_plan("hooks.on_shutdown", h))
 }
 
 #[cfg(test)]
@@ -513,5 +603,96 @@ hooks: {on_resume: "systemctl restart app", on_first_boot: "echo first"}
             s.mask("key sk-123456 and sk-123, xy"),
             "key [secret b] and [secret a], xy"
         );
+    }
+
+    /// The hook text that `commands_for`'s commands carry (base64 in `printf` pieces).
+    fn script_of(commands: &[String]) -> String {
+        use base64::Engine;
+        let b64: String = commands
+            .iter()
+            .filter_map(|c| c.strip_prefix("printf '%s' '"))
+            .map(|c| c.split('\'').next().unwrap())
+            .collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_cold_boot_runs_on_every_boot_a_restore_on_resume_and_a_stop_on_shutdown() {
+        let d = doc(r#"
+api_version: orgo.ai/v1
+name: hooks@1.0.0
+hooks:
+  on_first_boot: "echo first"
+  on_every_boot: "echo boot"
+  on_resume: "echo resumed"
+  on_shutdown: {run: "echo bye", timeout: 30s}
+"#);
+        let none = Secrets::default();
+        let (label, commands, timeout) = plan(&d, &none, false).hook.unwrap();
+        assert_eq!(label, "hooks.on_every_boot");
+        assert_eq!(script_of(&commands), "set -e\necho boot\n");
+        assert_eq!(timeout, Duration::from_secs(600));
+        let (label, commands, _) = plan(&d, &none, true).hook.unwrap();
+        assert_eq!(label, "hooks.on_resume");
+        assert_eq!(script_of(&commands), "set -e\necho resumed\n");
+        let (label, commands, timeout) = shutdown_hook(&d).unwrap();
+        assert_eq!(label, "hooks.on_shutdown");
+        assert_eq!(script_of(&commands), "set -e\necho bye\n");
+        assert_eq!(timeout, Duration::from_secs(30));
+        assert!(commands.last().unwrap().contains("sudo -n -H bash -l"));
+        // Without hooks: none at any start or stop.
+        let bare = doc("api_version: orgo.ai/v1\nname: bare@1.0.0\n");
+        assert!(plan(&bare, &none, false).hook.is_none());
+        assert!(plan(&bare, &none, true).hook.is_none());
+        assert!(shutdown_hook(&bare).is_none());
+    }
+
+    #[test]
+    fn the_first_autostart_stream_starts_with_its_key_resolved_and_hidden() {
+        let d = doc(r#"
+api_version: orgo.ai/v1
+name: streams@1.0.0
+secrets: [{name: sk}]
+streaming:
+  - {name: manual, url: "rtmp://a.example.com/live", key: "manual-key-1"}
+  - {name: live, url: "rtmp://b.example.com/live", key: {secret: sk}, autostart: true}
+"#);
+        let secrets = Secrets([("sk".to_string(), "live_Secret-9".to_string())].into());
+        let s = autostart_stream(&d, &secrets).unwrap().unwrap();
+        assert_eq!(s.label, "streaming.live");
+        assert_eq!(s.request.url, "rtmp://b.example.com/live");
+        assert_eq!(s.request.stream_key, "live_Secret-9");
+        assert_eq!(s.request.settings, DEFAULT_SETTINGS);
+        assert!(!format!("{s:?}").contains("live_Secret-9"), "{s:?}");
+        assert_eq!(plan(&d, &secrets, false).stream, Some(Ok(s.clone())));
+        assert_eq!(plan(&d, &secrets, true).stream, Some(Ok(s)));
+        // Its secret not given (an optional one): not started, said without a key.
+        let (label, why) = autostart_stream(&d, &Secrets::default())
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(label, "streaming.live");
+        assert!(
+            why.contains("secret \"sk\"") && why.contains("not given"),
+            "{why}"
+        );
+        // A literal key is taken as it is; no autostart entry, no stream.
+        let lit = doc(r#"
+api_version: orgo.ai/v1
+name: lit@1.0.0
+streaming: [{name: s, url: "rtmps://c.example.com/app", key: "lit-Key_2", autostart: true}]
+"#);
+        let s = autostart_stream(&lit, &Secrets::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.request.stream_key, "lit-Key_2");
+        let off = doc(r#"
+api_version: orgo.ai/v1
+name: off@1.0.0
+streaming: [{name: s, url: "rtmps://c.example.com/app", key: "k", autostart: false}]
+"#);
+        assert!(autostart_stream(&off, &Secrets::default()).is_none());
     }
 }
