@@ -13,7 +13,9 @@ HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flo
   steps' and the hook's output, the env, and a hostname (deskd-<instance_id>) and machine-id of its
   own; the template's required secret, given per launch, is in /root/.env (0600, root) and in a
   runtime file, another runtime file is there, and `on_resume` ran once after the restore, after
-  both (a launch without the secret is a 400 naming it); POST /templates/run answers for the built template and DELETE /templates/run removes it;
+  both (a launch without the secret is a 400 naming it); one launch stopped (on_shutdown runs first)
+  and started (a cold boot: on_every_boot runs, on_resume does not; RIG_TEMPLATE_COLD_START=0 leaves it
+  out); POST /templates/run answers for the built template and DELETE /templates/run removes it;
   build computers never show in GET /computers. A computer created after the build goes through the API flow's power steps (rig_api_flow.power_steps: a
   reboot inside the guest, stop, start with the VMM killed during the boot, delete). Prints build time, launch times and the cold boot
   time of the same run side by side. Exits 1 on the first mismatch; 77 (skipped) only if the build
@@ -59,6 +61,13 @@ if SECRETS:
     # After the restore, /root/.env and the runtime files are already there.
     TEMPLATE["hooks"]["on_resume"] = ("for f in /root/.env /etc/rig-template-token /home/user/runtime.txt; do "
                                       "test -s $f || exit 1; done; echo resumed >> /var/lib/rig-template/resumed")
+# A launch stopped and started again (a cold boot of its disk): on_shutdown ran before the stop,
+# on_every_boot after the boot and not after the restore; RIG_TEMPLATE_COLD_START=0 leaves it out.
+COLD_START = os.environ.get("RIG_TEMPLATE_COLD_START", "1") != "0"
+if COLD_START:
+    TEMPLATE["hooks"]["on_every_boot"] = ("test -s /root/.env; echo boot >> /var/lib/rig-template/every-boot; "
+                                          "echo every boot hook ran")
+    TEMPLATE["hooks"]["on_shutdown"] = "date +%s > /var/lib/rig-template/shutdown; sync; echo shutdown hook ran"
 BUILD_LIMIT_S = 2400
 LAUNCH_LIMIT_S = 600
 
@@ -172,6 +181,38 @@ def check_computer(api, cid):
     return host, machine_id
 
 
+def cold_start(api, cid):
+    """Stop and start a launch: the hooks around a cold boot of its disk (issue 14)."""
+    out = bash(api, cid, "sudo cat /var/lib/rig-template/every-boot 2>/dev/null; "
+                         "sudo test -e /var/lib/rig-template/shutdown && echo shut || true")
+    expect(out == "", f"{cid}: on_every_boot or on_shutdown ran before any cold boot or stop: {out!r}")
+    t0 = time.monotonic()
+    r = api.json("POST", f"/api/computers/{cid}/stop")
+    expect(r.get("success") is True, f"stop answered {r}")
+    poll(f"{cid} stopped", lambda: api.status_of(cid) in ("stopped", "error"), 300, every_s=2)
+    expect(api.status_of(cid) == "stopped", f"after stop {cid} is {api.status_of(cid)}")
+    stopped_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    r = api.json("POST", f"/api/computers/{cid}/start")
+    expect(r.get("success") is True, f"start answered {r}")
+    ms = wait_running(api, cid, t0)
+    out = bash(api, cid, "sudo cat /var/lib/rig-template/every-boot; sudo cat /var/lib/rig-template/resumed; "
+                         "sudo test -s /var/lib/rig-template/shutdown && echo shut")
+    expect(out.splitlines() == ["boot", "resumed", "shut"],
+           f"{cid}: after stop and start, every-boot/resumed/shutdown markers are {out.splitlines()} "
+           "(want on_every_boot once, on_resume still once, on_shutdown before the stop)")
+    log = api.json("GET", f"/api/computers/{cid}/launch-log")["events"]
+    steps = [e["step"] for e in log]
+    for want in ("hooks.on_resume", "hooks.on_shutdown", "hooks.on_every_boot"):
+        expect(want in steps, f"{cid}: no {want} in the launch log: {steps}")
+    expect(not any(e["level"] == "error" for e in log), f"{cid}: errors in the launch log: "
+           f"{[e for e in log if e['level'] == 'error']}")
+    expect(not any(token_of(api.json('GET', f'/api/computers/{cid}')['name']) in e["line"] for e in log),
+           f"{cid}: the secret is in the launch log")
+    step(f"stop ({stopped_s:.0f} s, on_shutdown ran first) and start: a cold boot of the launch's disk running after "
+         f"{ms:.0f} ms, on_every_boot ran once with /root/.env there, on_resume did not run again")
+
+
 def flow(api, ctl):
     code, published = api.call("POST", "/api/templates", TEMPLATE)
     expect(code in (200, 201), f"POST /api/templates answered {code}: {published}")
@@ -225,6 +266,9 @@ def flow(api, ctl):
     step(f"both have the template's files, run output, hook and env; identities {ids}")
     expect(ids[0][0] != ids[1][0], "the two launches share a hostname")
     expect(ids[0][1] != ids[1][1] and all(len(m) == 32 for _, m in ids), f"machine-ids not distinct: {ids}")
+
+    if COLD_START:
+        cold_start(api, a)
 
     # The rig's host has 7 GB: a third 4 GB computer is over the RAM commitment quota, so the two
     # launches go before the run.
