@@ -136,10 +136,10 @@ run: build
 	if grep -qwE 'vmx|svm' /proc/cpuinfo; then \
 		echo "make run: hardware virtualization present: running deskd serve here"; \
 		images/install.sh "$$img" $(DATA_DIR) >/dev/null || exit 1; \
-		$(DESKD_RELEASE) serve --data-dir $(DATA_DIR) & pid=$$!; \
+		$(DESKD_RELEASE) serve --data-dir $(DATA_DIR) --listen 127.0.0.1:8765 & pid=$$!; \
 		for i in $$(seq 1 100); do [ -S /run/deskd/deskd.sock ] && break; sleep 0.1; done; \
 		echo "  socket:  /run/deskd/deskd.sock"; \
-		echo "  URL:     http://localhost/api (over the socket; --listen 127.0.0.1:PORT for TCP)"; \
+		echo "  URL:     http://127.0.0.1:8765/api (and http://localhost/api over the socket)"; \
 		if [ -f $(DATA_DIR)/initial-api-key ]; then echo "  API key: $$(cat $(DATA_DIR)/initial-api-key)"; \
 		else echo "  API key: make one with: $(DESKD_RELEASE) keys create --name NAME --data-dir $(DATA_DIR)"; fi; \
 		wait $$pid; \
