@@ -8,8 +8,9 @@
 //!   and restoring a snapshot. Every other thread inherits it; the worker spawner keeps it.
 //! - [`ThreadKind::Vcpu`]: `KVM_RUN` and reading its vCPU's state (snapshots), the port I/O and
 //!   MMIO devices (console log), and activating a virtio device (its eventfds, epoll set, timer,
-//!   TAP offloads). It starts no thread: device workers are started by the spawner
-//!   (`super::spawner`), so a vCPU thread never needs `clone`, sockets or file system calls.
+//!   TAP offloads, vsock's host socket made non-blocking). It starts no thread: device workers
+//!   are started by the spawner (`super::spawner`), so a vCPU thread never needs `clone`,
+//!   sockets or file system calls.
 //! - [`ThreadKind::Worker`]: a virtio device's queue work: epoll, eventfds, the disk image
 //!   (read, write, flush, discard), the TAP, vsock's Unix sockets (accepting host clients,
 //!   connecting to `<socket>_<port>`), the rate limiter's timer.
@@ -345,7 +346,9 @@ fn activates_devices(a: &mut Allowed) {
             libc::F_DUPFD_CLOEXEC as u64,
         ],
     );
-    a.arg_in(libc::SYS_ioctl, 1, &[libc::TUNSETOFFLOAD]);
+    // TAP offloads (virtio-net); FIONBIO: vsock's activation makes its copy of the host socket
+    // non-blocking (it only sets O_NONBLOCK on a descriptor the VMM already holds).
+    a.arg_in(libc::SYS_ioctl, 1, &[libc::TUNSETOFFLOAD, libc::FIONBIO]);
 }
 
 fn vcpu(a: &mut Allowed) {

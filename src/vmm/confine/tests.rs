@@ -348,6 +348,10 @@ fn run_vmm_like(d: &Path) -> i32 {
     let Ok(wake) = EventFd::new(EFD_NONBLOCK) else {
         return 27;
     };
+    // vsock's host socket, which its activation (on a vCPU thread) shares with the worker.
+    let Ok(vsock_listener) = std::os::unix::net::UnixListener::bind(d.join("vsock.sock")) else {
+        return 29;
+    };
     if filters_only(Some(status.raw_fd())).is_err() {
         return 28;
     }
@@ -387,6 +391,12 @@ fn run_vmm_like(d: &Path) -> i32 {
         let (Ok(kick), Ok(event_loop)) = (EventFd::new(EFD_NONBLOCK), EventLoop::new()) else {
             return 33;
         };
+        // vsock's activation: its host socket shared with the worker, made non-blocking
+        // (FIONBIO); a boot in the rig ended with SIGSYS here while the filter lacked it.
+        match vsock_listener.try_clone() {
+            Ok(l) if l.set_nonblocking(true).is_ok() => {}
+            _ => return 43,
+        }
         let Ok(kick_copy) = kick.try_clone() else {
             return 34;
         };
