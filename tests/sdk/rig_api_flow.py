@@ -16,7 +16,11 @@ Run by tests/sdk-rig-e2e against `deskd serve` inside the rig (tests/rig/serve),
   out): the first boot's network checks, the resumed and the cloned computer fetch a page, and no
   namespace or TAP is left after the VMM is killed and after delete. The audio stream
   (rig_media_flow.check_audio; RIG_MEDIA_FLOW=0 leaves it out): a 440 Hz tone played in the guest
-  is captured from /ws/audio, its events arrive, silence when nothing plays.
+  is captured from /ws/audio, its events arrive, silence when nothing plays. RTMP streaming
+  (rig_media_flow.check_rig_rtmp; RIG_RTMP_FLOW=0 or RIG_MEDIA_FLOW=0 leaves it out): the official SDK's start_stream
+  pushes the screen and sound to an ffmpeg receiver on this host through the rig's rtmp.test, at
+  least 5 s of 1280x720 H.264 and AAC arrive; stream_status, stop_stream, a dead port's
+  `terminated`; the stream key in no answer or log.
 
 Faults are injected through the supervisor inside (tests/rig/supervise: files in `ctl`); the one
 reboot the test asks for is announced there, so that any other guest reset is recorded as a fault of
@@ -38,8 +42,10 @@ START = time.monotonic()
 WIDTH, HEIGHT = 1280, 720
 # Guest networking's steps (rig_network_flow.py); RIG_NETWORK_FLOW=0 leaves them out.
 NETWORK = os.environ.get("RIG_NETWORK_FLOW", "1") != "0"
-# The audio stream's steps (rig_media_flow.check_audio); RIG_MEDIA_FLOW=0 leaves them out.
+# The audio stream's steps (rig_media_flow.check_audio) and RTMP streaming's
+# (rig_media_flow.check_rig_rtmp); RIG_MEDIA_FLOW=0 leaves both out, RIG_RTMP_FLOW=0 the RTMP steps.
 MEDIA = os.environ.get("RIG_MEDIA_FLOW", "1") != "0"
+RTMP = MEDIA and os.environ.get("RIG_RTMP_FLOW", "1") != "0"
 # The flow's helpers import this file by name: as a script it is that module too (one `Failed`).
 sys.modules.setdefault("rig_api_flow", sys.modules[__name__])
 
@@ -169,6 +175,9 @@ def flow(api, ctl):
     if MEDIA:
         import rig_media_flow
         rig_media_flow.check_audio(api, cid)
+    if RTMP:
+        import rig_media_flow
+        rig_media_flow.check_rig_rtmp(api, cid)
 
     # The operator's command line on the same computer: `deskd screenshot` and `deskd bash`.
     rig_check = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cli", "rig-check")
