@@ -367,7 +367,8 @@ class Receiver:
         return int(times[-1]) / 1e6 if times and times[-1].isdigit() else 0.0
 
     def finish(self, limit_s=60):
-        """ffprobe's JSON of the file once the receiver has ended by itself (the publisher hung up)."""
+        """ffprobe's JSON of the file (streams, duration, every packet's time) once the receiver has
+        ended by itself (the publisher hung up)."""
         try:
             self.proc.wait(limit_s)
         except subprocess.TimeoutExpired:
@@ -376,8 +377,9 @@ class Receiver:
             raise Failed(f"the receiver was still connected {limit_s} s after stop_stream() ({got:.1f} s received): "
                          "the stream did not end")
         expect(self.proc.returncode == 0, f"the receiver exited {self.proc.returncode}: {self.tail()}")
-        r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,width,height",
-                            "-show_entries", "format=duration", "-of", "json", self.out],
+        r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=index,codec_type,codec_name,width,height",
+                            "-show_entries", "format=duration", "-show_entries", "packet=stream_index,pts_time",
+                            "-of", "json", self.out],
                            capture_output=True, text=True, timeout=120)
         expect(r.returncode == 0, f"ffprobe of what the receiver wrote failed: {r.stderr.strip()[-300:]}")
         return json.loads(r.stdout)
@@ -481,8 +483,20 @@ def check_rtmp(api, cid, rtmp_url, receiver=None, computer=None, logs=()):
                f"no AAC audio: {streams}")
         duration = float(info.get("format", {}).get("duration", 0))
         expect(duration >= 5, f"only {duration} s arrived")
+        # Each track's own span, from its packets' times: 5 s of each, and of video at least a
+        # frame a second (not two stills 5 s apart).
+        kinds = {s.get("index"): s.get("codec_type") for s in streams}
+        times = {"video": [], "audio": []}
+        for p in info.get("packets", []):
+            if kinds.get(p.get("stream_index")) in times and p.get("pts_time") not in (None, "N/A"):
+                times[kinds[p["stream_index"]]].append(float(p["pts_time"]))
+        span = {k: max(v) - min(v) if v else 0.0 for k, v in times.items()}
+        what = (f"video: {len(times['video'])} frames over {span['video']:.1f} s, "
+                f"audio: {len(times['audio'])} packets over {span['audio']:.1f} s")
+        expect(span["video"] >= 5 and span["audio"] >= 5 and len(times["video"]) >= 5,
+               f"less than 5 s of video or audio arrived ({what})")
         step(f"rtmp: stop_stream -> idle; the receiver ended {time.monotonic() - t1:.1f} s later with "
-             f"{duration:.1f} s of 1280x720 H.264 and AAC audio ({os.path.getsize(receiver.out)} bytes)")
+             f"{duration:.1f} s of 1280x720 H.264 and AAC audio ({what}; {os.path.getsize(receiver.out)} bytes)")
 
     bad = f"rig-bad-{uuid.uuid4().hex[:6]}"
     call("POST", "/api/stream-connections", {"name": bad, "rtmp_url": "rtmp://127.0.0.1:1/live",
