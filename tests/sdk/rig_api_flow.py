@@ -16,7 +16,11 @@ Run by tests/sdk-rig-e2e against `deskd serve` inside the rig (tests/rig/serve),
   out): the first boot's network checks, the resumed and the cloned computer fetch a page, and no
   namespace or TAP is left after the VMM is killed and after delete. The audio stream
   (rig_media_flow.check_audio; RIG_MEDIA_FLOW=0 leaves it out): a 440 Hz tone played in the guest
-  is captured from /ws/audio, its events arrive, silence when nothing plays. The live view
+  is captured from /ws/audio, its events arrive, silence when nothing plays. RTMP streaming
+  (rig_media_flow.check_rig_rtmp; RIG_RTMP_FLOW=0 or RIG_MEDIA_FLOW=0 leaves it out): the official SDK's start_stream
+  pushes the screen and sound to an ffmpeg receiver on this host through the rig's rtmp.test, at
+  least 5 s of 1280x720 H.264 and AAC arrive; stream_status, stop_stream, a dead port's
+  `terminated`; the stream key in no answer or log. The live view
   (tests/viewer/viewer.py; RIG_VIEWER_FLOW=0 leaves it out): orgo-vnc and noVNC in headless Chromium
   behind nginx (the README's snippet) connect with the API's hostname and password, show the
   desktop, a click and typed text reach the guest, a wrong password is refused. The clipboard and
@@ -44,8 +48,10 @@ START = time.monotonic()
 WIDTH, HEIGHT = 1280, 720
 # Guest networking's steps (rig_network_flow.py); RIG_NETWORK_FLOW=0 leaves them out.
 NETWORK = os.environ.get("RIG_NETWORK_FLOW", "1") != "0"
-# The audio stream's steps (rig_media_flow.check_audio); RIG_MEDIA_FLOW=0 leaves them out.
+# The audio stream's steps (rig_media_flow.check_audio) and RTMP streaming's
+# (rig_media_flow.check_rig_rtmp); RIG_MEDIA_FLOW=0 leaves both out, RIG_RTMP_FLOW=0 the RTMP steps.
 MEDIA = os.environ.get("RIG_MEDIA_FLOW", "1") != "0"
+RTMP = MEDIA and os.environ.get("RIG_RTMP_FLOW", "1") != "0"
 # The live view's steps (tests/viewer/viewer.py: orgo-vnc and noVNC in Chromium behind nginx on this
 # port, the daemon's public_url; tests/sdk-rig-e2e sets it). Unset or RIG_VIEWER_FLOW=0: left out.
 VIEWER_PROXY_PORT = int(os.environ.get("RIG_VIEWER_PROXY_PORT") or 0) if os.environ.get("RIG_VIEWER_FLOW", "1") != "0" else 0
@@ -180,6 +186,9 @@ def flow(api, ctl):
     if MEDIA:
         import rig_media_flow
         rig_media_flow.check_audio(api, cid)
+    if RTMP:
+        import rig_media_flow
+        rig_media_flow.check_rig_rtmp(api, cid)
 
     # The operator's command line on the same computer: `deskd screenshot` and `deskd bash`.
     rig_check = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cli", "rig-check")
