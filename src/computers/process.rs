@@ -437,7 +437,12 @@ impl VmBackend for VmmProcessBackend {
     fn stop_strays(&self, known: &dyn Fn(&str) -> bool) -> usize {
         let mut stopped = 0;
         for (id, pid, _) in self.running_vmms() {
-            if known(&id) {
+            // Each VMM leads its own process group (spawned with `process_group(0)`), and the
+            // group is what is signalled: a process that is not a group leader is a VMM's child
+            // caught between fork and exec (its command line still the VMM's), gone with it.
+            let leads_group =
+                nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid);
+            if known(&id) || !leads_group {
                 continue;
             }
             tracing::warn!(computer = %id, pid, "stopping a VMM of a computer deskd does not know");
