@@ -68,8 +68,9 @@ e2e:
 ## (issue 7). E2E_VARIANT=minimal runs the minimal image as the default template.
 E2E_VARIANT ?= desktop
 .PHONY: sdk-e2e
-## Two rigs, each booted fresh: the API flow with the SDK test, then the templates with the power
-## steps (tests/rig/README.md, "Faults of the emulator": the L1 has died at ~26 minutes of uptime).
+## Two rigs, each booted fresh: the API flow with the SDK test and resize, then the templates with
+## files and the power steps (tests/rig/README.md, "Faults of the emulator": the L1 has died at ~26
+## minutes of uptime). RIG_RESIZE_FLOW=0 / RIG_FILES_FLOW=0 leave resize / files out.
 sdk-e2e: build-debug
 	tests/rig/retry-on-crash tests/sdk-rig-e2e --variant $(E2E_VARIANT) --skip-templates
 	tests/rig/retry-on-crash tests/sdk-rig-e2e --variant $(E2E_VARIANT) --templates-only

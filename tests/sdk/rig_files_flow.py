@@ -2,8 +2,9 @@
 """Files in and out of a running computer through deskd (issue 16), in the style of rig_api_flow.py.
 
 `check_files(api, ws, cid, other_cid=None)` runs on a running computer `cid` of workspace `ws`
-(rig_api_flow.flow can call it once the computer runs; `other_cid`, a second running computer of
-the same workspace, adds the workspace-upload check):
+(`other_cid`, a second running computer of the same workspace, adds the workspace-upload check). In
+`make test` rig_template_flow.flow calls it on its two launches from the golden snapshot while both
+run, so it costs no boot (`RIG_FILES_FLOW=0` leaves it out):
 
   a 5 MB random file uploaded with desktopId lands in /home/user/Desktop with the same SHA-256,
   owned by `user`; exported back (POST /api/files/export), its signed URL returns identical bytes
@@ -12,8 +13,9 @@ the same workspace, adds the workspace-upload check):
   export (403); an upload to the workspace lands in both running computers; the file deleted, its
   URL answers 404.
 
-Run alone: `rig_files_flow.py --info-dir DIR` creates a workspace and a computer, waits for it and
-runs the checks. Exits 1 on the first mismatch.
+Run alone: `rig_files_flow.py --info-dir DIR` creates a workspace and a computer (one cold boot),
+waits for it and runs the checks (without the workspace upload). Prints each step with its time;
+exits 1 on the first mismatch.
 """
 
 import hashlib

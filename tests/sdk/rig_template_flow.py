@@ -13,9 +13,11 @@ HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flo
   steps' and the hook's output, the env, and a hostname (deskd-<instance_id>) and machine-id of its
   own; the template's required secret, given per launch, is in /root/.env (0600, root) and in a
   runtime file, another runtime file is there, and `on_resume` ran once after the restore, after
-  both (a launch without the secret is a 400 naming it); one launch stopped (on_shutdown runs first)
-  and started (a cold boot: on_every_boot runs, on_resume does not; RIG_TEMPLATE_COLD_START=0 leaves it
-  out); POST /templates/run answers for the built template and DELETE /templates/run removes it;
+  both (a launch without the secret is a 400 naming it); with both launches running, the files checks
+  (rig_files_flow.check_files on the first, its workspace upload reaching both; RIG_FILES_FLOW=0
+  leaves them out); one launch stopped (on_shutdown runs first) and started (a cold boot:
+  on_every_boot runs, on_resume does not; RIG_TEMPLATE_COLD_START=0 leaves it out); POST
+  /templates/run answers for the built template and DELETE /templates/run removes it;
   build computers never show in GET /computers. A computer created after the build goes through the API flow's power steps (rig_api_flow.power_steps: a
   reboot inside the guest, stop, start with the VMM killed during the boot, delete). Prints build time, launch times and the cold boot
   time of the same run side by side. Exits 1 on the first mismatch; 77 (skipped) only if the build
@@ -48,6 +50,8 @@ TEMPLATE = {
     ],
     "hooks": {"on_first_boot": "date +%s > /var/lib/rig-template/first-boot; echo first boot hook ran"},
 }
+# Files in and out (rig_files_flow.check_files) on the two launches; RIG_FILES_FLOW=0 leaves them out.
+FILES = os.environ.get("RIG_FILES_FLOW", "1") != "0"
 # The launch-time parts (a required secret, runtime files, on_resume); RIG_TEMPLATE_SECRETS=0
 # leaves them out.
 SECRETS = os.environ.get("RIG_TEMPLATE_SECRETS", "1") != "0"
@@ -266,6 +270,12 @@ def flow(api, ctl):
     step(f"both have the template's files, run output, hook and env; identities {ids}")
     expect(ids[0][0] != ids[1][0], "the two launches share a hostname")
     expect(ids[0][1] != ids[1][1] and all(len(m) == 32 for _, m in ids), f"machine-ids not distinct: {ids}")
+    if FILES:
+        # Both launches run in one workspace: the file checks need no boot of their own.
+        import rig_files_flow
+        t0 = time.monotonic()
+        rig_files_flow.check_files(api, ws, a, b)
+        step(f"file checks on {a} (the workspace upload also into {b}) done in {time.monotonic() - t0:.0f} s")
 
     if COLD_START:
         cold_start(api, a)
