@@ -485,7 +485,20 @@ impl VmBackend for VmmProcessBackend {
                 Ok(mbps.into())
             }
             // The disk's size in whole GiB, as the VMM answered it.
-            Hotplug::DiskGb(gb) => Ok(live_resize::grow_disk(&self.dir(computer_id), gb)? >> 30),
+            Hotplug::DiskGb(gb) => {
+                // A confined VMM may write files only as long as its disks were at its start
+                // (RLIMIT_FSIZE): let it extend this one first.
+                if let (true, VmState::Alive { pid }) = (self.confine, self.state(computer_id)) {
+                    let bytes = (u64::from(gb) << 30)
+                        .saturating_add(crate::vmm::confine::limits::FILE_SIZE_SLACK);
+                    crate::vmm::confine::limits::raise_file_size(pid, bytes).map_err(|e| {
+                        BackendError::Process(format!(
+                            "cannot let the VMM (pid {pid}) grow its disk to {gb} GB (RLIMIT_FSIZE): {e}"
+                        ))
+                    })?;
+                }
+                Ok(live_resize::grow_disk(&self.dir(computer_id), gb)? >> 30)
+            }
             other => Err(Self::hotplug_unsupported(other)),
         }
     }

@@ -13,7 +13,7 @@ pub const DEFAULT_MAX_OPEN_FILES: u64 = 1024;
 
 /// Bytes past guest RAM and disks allowed by the default `RLIMIT_FSIZE`: a snapshot's state
 /// file, the logs (4 MiB each before they rotate).
-const FILE_SIZE_SLACK: u64 = 64 << 20;
+pub const FILE_SIZE_SLACK: u64 = 64 << 20;
 
 /// Why a limit could not be set.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,32 @@ impl Limits {
             file_size,
         }
     }
+}
+
+/// Raises a running confined VMM's `RLIMIT_FSIZE` to at least `bytes` (the daemon, as root, before
+/// it grows the VM's disk live: the limit was set for the disk's size at start, and the VMM cannot
+/// raise its own hard limit). Never lowers it.
+pub fn raise_file_size(pid: i32, bytes: u64) -> std::io::Result<()> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads the limit of process `pid` into `old`, which is valid for the call.
+    if unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut old) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if old.rlim_cur >= bytes && old.rlim_max >= bytes {
+        return Ok(());
+    }
+    let new = libc::rlimit {
+        rlim_cur: old.rlim_cur.max(bytes),
+        rlim_max: old.rlim_max.max(bytes),
+    };
+    // SAFETY: sets the limit of process `pid` from `new`, valid for the call; nothing is read back.
+    if unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &new, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set(
@@ -122,5 +148,52 @@ mod tests {
         });
         let set = Limits::for_vm(&config, config.confine.as_ref().unwrap(), 8 << 30, 10);
         assert_eq!((set.open_files, set.file_size), (100, 1 << 20));
+    }
+
+    /// The daemon raises a running VMM's file size limit before a live disk growth (as root), and
+    /// never lowers it.
+    #[test]
+    fn a_running_processs_file_size_limit_is_raised_not_lowered() {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("\n*** SKIPPED: raising another process's RLIMIT_FSIZE needs root ***\n");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let low = libc::rlimit {
+            rlim_cur: 1 << 30,
+            rlim_max: 1 << 30,
+        };
+        // SAFETY: sets the child's limit from `low`, valid for the call.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &low, std::ptr::null_mut()) };
+        assert_eq!(rc, 0);
+        let limit = || {
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: reads the child's limit into `now`, valid for the call.
+            let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut now) };
+            assert_eq!(rc, 0);
+            (now.rlim_cur, now.rlim_max)
+        };
+        match raise_file_size(pid, 12 << 30) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                eprintln!("\n*** SKIPPED: this root lacks CAP_SYS_RESOURCE (a container's), which raising a hard limit needs ***\n");
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            other => other.unwrap(),
+        }
+        assert_eq!(limit(), (12 << 30, 12 << 30));
+        raise_file_size(pid, 2 << 30).unwrap();
+        assert_eq!(limit(), (12 << 30, 12 << 30), "never lowered");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
