@@ -173,7 +173,10 @@ pub fn is_confined() -> bool {
 /// it inherit its filter and need not).
 pub fn enter_thread(kind: ThreadKind) -> Result<(), ConfineError> {
     match FILTERS.get() {
-        Some(filters) => Ok(filters.install(kind)?),
+        Some(filters) => {
+            sigsys::set_thread_kind(kind.as_str());
+            Ok(filters.install(kind)?)
+        }
         None => Ok(()),
     }
 }

@@ -87,39 +87,107 @@ fn push_bytes(buf: &mut [u8], mut at: usize, bytes: &[u8]) -> usize {
     at
 }
 
-/// The stderr line for a forbidden call of `nr` with its first two arguments (for an ioctl, the
-/// descriptor and the request number: what a missing filter entry needs).
-pub fn log_line(buf: &mut [u8; 160], nr: i64, args: Option<(u64, u64)>) -> usize {
+/// What the handler knows of a trapped call besides its number: the thread's kind, its first
+/// three arguments, and for a call that names a file, the start of that name.
+#[derive(Default)]
+pub struct Trapped<'a> {
+    pub thread: &'a str,
+    pub args: Option<[u64; 3]>,
+    pub path: &'a [u8],
+}
+
+/// The stderr line for a forbidden call of `nr` (for an ioctl the descriptor and the request
+/// number, for an `openat` the flags and the file: what a missing filter entry needs).
+pub fn log_line(buf: &mut [u8; 320], nr: i64, trapped: &Trapped) -> usize {
     let mut at = push_bytes(buf, 0, b"deskd vmm: forbidden system call ");
     at = push_number(buf, at, nr);
-    if let Some((a0, a1)) = args {
+    if !trapped.thread.is_empty() {
+        at = push_bytes(buf, at, b" on a ");
+        at = push_bytes(buf, at, trapped.thread.as_bytes());
+        at = push_bytes(buf, at, b" thread");
+    }
+    if let Some(args) = trapped.args {
         at = push_bytes(buf, at, b" (arguments ");
-        at = push_hex(buf, at, a0);
-        at = push_bytes(buf, at, b", ");
-        at = push_hex(buf, at, a1);
+        for (i, arg) in args.iter().enumerate() {
+            if i > 0 {
+                at = push_bytes(buf, at, b", ");
+            }
+            at = push_hex(buf, at, *arg);
+        }
         at = push_bytes(buf, at, b", ...)");
+    }
+    if !trapped.path.is_empty() {
+        at = push_bytes(buf, at, b" on \"");
+        for &b in trapped.path {
+            at = push_bytes(
+                buf,
+                at,
+                if b.is_ascii_graphic() || b == b' ' {
+                    std::slice::from_ref(&b)
+                } else {
+                    b"?"
+                },
+            );
+        }
+        at = push_bytes(buf, at, b"\"");
     }
     push_bytes(buf, at, b" stopped by seccomp; the VMM ends\n")
 }
 
-/// The first two system call arguments at the trap, from the saved registers.
+/// The first three system call arguments at the trap, from the saved registers.
 #[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
-fn first_args(context: *mut libc::c_void) -> Option<(u64, u64)> {
+fn first_args(context: *mut libc::c_void) -> Option<[u64; 3]> {
     if context.is_null() {
         return None;
     }
     // SAFETY: with SA_SIGINFO the third handler argument is the ucontext_t of the interrupted
-    // thread, valid for the whole handler; RDI and RSI hold the first two syscall arguments.
+    // thread, valid for the whole handler; RDI, RSI and RDX hold the first three arguments.
     let regs = unsafe { &(*context.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
-    Some((
+    Some([
         regs[libc::REG_RDI as usize] as u64,
         regs[libc::REG_RSI as usize] as u64,
-    ))
+        regs[libc::REG_RDX as usize] as u64,
+    ])
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_env = "gnu")))]
-fn first_args(_: *mut libc::c_void) -> Option<(u64, u64)> {
+fn first_args(_: *mut libc::c_void) -> Option<[u64; 3]> {
     None
+}
+
+/// The start of the NUL-terminated file name at `ptr` (an `openat`'s second argument), copied
+/// into `out`; empty for a null pointer.
+///
+/// # Safety
+/// `ptr` must be null or point to readable memory up to its NUL or `out.len()` bytes: true of
+/// the name a thread of this process just passed to the kernel, which had not read it yet.
+unsafe fn file_name(ptr: u64, out: &mut [u8; 96]) -> &[u8] {
+    if ptr == 0 {
+        return &[];
+    }
+    let mut len = 0;
+    while len < out.len() {
+        // SAFETY: within the caller's promise, one byte at a time, stopping at the NUL.
+        let b = unsafe { *(ptr as *const u8).add(len) };
+        if b == 0 {
+            break;
+        }
+        out[len] = b;
+        len += 1;
+    }
+    &out[..len]
+}
+
+std::thread_local! {
+    /// The kind of the thread's own filter, set by `super::enter_thread`; a thread that installs
+    /// none runs under the setup filter it inherited. Read by the handler: a const-initialised
+    /// thread local without a destructor is safe to read in a signal handler.
+    static THREAD_KIND: std::cell::Cell<&'static str> = const { std::cell::Cell::new("setup") };
+}
+
+/// Records the calling thread's kind for the handler's line.
+pub fn set_thread_kind(kind: &'static str) {
+    THREAD_KIND.with(|k| k.set(kind));
 }
 
 /// `prefix` then `n` then `suffix` into `buf`; returns the length.
@@ -161,8 +229,22 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
         // SAFETY: write(2) is async-signal-safe; the buffer is valid for `len` bytes.
         unsafe { libc::write(fd, status.as_ptr().cast(), len) };
     }
-    let mut message = [0u8; 160];
-    let len = log_line(&mut message, nr, first_args(context));
+    let args = first_args(context);
+    let mut name = [0u8; 96];
+    let path = match args {
+        // SAFETY: openat's second argument is the file name the thread was passing to the
+        // kernel (see `file_name`). The status line is already written, so even a fault here
+        // leaves the reason recorded.
+        Some([_, ptr, _]) if nr == libc::SYS_openat => unsafe { file_name(ptr, &mut name) },
+        _ => &[],
+    };
+    let trapped = Trapped {
+        thread: THREAD_KIND.with(|k| k.get()),
+        args,
+        path,
+    };
+    let mut message = [0u8; 320];
+    let len = log_line(&mut message, nr, &trapped);
     // SAFETY: as above, to stderr (the VMM's log).
     unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), len) };
     // SAFETY: _exit(2) is async-signal-safe and ends the process without running anything else.
@@ -206,13 +288,37 @@ mod tests {
             4,
             "never past the end"
         );
-        let mut log = [0u8; 160];
-        let n = log_line(&mut log, 16, Some((7, 0xc008_ae88)));
+        let mut log = [0u8; 320];
+        let ioctl = Trapped {
+            thread: "vcpu",
+            args: Some([7, 0xc008_ae88, 0]),
+            path: &[],
+        };
+        let n = log_line(&mut log, 16, &ioctl);
         assert_eq!(
             std::str::from_utf8(&log[..n]).unwrap(),
-            "deskd vmm: forbidden system call 16 (arguments 0x7, 0xc008ae88, ...) stopped by seccomp; the VMM ends\n"
+            "deskd vmm: forbidden system call 16 on a vcpu thread (arguments 0x7, 0xc008ae88, 0x0, ...) stopped by seccomp; the VMM ends\n"
         );
-        let n = log_line(&mut log, 110, None);
+        let mut name = [0u8; 96];
+        let c_name = b"/sys/devices/system/cpu/online\0";
+        // SAFETY: a NUL-terminated byte string.
+        let path = unsafe { file_name(c_name.as_ptr() as u64, &mut name) };
+        let open = Trapped {
+            thread: "worker",
+            args: Some([0xffff_ff9c, 0x1234, 0x80000]),
+            path,
+        };
+        let n = log_line(&mut log, 257, &open);
+        assert!(std::str::from_utf8(&log[..n]).unwrap().contains(
+            "257 on a worker thread (arguments 0xffffff9c, 0x1234, 0x80000, ...) on \"/sys/devices/system/cpu/online\""
+        ));
+        let long = [b'a'; 200];
+        let mut named = long.to_vec();
+        named.push(0);
+        // SAFETY: NUL-terminated; only the first 96 bytes are read.
+        let cut = unsafe { file_name(named.as_ptr() as u64, &mut name) };
+        assert_eq!(cut.len(), 96, "names are cut, never read past the buffer");
+        let n = log_line(&mut log, 110, &Trapped::default());
         assert!(std::str::from_utf8(&log[..n])
             .unwrap()
             .ends_with("110 stopped by seccomp; the VMM ends\n"));
