@@ -77,6 +77,46 @@ impl StatusFile {
         std::os::fd::AsRawFd::as_raw_fd(&self.file)
     }
 
+    /// Makes a panic on any thread end the VMM at once with [`VmExit::Failed`]'s status and
+    /// `5 panic` in this file, after one line on stderr (the VMM's log) naming the thread, the
+    /// place and the message.
+    ///
+    /// Without it a panicking device worker dies alone and its guest waits forever on a queue,
+    /// and the standard hook, when `RUST_BACKTRACE` is set in the environment the daemon passed
+    /// on, reads the binary and `/proc` for the backtrace: calls a confined VMM's seccomp
+    /// filters forbid, so the panic became a "forbidden system call" that hid its message.
+    pub fn end_on_panic(&self) -> std::io::Result<()> {
+        let file = self.file.try_clone()?;
+        std::panic::set_hook(Box::new(move |info| {
+            use std::io::Write;
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_string());
+            let place = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let thread = std::thread::current();
+            let _ = writeln!(
+                std::io::stderr(),
+                "deskd vmm: thread '{}' panicked at {place}: {message}; the VMM ends (exit status {})",
+                thread.name().unwrap_or("unnamed"),
+                VmExit::Failed.status()
+            );
+            // The file is still empty while the VM runs, so a plain write puts the line at its
+            // start (as the SIGSYS handler's does): positioned writes and truncation are not in
+            // every thread's filter.
+            let _ = (&file).write_all(format!("{} panic\n", VmExit::Failed.status()).as_bytes());
+            // SAFETY: _exit ends the process at once; other threads may hold guest memory, which
+            // the exit releases with everything else.
+            unsafe { libc::_exit(i32::from(VmExit::Failed.status())) };
+        }));
+        Ok(())
+    }
+
     /// Writes how the VM ended, in one write at the start of the file.
     pub fn write(&self, how: VmExit) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;

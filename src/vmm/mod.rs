@@ -175,6 +175,10 @@ pub fn run(args: VmmArgs) -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
+    if let Some(Err(e)) = status_file.as_ref().map(exit::StatusFile::end_on_panic) {
+        eprintln!("deskd vmm: cannot prepare the exit status file for panics: {e}");
+        return ExitCode::from(EXIT_START_FAILED);
+    }
     // Bound before confinement, while the VMM may still create files anywhere it is told to;
     // served once the VM exists (clients wait in the backlog until then).
     let mut control = match config.control_socket.as_deref().map(ControlServer::bind) {

@@ -720,3 +720,59 @@ fn confinement_leaves_an_unprivileged_process_with_seccomp() {
     assert_eq!(field("own dir writable"), "true", "{said}");
     assert_eq!(field("other disk visible"), "false", "{said}");
 }
+
+/// A panic on a confined thread ends the VMM with status 5 and its message in the log, also when
+/// `RUST_BACKTRACE` asks the standard hook for a backtrace (reading the binary and /proc, which
+/// the filters forbid: CI's VMMs ended with "seccomp" for it).
+#[test]
+fn a_panic_on_a_confined_thread_ends_the_vmm_with_its_message() {
+    for kind in [ThreadKind::Worker, ThreadKind::Vcpu, ThreadKind::Control] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmm.exit");
+        let log = dir.path().join("vmm.log");
+        let end = in_child(|| {
+            // The child has one thread: nothing else reads the environment meanwhile.
+            std::env::set_var("RUST_BACKTRACE", "1");
+            let Ok(out) = std::fs::File::create(&log) else {
+                return 9;
+            };
+            // SAFETY: dup2 on two open descriptors; stderr becomes the log file.
+            if unsafe { libc::dup2(out.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
+                return 9;
+            }
+            let Ok(status) = StatusFile::create(&path) else {
+                return 10;
+            };
+            if status.end_on_panic().is_err() || filters_only(Some(status.raw_fd())).is_err() {
+                return 11;
+            }
+            let thread = std::thread::Builder::new()
+                .name(format!("test-{}", kind.as_str()))
+                .spawn(move || {
+                    if enter_thread(kind).is_err() {
+                        return 12;
+                    }
+                    let empty: Vec<u8> = Vec::new();
+                    i32::from(empty[std::hint::black_box(3usize)])
+                });
+            match thread {
+                Ok(t) => t.join().unwrap_or(14),
+                Err(_) => 13,
+            }
+        });
+        let said_log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(
+            end,
+            End::Exited(5),
+            "{kind:?}: {} / {said_log}",
+            said(&path)
+        );
+        assert_eq!(said(&path), "5 panic\n");
+        assert!(
+            said_log.contains(&format!("thread 'test-{}' panicked at", kind.as_str()))
+                && said_log.contains("index out of bounds"),
+            "{kind:?}: {said_log}"
+        );
+        assert!(!said_log.contains("seccomp"), "{said_log}");
+    }
+}
