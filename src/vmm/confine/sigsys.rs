@@ -1,13 +1,20 @@
 //! What happens at a forbidden system call: the seccomp filters answer `SECCOMP_RET_TRAP`, the
-//! kernel sends SIGSYS to the thread that made it, and this handler writes
-//! `6 seccomp <syscall number>` to the VMM's exit status file (opened before confinement; the
-//! daemon reads it as the computer's `status_reason`) and a line to stderr (the VMM's log), then
-//! ends the whole process with status 6. Nothing of the thread's work goes on.
+//! kernel sends SIGSYS to the thread that made it, and this handler decides.
+//! - An `openat` a thread's filter does not allow is *refused*: the handler makes the call
+//!   return `EACCES` (the result register in the saved context, which the kernel puts back when
+//!   the handler returns), logs what was opened, and the thread goes on. Nothing was opened, so
+//!   the confinement is whole; but libraries open files lazily and best-effort (CI's VMMs ended,
+//!   now and then, with "seccomp 257" mid-run), and a VM must not die for a read of `/proc` or
+//!   `/sys` that its code can do without.
+//! - Any other call writes `6 seccomp <syscall number>` to the VMM's exit status file (opened
+//!   before confinement; the daemon reads it as the computer's `status_reason`) and a line to
+//!   stderr (the VMM's log), then ends the whole process with status 6. Nothing of the thread's
+//!   work goes on.
 //!
 //! The handler only formats into a stack buffer and calls `write` and `_exit`, which every
 //! filter allows: it is async-signal-safe and cannot itself trip a filter.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use crate::vmm::exit::EXIT_FORBIDDEN_SYSCALL;
 
@@ -94,6 +101,8 @@ pub struct Trapped<'a> {
     pub thread: &'a str,
     pub args: Option<[u64; 3]>,
     pub path: &'a [u8],
+    /// Refused with an error (the VMM goes on) rather than ending the VMM.
+    pub refused: bool,
 }
 
 /// The stderr line for a forbidden call of `nr` (for an ioctl the descriptor and the request
@@ -131,7 +140,11 @@ pub fn log_line(buf: &mut [u8; 320], nr: i64, trapped: &Trapped) -> usize {
         }
         at = push_bytes(buf, at, b"\"");
     }
-    push_bytes(buf, at, b" stopped by seccomp; the VMM ends\n")
+    if trapped.refused {
+        push_bytes(buf, at, b" refused by seccomp (EACCES); the VMM goes on\n")
+    } else {
+        push_bytes(buf, at, b" stopped by seccomp; the VMM ends\n")
+    }
 }
 
 /// The first three system call arguments at the trap, from the saved registers.
@@ -214,6 +227,16 @@ pub fn status_line(buf: &mut [u8; 48], nr: i64) -> usize {
     line(buf, b"6 seccomp ", nr, b"\n")
 }
 
+/// Refused opens so far: the first [`REFUSALS_LOGGED`] are logged, then one in 1000, so code
+/// that retries an open in a loop cannot fill the log.
+static REFUSALS: AtomicU64 = AtomicU64::new(0);
+const REFUSALS_LOGGED: u64 = 20;
+
+/// Whether a trapped call is refused with an error rather than ending the VMM.
+fn is_refused(nr: i64) -> bool {
+    nr == libc::SYS_openat
+}
+
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     let nr = if info.is_null() {
         -1
@@ -222,19 +245,27 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
         // describes; it is valid for the whole handler.
         i64::from(unsafe { (*info.cast::<SigsysInfo>()).syscall })
     };
-    let mut status = [0u8; 48];
-    let len = status_line(&mut status, nr);
-    let fd = EXIT_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        // SAFETY: write(2) is async-signal-safe; the buffer is valid for `len` bytes.
-        unsafe { libc::write(fd, status.as_ptr().cast(), len) };
+    let refuse = is_refused(nr) && set_result(context, -i64::from(libc::EACCES));
+    if !refuse {
+        let mut status = [0u8; 48];
+        let len = status_line(&mut status, nr);
+        let fd = EXIT_FD.load(Ordering::SeqCst);
+        if fd >= 0 {
+            // SAFETY: write(2) is async-signal-safe; the buffer is valid for `len` bytes.
+            unsafe { libc::write(fd, status.as_ptr().cast(), len) };
+        }
+    } else {
+        let n = REFUSALS.fetch_add(1, Ordering::Relaxed);
+        if n >= REFUSALS_LOGGED && !n.is_multiple_of(1000) {
+            return;
+        }
     }
     let args = first_args(context);
     let mut name = [0u8; 96];
     let path = match args {
         // SAFETY: openat's second argument is the file name the thread was passing to the
-        // kernel (see `file_name`). The status line is already written, so even a fault here
-        // leaves the reason recorded.
+        // kernel (see `file_name`). For a call that ends the VMM the status line is already
+        // written, so even a fault here leaves the reason recorded.
         Some([_, ptr, _]) if nr == libc::SYS_openat => unsafe { file_name(ptr, &mut name) },
         _ => &[],
     };
@@ -242,13 +273,38 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, context: *mu
         thread: THREAD_KIND.with(|k| k.get()),
         args,
         path,
+        refused: refuse,
     };
     let mut message = [0u8; 320];
     let len = log_line(&mut message, nr, &trapped);
     // SAFETY: as above, to stderr (the VMM's log).
     unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), len) };
+    if refuse {
+        return;
+    }
     // SAFETY: _exit(2) is async-signal-safe and ends the process without running anything else.
     unsafe { libc::_exit(i32::from(EXIT_FORBIDDEN_SYSCALL)) };
+}
+
+/// Makes the trapped call return `value` when the handler returns: with `SECCOMP_RET_TRAP` the
+/// call was not made, and the result register of the saved context is what the thread sees.
+/// False where this cannot be done (then the VMM ends, as for any other call).
+#[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
+fn set_result(context: *mut libc::c_void, value: i64) -> bool {
+    if context.is_null() {
+        return false;
+    }
+    // SAFETY: with SA_SIGINFO the third argument is the interrupted thread's ucontext_t, valid
+    // and writable for the whole handler; the kernel restores RAX from it on return.
+    unsafe {
+        (*context.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RAX as usize] = value;
+    }
+    true
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_env = "gnu")))]
+fn set_result(_: *mut libc::c_void, _: i64) -> bool {
+    false
 }
 
 /// Installs the handler for the whole process; `exit_fd` is the exit status file's descriptor,
@@ -293,6 +349,7 @@ mod tests {
             thread: "vcpu",
             args: Some([7, 0xc008_ae88, 0]),
             path: &[],
+            refused: false,
         };
         let n = log_line(&mut log, 16, &ioctl);
         assert_eq!(
@@ -307,11 +364,13 @@ mod tests {
             thread: "worker",
             args: Some([0xffff_ff9c, 0x1234, 0x80000]),
             path,
+            refused: true,
         };
         let n = log_line(&mut log, 257, &open);
-        assert!(std::str::from_utf8(&log[..n]).unwrap().contains(
-            "257 on a worker thread (arguments 0xffffff9c, 0x1234, 0x80000, ...) on \"/sys/devices/system/cpu/online\""
-        ));
+        assert_eq!(
+            std::str::from_utf8(&log[..n]).unwrap(),
+            "deskd vmm: forbidden system call 257 on a worker thread (arguments 0xffffff9c, 0x1234, 0x80000, ...) on \"/sys/devices/system/cpu/online\" refused by seccomp (EACCES); the VMM goes on\n"
+        );
         let long = [b'a'; 200];
         let mut named = long.to_vec();
         named.push(0);

@@ -776,3 +776,69 @@ fn a_panic_on_a_confined_thread_ends_the_vmm_with_its_message() {
         assert!(!said_log.contains("seccomp"), "{said_log}");
     }
 }
+
+/// An open a thread's filter does not allow fails with EACCES and the VMM goes on, the refusal in
+/// its log; the next forbidden call of another kind still ends it.
+#[test]
+fn an_open_outside_the_filter_is_refused_and_the_vmm_goes_on() {
+    for kind in [ThreadKind::Worker, ThreadKind::Vcpu, ThreadKind::Main] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmm.exit");
+        let log = dir.path().join("vmm.log");
+        let end = in_child(|| {
+            let Ok(out) = std::fs::File::create(&log) else {
+                return 9;
+            };
+            // SAFETY: dup2 on two open descriptors; stderr becomes the log file.
+            if unsafe { libc::dup2(out.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
+                return 9;
+            }
+            let Ok(status) = StatusFile::create(&path) else {
+                return 10;
+            };
+            if filters_only(Some(status.raw_fd())).is_err() {
+                return 11;
+            }
+            let thread = std::thread::spawn(move || {
+                if enter_thread(kind).is_err() {
+                    return 12;
+                }
+                for _ in 0..3 {
+                    match std::fs::File::open("/proc/self/status") {
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                        Err(_) => return 13,
+                        Ok(_) => return 14,
+                    }
+                }
+                if std::fs::read_dir("/proc/self/task").is_ok() {
+                    return 15;
+                }
+                // Still confined: a call of another kind ends the process.
+                forbidden_syscall();
+                16
+            });
+            thread.join().unwrap_or(17)
+        });
+        let said_log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(
+            end,
+            End::Exited(i32::from(EXIT_FORBIDDEN_SYSCALL)),
+            "{kind:?}: {} / {said_log}",
+            said(&path)
+        );
+        assert_eq!(said(&path), format!("6 seccomp {}\n", libc::SYS_getppid));
+        assert!(
+            said_log.contains(&format!(
+                "257 on a {} thread (arguments 0xffffff9c, ",
+                kind.as_str()
+            )) && said_log
+                .contains("on \"/proc/self/status\" refused by seccomp (EACCES); the VMM goes on"),
+            "{kind:?}: {said_log}"
+        );
+        assert_eq!(
+            said_log.matches("refused by seccomp").count(),
+            4,
+            "{said_log}"
+        );
+    }
+}
