@@ -108,6 +108,17 @@ bench: bench-agent bench-api bench-network
 bench-computer: build-debug
 	benches/computer-rig --variant $(E2E_VARIANT)
 
+## Suspend and resume of a 4 GiB desktop next to QEMU's migrate-to-file and -incoming, in the rig.
+.PHONY: bench-snapshot
+bench-snapshot: build
+	benches/snapshot-rig --variant $(E2E_VARIANT)
+
+## Create to first screenshot from a template's golden snapshot next to a cold boot (p50 of 10),
+## and the host memory of 5 of each, in the rig.
+.PHONY: bench-template
+bench-template: build
+	benches/snapshot-rig --bench template --variant $(E2E_VARIANT)
+
 bench-agent:
 	$(CARGO) bench -p deskd-agent --bench agent_bench
 
