@@ -19,14 +19,13 @@ and runs the checks. Exits 1 on the first mismatch.
 
 import base64
 import os
-import re
 import sys
 import threading
 import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rig_api_flow import bash, expect, png_size, poll, run_flow, step  # noqa: E402
+from rig_api_flow import bash, expect, png_size, poll, run_flow, step, window_geometry  # noqa: E402
 
 
 def act(api, cid, path, body=None, method="POST"):
@@ -35,16 +34,9 @@ def act(api, cid, path, body=None, method="POST"):
     return r
 
 
-def window(api, cid, title):
-    """(x, y, w, h) of the frame-less client window titled `title` (xwininfo), or None."""
-    out = bash(api, cid, f"xwininfo -name {title} 2>/dev/null | grep -E 'Absolute upper-left|Width|Height' || true")
-    nums = [int(n) for n in re.findall(r":\s+(-?\d+)", out)]
-    return tuple(nums) if len(nums) == 4 else None
-
-
 def open_terminal(api, cid, title):
     bash(api, cid, f"setsid lxterminal --title={title} >/dev/null 2>&1 &")
-    win = poll("the terminal window appears", lambda: window(api, cid, title), 300, every_s=2)
+    win = poll("the terminal window appears", lambda: window_geometry(api, cid, title), 300, every_s=2)
     # Focus it and give its shell time to print a prompt before typing.
     x, y, w, h = win
     act(api, cid, "click", {"x": x + w // 2, "y": y + h // 2})
@@ -86,7 +78,7 @@ def check_clipboard(api, cid, title):
     typed(api, cid, "clear; echo " + marker)
     act(api, cid, "key", {"key": "Enter"})
     time.sleep(2)
-    x, y, w, h = window(api, cid, title)
+    x, y, w, h = window_geometry(api, cid, title)
     # After `clear`, the echoed line is the first text line, below whatever bars the terminal
     # draws: triple-click down the window, a few pixels at a time, until the copy is that line.
     got, at = None, None
@@ -119,7 +111,7 @@ def check_hold_key(api, cid):
 
 
 def check_drag(api, cid, title):
-    x, y, w, h = window(api, cid, title)
+    x, y, w, h = window_geometry(api, cid, title)
     # The title bar is just above the client window (openbox's decoration).
     tx, ty = x + w // 2, y - 8
     act(api, cid, "mouse_down", {"button": "left", "x": tx, "y": ty})
@@ -129,7 +121,7 @@ def check_drag(api, cid, title):
     pos = api.json("GET", f"/api/computers/{cid}/cursor_position")
     expect((pos.get("x"), pos.get("y")) == (tx + 120, ty + 80), f"cursor_position after the drag: {pos}")
     moved = poll("the window moves by the drag",
-                 lambda: (lambda wnd: wnd if wnd and (wnd[0], wnd[1]) != (x, y) else None)(window(api, cid, title)),
+                 lambda: (lambda wnd: wnd if wnd and (wnd[0], wnd[1]) != (x, y) else None)(window_geometry(api, cid, title)),
                  30)
     dx, dy = moved[0] - x, moved[1] - y
     expect(abs(dx - 120) <= 4 and abs(dy - 80) <= 4, f"the window moved by ({dx}, {dy}), not (120, 80)")

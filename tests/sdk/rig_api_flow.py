@@ -41,6 +41,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import struct
@@ -337,6 +338,13 @@ def bash(api, cid, command):
     r = api.json("POST", f"/api/computers/{cid}/bash", {"command": command})
     expect(r.get("exit_code") == 0, f"bash {command!r} exited {r.get('exit_code')}: {r.get('output', '')[:300]}")
     return r["output"].strip()
+
+
+def window_geometry(api, cid, title):
+    """(x, y, w, h) of the window titled `title`, from xwininfo in the guest, or None while it is absent."""
+    out = bash(api, cid, f"xwininfo -name {title} 2>/dev/null | grep -E 'Absolute upper-left|Width|Height' || true")
+    nums = [int(n) for n in re.findall(r":\s+(-?\d+)", out)]
+    return tuple(nums) if len(nums) == 4 else None
 
 
 def daemon_date(api, method, path, body=None):

@@ -20,7 +20,6 @@ this host; tests/sdk/rig_api_flow.py against a VM in the rig. Needs chromium, ng
 openssl, novnc and node (tests/install-deps).
 """
 
-import base64
 import fcntl
 import http.server
 import json
@@ -39,7 +38,7 @@ import uuid
 here = os.path.dirname(os.path.abspath(__file__))
 checkout = os.path.dirname(os.path.dirname(here))
 sys.path.insert(0, os.path.join(checkout, "tests", "sdk"))
-from rig_api_flow import Failed, bash, expect, poll, run_flow, step  # noqa: E402
+from rig_api_flow import Failed, bash, expect, poll, run_flow, step, window_geometry  # noqa: E402
 
 NOVNC_DIR = "/usr/share/novnc"
 # The browser's window: larger than the default desktop, so orgo-vnc's default scaling is 1:1 or up.
@@ -337,16 +336,9 @@ def matches_screenshot(browser, api, cid, what, limit_s=180):
     return r
 
 
-def terminal_window(api, cid, title):
-    """(x, y, w, h) of the window titled `title`, from xwininfo in the guest."""
-    out = bash(api, cid, f"xwininfo -name {title} 2>/dev/null | grep -E 'Absolute upper-left|Width|Height' || true")
-    nums = [int(n) for n in re.findall(r":\s+(-?\d+)", out)]
-    return tuple(nums) if len(nums) == 4 else None
-
-
 def check_orgo_vnc(browser, pages, api, cid, c, password, title, marker):
     bash(api, cid, f"rm -f {marker}; setsid lxterminal --title={title} >/dev/null 2>&1 &")
-    win = poll("the terminal window appears", lambda: terminal_window(api, cid, title), 300, every_s=2)
+    win = poll("the terminal window appears", lambda: window_geometry(api, cid, title), 300, every_s=2)
     t0 = time.monotonic()
     q = urllib.parse.urlencode({"hostname": c["hostname"], "pw": password})
     browser.open(f"{pages.url}/viewer/orgo-vnc-page.html?{q}")
