@@ -297,6 +297,69 @@ fn a_launch_refuses_what_this_host_cannot_give_and_missing_secrets() {
 }
 
 #[test]
+fn a_launch_takes_the_templates_network_and_idle_suspend_unless_the_create_sets_them() {
+    let d = Daemon::start();
+    let ws = d.workspace("w");
+    let fenced = concat!(
+        "api_version: orgo.ai/v1\nname: fenced@1.0.0\n",
+        "hardware: {bandwidth_mbps: 10, auto_stop_minutes: 20}\n",
+        "egress_policy: {mode: allow, rules: [\"pypi.org\", \"*.pythonhosted.org\", \"192.0.2.0/24\", \"198.51.100.7\"]}\n",
+    );
+    yaml(&d, "/api/templates", fenced).expect(201);
+    let c = d
+        .post(
+            "/api/computers",
+            json!({"workspace_id": ws, "name": "f", "template_ref": "default/fenced@1.0.0"}),
+        )
+        .expect(201);
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(c["auto_stop_minutes"], 20, "{c}");
+    assert_eq!(c["instance_details"]["bandwidth_limit_mbps"], 10, "{c}");
+    let policy = d
+        .get(&format!("/api/computers/{id}/egress-policy"))
+        .expect(200);
+    assert_eq!(
+        policy,
+        json!({"mode": "allow", "rules": [
+            {"domain": "pypi.org"}, {"domain": "*.pythonhosted.org"},
+            {"cidr": "192.0.2.0/24"}, {"ip": "198.51.100.7"}]}),
+    );
+
+    // What the create says wins.
+    let c = d
+        .post(
+            "/api/computers",
+            json!({"workspace_id": ws, "name": "g", "template_ref": "default/fenced@1.0.0",
+                   "auto_stop_minutes": 0, "bandwidth_limit_mbps": 50,
+                   "egress_policy": {"mode": "block", "rules": []}}),
+        )
+        .expect(201);
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(c["auto_stop_minutes"], 0, "{c}");
+    assert_eq!(c["instance_details"]["bandwidth_limit_mbps"], 50, "{c}");
+    let policy = d
+        .get(&format!("/api/computers/{id}/egress-policy"))
+        .expect(200);
+    assert_eq!(policy, json!({"mode": "block", "rules": []}));
+
+    // A template without them leaves a computer unlimited and open.
+    let c = d.computer(&ws, "plain");
+    assert_eq!(
+        c["instance_details"]["bandwidth_limit_mbps"],
+        Value::Null,
+        "{c}"
+    );
+    // More than the API allows is refused when the template is published.
+    let e = yaml(
+        &d,
+        "/api/templates",
+        "api_version: orgo.ai/v1\nname: fast@1.0.0\nhardware: {bandwidth_mbps: 200000}\n",
+    )
+    .expect(422);
+    assert_eq!(e["errors"][0]["field"], "hardware.bandwidth_mbps", "{e}");
+}
+
+#[test]
 fn scoped_keys_cannot_publish() {
     let d = Daemon::start();
     let ws = d.workspace("w");

@@ -341,20 +341,34 @@ pub async fn create(
     let secrets = check_template_launch(&state, &template_ref, &body)?;
     // The template's hardware fills what the request leaves out (templates.md); a computer of
     // that hardware can restore the template's golden snapshot.
-    let (t_cpu, t_ram, t_disk, t_resolution) =
-        crate::templates::find_for_launch(&state.store, &template_ref)?
-            .and_then(|t| crate::templates::validate_value(t.document).ok())
-            .map(|v| crate::templates::vm_builder::template_hardware(&v.document))
-            .unwrap_or((1, 4, MIN_DISK_GB as u32, DEFAULT_RESOLUTION.to_string()));
+    let template_doc = crate::templates::find_for_launch(&state.store, &template_ref)?
+        .and_then(|t| crate::templates::validate_value(t.document).ok())
+        .map(|v| v.document);
+    let (t_cpu, t_ram, t_disk, t_resolution) = template_doc
+        .as_ref()
+        .map(crate::templates::vm_builder::template_hardware)
+        .unwrap_or((1, 4, MIN_DISK_GB as u32, DEFAULT_RESOLUTION.to_string()));
+    let defaults = match &template_doc {
+        Some(d) => crate::templates::defaults::launch_defaults(d).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{e}; publish a corrected version of {template_ref}."
+            ))
+        })?,
+        None => Default::default(),
+    };
     let cpu = cpu.unwrap_or(t_cpu);
     let ram_gb = ram_gb.unwrap_or(t_ram);
     let disk_size_gb = disk_size_gb.unwrap_or(t_disk);
     let resolution = resolution.unwrap_or(t_resolution);
+    let auto_stop_minutes = auto_stop_minutes.or(defaults.auto_stop_minutes);
     let egress_policy = field(&body, "egress_policy")
         .map(parse_egress_policy)
-        .transpose()?;
+        .transpose()?
+        .or(defaults.egress_policy);
     // Ours: the card's limit from its first boot (resize changes it live).
-    let bandwidth = optional_int(&body, "bandwidth_limit_mbps", 1, 100_000)?.map(|n| n as u32);
+    let bandwidth = optional_int(&body, "bandwidth_limit_mbps", 1, 100_000)?
+        .map(|n| n as u32)
+        .or(defaults.bandwidth_limit_mbps);
     check_disk_quota(&state, disk_size_gb)?;
     let ws = access::workspace(&state, &key, &workspace_id)?;
     let new = NewComputer {

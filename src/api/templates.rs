@@ -428,6 +428,10 @@ pub async fn run(
         )?,
     };
     let (cpu, ram_gb, disk, resolution) = crate::templates::vm_builder::template_hardware(&doc);
+    // A throwaway computer is reaped when idle whatever the template says; its network is the
+    // template's, as a launched computer's would be.
+    let defaults = crate::templates::defaults::launch_defaults(&doc)
+        .map_err(|e| ApiError::bad_request(format!("{e}; publish a corrected version of {r}.")))?;
     computers::check_disk_quota(&state, disk)?;
     let new = NewComputer {
         workspace_id: ws.id.clone(),
@@ -446,11 +450,16 @@ pub async fn run(
         template_ref: r.to_string(),
         image: None,
         vnc_password: crate::computers::new_vnc_password(),
-        egress_policy: None,
+        egress_policy: defaults.egress_policy,
     };
     let c = state
         .store
         .insert_computer(&new, computers::admit(&state, cpu, ram_gb))?;
+    if defaults.bandwidth_limit_mbps.is_some() {
+        state
+            .store
+            .set_bandwidth_limit(&c.id, defaults.bandwidth_limit_mbps)?;
+    }
     computers::keep_secrets(&state, &c, &secrets).await?;
     computers::launch_new(&state, &c).await?;
     let c = computers::reload(&state, &c.id)?;

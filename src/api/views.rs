@@ -48,6 +48,8 @@ pub fn computer(state: &AppState, c: &Computer, workspace_name: &str) -> Value {
             "error": c.status_reason,
             // A suspended computer's saved VM (or a clone's copy) on disk, bytes; null if none.
             "saved_vm_bytes": state.lifecycle.saved_vm_bytes(&c.id),
+            // Ours: its network card's limit each way, Mbit/s; null if none.
+            "bandwidth_limit_mbps": state.store.bandwidth_limit(&c.id).ok().flatten(),
         },
     })
 }

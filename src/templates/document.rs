@@ -122,7 +122,9 @@ pub struct Hardware {
     pub region: Option<Region>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<bool>,
+    /// 0 = no limit; at most the API's `bandwidth_limit_mbps` (`defaults::MAX_BANDWIDTH_MBPS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
     pub bandwidth_mbps: Option<u64>,
 }
 

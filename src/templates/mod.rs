@@ -18,6 +18,7 @@ pub mod build_plan;
 pub mod builds;
 pub mod canonical;
 pub mod curated;
+pub mod defaults;
 pub mod document;
 pub mod host;
 pub mod interpolate;
