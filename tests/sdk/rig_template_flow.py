@@ -13,7 +13,9 @@ HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flo
   steps' and the hook's output, the env, and a hostname (deskd-<instance_id>) and machine-id of its
   own; the template's required secret, given per launch, is in /root/.env (0600, root) and in a
   runtime file, another runtime file is there, and `on_resume` ran once after the restore, after
-  both (a launch without the secret is a 400 naming it); with both launches running, the files checks
+  both (a launch without the secret is a 400 naming it); the template's autostart stream (its key an
+  optional secret) reaches a real RTMP receiver (ffmpeg on this host) from the launch given the key,
+  and the other launch's log says it was not started; with both launches running, the files checks
   (rig_files_flow.check_files on the first, its workspace upload reaching both; RIG_FILES_FLOW=0
   leaves them out); one launch stopped (on_shutdown runs first) and started (a cold boot:
   on_every_boot runs, on_resume does not; RIG_TEMPLATE_COLD_START=0 leaves it out); POST
@@ -65,6 +67,20 @@ if SECRETS:
     # After the restore, /root/.env and the runtime files are already there.
     TEMPLATE["hooks"]["on_resume"] = ("for f in /root/.env /etc/rig-template-token /home/user/runtime.txt; do "
                                       "test -s $f || exit 1; done; echo resumed >> /var/lib/rig-template/resumed")
+# The template's autostart stream (streaming[0], its key the optional secret stream-key): the first
+# launch gets the key and streams to a real RTMP receiver on this host (ffmpeg, through the rig's
+# internet stand-in) from its restore on; the second gets none, so its launch log says the stream
+# was not started and it runs on. RIG_TEMPLATE_STREAM=0 (or RIG_TEMPLATE_SECRETS=0) leaves it out.
+STREAM = SECRETS and os.environ.get("RIG_TEMPLATE_STREAM", "1") != "0"
+STREAM_KEY = "tmpl-Str3am_key.14"
+# Seconds of the stream the receiver must get, and how long that may take in the rig's guest.
+STREAM_RECEIVED_S, STREAM_LIMIT_S = 3, 300
+if STREAM:
+    from rig_media_flow import RIG_RTMP_URL, RTMP_PORT, Receiver  # noqa: E402
+    TEMPLATE["secrets"].append({"name": "stream-key", "optional": True,
+                                "description": "the RTMP stream's key (rig e2e)"})
+    TEMPLATE["streaming"] = [{"name": "live", "url": RIG_RTMP_URL, "key": {"secret": "stream-key"},
+                              "autostart": True}]
 # A launch stopped and started again (a cold boot of its disk): on_shutdown ran before the stop,
 # on_every_boot after the boot and not after the restore; RIG_TEMPLATE_COLD_START=0 leaves it out.
 COLD_START = os.environ.get("RIG_TEMPLATE_COLD_START", "1") != "0"
@@ -123,11 +139,13 @@ def token_of(name):
     return f"tok-{name}-'q' $HOME `x`"
 
 
-def launch(api, ws, name):
+def launch(api, ws, name, stream=False):
     t0 = time.monotonic()
     body = {"project_id": ws, "name": name, "template_ref": REF}
     if SECRETS:
         body["secrets"] = {"rig-token": token_of(name)}
+        if stream:
+            body["secrets"]["stream-key"] = STREAM_KEY
     c = api.json("POST", "/api/computers", body)
     return c["id"], t0
 
@@ -185,6 +203,44 @@ def check_computer(api, cid):
     return host, machine_id
 
 
+def stream_lines(api, cid):
+    """The launch log's lines of the autostart stream, oldest first."""
+    log = api.json("GET", f"/api/computers/{cid}/launch-log")["events"]
+    return [e for e in log if e["step"] == "streaming.live"]
+
+
+def check_autostream(api, streaming, quiet, receiver):
+    """`streaming` (given the key) streams from its launch on, into `receiver`; `quiet` (no key)
+    has a launch-log line saying why not, and no stream."""
+    lines = stream_lines(api, streaming)
+    expect(any(e["level"] == "success" and "streaming (encoder pid" in e["line"] for e in lines),
+           f"{streaming}: no autostart line in the launch log: {lines}")
+    expect(not any(STREAM_KEY in e["line"] for e in lines), f"{streaming}: the stream key is in the launch log")
+    t0 = time.monotonic()
+    while receiver.media_s() < STREAM_RECEIVED_S:
+        status = api.json("GET", f"/api/computers/{streaming}/stream/status")
+        expect(status.get("status") == "streaming",
+               f"{streaming}: the autostarted stream is {status} (receiver: {receiver.tail()})")
+        expect(receiver.running(), f"the RTMP receiver ended: {receiver.tail()}")
+        expect(time.monotonic() - t0 < STREAM_LIMIT_S,
+               f"the receiver got {receiver.media_s():.1f} s of the stream in {STREAM_LIMIT_S} s")
+        time.sleep(2)
+    got = receiver.media_s()
+    stopped = api.json("POST", f"/api/computers/{streaming}/stream/stop")
+    expect(stopped.get("success") is not False, f"stream/stop answered {stopped}")
+    probe = receiver.finish()
+    kinds = sorted(st.get("codec_type") for st in probe.get("streams", []))
+    expect("video" in kinds, f"what the receiver got has no video: {probe.get('streams')}")
+    lines = stream_lines(api, quiet)
+    expect(any("was not started" in e["line"] and "stream-key" in e["line"] for e in lines),
+           f"{quiet}: its launch log does not say why the stream did not start: {lines}")
+    status = api.json("GET", f"/api/computers/{quiet}/stream/status")
+    expect(status.get("status") == "idle", f"{quiet} (no key) streams: {status}")
+    step(f"autostart stream: {streaming} streamed from its launch ({got:.1f} s received by ffmpeg, "
+         f"{'+'.join(kinds)}, {time.monotonic() - t0:.0f} s after running), stopped through the API; "
+         f"{quiet} without the key: not started, said in its launch log ({lines[-1]['line'][:80]!r})")
+
+
 def cold_start(api, cid):
     """Stop and start a launch: the hooks around a cold boot of its disk (issue 14)."""
     out = bash(api, cid, "sudo cat /var/lib/rig-template/every-boot 2>/dev/null; "
@@ -213,6 +269,10 @@ def cold_start(api, cid):
            f"{[e for e in log if e['level'] == 'error']}")
     expect(not any(token_of(api.json('GET', f'/api/computers/{cid}')['name']) in e["line"] for e in log),
            f"{cid}: the secret is in the launch log")
+    if STREAM:
+        # Nothing listens now: the encoder starts (the agent answers) and ends on its own.
+        started = [e for e in stream_lines(api, cid) if e["level"] == "success"]
+        expect(len(started) >= 2, f"{cid}: the cold boot did not start the autostart stream again: {started}")
     step(f"stop ({stopped_s:.0f} s, on_shutdown ran first) and start: a cold boot of the launch's disk running after "
          f"{ms:.0f} ms, on_every_boot ran once with /root/.env there, on_resume did not run again")
 
@@ -260,12 +320,26 @@ def flow(api, ctl):
     if SECRETS:
         code, refused = api.call("POST", "/api/computers", {"project_id": ws, "name": "no-secret", "template_ref": REF})
         expect(code == 400 and "rig-token" in json.dumps(refused), f"a launch without its required secret: {code} {refused}")
-    a, ta = launch(api, ws, "from-template-1")
-    b, tb = launch(api, ws, "from-template-2")
-    step(f"launched {a} and {b} from {REF}")
-    ms_a = wait_running(api, a, ta)
-    ms_b = wait_running(api, b, tb)
-    step(f"running: {a} after {ms_a:.0f} ms, {b} after {ms_b:.0f} ms (create -> running)")
+    receiver = folder = None
+    if STREAM:
+        import tempfile
+        folder = tempfile.mkdtemp(prefix="deskd-tmpl-rtmp.")
+        receiver = Receiver(RTMP_PORT, STREAM_KEY, folder)
+    try:
+        a, ta = launch(api, ws, "from-template-1", stream=STREAM)
+        b, tb = launch(api, ws, "from-template-2")
+        step(f"launched {a} and {b} from {REF}")
+        ms_a = wait_running(api, a, ta)
+        ms_b = wait_running(api, b, tb)
+        step(f"running: {a} after {ms_a:.0f} ms, {b} after {ms_b:.0f} ms (create -> running)")
+        if STREAM:
+            check_autostream(api, a, b, receiver)
+    finally:
+        if receiver is not None:
+            receiver.kill()
+        if folder is not None:
+            import shutil
+            shutil.rmtree(folder, ignore_errors=True)
     ids = [check_computer(api, c) for c in (a, b)]
     step(f"both have the template's files, run output, hook and env; identities {ids}")
     expect(ids[0][0] != ids[1][0], "the two launches share a hostname")
