@@ -175,6 +175,25 @@ def watch_status(api, cid, want, t0, out, limit_s=900):
     return th
 
 
+def vmm_log_ms(cid, pattern):
+    """Milliseconds in the last line of the computer's VMM log (vmm.log, the VMM's own timing)
+    matching `pattern`, whose one group is a Rust Duration's Debug form (`12.3ms`, `1.2s`) or a
+    number of ms; None if no line matches."""
+    path = os.path.join(DATA, "computers", cid, "vmm.log")
+    try:
+        with open(path, errors="replace") as f:
+            found = re.findall(pattern, f.read())
+    except OSError:
+        return None
+    if not found:
+        return None
+    m = re.fullmatch(r"([0-9.]+)(ns|µs|us|ms|s)?", found[-1])
+    if not m:
+        return None
+    scale = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1000.0, None: 1.0}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
 def bench_deskd(api, opts):
     r = {}
     ws = api.json("POST", "/api/workspaces", {"name": f"snapbench-{os.getpid()}"})["id"]
@@ -199,6 +218,7 @@ def bench_deskd(api, opts):
         expect(ans.get("status") == "suspended", f"suspend answered {ans}")
         c = api.json("GET", f"/api/computers/{cid}")
         expect(c["status"] == "suspended", f"after suspend the computer is {c['status']}")
+    r["vmm_snapshot_ms"] = vmm_log_ms(cid, r"snapshot written to \S+ in (\d+) ms")
     saved = os.path.join(DATA, "computers", cid, "saved")
     r["apparent"], r["allocated"] = du([saved])
     r["api_saved_bytes"] = c.get("instance_details", {}).get("saved_vm_bytes")
@@ -218,6 +238,7 @@ def bench_deskd(api, opts):
         watcher.join(60)
         expect("error" not in status_times, "the resumed computer went to error")
         r["resume_running_s"] = status_times.get("running")
+    r["vmm_restore_ms"] = vmm_log_ms(cid, r"VM restored in ([0-9.]+(?:ns|µs|us|ms|s)):")
     shot_at = time.monotonic()
     with stage(f"deskd: {opts.after} s after the first screenshot, then the resumed VMM's memory"):
         time.sleep(max(0.0, opts.after - (time.monotonic() - shot_at)))
@@ -493,6 +514,8 @@ def report(d, q, opts):
     print("  Figures are the rig's (guests run 50-100x slower than native): the ratios are the claim.")
     print(f"  {'':58} {'deskd':>10} {'QEMU':>10} {'QEMU/deskd':>10}")
     row("suspend (s) [deskd: POST suspend; QEMU: stop..quit]", get(d, "suspend_s"), get(q, "suspend_s"), "{:.2f}")
+    row("  deskd: the VMM's snapshot write, paused (its log) (s)",
+        None if get(d, "vmm_snapshot_ms") is None else get(d, "vmm_snapshot_ms") / 1000, None, "{:.2f}")
     row("  QEMU: stop + migrate until completed (s)", None, get(q, "migrate_s"), "{:.2f}")
     row("  QEMU: ... + fsync of the file (s)", None, get(q, "fsync_s"), "{:.2f}")
     row("snapshot on disk, allocated (MiB)", in_mib(d, "allocated", unit=1), in_mib(q, "allocated", unit=1), "{:.0f}")
@@ -500,6 +523,8 @@ def report(d, q, opts):
     row("resume to first screenshot (s)", get(d, "resume_shot_s"), get(q, "resume_shot_s"), "{:.2f}")
     row("  resume to running (deskd: status; QEMU: query-status) (s)",
         get(d, "resume_running_s"), get(q, "resume_running_s"), "{:.2f}")
+    row("  deskd: the VMM building the VM from the snapshot (its log) (s)",
+        None if get(d, "vmm_restore_ms") is None else get(d, "vmm_restore_ms") / 1000, None, "{:.3f}")
     row("  QEMU: the stream loaded (paused, before its `cont`) (s)", None, get(q, "resume_loaded_s"), "{:.2f}")
     row("  deskd: POST start answered (s)", get(d, "start_answer_s"), None, "{:.2f}")
     for when, key in (("before the suspend", "rss_before"),
