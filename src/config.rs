@@ -36,6 +36,9 @@ pub struct Config {
     pub network: crate::network::NetworkConfig,
     /// Disk I/O limits of each VM's cgroup (src/computers/cgroup.rs); none by default.
     pub vm_io: crate::computers::cgroup::IoConfig,
+    /// Package sources of template builds (src/templates/package_sources.rs); the image's own
+    /// by default.
+    pub build: crate::templates::package_sources::PackageSources,
 }
 
 /// Host quotas: the self-hosted form of the service's plan limits.
@@ -99,6 +102,7 @@ impl Default for Config {
             limits: Limits::default(),
             network: crate::network::NetworkConfig::default(),
             vm_io: crate::computers::cgroup::IoConfig::default(),
+            build: Default::default(),
         }
     }
 }
@@ -202,6 +206,7 @@ impl Config {
             return Err("limits.max_agent_calls_per_key must be at least 1".into());
         }
         self.network.check()?;
+        self.build.check()?;
         Ok(())
     }
 
@@ -264,6 +269,25 @@ mod tests {
         assert!(Config::parse("[rate_limit]\nbad_key_burst = 0", Path::new("x")).is_err());
         assert!(Config::parse("[rate_limit]\nbad_key_per_second = 0.0", Path::new("x")).is_err());
         assert!(Config::parse("public_url = \"ftp://x\"", Path::new("x")).is_err());
+        let e = Config::parse(
+            "[build]\napt_sources = [\"http://x/debian\"]",
+            Path::new("x"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("build.apt_sources[0]"), "{e}");
+    }
+
+    #[test]
+    fn build_package_sources_are_read() {
+        let c = Config::parse(
+            "[build]\napt_sources = [\"deb [trusted=yes] http://web.test/debian ./\"]\npip_index_url = \"http://web.test/simple/\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.build.apt_sources.len(), 1);
+        assert_eq!(c.build.pip_index_url, "http://web.test/simple/");
+        assert_eq!(c.build.npm_registry, "");
     }
 
     #[test]

@@ -235,7 +235,8 @@ async fn run(args: ServeArgs) -> Result<(), ServeError> {
     // The curated system/... templates of this deskd, and the template build manager with the
     // VM builder (build computers boot the base image; crate::templates::vm_builder).
     crate::templates::seed(&store)?;
-    let builder = crate::templates::VmBuilder::new(store.clone(), lifecycle.clone());
+    let builder =
+        crate::templates::VmBuilder::new(store.clone(), lifecycle.clone(), config.build.clone());
     // Build computers of builds the last daemon was running (those builds are failed below).
     let leftovers = builder.remove_leftovers();
     let builds = crate::templates::Builds::new(

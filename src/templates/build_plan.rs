@@ -2,13 +2,15 @@
 //! (templates.md, "The build"): `env` (a profile script), `build.apt`, `build.pip`, `build.npm`,
 //! `build.run`, build-time `files`, each app's `install` and its services as systemd units,
 //! `terminal` sessions, `hooks.on_first_boot`, every app's health check, `hooks.on_pre_snapshot`,
-//! and a final `sync`. Planning is pure (no VM): what the document asks for that this builder
+//! and a final `sync`; the package steps fetch from the config's `[build]` sources
+//! (`super::package_sources`). Planning is pure (no VM): what the document asks for that this builder
 //! cannot do fails here, naming the field, before any VM boots.
 
 use std::time::Duration;
 
 use super::build::{BuildFailure, Phase, Source};
 use super::document::{self, Document, EnvValue, HealthKind, Hook, LogSetting, Restart, When};
+use super::package_sources::PackageSources;
 
 /// A `build.*` step's limit (the rig runs 50-100x slower than hardware; the build as a whole
 /// has its own limit too).
@@ -132,8 +134,9 @@ fn write_file(path: &str, content: &[u8], mode: &str, owner: &str, group: &str) 
     )
 }
 
-/// The build of `doc`, in order; a field this builder cannot carry out is refused, named.
-pub fn plan(doc: &Document) -> Result<Vec<Step>, BuildFailure> {
+/// The build of `doc`, in order, its package steps fetching from `sources`; a field this builder
+/// cannot carry out is refused, named.
+pub fn plan(doc: &Document, sources: &PackageSources) -> Result<Vec<Step>, BuildFailure> {
     let mut steps = Vec::new();
     // Literal env only: secrets are given per computer at launch and never baked in.
     if let Some(env) = &doc.env {
@@ -159,28 +162,32 @@ pub fn plan(doc: &Document) -> Result<Vec<Step>, BuildFailure> {
                 .filter(|l| !l.is_empty())
                 .map(|l| l.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" "))
         };
-        for (field, source, list, command) in [
+        for (field, source, list, script) in [
             (
                 "build.apt",
                 Source::Apt,
                 &build.apt,
-                "export DEBIAN_FRONTEND=noninteractive\napt-get update\napt-get install -y --no-install-recommends",
+                PackageSources::apt_script as fn(&PackageSources, &str) -> String,
             ),
             (
                 "build.pip",
                 Source::Pip,
                 &build.pip,
-                // Debian's Python is "externally managed" (PEP 668): a template owns its VM.
-                "python3 -m pip install --no-input --break-system-packages",
+                PackageSources::pip_script,
             ),
-            ("build.npm", Source::Npm, &build.npm, "npm install --global"),
+            (
+                "build.npm",
+                Source::Npm,
+                &build.npm,
+                PackageSources::npm_script,
+            ),
         ] {
             if let Some(pkgs) = packages(list) {
                 steps.push(Step {
                     phase: Phase::Install,
                     source,
                     label: field.into(),
-                    script: format!("{command} {pkgs}\n"),
+                    script: script(sources, &pkgs),
                     timeout: BUILD_STEP_TIMEOUT,
                     needs_network: true,
                 });
@@ -447,7 +454,7 @@ hooks:
   on_first_boot: "echo first"
   on_pre_snapshot: {run: "echo pre", timeout: 30s}
 "#);
-        let steps = plan(&d).unwrap();
+        let steps = plan(&d, &PackageSources::default()).unwrap();
         let labels: Vec<&str> = steps.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(
             labels,
@@ -489,12 +496,16 @@ hooks:
     #[test]
     fn a_source_the_builder_cannot_fetch_is_refused_before_any_vm() {
         let d = doc("api_version: orgo.ai/v1\nname: far@1.0.0\nfiles:\n  - {to: /opt/x, from: \"https://example.com/x\"}\n");
-        let e = plan(&d).unwrap_err();
+        let e = plan(&d, &PackageSources::default()).unwrap_err();
         assert_eq!(e.phase, Phase::Compile);
         assert!(e.message.starts_with("files[0].from"), "{}", e.message);
         // A runtime file is not the build's business.
         let d = doc("api_version: orgo.ai/v1\nname: far@1.0.0\nfiles:\n  - {to: /opt/x, from: \"https://example.com/x\", when: runtime}\n");
-        assert_eq!(plan(&d).unwrap().len(), 1, "only the final sync");
+        assert_eq!(
+            plan(&d, &PackageSources::default()).unwrap().len(),
+            1,
+            "only the final sync"
+        );
     }
 
     #[test]

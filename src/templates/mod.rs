@@ -24,6 +24,7 @@ pub mod host;
 pub mod interpolate;
 pub mod issue;
 pub mod launch;
+pub mod package_sources;
 pub mod parse;
 pub mod refs;
 pub mod rules;

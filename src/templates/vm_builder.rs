@@ -18,6 +18,7 @@ use super::build::{
     BuildEvent, BuildFailure, BuildFuture, BuildJob, BuildLog, BuildRunner, Level, Phase, Source,
 };
 use super::build_plan::{self, Step};
+use super::package_sources::PackageSources;
 use crate::computers::agent_client::{AgentCall, AgentError};
 use crate::computers::{new_vnc_password, Lifecycle, BASE_IMAGE};
 use crate::store::{NewComputer, Store, WorkspaceStatus};
@@ -274,11 +275,16 @@ async fn call(
 pub struct VmBuilder {
     store: Arc<Store>,
     lifecycle: Arc<Lifecycle>,
+    sources: Arc<PackageSources>,
 }
 
 impl VmBuilder {
-    pub fn new(store: Arc<Store>, lifecycle: Arc<Lifecycle>) -> VmBuilder {
-        VmBuilder { store, lifecycle }
+    pub fn new(store: Arc<Store>, lifecycle: Arc<Lifecycle>, sources: PackageSources) -> VmBuilder {
+        VmBuilder {
+            store,
+            lifecycle,
+            sources: Arc::new(sources),
+        }
     }
 
     /// Destroys the build computers a previous daemon left (their builds were failed by
@@ -332,7 +338,7 @@ impl VmBuilder {
         log: Arc<dyn BuildLog>,
         cancel: CancellationToken,
     ) -> Result<(), BuildFailure> {
-        let steps = build_plan::plan(&job.template.document)?;
+        let steps = build_plan::plan(&job.template.document, &self.sources)?;
         emit(
             &*log,
             Level::Info,
