@@ -5,12 +5,14 @@ Run by tests/sdk-rig-e2e after the API flow (or alone: `rig_template_flow.py --i
 HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flow.py:
 
   publish default/rig-template@1.0.0 (a build-time inline file, two `build.run` steps, an
-  `on_first_boot` hook, a literal `env`; no apt/pip/npm, so no network is needed); build it and
+  `on_first_boot` hook, a literal `env`; a .deb through `build.apt` and a wheel through `build.pip`
+  from local mirrors this flow serves (tests/sdk/package_mirror.py), an app whose service serves
+  the build-time file with an HTTP health check); build it and
   follow GET .../build/events (SSE) until it closes: phases boot, install, snapshot, ready, each
   step's output lines; GET .../build is ready with build_time_ms; a second build is `reused`;
   launch two computers with POST /computers {template_ref}: each reaches running restored from the
   snapshot (far sooner than the cold boot of the build VM in this same run), has the file, the run
-  steps' and the hook's output, the env, and a hostname (deskd-<instance_id>) and machine-id of its
+  steps' and the hook's output, the env, the packages, the app's service answering, and a hostname (deskd-<instance_id>) and machine-id of its
   own; the template's required secret, given per launch, is in /root/.env (0600, root) and in a
   runtime file, another runtime file is there, and `on_resume` ran once after the restore, after
   both (a launch without the secret is a 400 naming it); the template's autostart stream (its key an
@@ -52,6 +54,22 @@ TEMPLATE = {
     ],
     "hooks": {"on_first_boot": "date +%s > /var/lib/rig-template/first-boot; echo first boot hook ran"},
 }
+# Packages from the local mirrors (tests/sdk/package_mirror.py; tests/sdk-rig-e2e points the
+# daemon's [build] at them): a .deb through build.apt, a wheel through build.pip, and an app whose
+# service serves a build-time file, with an HTTP health check the build waits for.
+# RIG_TEMPLATE_PACKAGES=0 leaves them out.
+PACKAGES = os.environ.get("RIG_TEMPLATE_PACKAGES", "1") != "0"
+APP_PORT = 8199
+if PACKAGES:
+    import package_mirror  # noqa: E402
+    TEMPLATE["build"]["apt"] = [package_mirror.APT_PACKAGE]
+    TEMPLATE["build"]["pip"] = [package_mirror.PIP_PACKAGE]
+    TEMPLATE["apps"] = [{
+        "name": "hello", "title": "the template's web app",
+        "services": [{"name": "http", "restart": "always",
+                      "run": f"python3 -m http.server {APP_PORT} --bind 127.0.0.1 --directory /opt/rig-template"}],
+        "health": {"type": "http", "url": f"http://127.0.0.1:{APP_PORT}/hello.txt", "every": 2, "retries": 60},
+    }]
 # Files in and out (rig_files_flow.check_files) on the two launches; RIG_FILES_FLOW=0 leaves them out.
 FILES = os.environ.get("RIG_FILES_FLOW", "1") != "0"
 # The launch-time parts (a required secret, runtime files, on_resume); RIG_TEMPLATE_SECRETS=0
@@ -195,6 +213,14 @@ def check_computer(api, cid):
     out = bash(api, cid, "cat /var/lib/rig-template/run.out; test -s /var/lib/rig-template/first-boot && echo hook-ok")
     expect(out.startswith("built-by-run\n6.") and out.endswith("hook-ok"),
            f"{cid}: run steps / on_first_boot output {out!r}")
+    if PACKAGES:
+        out = bash(api, cid, f"{package_mirror.APT_COMMAND}; dpkg-query -W -f '${{Version}}' {package_mirror.APT_PACKAGE}; echo; "
+                             f"python3 -c 'import {package_mirror.PIP_MODULE} as m; print(m.GREETING)'; "
+                             f"curl -s --max-time 30 http://127.0.0.1:{APP_PORT}/hello.txt | sha256sum; "
+                             "systemctl is-active deskd-app-hello-http")
+        want = [package_mirror.APT_SAYS, "1.0", package_mirror.PIP_SAYS,
+                f"{hashlib.sha256(HELLO.encode()).hexdigest()}  -", "active"]
+        expect(out.splitlines() == want, f"{cid}: the apt and pip packages and the app's service: {out.splitlines()}, want {want}")
     out = bash(api, cid, "echo \"$RIG_TEMPLATE_GREETING\"")
     expect(out == "hi there", f"{cid}: env RIG_TEMPLATE_GREETING is {out!r}")
     out = bash(api, cid, "hostname; cat /etc/machine-id")
@@ -283,7 +309,12 @@ def flow(api, ctl):
     step(f"published {published['ref']} ({published['digest']})")
 
     t_build = time.monotonic()
-    done, events = build(api)
+    mirror = package_mirror.Mirror() if PACKAGES else None
+    try:
+        done, events = build(api)
+    finally:
+        if mirror is not None:
+            mirror.stop()
     if done.get("status") == "failed" and "needs the network" in (done.get("error") or ""):
         step(f"SKIPPED: the build needed a network the rig's guest lacks: {done.get('error')}")
         return 77
@@ -294,6 +325,17 @@ def flow(api, ctl):
     lines = [e["line"] for e in events]
     expect("run as root" in lines, "build.run's output (its steps run as root) is not in the events")
     expect("first boot hook ran" in lines, "on_first_boot's output is not in the events")
+    if PACKAGES:
+        sources = {e.get("source") for e in events}
+        expect({"apt", "pip"} <= sources, f"no apt or pip events in the build's stream: sources {sources}")
+        asked = set(mirror.requests)
+        for want in ("/apt/Release", f"/pypi/simple/{package_mirror.PIP_PACKAGE}/"):
+            expect(want in asked, f"the build never asked the mirror for {want}: it asked {sorted(asked)}")
+        expect(any("health" in (e.get("line") or "") for e in events) or
+               any("apps[0].health" in (e.get("line") or "") for e in events),
+               "the app's health check is not in the build's stream")
+        step(f"the build installed {package_mirror.APT_PACKAGE} (apt) and {package_mirror.PIP_PACKAGE} (pip) from the "
+             f"local mirrors ({len(mirror.requests)} requests) and waited for the app's health check")
     build_ms = done.get("build_time_ms")
     step(f"build ready: build_time_ms {build_ms} (client saw {time.monotonic() - t_build:.0f} s)")
     again = api.json("POST", f"/api/templates/default/{NAME}/{VERSION}/build")
