@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import io
 import os
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -22,10 +23,10 @@ import zipfile
 WEB_PORT = int(os.environ.get("RIG_WEB_PORT", "18080"))
 APT_PACKAGE = "rig-hello-deb"
 APT_COMMAND = "/usr/bin/rig-hello-deb"
-APT_SAYS = "hello from the rig's apt mirror"
+APT_SAYS = "hello from the apt mirror of the rig"
 PIP_PACKAGE = "rig-hello"
 PIP_MODULE = "rig_hello"
-PIP_SAYS = "hello from the rig's Python index"
+PIP_SAYS = "hello from the Python index of the rig"
 CONFIG = ('[build]\napt_sources = ["deb [trusted=yes] http://web.test/apt ./"]\n'
           'pip_index_url = "http://web.test/pypi/simple/"\n')
 
@@ -40,7 +41,7 @@ def _deb(folder):
                 "Description: a package of the rig's apt mirror\n")
     script = os.path.join(root, APT_COMMAND.lstrip("/"))
     with open(script, "w") as f:
-        f.write(f"#!/bin/sh\necho '{APT_SAYS}'\n")
+        f.write(f"#!/bin/sh\necho {shlex.quote(APT_SAYS)}\n")
     os.chmod(script, 0o755)
     out = os.path.join(folder, f"{APT_PACKAGE}_1.0_all.deb")
     subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, out],
