@@ -366,9 +366,14 @@ pub async fn create(
         .transpose()?
         .or(defaults.egress_policy);
     // Ours: the card's limit from its first boot (resize changes it live).
-    let bandwidth = optional_int(&body, "bandwidth_limit_mbps", 1, 100_000)?
-        .map(|n| n as u32)
-        .or(defaults.bandwidth_limit_mbps);
+    let bandwidth = optional_int(
+        &body,
+        "bandwidth_limit_mbps",
+        1,
+        crate::templates::defaults::MAX_BANDWIDTH_MBPS as i64,
+    )?
+    .map(|n| n as u32)
+    .or(defaults.bandwidth_limit_mbps);
     check_disk_quota(&state, disk_size_gb)?;
     let ws = access::workspace(&state, &key, &workspace_id)?;
     let new = NewComputer {

@@ -102,7 +102,13 @@ fn parse(state: &AppState, c: &Computer, body: &Map<String, Value>) -> Result<As
         }
         check_disk_quota(state, d)?;
     }
-    let bandwidth = optional_int(body, "bandwidth_limit_mbps", 1, 100_000)?.map(|n| n as u32);
+    let bandwidth = optional_int(
+        body,
+        "bandwidth_limit_mbps",
+        1,
+        crate::templates::defaults::MAX_BANDWIDTH_MBPS as i64,
+    )?
+    .map(|n| n as u32);
     let auto_stop = parse_auto_stop(body)?;
     let asked = Asked {
         vcpus,
