@@ -59,7 +59,7 @@ sdk-venv:
 	bash tests/sdk/setup.sh
 
 ## End-to-end tests: they need real KVM, which the rig provides on hosts without it. Each rig test
-## runs under tests/rig/retry-on-crash: again after a recorded fault of the emulator (up to twice), never
+## runs under tests/rig/retry-on-crash: again after a recorded fault of the emulator (up to three times, while the deadline leaves room), never
 ## after a failure of its own. The binary they use: $$DESKD, else the debug build (tests/lib/common.sh).
 e2e:
 	$(call stages,build-debug rig-self-test vmm-e2e image-boot-test sdk-e2e)

@@ -168,6 +168,9 @@ def flow(api, ctl):
     step(f"bash: {out}")
     expect(out.get("exit_code") == 0, "bash exit code")
     expect(out["output"].startswith("Linux 6."), "bash output: not Linux 6.x")
+    # The VMM hides hardware virtualization from guests (src/vmm/arch/x86_64/cpuid.rs).
+    nested = bash(api, cid, "grep -cwE 'svm|vmx' /proc/cpuinfo || true")
+    expect(nested == "0", f"the guest sees hardware virtualization ({nested} CPUs with svm/vmx)")
     expect(f"deskd-{instance}" in out["output"], "the hostname is not the one from deskd.hostname")
 
     url = api.json("GET", f"/api/computers/{cid}/screenshot?response_format=url")["image"]

@@ -1,6 +1,8 @@
 //! Per-vCPU CPUID: KVM's supported CPUID as the base, then the identity and topology of each vCPU
 //! filled in so the guest sees one socket with `count` single-threaded cores whose APIC ids are
-//! 0..count (the same ids the MADT lists).
+//! 0..count (the same ids the MADT lists), and hardware virtualization hidden: a guest is
+//! untrusted, and nested virtualization would hand it the host KVM's nested-SVM/VMX emulation as
+//! attack surface (and a guest kernel that loads `kvm_amd` for nothing at every boot).
 
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -8,6 +10,12 @@ use kvm_bindings::kvm_cpuid_entry2;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 ECX: "running under a hypervisor".
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: Intel VMX.
+const LEAF1_ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: AMD SVM.
+const EXT1_ECX_SVM: u32 = 1 << 2;
+/// AMD's SVM revision and feature leaf, meaningful only with SVM.
+const LEAF_SVM_FEATURES: u32 = 0x8000_000a;
 /// Leaf 1 EDX: the package has more than one logical processor (the EBX[23:16] count is valid).
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units, reported in leaf 1 EBX[15:8].
@@ -47,6 +55,7 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], topo: VcpuTopology, tsc_deadl
             1 => {
                 entry.ebx = (apic_id << 24) | (count << 16) | (CLFLUSH_LINE_QWORDS << 8);
                 entry.ecx |= LEAF1_ECX_HYPERVISOR;
+                entry.ecx &= !LEAF1_ECX_VMX;
                 if tsc_deadline {
                     entry.ecx |= LEAF1_ECX_TSC_DEADLINE;
                 } else {
@@ -77,6 +86,13 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], topo: VcpuTopology, tsc_deadl
                 entry.ebx = logical;
                 entry.ecx = (level_type << 8) | (entry.index & 0xff);
                 entry.edx = apic_id;
+            }
+            0x8000_0001 => entry.ecx &= !EXT1_ECX_SVM,
+            LEAF_SVM_FEATURES => {
+                entry.eax = 0;
+                entry.ebx = 0;
+                entry.ecx = 0;
+                entry.edx = 0;
             }
             // AMD: number of cores in ECX[7:0] (minus one) and the APIC-id bits for them.
             0x8000_0008 => {
@@ -180,6 +196,25 @@ mod tests {
         assert_eq!(l3.eax & 0x1f, 3, "cache type bits survive");
         let leaf1 = find(&entries, 1, 0);
         assert_eq!(leaf1.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
+    fn hardware_virtualization_is_hidden_from_the_guest() {
+        let mut entries = base();
+        entries[0].ecx |= LEAF1_ECX_VMX | 1; // VMX and SSE3
+        let mut ext1 = entry(0x8000_0001, 0);
+        ext1.ecx = EXT1_ECX_SVM | 1; // SVM and LAHF/SAHF
+        let mut svm = entry(LEAF_SVM_FEATURES, 0);
+        (svm.eax, svm.ebx, svm.edx) = (1, 0x8000, 0x1_beff);
+        entries.extend([ext1, svm]);
+        normalize(&mut entries, VcpuTopology { index: 0, count: 1 }, true);
+        let leaf1 = find(&entries, 1, 0);
+        assert_eq!(leaf1.ecx & LEAF1_ECX_VMX, 0);
+        assert_eq!(leaf1.ecx & 1, 1, "other features stay");
+        let ext1 = find(&entries, 0x8000_0001, 0);
+        assert_eq!((ext1.ecx & EXT1_ECX_SVM, ext1.ecx & 1), (0, 1));
+        let svm = find(&entries, LEAF_SVM_FEATURES, 0);
+        assert_eq!((svm.eax, svm.ebx, svm.ecx, svm.edx), (0, 0, 0, 0));
     }
 
     #[test]
