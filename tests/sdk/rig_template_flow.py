@@ -303,6 +303,35 @@ def cold_start(api, cid):
          f"{ms:.0f} ms, on_every_boot ran once with /root/.env there, on_resume did not run again")
 
 
+SDK_TEMPLATE_LAUNCH = f"""
+import os, sys
+from orgo import Computer
+try:
+    Computer(project="templates", template="{NAME}", api_key=os.environ["DESKD_KEY"],
+             base_api_url=os.environ["DESKD_BASE"], verbose=False)
+except Exception as e:
+    print(e)
+    sys.exit(0)
+sys.exit("created a computer of {NAME} without its required secret")
+"""
+
+
+def sdk_template_launch_is_refused_naming_the_secret():
+    """The official SDK's Computer(project=..., template=NAME) reaches this template (its legacy
+    builds/latest lookup is refused, so it sends the bare name as `image`, which deskd resolves)
+    and, as the SDK cannot send secrets, the create is refused naming the required one."""
+    sdk_python = os.environ.get("DESKD_SDK_PYTHON")
+    if not sdk_python:
+        step("the SDK's Computer(template=...): left out (no DESKD_SDK_PYTHON)")
+        return
+    import subprocess
+    r = subprocess.run([sdk_python, "-c", SDK_TEMPLATE_LAUNCH], capture_output=True, text=True, timeout=300)
+    said = (r.stdout + r.stderr).strip()
+    expect(r.returncode == 0, f"the SDK's Computer(template={NAME!r}): {said[-400:]}")
+    expect("rig-token" in said, f"the SDK's Computer(template={NAME!r}) was refused without naming the secret: {said[-400:]}")
+    step(f"the SDK's Computer(project=..., template={NAME!r}) resolves the template and is refused: {said[-200:]}")
+
+
 def flow(api, ctl):
     code, published = api.call("POST", "/api/templates", TEMPLATE)
     expect(code in (200, 201), f"POST /api/templates answered {code}: {published}")
@@ -362,6 +391,7 @@ def flow(api, ctl):
     if SECRETS:
         code, refused = api.call("POST", "/api/computers", {"project_id": ws, "name": "no-secret", "template_ref": REF})
         expect(code == 400 and "rig-token" in json.dumps(refused), f"a launch without its required secret: {code} {refused}")
+        sdk_template_launch_is_refused_naming_the_secret()
     receiver = folder = None
     if STREAM:
         import tempfile
