@@ -1,6 +1,7 @@
 //! What a template build does inside its VM, as an ordered list of shell steps run as root
 //! (templates.md, "The build"): `env` (a profile script), `build.apt`, `build.pip`, `build.npm`,
-//! `build.run`, build-time `files`, each app's `install` and its services as systemd units,
+//! `build.run`, build-time `files`, each app's `install`, its services and its `autostart`
+//! programs as systemd units,
 //! `terminal` sessions, `hooks.on_first_boot`, every app's health check, `hooks.on_pre_snapshot`,
 //! and a final `sync`; the package steps fetch from the config's `[build]` sources
 //! (`super::package_sources`). Planning is pure (no VM): what the document asks for that this builder
@@ -244,6 +245,14 @@ pub fn plan(doc: &Document, sources: &PackageSources) -> Result<Vec<Step>, Build
                 SMALL_STEP_TIMEOUT,
             ));
         }
+        for (i, entry) in app.autostart.iter().flatten().enumerate() {
+            steps.push(step(
+                Phase::Install,
+                format!("apps[{a}].autostart[{i}] ({})", app.name),
+                autostart_unit(&app.name, i, entry),
+                SMALL_STEP_TIMEOUT,
+            ));
+        }
         if let Some(h) = &app.health {
             let (script, timeout) = health_check(h, &format!("apps[{a}].health"))?;
             health.push(step(
@@ -381,6 +390,53 @@ fn service_unit(app: &str, svc: &document::Service) -> Result<String, BuildFailu
     Ok(out)
 }
 
+/// The environment of a program in the desktop session, as the agent's own unit has it.
+const DESKTOP_SESSION_ENV: &str = "DISPLAY=:0 HOME=/home/user XDG_RUNTIME_DIR=/run/user/1000 \
+     DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/1000/bus";
+
+/// A systemd unit that starts `entry` of app `app`'s `autostart` in the desktop session, as the
+/// desktop user, `delay` after the session is up: once now (so it runs in the golden snapshot and
+/// in every computer restored from it) and at every boot. Not waited for (`--no-block`): the
+/// delay is the program's, not the build's.
+fn autostart_unit(app: &str, index: usize, entry: &document::Autostart) -> String {
+    let (unit, script_path, script, unit_text) = autostart_files(app, index, entry);
+    let mut out = write_file(&script_path, script.as_bytes(), "0755", "root", "root");
+    out.push_str(&write_file(
+        &format!("/etc/systemd/system/{unit}.service"),
+        unit_text.as_bytes(),
+        "0644",
+        "root",
+        "root",
+    ));
+    out.push_str(&format!(
+        "systemctl daemon-reload\nsystemctl enable {unit}.service\nsystemctl start --no-block {unit}.service\n"
+    ));
+    out
+}
+
+/// The unit name, script path, script and unit file of [`autostart_unit`].
+fn autostart_files(
+    app: &str,
+    index: usize,
+    entry: &document::Autostart,
+) -> (String, String, String, String) {
+    let unit = format!("deskd-app-{app}-autostart-{index}");
+    let script_path = format!("{SERVICE_SCRIPTS}/{unit}.sh");
+    let delay = entry.delay.as_ref().map(seconds).unwrap_or(0);
+    let script = format!(
+        "#!/bin/bash\nsleep {delay}\nexec bash -c {}\n",
+        quote(&entry.run)
+    );
+    let unit_text = format!(
+        "[Unit]\nDescription=template app {app}, autostart[{index}]\n\
+         After=deskd-session.service deskd-display.service\nWants=deskd-session.service\n\n\
+         [Service]\nExecStart=/bin/bash -l {script_path}\nUser=user\nWorkingDirectory=/home/user\n\
+         Environment={DESKTOP_SESSION_ENV}\nRestart=no\nStandardOutput=journal\nStandardError=journal\n\n\
+         [Install]\nWantedBy=graphical.target\n"
+    );
+    (unit, script_path, script, unit_text)
+}
+
 /// A script that tries the check until it passes, `retries` times `every` seconds apart, and
 /// how long it may take at most.
 fn health_check(h: &document::Health, field: &str) -> Result<(String, Duration), BuildFailure> {
@@ -448,6 +504,7 @@ apps:
   - name: web
     install: "echo install"
     services: [{name: srv, run: "python3 -m http.server 8000", cwd: "~"}]
+    autostart: [{run: "xdg-open http://127.0.0.1:8000"}]
     health: {type: http, url: "http://127.0.0.1:8000/", retries: 3, every: 1}
 terminal: [{name: main, run: top}]
 hooks:
@@ -467,6 +524,7 @@ hooks:
                 "files[0] (/home/user/notes.txt)",
                 "apps[0].install (web)",
                 "apps[0].services[0] (web/srv)",
+                "apps[0].autostart[0] (web)",
                 "terminal[0] (main)",
                 "hooks.on_first_boot",
                 "apps[0].health (web)",
@@ -538,6 +596,52 @@ hooks:
         assert_eq!(seconds(&document::Duration::Text("2m".into())), 120);
         assert_eq!(seconds(&document::Duration::Text("500ms".into())), 1);
         assert_eq!(seconds(&document::Duration::Seconds(7)), 7);
+    }
+
+    #[test]
+    fn an_autostart_program_runs_in_the_desktop_session_after_its_delay_now_and_at_every_boot() {
+        let d = doc(r#"
+api_version: orgo.ai/v1
+name: auto@1.0.0
+apps:
+  - name: web
+    autostart: [{run: "xdg-open 'http://127.0.0.1:8000'"}, {run: "xterm", delay: 2m}]
+"#);
+        let steps = plan(&d, &PackageSources::default()).unwrap();
+        let app = &d.apps.as_ref().unwrap()[0];
+        let entries = app.autostart.as_ref().unwrap();
+        let (unit, path, script, unit_text) = autostart_files("web", 0, &entries[0]);
+        assert_eq!(unit, "deskd-app-web-autostart-0");
+        assert_eq!(
+            path,
+            format!("{SERVICE_SCRIPTS}/deskd-app-web-autostart-0.sh")
+        );
+        assert_eq!(
+            script,
+            "#!/bin/bash\nsleep 0\nexec bash -c 'xdg-open '\\''http://127.0.0.1:8000'\\'''\n"
+        );
+        for want in [
+            "User=user\n",
+            "Environment=DISPLAY=:0 ",
+            "After=deskd-session.service",
+            "Restart=no\n",
+            "WantedBy=graphical.target\n",
+        ] {
+            assert!(unit_text.contains(want), "{want:?} not in {unit_text}");
+        }
+        let (_, _, later, _) = autostart_files("web", 1, &entries[1]);
+        assert!(later.contains("sleep 120\n"), "{later}");
+        let step = steps
+            .iter()
+            .find(|s| s.label == "apps[0].autostart[1] (web)")
+            .unwrap();
+        // Enabled for the boots to come, started now without waiting out its delay.
+        assert!(step
+            .script
+            .contains("systemctl enable deskd-app-web-autostart-1.service\n"));
+        assert!(step
+            .script
+            .contains("systemctl start --no-block deskd-app-web-autostart-1.service\n"));
     }
 
     #[test]

@@ -4,8 +4,10 @@ Run by tests/api_sdk.rs with DESKD_BASE (http://127.0.0.1:PORT/api) and DESKD_KE
 Prints one line per step; exits non-zero on the first mismatch.
 """
 
+import json
 import os
 import sys
+import urllib.request
 
 from orgo import Computer, Project
 
@@ -56,6 +58,33 @@ if info["status"] != "running":
 step("Computer(template=...) survives the legacy builds/latest lookup failing")
 templated = Computer(project=project, api_key=KEY, base_api_url=BASE, verbose=False, template="my-template")
 assert templated.computer_id
+
+step("Computer(template=NAME) launches the newest version of a published template by its bare name")
+
+
+def publish(doc):
+    req = urllib.request.Request(f"{BASE}/templates", data=json.dumps(doc).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+for version in ("1.0.0", "1.2.0"):
+    publish({"api_version": "orgo.ai/v1", "template": {"name": "sdk-app", "version": version}})
+from_template = Computer(project=project, api_key=KEY, base_api_url=BASE, verbose=False, template="sdk-app")
+ref = from_template.status()["template_ref"]
+assert ref == "default/sdk-app@1.2.0", ref
+
+step("Computer(template=NAME) of a template with a required secret is refused naming it")
+publish({"api_version": "orgo.ai/v1", "template": {"name": "sdk-secret", "version": "1.0.0"},
+         "secrets": [{"name": "sdk-token"}], "env": {"SDK_TOKEN": {"secret": "sdk-token"}}})
+try:
+    Computer(project=project, api_key=KEY, base_api_url=BASE, verbose=False, template="sdk-secret")
+except Exception as e:
+    assert "sdk-token" in str(e), str(e)
+else:
+    sys.exit("a computer of a template with a required secret was created without it")
+from_template.destroy()
 
 step("restart() and destroy()")
 if not HW:
