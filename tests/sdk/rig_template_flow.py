@@ -7,7 +7,7 @@ HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flo
   publish default/rig-template@1.0.0 (a build-time inline file, two `build.run` steps, an
   `on_first_boot` hook, a literal `env`; a .deb through `build.apt` and a wheel through `build.pip`
   from local mirrors this flow serves (tests/sdk/package_mirror.py), an app whose service serves
-  the build-time file with an HTTP health check); build it and
+  the build-time file with an HTTP health check and an autostart program); build it and
   follow GET .../build/events (SSE) until it closes: phases boot, install, snapshot, ready, each
   step's output lines; GET .../build is ready with build_time_ms; a second build is `reused`;
   launch two computers with POST /computers {template_ref}: each reaches running restored from the
@@ -69,6 +69,9 @@ if PACKAGES:
         "services": [{"name": "http", "restart": "always",
                       "run": f"python3 -m http.server {APP_PORT} --bind 127.0.0.1 --directory /opt/rig-template"}],
         "health": {"type": "http", "url": f"http://127.0.0.1:{APP_PORT}/hello.txt", "every": 2, "retries": 60},
+        # Runs in the X session as the desktop user: once in the build (so in the golden
+        # snapshot), again at a cold boot.
+        "autostart": [{"run": 'xdpyinfo > /dev/null && echo "$(id -un) $DISPLAY" >> ~/autostart.log', "delay": 1}],
     }]
 # Files in and out (rig_files_flow.check_files) on the two launches; RIG_FILES_FLOW=0 leaves them out.
 FILES = os.environ.get("RIG_FILES_FLOW", "1") != "0"
@@ -221,6 +224,8 @@ def check_computer(api, cid):
         want = [package_mirror.APT_SAYS, "1.0", package_mirror.PIP_SAYS,
                 f"{hashlib.sha256(HELLO.encode()).hexdigest()}  -", "active"]
         expect(out.splitlines() == want, f"{cid}: the apt and pip packages and the app's service: {out.splitlines()}, want {want}")
+        poll(f"{cid}: the app's autostart program ran once, in the X session as the desktop user",
+             lambda: bash(api, cid, "cat ~/autostart.log 2>/dev/null || true").splitlines() == ["user :0"], 120, every_s=5)
     out = bash(api, cid, "echo \"$RIG_TEMPLATE_GREETING\"")
     expect(out == "hi there", f"{cid}: env RIG_TEMPLATE_GREETING is {out!r}")
     out = bash(api, cid, "hostname; cat /etc/machine-id")
@@ -287,6 +292,10 @@ def cold_start(api, cid):
     expect(out.splitlines() == ["boot", "resumed", "shut"],
            f"{cid}: after stop and start, every-boot/resumed/shutdown markers are {out.splitlines()} "
            "(want on_every_boot once, on_resume still once, on_shutdown before the stop)")
+    if PACKAGES:
+        poll(f"{cid}: the app's autostart program ran again at the cold boot",
+             lambda: bash(api, cid, "cat ~/autostart.log 2>/dev/null || true").splitlines() == ["user :0"] * 2,
+             240, every_s=5)
     log = api.json("GET", f"/api/computers/{cid}/launch-log")["events"]
     steps = [e["step"] for e in log]
     for want in ("hooks.on_resume", "hooks.on_shutdown", "hooks.on_every_boot"):
