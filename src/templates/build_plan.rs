@@ -20,10 +20,14 @@ const BUILD_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const HOOK_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Small steps: writing a file, a unit, a tmux session.
 const SMALL_STEP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// A health check that names no `retries`/`every`: about five minutes of patience.
-const HEALTH_RETRIES: u32 = 60;
+/// How long the build waits for an app to become healthy at least (its start-up; longer when
+/// `retries` checks `every` apart take longer).
+const HEALTH_PATIENCE_SECS: u64 = 600;
+/// A health check that names no `every`/`timeout`/`retries`.
 const HEALTH_EVERY_SECS: u64 = 5;
 const HEALTH_PROBE_TIMEOUT_SECS: u64 = 10;
+/// Checks retried after a failure before `on_fail` acts (Docker's HEALTHCHECK default).
+const HEALTH_RETRIES: u32 = 3;
 /// Where the build keeps the scripts of services (one per service).
 pub const SERVICE_SCRIPTS: &str = "/usr/local/lib/deskd-template";
 /// The profile script holding the template's `env` (read by every login shell).
@@ -254,12 +258,19 @@ pub fn plan(doc: &Document, sources: &PackageSources) -> Result<Vec<Step>, Build
             ));
         }
         if let Some(h) = &app.health {
-            let (script, timeout) = health_check(h, &format!("apps[{a}].health"))?;
+            let field = format!("apps[{a}].health");
+            let (script, timeout) = health_check(h, &field)?;
             health.push(step(
                 Phase::Install,
-                format!("apps[{a}].health ({})", app.name),
+                format!("{field} ({})", app.name),
                 script,
                 timeout,
+            ));
+            health.push(step(
+                Phase::Install,
+                format!("{field} watch ({})", app.name),
+                health_watch_unit(&app.name, h, &field)?,
+                SMALL_STEP_TIMEOUT,
             ));
         }
     }
@@ -437,23 +448,27 @@ fn autostart_files(
     (unit, script_path, script, unit_text)
 }
 
-/// A script that tries the check until it passes, `retries` times `every` seconds apart, and
-/// how long it may take at most.
-fn health_check(h: &document::Health, field: &str) -> Result<(String, Duration), BuildFailure> {
+/// The timing of a health check: (every, timeout, retries) in seconds and tries.
+fn health_timing(h: &document::Health) -> (u64, u64, u32) {
+    let every = h.every.as_ref().map(seconds).unwrap_or(HEALTH_EVERY_SECS);
     let timeout = h
         .timeout
         .as_ref()
         .map(seconds)
         .unwrap_or(HEALTH_PROBE_TIMEOUT_SECS);
-    let every = h.every.as_ref().map(seconds).unwrap_or(HEALTH_EVERY_SECS);
-    let retries = h.retries.unwrap_or(HEALTH_RETRIES);
+    (every, timeout, h.retries.unwrap_or(HEALTH_RETRIES))
+}
+
+/// One probe of the check, a shell command that succeeds when the app is healthy.
+fn health_probe(h: &document::Health, field: &str) -> Result<String, BuildFailure> {
+    let (_, timeout, _) = health_timing(h);
     let missing = |what: &str| {
         refuse(
             &format!("{field}.{what}"),
             "is required by this type of check",
         )
     };
-    let check = match h.kind {
+    Ok(match h.kind {
         HealthKind::Http => format!(
             "curl -fsS -o /dev/null --max-time {timeout} {}",
             quote(h.url.as_deref().ok_or_else(|| missing("url"))?)
@@ -473,12 +488,96 @@ fn health_check(h: &document::Health, field: &str) -> Result<(String, Duration),
             "pgrep -f -- {} >/dev/null",
             quote(h.process.as_deref().ok_or_else(|| missing("process"))?)
         ),
-    };
+    })
+}
+
+/// The build's wait for the app to become healthy: the check `every` seconds until it passes,
+/// for [`HEALTH_PATIENCE_SECS`] or `retries + 1` tries, whichever is longer; and how long that
+/// may take at most. (`retries` is the runtime watch's tolerance; a start-up deserves more.)
+fn health_check(h: &document::Health, field: &str) -> Result<(String, Duration), BuildFailure> {
+    let (every, timeout, retries) = health_timing(h);
+    let check = health_probe(h, field)?;
+    let patience = HEALTH_PATIENCE_SECS.max((u64::from(retries) + 1) * (every + timeout));
     let script = format!(
-        "set +e\nfor try in $(seq 0 {retries}); do\n  if {check}; then echo \"healthy (try $try)\"; exit 0; fi\n  sleep {every}\ndone\necho \"not healthy after {retries} retries\"\nexit 1\n"
+        "set +e\ntry=0\nwhile :; do\n  try=$((try + 1))\n  if {check}; then echo \"healthy (try $try)\"; exit 0; fi\n  \
+         [ \"$SECONDS\" -ge {patience} ] && break\n  sleep {every}\ndone\n\
+         echo \"not healthy within {patience} s ($try tries)\"\nexit 1\n"
     );
-    let most = (u64::from(retries) + 1) * (every + timeout);
-    Ok((script, SMALL_STEP_TIMEOUT + Duration::from_secs(most)))
+    Ok((
+        script,
+        SMALL_STEP_TIMEOUT + Duration::from_secs(patience + every + timeout),
+    ))
+}
+
+/// What the watch does once the check has failed `retries + 1` times in a row (`on_fail`;
+/// `alert` when absent: a line in the guest's journal, which is all an alert is yet).
+fn on_fail_action(app: &str, on_fail: Option<&str>) -> String {
+    match on_fail.unwrap_or("alert") {
+        "restart_vm" => "echo \"rebooting the VM (on_fail: restart_vm)\"\n    systemctl reboot\n".into(),
+        "none" => "echo \"nothing done (on_fail: none)\"\n".into(),
+        other => match other.strip_prefix("restart_service:") {
+            Some(service) => format!(
+                "echo \"restarting deskd-app-{app}-{service} (on_fail: restart_service:{service})\"\n    \
+                 systemctl restart deskd-app-{app}-{service}.service\n"
+            ),
+            None => format!(
+                "logger -p user.err -t deskd-health {}\n",
+                quote(&format!("template app {app} is not healthy"))
+            ),
+        },
+    }
+}
+
+/// The script of the runtime watch of app `app`'s health: the check every `every` seconds, and
+/// after `retries + 1` failures in a row the `on_fail` action, then the count starts again.
+fn health_watch_script(
+    app: &str,
+    h: &document::Health,
+    field: &str,
+) -> Result<String, BuildFailure> {
+    let (every, _, retries) = health_timing(h);
+    let check = health_probe(h, field)?;
+    let limit = u64::from(retries) + 1;
+    let action = on_fail_action(app, h.on_fail.as_deref());
+    Ok(format!(
+        "#!/bin/bash\n# The runtime health watch of template app {app} ({field}).\nfailures=0\n\
+         while :; do\n  sleep {every}\n  if {check}; then\n    \
+         [ \"$failures\" -eq 0 ] || echo \"healthy again after $failures failed checks\"\n    \
+         failures=0\n    continue\n  fi\n  failures=$((failures + 1))\n  \
+         echo \"check $failures of {limit} failed\"\n  \
+         if [ \"$failures\" -ge {limit} ]; then\n    echo \"not healthy after {limit} checks in a row\"\n    \
+         {action}    failures=0\n  fi\ndone\n"
+    ))
+}
+
+/// A unit that runs [`health_watch_script`] as root from now on (so in the golden snapshot and
+/// every computer restored from it) and at every boot.
+fn health_watch_unit(app: &str, h: &document::Health, field: &str) -> Result<String, BuildFailure> {
+    let unit = format!("deskd-app-{app}-health");
+    let script_path = format!("{SERVICE_SCRIPTS}/{unit}.sh");
+    let unit_text = format!(
+        "[Unit]\nDescription=template app {app}, health watch ({field})\nAfter=network.target\n\n\
+         [Service]\nExecStart=/bin/bash -l {script_path}\nUser=root\nRestart=always\nRestartSec=5\n\
+         StandardOutput=journal\nStandardError=journal\n\n[Install]\nWantedBy=multi-user.target\n"
+    );
+    let mut out = write_file(
+        &script_path,
+        health_watch_script(app, h, field)?.as_bytes(),
+        "0755",
+        "root",
+        "root",
+    );
+    out.push_str(&write_file(
+        &format!("/etc/systemd/system/{unit}.service"),
+        unit_text.as_bytes(),
+        "0644",
+        "root",
+        "root",
+    ));
+    out.push_str(&format!(
+        "systemctl daemon-reload\nsystemctl enable --now {unit}.service\n"
+    ));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -528,6 +627,7 @@ hooks:
                 "terminal[0] (main)",
                 "hooks.on_first_boot",
                 "apps[0].health (web)",
+                "apps[0].health watch (web)",
                 "hooks.on_pre_snapshot",
                 "sync",
             ]
@@ -548,7 +648,13 @@ hooks:
             unit.contains("systemctl enable --now deskd-app-web-srv.service"),
             "{unit}"
         );
-        assert!(by("apps[0].health (web)").script.contains("seq 0 3"));
+        // At least the build's patience, however few the retries.
+        assert!(by("apps[0].health (web)")
+            .script
+            .contains(&format!("-ge {HEALTH_PATIENCE_SECS} ]")));
+        assert!(by("apps[0].health watch (web)")
+            .script
+            .contains("systemctl enable --now deskd-app-web-health.service"));
     }
 
     #[test]
@@ -642,6 +748,68 @@ apps:
         assert!(step
             .script
             .contains("systemctl start --no-block deskd-app-web-autostart-1.service\n"));
+    }
+
+    fn health_of(on_fail: &str) -> document::Health {
+        let d = doc(&format!(
+            r#"
+api_version: orgo.ai/v1
+name: watched@1.0.0
+apps:
+  - name: web
+    services: [{{name: srv, run: "true"}}]
+    health: {{type: command, command: "test -e \"$WATCHED\"", every: 1, retries: 1, on_fail: "{on_fail}"}}
+"#
+        ));
+        d.apps.unwrap()[0].health.clone().unwrap()
+    }
+
+    /// Runs `script` in bash for at most `secs` seconds with WATCHED=`watched`; its output.
+    fn run_for(script: &str, secs: u32, watched: &std::path::Path) -> String {
+        let out = std::process::Command::new("timeout")
+            .arg(secs.to_string())
+            .args(["bash", "-c", script])
+            .env("WATCHED", watched)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn the_health_watch_acts_after_retries_plus_one_failures_in_a_row_and_counts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let watched = dir.path().join("healthy");
+        let script = health_watch_script("web", &health_of("none"), "apps[0].health").unwrap();
+        // Unhealthy throughout: every second check (retries 1) acts, then counting restarts.
+        let out = run_for(&script, 5, &watched);
+        assert!(out.starts_with("check 1 of 2 failed\ncheck 2 of 2 failed\nnot healthy after 2 checks in a row\nnothing done (on_fail: none)\ncheck 1 of 2 failed\n"), "{out}");
+        // Healthy: silent.
+        std::fs::write(&watched, "").unwrap();
+        assert_eq!(run_for(&script, 3, &watched), "");
+        // The actions, as they would run in the guest.
+        let restart = on_fail_action("web", Some("restart_service:srv"));
+        assert!(
+            restart.contains("systemctl restart deskd-app-web-srv.service"),
+            "{restart}"
+        );
+        assert!(on_fail_action("web", Some("restart_vm")).contains("systemctl reboot"));
+        assert!(on_fail_action("web", None).contains("logger -p user.err -t deskd-health"));
+    }
+
+    #[test]
+    fn the_builds_health_wait_passes_once_healthy_and_fails_at_its_patience() {
+        let dir = tempfile::tempdir().unwrap();
+        let watched = dir.path().join("healthy");
+        let (script, limit) = health_check(&health_of("none"), "apps[0].health").unwrap();
+        assert!(limit >= Duration::from_secs(HEALTH_PATIENCE_SECS));
+        std::fs::write(&watched, "").unwrap();
+        assert_eq!(run_for(&script, 5, &watched), "healthy (try 1)\n");
+        // Not healthy yet: it goes on trying (beyond retries + 1 tries) until its patience.
+        std::fs::remove_file(&watched).unwrap();
+        let quick = script.replace(&format!("-ge {HEALTH_PATIENCE_SECS} ]"), "-ge 3 ]");
+        let out = run_for(&quick, 10, &watched);
+        assert!(out.starts_with("not healthy within"), "{out}");
+        assert!(out.contains("tries)"), "{out}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -82,10 +83,21 @@ class SnapVmm(Vmm):
 
 
 def wait_socket(path, timeout):
+    """Until the Unix socket at `path` takes connections: its file appears at bind(), a moment
+    before listen(), and a connect in between is refused (seen once in the rig, 2026-12-03)."""
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while True:
+        if os.path.exists(path):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                return
+            except (ConnectionRefusedError, FileNotFoundError):
+                pass
+            finally:
+                s.close()
         if time.monotonic() > deadline:
-            raise Failure(f"{path} did not appear within {timeout} s")
+            raise Failure(f"{path} did not take connections within {timeout} s")
         time.sleep(0.1)
 
 
