@@ -7,7 +7,8 @@ HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flo
   publish default/rig-template@1.0.0 (a build-time inline file, two `build.run` steps, an
   `on_first_boot` hook, a literal `env`; a .deb through `build.apt` and a wheel through `build.pip`
   from local mirrors this flow serves (tests/sdk/package_mirror.py), an app whose service serves
-  the build-time file with an HTTP health check and an autostart program); build it and
+  the build-time file with an HTTP health check, whose watch restarts it when stopped, and an
+  autostart program); build it and
   follow GET .../build/events (SSE) until it closes: phases boot, install, snapshot, ready, each
   step's output lines; GET .../build is ready with build_time_ms; a second build is `reused`;
   launch two computers with POST /computers {template_ref}: each reaches running restored from the
@@ -68,7 +69,10 @@ if PACKAGES:
         "name": "hello", "title": "the template's web app",
         "services": [{"name": "http", "restart": "always",
                       "run": f"python3 -m http.server {APP_PORT} --bind 127.0.0.1 --directory /opt/rig-template"}],
-        "health": {"type": "http", "url": f"http://127.0.0.1:{APP_PORT}/hello.txt", "every": 2, "retries": 60},
+        # The build waits for it; from then on a watch in the guest restarts the service after
+        # three failed checks in a row.
+        "health": {"type": "http", "url": f"http://127.0.0.1:{APP_PORT}/hello.txt", "every": 2, "retries": 2,
+                   "on_fail": "restart_service:http"},
         # Runs in the X session as the desktop user: once in the build (so in the golden
         # snapshot), again at a cold boot.
         "autostart": [{"run": 'xdpyinfo > /dev/null && echo "$(id -un) $DISPLAY" >> ~/autostart.log', "delay": 1}],
@@ -232,6 +236,23 @@ def check_computer(api, cid):
     host, machine_id = (out.split() + ["", ""])[:2]
     expect(host == f"deskd-{instance}", f"{cid}: hostname {host!r}, expected deskd-{instance}")
     return host, machine_id
+
+
+def check_health_watch(api, cid):
+    """The app's health watch (restored with the golden snapshot) brings back its service after
+    the service is stopped (systemd alone would not: a stop is not a failure)."""
+    out = bash(api, cid, "sudo systemctl stop deskd-app-hello-http; systemctl is-active deskd-app-hello-http || true")
+    expect(out == "inactive", f"{cid}: the app's service did not stop: {out!r}")
+    t0 = time.monotonic()
+    want = f"{hashlib.sha256(HELLO.encode()).hexdigest()}  -"
+    poll(f"{cid}: the health watch restarts the stopped service",
+         lambda: bash(api, cid, f"curl -s --max-time 5 http://127.0.0.1:{APP_PORT}/hello.txt | sha256sum") == want,
+         240, every_s=3)
+    said = bash(api, cid, "sudo journalctl -u deskd-app-hello-health --no-pager -o cat | tail -n 5")
+    expect("restarting deskd-app-hello-http (on_fail: restart_service:http)" in said,
+           f"{cid}: the watch's journal does not say it restarted the service: {said!r}")
+    step(f"{cid}: the app's health watch restarted its stopped service; it answered again after "
+         f"{time.monotonic() - t0:.0f} s")
 
 
 def stream_lines(api, cid):
@@ -423,6 +444,8 @@ def flow(api, ctl):
             shutil.rmtree(folder, ignore_errors=True)
     ids = [check_computer(api, c) for c in (a, b)]
     step(f"both have the template's files, run output, hook and env; identities {ids}")
+    if PACKAGES:
+        check_health_watch(api, b)
     expect(ids[0][0] != ids[1][0], "the two launches share a hostname")
     expect(ids[0][1] != ids[1][1] and all(len(m) == 32 for _, m in ids), f"machine-ids not distinct: {ids}")
     if FILES:
