@@ -337,7 +337,9 @@ SDK_TEMPLATE_LAUNCH = f"""
 import os, sys
 from orgo import Computer
 try:
-    Computer(project="templates", template="{NAME}", api_key=os.environ["DESKD_KEY"],
+    # A project of its own: given the name of an existing one, the SDK swallows the create's
+    # error and tries to make the project again (409), hiding the answer this step checks.
+    Computer(project="sdk-templates", template="{NAME}", api_key=os.environ["DESKD_KEY"],
              base_api_url=os.environ["DESKD_BASE"], verbose=False)
 except Exception as e:
     print(e)
