@@ -10,7 +10,8 @@ Run by tests/sdk-rig-e2e against `deskd serve` inside the rig (tests/rig/serve),
   /desktops/{instance}/proxy/health; the console log; the daemon SIGKILLed and started again
   re-attaches to the running VM (same boot);
   suspend -> suspended, start resumes it (same boot, a background process alive, a counting loop
-  went on, the clock set), a live clone runs with its own hostname, machine-id and RNG; delete ->
+  went on, the clock set), a live clone runs with its own hostname, machine-id and RNG, then turns
+  hostile beside its source (rig_hostile_flow.py; RIG_HOSTILE_FLOW=0 leaves it out); delete ->
   404. The reboot, stop and start, and the VMM killed during a boot are `power_steps`, which
   rig_template_flow.py runs on a computer launched from a template, in a rig of its own. With guest networking (rig_network_flow.py; RIG_NETWORK_FLOW=0 leaves it
   out): the first boot's network checks, the resumed and the cloned computer fetch a page, and no
@@ -478,6 +479,10 @@ def suspend_resume_and_clone(api, cid, boot, ctl):
         rig_network_flow.check_neighbours_unreachable(api, cid, ctl, "the clone's source")
     step(f"clone runs {time.monotonic() - t0:.1f} s after the request: hostname {clone_ids[0]} (source {src_ids[0]}), "
          "own machine-id and RNG output, the source's processes")
+    # The clone turns hostile (its agent replaced by one that never accepts, trickles, answers
+    # 100 MB) while the source is its neighbour (rig_hostile_flow.py); RIG_HOSTILE_FLOW=0: left out.
+    import rig_hostile_flow
+    rig_hostile_flow.check_hostile_guest(api, clone_id, cid, ctl)
     # The official SDK drives the clone (its restart is that test's one cold boot), then
     # destroys it.
     sdk_python = os.environ.get("DESKD_SDK_PYTHON")

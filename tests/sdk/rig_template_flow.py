@@ -7,7 +7,8 @@ HTTP over the daemon's Unix socket with the API key, in the style of rig_api_flo
   publish default/rig-template@1.0.0 (a build-time inline file, two `build.run` steps, an
   `on_first_boot` hook, a literal `env`; a .deb through `build.apt` and a wheel through `build.pip`
   from local mirrors this flow serves (tests/sdk/package_mirror.py), an app whose service serves
-  the build-time file with an HTTP health check); build it and
+  the build-time file with an HTTP health check, whose watch restarts it when stopped, and an
+  autostart program); build it and
   follow GET .../build/events (SSE) until it closes: phases boot, install, snapshot, ready, each
   step's output lines; GET .../build is ready with build_time_ms; a second build is `reused`;
   launch two computers with POST /computers {template_ref}: each reaches running restored from the
@@ -68,7 +69,13 @@ if PACKAGES:
         "name": "hello", "title": "the template's web app",
         "services": [{"name": "http", "restart": "always",
                       "run": f"python3 -m http.server {APP_PORT} --bind 127.0.0.1 --directory /opt/rig-template"}],
-        "health": {"type": "http", "url": f"http://127.0.0.1:{APP_PORT}/hello.txt", "every": 2, "retries": 60},
+        # The build waits for it; from then on a watch in the guest restarts the service after
+        # three failed checks in a row.
+        "health": {"type": "http", "url": f"http://127.0.0.1:{APP_PORT}/hello.txt", "every": 2, "retries": 2,
+                   "on_fail": "restart_service:http"},
+        # Runs in the X session as the desktop user: once in the build (so in the golden
+        # snapshot), again at a cold boot.
+        "autostart": [{"run": 'xdpyinfo > /dev/null && echo "$(id -un) $DISPLAY" >> ~/autostart.log', "delay": 1}],
     }]
 # Files in and out (rig_files_flow.check_files) on the two launches; RIG_FILES_FLOW=0 leaves them out.
 FILES = os.environ.get("RIG_FILES_FLOW", "1") != "0"
@@ -221,12 +228,31 @@ def check_computer(api, cid):
         want = [package_mirror.APT_SAYS, "1.0", package_mirror.PIP_SAYS,
                 f"{hashlib.sha256(HELLO.encode()).hexdigest()}  -", "active"]
         expect(out.splitlines() == want, f"{cid}: the apt and pip packages and the app's service: {out.splitlines()}, want {want}")
+        poll(f"{cid}: the app's autostart program ran once, in the X session as the desktop user",
+             lambda: bash(api, cid, "cat ~/autostart.log 2>/dev/null || true").splitlines() == ["user :0"], 120, every_s=5)
     out = bash(api, cid, "echo \"$RIG_TEMPLATE_GREETING\"")
     expect(out == "hi there", f"{cid}: env RIG_TEMPLATE_GREETING is {out!r}")
     out = bash(api, cid, "hostname; cat /etc/machine-id")
     host, machine_id = (out.split() + ["", ""])[:2]
     expect(host == f"deskd-{instance}", f"{cid}: hostname {host!r}, expected deskd-{instance}")
     return host, machine_id
+
+
+def check_health_watch(api, cid):
+    """The app's health watch (restored with the golden snapshot) brings back its service after
+    the service is stopped (systemd alone would not: a stop is not a failure)."""
+    out = bash(api, cid, "sudo systemctl stop deskd-app-hello-http; systemctl is-active deskd-app-hello-http || true")
+    expect(out == "inactive", f"{cid}: the app's service did not stop: {out!r}")
+    t0 = time.monotonic()
+    want = f"{hashlib.sha256(HELLO.encode()).hexdigest()}  -"
+    poll(f"{cid}: the health watch restarts the stopped service",
+         lambda: bash(api, cid, f"curl -s --max-time 5 http://127.0.0.1:{APP_PORT}/hello.txt | sha256sum") == want,
+         240, every_s=3)
+    said = bash(api, cid, "sudo journalctl -u deskd-app-hello-health --no-pager -o cat | tail -n 5")
+    expect("restarting deskd-app-hello-http (on_fail: restart_service:http)" in said,
+           f"{cid}: the watch's journal does not say it restarted the service: {said!r}")
+    step(f"{cid}: the app's health watch restarted its stopped service; it answered again after "
+         f"{time.monotonic() - t0:.0f} s")
 
 
 def stream_lines(api, cid):
@@ -287,6 +313,10 @@ def cold_start(api, cid):
     expect(out.splitlines() == ["boot", "resumed", "shut"],
            f"{cid}: after stop and start, every-boot/resumed/shutdown markers are {out.splitlines()} "
            "(want on_every_boot once, on_resume still once, on_shutdown before the stop)")
+    if PACKAGES:
+        poll(f"{cid}: the app's autostart program ran again at the cold boot",
+             lambda: bash(api, cid, "cat ~/autostart.log 2>/dev/null || true").splitlines() == ["user :0"] * 2,
+             240, every_s=5)
     log = api.json("GET", f"/api/computers/{cid}/launch-log")["events"]
     steps = [e["step"] for e in log]
     for want in ("hooks.on_resume", "hooks.on_shutdown", "hooks.on_every_boot"):
@@ -301,6 +331,37 @@ def cold_start(api, cid):
         expect(len(started) >= 2, f"{cid}: the cold boot did not start the autostart stream again: {started}")
     step(f"stop ({stopped_s:.0f} s, on_shutdown ran first) and start: a cold boot of the launch's disk running after "
          f"{ms:.0f} ms, on_every_boot ran once with /root/.env there, on_resume did not run again")
+
+
+SDK_TEMPLATE_LAUNCH = f"""
+import os, sys
+from orgo import Computer
+try:
+    # A project of its own: given the name of an existing one, the SDK swallows the create's
+    # error and tries to make the project again (409), hiding the answer this step checks.
+    Computer(project="sdk-templates", template="{NAME}", api_key=os.environ["DESKD_KEY"],
+             base_api_url=os.environ["DESKD_BASE"], verbose=False)
+except Exception as e:
+    print(e)
+    sys.exit(0)
+sys.exit("created a computer of {NAME} without its required secret")
+"""
+
+
+def sdk_template_launch_is_refused_naming_the_secret():
+    """The official SDK's Computer(project=..., template=NAME) reaches this template (its legacy
+    builds/latest lookup is refused, so it sends the bare name as `image`, which deskd resolves)
+    and, as the SDK cannot send secrets, the create is refused naming the required one."""
+    sdk_python = os.environ.get("DESKD_SDK_PYTHON")
+    if not sdk_python:
+        step("the SDK's Computer(template=...): left out (no DESKD_SDK_PYTHON)")
+        return
+    import subprocess
+    r = subprocess.run([sdk_python, "-c", SDK_TEMPLATE_LAUNCH], capture_output=True, text=True, timeout=300)
+    said = (r.stdout + r.stderr).strip()
+    expect(r.returncode == 0, f"the SDK's Computer(template={NAME!r}): {said[-400:]}")
+    expect("rig-token" in said, f"the SDK's Computer(template={NAME!r}) was refused without naming the secret: {said[-400:]}")
+    step(f"the SDK's Computer(project=..., template={NAME!r}) resolves the template and is refused: {said[-200:]}")
 
 
 def flow(api, ctl):
@@ -362,6 +423,7 @@ def flow(api, ctl):
     if SECRETS:
         code, refused = api.call("POST", "/api/computers", {"project_id": ws, "name": "no-secret", "template_ref": REF})
         expect(code == 400 and "rig-token" in json.dumps(refused), f"a launch without its required secret: {code} {refused}")
+        sdk_template_launch_is_refused_naming_the_secret()
     receiver = folder = None
     if STREAM:
         import tempfile
@@ -384,6 +446,8 @@ def flow(api, ctl):
             shutil.rmtree(folder, ignore_errors=True)
     ids = [check_computer(api, c) for c in (a, b)]
     step(f"both have the template's files, run output, hook and env; identities {ids}")
+    if PACKAGES:
+        check_health_watch(api, b)
     expect(ids[0][0] != ids[1][0], "the two launches share a hostname")
     expect(ids[0][1] != ids[1][1] and all(len(m) == 32 for _, m in ids), f"machine-ids not distinct: {ids}")
     if FILES:
