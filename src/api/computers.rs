@@ -349,11 +349,7 @@ pub async fn create(
         .map(crate::templates::vm_builder::template_hardware)
         .unwrap_or((1, 4, MIN_DISK_GB as u32, DEFAULT_RESOLUTION.to_string()));
     let defaults = match &template_doc {
-        Some(d) => crate::templates::defaults::launch_defaults(d).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{e}; publish a corrected version of {template_ref}."
-            ))
-        })?,
+        Some(d) => template_launch_defaults(d, &template_ref)?,
         None => Default::default(),
     };
     let cpu = cpu.unwrap_or(t_cpu);
@@ -404,6 +400,17 @@ pub async fn create(
         StatusCode::CREATED,
         Json(views::computer(&state, &c, &ws.name)),
     ))
+}
+
+/// What a launch of template `reference` (its document `doc`) takes from it; a template whose
+/// defaults cannot be applied is the publisher's to correct.
+pub(crate) fn template_launch_defaults(
+    doc: &crate::templates::document::Document,
+    reference: &str,
+) -> Result<crate::templates::defaults::LaunchDefaults, ApiError> {
+    crate::templates::defaults::launch_defaults(doc).map_err(|e| {
+        ApiError::bad_request(format!("{e}; publish a corrected version of {reference}."))
+    })
 }
 
 /// `GET /computers?workspace_id=` (or `project_id=`; all the key may see without either).

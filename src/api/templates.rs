@@ -430,8 +430,7 @@ pub async fn run(
     let (cpu, ram_gb, disk, resolution) = crate::templates::vm_builder::template_hardware(&doc);
     // A throwaway computer is reaped when idle whatever the template says; its network is the
     // template's, as a launched computer's would be.
-    let defaults = crate::templates::defaults::launch_defaults(&doc)
-        .map_err(|e| ApiError::bad_request(format!("{e}; publish a corrected version of {r}.")))?;
+    let defaults = computers::template_launch_defaults(&doc, &r.to_string())?;
     computers::check_disk_quota(&state, disk)?;
     let new = NewComputer {
         workspace_id: ws.id.clone(),
