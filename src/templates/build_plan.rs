@@ -387,7 +387,31 @@ fn service_unit(app: &str, svc: &document::Service) -> Result<String, BuildFailu
         unit_text.push_str(&format!("KillSignal={sig}\n"));
     }
     unit_text.push_str("\n[Install]\nWantedBy=multi-user.target\n");
-    let mut out = write_file(&script_path, script.as_bytes(), "0755", "root", "root");
+    Ok(install_unit(
+        &unit,
+        &script_path,
+        &script,
+        &unit_text,
+        Start::Now,
+    ))
+}
+
+/// When a unit the build installs starts, besides at every boot: now, waited for or not.
+enum Start {
+    Now,
+    NoWait,
+}
+
+/// The step text that installs unit `unit` (its file `unit_text`, running the root-owned
+/// `script` at `script_path`), enables it for every boot and starts it now.
+fn install_unit(
+    unit: &str,
+    script_path: &str,
+    script: &str,
+    unit_text: &str,
+    start: Start,
+) -> String {
+    let mut out = write_file(script_path, script.as_bytes(), "0755", "root", "root");
     out.push_str(&write_file(
         &format!("/etc/systemd/system/{unit}.service"),
         unit_text.as_bytes(),
@@ -395,10 +419,13 @@ fn service_unit(app: &str, svc: &document::Service) -> Result<String, BuildFailu
         "root",
         "root",
     ));
-    out.push_str(&format!(
-        "systemctl daemon-reload\nsystemctl enable --now {unit}.service\n"
-    ));
-    Ok(out)
+    out.push_str(&match start {
+        Start::Now => format!("systemctl daemon-reload\nsystemctl enable --now {unit}.service\n"),
+        Start::NoWait => format!(
+            "systemctl daemon-reload\nsystemctl enable {unit}.service\nsystemctl start --no-block {unit}.service\n"
+        ),
+    });
+    out
 }
 
 /// The environment of a program in the desktop session, as the agent's own unit has it.
@@ -411,18 +438,7 @@ const DESKTOP_SESSION_ENV: &str = "DISPLAY=:0 HOME=/home/user XDG_RUNTIME_DIR=/r
 /// delay is the program's, not the build's.
 fn autostart_unit(app: &str, index: usize, entry: &document::Autostart) -> String {
     let (unit, script_path, script, unit_text) = autostart_files(app, index, entry);
-    let mut out = write_file(&script_path, script.as_bytes(), "0755", "root", "root");
-    out.push_str(&write_file(
-        &format!("/etc/systemd/system/{unit}.service"),
-        unit_text.as_bytes(),
-        "0644",
-        "root",
-        "root",
-    ));
-    out.push_str(&format!(
-        "systemctl daemon-reload\nsystemctl enable {unit}.service\nsystemctl start --no-block {unit}.service\n"
-    ));
-    out
+    install_unit(&unit, &script_path, &script, &unit_text, Start::NoWait)
 }
 
 /// The unit name, script path, script and unit file of [`autostart_unit`].
@@ -560,24 +576,14 @@ fn health_watch_unit(app: &str, h: &document::Health, field: &str) -> Result<Str
          [Service]\nExecStart=/bin/bash -l {script_path}\nUser=root\nRestart=always\nRestartSec=5\n\
          StandardOutput=journal\nStandardError=journal\n\n[Install]\nWantedBy=multi-user.target\n"
     );
-    let mut out = write_file(
+    let script = health_watch_script(app, h, field)?;
+    Ok(install_unit(
+        &unit,
         &script_path,
-        health_watch_script(app, h, field)?.as_bytes(),
-        "0755",
-        "root",
-        "root",
-    );
-    out.push_str(&write_file(
-        &format!("/etc/systemd/system/{unit}.service"),
-        unit_text.as_bytes(),
-        "0644",
-        "root",
-        "root",
-    ));
-    out.push_str(&format!(
-        "systemctl daemon-reload\nsystemctl enable --now {unit}.service\n"
-    ));
-    Ok(out)
+        &script,
+        &unit_text,
+        Start::Now,
+    ))
 }
 
 #[cfg(test)]
