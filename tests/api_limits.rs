@@ -61,6 +61,11 @@ fn metrics_are_prometheus_text_behind_a_key() {
         "{text}"
     );
     assert!(text.contains("deskd_agent_bytes_in_flight 0"), "{text}");
+    assert!(
+        text.contains("# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes "),
+        "{text}"
+    );
+    assert!(text.contains("\nprocess_open_fds "), "{text}");
     let anonymous = d.send("GET", "/api/metrics", None, None);
     assert_eq!(anonymous.status, 401);
 }

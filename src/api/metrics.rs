@@ -163,6 +163,32 @@ fn disk_by_kind(data_dir: &Path) -> BTreeMap<&'static str, u64> {
     kinds
 }
 
+/// The daemon process's own gauges under Prometheus's standard names: resident memory (from
+/// `/proc/self/statm`) and open descriptors; `None` where /proc cannot say.
+fn process_gauges() -> Vec<(&'static str, &'static str, u64)> {
+    let mut out = Vec::new();
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let resident = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok());
+    if let (Some(pages), Ok(page)) = (resident, u64::try_from(page)) {
+        out.push((
+            "process_resident_memory_bytes",
+            "Resident memory of the daemon in bytes.",
+            pages * page,
+        ));
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        out.push((
+            "process_open_fds",
+            "Open file descriptors of the daemon.",
+            fds.count() as u64,
+        ));
+    }
+    out
+}
+
 /// `GET /api/metrics`.
 pub async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
     let computers = state.store.all_computers()?;
@@ -194,6 +220,12 @@ pub async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> 
     for (kind, bytes) in disk {
         let _ = writeln!(out, "deskd_disk_bytes{{kind=\"{kind}\"}} {bytes}");
     }
+    for (name, help, value) in process_gauges() {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -205,6 +237,25 @@ pub async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_gauges_are_this_processs_memory_and_descriptors() {
+        let gauges = process_gauges();
+        let value = |n: &str| gauges.iter().find(|g| g.0 == n).map(|g| g.2);
+        let rss = value("process_resident_memory_bytes").unwrap();
+        // A test binary holds at least a few MiB, and not terabytes.
+        assert!(rss > (1 << 20) && rss < (1 << 40), "{rss}");
+        let before = value("process_open_fds").unwrap();
+        let _extra: Vec<_> = (0..8)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let after = process_gauges()
+            .into_iter()
+            .find(|g| g.0 == "process_open_fds")
+            .unwrap()
+            .2;
+        assert!(after >= before + 8, "{before} -> {after}");
+    }
 
     #[test]
     fn histograms_and_counters_render_as_prometheus_text() {
