@@ -600,3 +600,55 @@ fn exports_check_their_input_and_need_a_running_computer() {
     assert!(m.contains("Desktop instance not available"), "{m}");
     assert_eq!(d.get("/api/files").expect(200)["files"], json!([]));
 }
+
+/// A field of `/proc/PID/status` in kB.
+fn status_kb(pid: i32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+#[test]
+fn a_200_mib_upload_goes_to_disk_as_it_arrives_not_into_the_daemons_memory() {
+    let d = Daemon::start_with_config(&format!(
+        "{RELAXED}[limits]\nmax_upload_bytes = 300000000\nmax_workspace_files_bytes = 300000000\n"
+    ));
+    let ws = d.workspace("w");
+    let pid = d.pid().expect("the daemon's pid");
+    // VmHWM from now on (clear_refs 5 resets the peak to the current RSS; where it cannot, the
+    // peak so far is the start-up's, still far below 200 MiB).
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let before = status_kb(pid, "VmRSS");
+    let size = 200usize << 20;
+    let big: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let v = upload(
+        &d,
+        &[
+            ("projectId", None, ws.as_bytes()),
+            ("file", Some("big.bin"), &big),
+        ],
+    )
+    .expect(200);
+    drop(big);
+    let peak = status_kb(pid, "VmHWM");
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    println!(
+        "a 200 MiB upload: the daemon's RSS {} MiB before, peak {} MiB during (+{growth_mib} MiB)",
+        before / 1024,
+        peak / 1024
+    );
+    assert_eq!(v["file"]["size_bytes"], size as u64, "{v}");
+    // Buffers, not the file: a daemon that held the upload would grow by 200 MiB or more.
+    assert!(
+        growth_mib < 64,
+        "the daemon grew by {growth_mib} MiB during a 200 MiB upload"
+    );
+    let dir = d.data.join("files").join(&ws);
+    let stored: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+    assert_eq!(stored.len(), 1);
+    let on_disk = stored[0].as_ref().unwrap().metadata().unwrap().len();
+    assert_eq!(on_disk, size as u64);
+    assert_eq!(incoming(&d), 0);
+}
