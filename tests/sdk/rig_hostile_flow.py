@@ -30,13 +30,13 @@ ENABLED = os.environ.get("RIG_HOSTILE_FLOW", "1") != "0"
 # Seconds of each phase inside the guest. The trickle outlasts the daemon's deadline by far: a
 # deadline per read instead of one for the whole call would keep a call that started with the
 # phase going until the phase ends, well past PROBE_LIMIT_S.
-PHASES = (("silent", 25), ("trickle", 100), ("huge", 45))
+PHASES = (("silent", 20), ("trickle", 90), ("huge", 30))
 # The daemon's deadline for a `bash` call is its timeout plus a 60 s margin (src/api/actions.rs,
 # AGENT_MARGIN); a call that takes longer than this hung.
 PROBE_TIMEOUT_S, PROBE_LIMIT_S = 1, 61 + 15
 # Memory the daemon may gain in the window: one 100 MB answer held whole would be more.
 MAX_DAEMON_GROWTH_KB = 100 * 1024
-BASELINE_S = 20
+BASELINE_S = 10
 
 HOSTILE_AGENT = r'''
 import socket, sys, threading, time
