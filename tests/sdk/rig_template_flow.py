@@ -248,7 +248,9 @@ def check_health_watch(api, cid):
     poll(f"{cid}: the health watch restarts the stopped service",
          lambda: bash(api, cid, f"curl -s --max-time 5 http://127.0.0.1:{APP_PORT}/hello.txt | sha256sum") == want,
          240, every_s=3)
-    said = bash(api, cid, "sudo journalctl -u deskd-app-hello-health --no-pager -o cat | tail -n 5")
+    # --merge: journald goes on writing under the golden snapshot's machine-id after the launch's
+    # new identity, and a plain journalctl reads only the current machine-id's journal.
+    said = bash(api, cid, "sudo journalctl --merge -u deskd-app-hello-health --no-pager -o cat | tail -n 5")
     expect("restarting deskd-app-hello-http (on_fail: restart_service:http)" in said,
            f"{cid}: the watch's journal does not say it restarted the service: {said!r}")
     step(f"{cid}: the app's health watch restarted its stopped service; it answered again after "
