@@ -82,8 +82,9 @@ pub fn seconds(d: &document::Duration) -> u64 {
             let n: u64 = digits.parse().unwrap_or(0);
             match &t[digits.len()..] {
                 "ms" => n / 1000,
-                "m" => n * 60,
-                "h" => n * 3600,
+                // A publisher's number: saturate rather than overflow.
+                "m" => n.saturating_mul(60),
+                "h" => n.saturating_mul(3600),
                 _ => n,
             }
         }
@@ -513,7 +514,8 @@ fn health_probe(h: &document::Health, field: &str) -> Result<String, BuildFailur
 fn health_check(h: &document::Health, field: &str) -> Result<(String, Duration), BuildFailure> {
     let (every, timeout, retries) = health_timing(h);
     let check = health_probe(h, field)?;
-    let patience = HEALTH_PATIENCE_SECS.max((u64::from(retries) + 1) * (every + timeout));
+    let patience = HEALTH_PATIENCE_SECS
+        .max((u64::from(retries) + 1).saturating_mul(every.saturating_add(timeout)));
     let script = format!(
         "set +e\ntry=0\nwhile :; do\n  try=$((try + 1))\n  if {check}; then echo \"healthy (try $try)\"; exit 0; fi\n  \
          [ \"$SECONDS\" -ge {patience} ] && break\n  sleep {every}\ndone\n\
@@ -521,7 +523,9 @@ fn health_check(h: &document::Health, field: &str) -> Result<(String, Duration),
     );
     Ok((
         script,
-        SMALL_STEP_TIMEOUT + Duration::from_secs(patience + every + timeout),
+        SMALL_STEP_TIMEOUT.saturating_add(Duration::from_secs(
+            patience.saturating_add(every).saturating_add(timeout),
+        )),
     ))
 }
 
@@ -800,6 +804,15 @@ apps:
         );
         assert!(on_fail_action("web", Some("restart_vm")).contains("systemctl reboot"));
         assert!(on_fail_action("web", None).contains("logger -p user.err -t deskd-health"));
+    }
+
+    #[test]
+    fn huge_durations_from_a_document_saturate_instead_of_overflowing() {
+        let huge = document::Duration::Text(format!("{}h", u64::MAX));
+        assert_eq!(seconds(&huge), u64::MAX);
+        let mut h = health_of("none");
+        (h.every, h.timeout) = (Some(huge.clone()), Some(huge));
+        assert!(health_check(&h, "apps[0].health").is_ok());
     }
 
     #[test]
