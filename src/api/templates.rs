@@ -396,9 +396,13 @@ pub async fn run(
         )
     })?;
     let t = stored(&state, &r)?;
-    let built = state.store.latest_build(&t.digest)?;
-    if built.as_ref().map(|b| b.status) != Some(BuildStatus::Ready) {
-        let now = built.map(|b| b.status).unwrap_or(BuildStatus::NotBuilt);
+    // A ready build counts while a newer one of the same digest runs (its snapshot stays).
+    if state.store.ready_build(&t.digest)?.is_none() {
+        let now = state
+            .store
+            .latest_build(&t.digest)?
+            .map(|b| b.status)
+            .unwrap_or(BuildStatus::NotBuilt);
         return Err(ApiError::conflict(format!(
             "{r} is not built (build status: {}): POST /api/templates/{}/{}/{}/build first.",
             now.as_str(),

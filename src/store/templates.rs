@@ -227,6 +227,19 @@ impl Store {
             .optional()?)
     }
 
+    /// The newest build of `digest` that succeeded: what launches restore while a newer build
+    /// runs or after one failed (its golden snapshot is replaced only by a build that succeeds).
+    pub fn ready_build(&self, digest: &str) -> Result<Option<BuildRecord>, StoreError> {
+        let conn = self.reader()?;
+        Ok(conn
+            .query_row(
+                &format!("SELECT {BUILD_COLUMNS} FROM template_builds WHERE digest = ?1 AND status = 'ready' ORDER BY started_at DESC, rowid DESC LIMIT 1"),
+                [digest],
+                build_row,
+            )
+            .optional()?)
+    }
+
     /// One build by id.
     pub fn build(&self, id: &str) -> Result<BuildRecord, StoreError> {
         let conn = self.reader()?;
@@ -242,11 +255,31 @@ impl Store {
     /// Starts a build of `digest` unless one runs or one succeeded (checked and written in one
     /// transaction: two requests at once start one build).
     pub fn begin_build(&self, digest: &str, reference: &str) -> Result<BuildStart, StoreError> {
+        self.start_build(digest, reference, true)
+    }
+
+    /// Starts a new build of `digest` although it was built (its golden snapshot is outdated),
+    /// unless one is being built now. The ready build stays on record until the new one ends.
+    pub fn begin_rebuild(&self, digest: &str, reference: &str) -> Result<BuildStart, StoreError> {
+        self.start_build(digest, reference, false)
+    }
+
+    fn start_build(
+        &self,
+        digest: &str,
+        reference: &str,
+        reuse_ready: bool,
+    ) -> Result<BuildStart, StoreError> {
+        let statuses = if reuse_ready {
+            "'building', 'ready'"
+        } else {
+            "'building'"
+        };
         self.write(|conn| {
         let tx = conn.transaction()?;
         let existing: Option<BuildRecord> = tx
             .query_row(
-                &format!("SELECT {BUILD_COLUMNS} FROM template_builds WHERE digest = ?1 AND status IN ('building', 'ready') ORDER BY status = 'ready' DESC, started_at DESC LIMIT 1"),
+                &format!("SELECT {BUILD_COLUMNS} FROM template_builds WHERE digest = ?1 AND status IN ({statuses}) ORDER BY status = 'ready' DESC, started_at DESC LIMIT 1"),
                 [digest],
                 build_row,
             )
@@ -456,5 +489,38 @@ mod tests {
             store.begin_build("sha256:y", "default/app@2.0.0").unwrap(),
             BuildStart::Started(_)
         ));
+    }
+
+    #[test]
+    fn a_rebuild_starts_beside_a_ready_build_which_stays_the_one_launches_use() {
+        let (_d, store) = test_store();
+        let BuildStart::Started(old) = store.begin_build("sha256:x", "default/app@1.0.0").unwrap()
+        else {
+            panic!("not started");
+        };
+        store
+            .finish_build(&old.id, BuildStatus::Ready, 1, None)
+            .unwrap();
+        let BuildStart::Started(new) = store
+            .begin_rebuild("sha256:x", "default/app@1.0.0")
+            .unwrap()
+        else {
+            panic!("a rebuild did not start beside the ready build");
+        };
+        assert!(
+            matches!(store.begin_rebuild("sha256:x", "default/app@1.0.0").unwrap(), BuildStart::AlreadyBuilding(b) if b.id == new.id),
+            "two rebuilds at once"
+        );
+        assert_eq!(store.ready_build("sha256:x").unwrap().unwrap().id, old.id);
+        store
+            .finish_build(&new.id, BuildStatus::Failed, 2, Some("step 1 failed"))
+            .unwrap();
+        assert_eq!(store.latest_build("sha256:x").unwrap().unwrap().id, new.id);
+        assert_eq!(
+            store.ready_build("sha256:x").unwrap().unwrap().id,
+            old.id,
+            "a failed rebuild hid the ready one"
+        );
+        assert!(store.ready_build("sha256:none").unwrap().is_none());
     }
 }

@@ -14,6 +14,7 @@ use super::build::{
     BuildEvent, BuildFailure, BuildJob, BuildLog, BuildRunner, BuildStatus, Level, Phase, Source,
 };
 use super::validate::validate_value;
+use super::vm_builder::GoldenManifest;
 use crate::store::{BuildStart, Store, StoreError, StoredTemplate};
 
 /// Longest a build may take (the hosted service's typical build is two minutes; the rig is
@@ -77,7 +78,16 @@ impl Builds {
     /// Starts building `t` unless its digest is being built or was built.
     pub fn start(self: &Arc<Self>, t: &StoredTemplate) -> Result<BuildStart, StoreError> {
         let reference = t.reference.to_string();
-        let start = self.store.begin_build(&t.digest, &reference)?;
+        let mut start = self.store.begin_build(&t.digest, &reference)?;
+        let mut outdated = None;
+        if matches!(start, BuildStart::Ready(_)) {
+            // A snapshot by an older deskd lacks what builds add since: built again, once.
+            outdated =
+                GoldenManifest::read(&self.snapshot_dir(&t.digest)).and_then(|m| m.outdated());
+            if outdated.is_some() {
+                start = self.store.begin_rebuild(&t.digest, &reference)?;
+            }
+        }
         let BuildStart::Started(record) = &start else {
             return Ok(start);
         };
@@ -91,6 +101,14 @@ impl Builds {
             Some(Source::Builder),
             format!("build of {reference} ({}) started", t.digest),
         ));
+        if let Some(why) = outdated {
+            log.emit(BuildEvent::now(
+                Level::Info,
+                Phase::Publish,
+                Some(Source::Builder),
+                format!("built again: {why}"),
+            ));
+        }
         let template = match validate_value(t.document.clone()) {
             Ok(v) => v,
             Err(issues) => {
@@ -304,6 +322,47 @@ mod tests {
         assert!(builds
             .snapshot_dir(&t.digest)
             .ends_with(t.digest.trim_start_matches("sha256:")));
+
+        // A golden snapshot made by this deskd's builder is reused; one by an older is built again.
+        let golden = builds.snapshot_dir(&t.digest);
+        std::fs::create_dir_all(&golden).unwrap();
+        let manifest = |builder: u32| {
+            let mut m = serde_json::json!({
+                "digest": t.digest, "reference": "default/a@1.0.0", "base": "system/desktop@1.0.0",
+                "cpu": 1, "ram_gb": 4, "disk_size_gb": 8, "resolution": "1280x720x24",
+                "built_at": "then", "boot_ms": 1
+            });
+            if builder > 0 {
+                m["builder"] = builder.into();
+            }
+            std::fs::write(
+                golden.join(crate::computers::golden::MANIFEST),
+                m.to_string(),
+            )
+            .unwrap();
+        };
+        manifest(crate::templates::vm_builder::BUILDER_VERSION);
+        assert!(matches!(builds.start(&t).unwrap(), BuildStart::Ready(b) if b.id == first.id));
+        manifest(0); // a manifest from before the builder was recorded
+        let BuildStart::Started(again) = builds.start(&t).unwrap() else {
+            panic!("a snapshot by an older builder was reused")
+        };
+        let said: Vec<String> = store
+            .build_events(&again.id, 0)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.line)
+            .collect();
+        assert!(
+            said.iter().any(|m| m.contains("older deskd (builder 1")),
+            "{said:?}"
+        );
+        assert!(
+            matches!(builds.start(&t).unwrap(), BuildStart::AlreadyBuilding(b) if b.id == again.id)
+        );
+        assert_eq!(store.ready_build(&t.digest).unwrap().unwrap().id, first.id);
+        builds.cancel(&t.digest).unwrap();
+        settle(&store, &t.digest).await;
 
         let (tx, rx) = tokio::sync::watch::channel(None);
         let builds = Builds::new(

@@ -20,7 +20,6 @@
 
 use std::sync::Arc;
 
-use super::build::BuildStatus;
 use super::builds::Builds;
 use super::refs::TemplateRef;
 use super::secrets::{self, AutoStream, Secrets};
@@ -183,8 +182,7 @@ pub async fn prepare(
         Err(StoreError::NotFound { .. }) => return Ok(LaunchFrom::Image),
         Err(e) => return Err(e.into()),
     };
-    let built = store.latest_build(&t.digest)?;
-    if built.map(|b| b.status) != Some(BuildStatus::Ready) {
+    if store.ready_build(&t.digest)?.is_none() {
         return Ok(LaunchFrom::Image);
     }
     let dir = builds.snapshot_dir(&t.digest);
@@ -195,6 +193,10 @@ pub async fn prepare(
             return Ok(LaunchFrom::Image);
         }
     };
+    if let Some(why) = manifest.outdated() {
+        // Still restored: it works, it only lacks what newer builds add; a build replaces it.
+        tracing::warn!(template = %r, "{why}; launching from it anyway (POST /api/templates/{}/{}/{}/build makes a new one)", r.namespace, r.name, r.version);
+    }
     let restore = manifest.fits(c.cpu, c.ram_gb, c.disk_size_gb, &c.resolution);
     let seeded = lifecycle.seed_from_golden(&c.id, dir, restore).await?;
     let digest = t.digest.clone();

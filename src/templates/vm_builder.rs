@@ -42,10 +42,19 @@ pub const DEFAULT_RAM_GB: u32 = 4;
 pub const DEFAULT_DISK_GB: u32 = 8;
 pub const DEFAULT_RESOLUTION: &str = "1280x720x24";
 
+/// What this deskd's builds put into a golden snapshot beyond the document's own steps, as a
+/// number: raise it whenever that changes, so that snapshots made before are built again (a
+/// snapshot keeps what the builder of its day installed). 1: the builds before the number was
+/// kept (manifests without `builder`); 2: apps' autostart units and runtime health watches.
+pub const BUILDER_VERSION: u32 = 2;
+
 /// `golden.json`: what a golden snapshot is of and the VM it was taken from. A launch restores
 /// it only into a computer of the same hardware ([`GoldenManifest::fits`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GoldenManifest {
+    /// The [`BUILDER_VERSION`] of the deskd that made it (1 when the manifest has none).
+    #[serde(default = "first_builder")]
+    pub builder: u32,
     pub digest: String,
     pub reference: String,
     /// The guest image the build booted.
@@ -71,10 +80,24 @@ impl GoldenManifest {
         ) == (cpu, ram_gb, disk_size_gb, resolution)
     }
 
+    /// Why the snapshot should be built again by this deskd, if it should.
+    pub fn outdated(&self) -> Option<String> {
+        (self.builder < BUILDER_VERSION).then(|| {
+            format!(
+                "its golden snapshot was made by an older deskd (builder {}, this one is {}), without what builds add since (apps' autostart units and health watches)",
+                self.builder, BUILDER_VERSION
+            )
+        })
+    }
+
     pub fn read(golden: &std::path::Path) -> Option<GoldenManifest> {
         let bytes = std::fs::read(golden.join(crate::computers::golden::MANIFEST)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
+}
+
+fn first_builder() -> u32 {
+    1
 }
 
 /// Hardware of a template's computers when the create names none (`hardware` of the document,
@@ -460,6 +483,7 @@ impl VmBuilder {
             .await
             .map_err(|e| failure(Phase::Snapshot, e.to_string()))?;
         let manifest = GoldenManifest {
+            builder: BUILDER_VERSION,
             digest: job.digest.clone(),
             reference: job.reference.to_string(),
             base: BASE_IMAGE.into(),
@@ -688,6 +712,7 @@ mod tests {
     #[test]
     fn a_golden_snapshot_fits_only_the_hardware_it_was_taken_on() {
         let m = GoldenManifest {
+            builder: BUILDER_VERSION,
             digest: "sha256:x".into(),
             reference: "default/a@1.0.0".into(),
             base: BASE_IMAGE.into(),
