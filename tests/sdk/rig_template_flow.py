@@ -249,10 +249,23 @@ def check_health_watch(api, cid):
          lambda: bash(api, cid, f"curl -s --max-time 5 http://127.0.0.1:{APP_PORT}/hello.txt | sha256sum") == want,
          240, every_s=3)
     # --merge: journald goes on writing under the golden snapshot's machine-id after the launch's
-    # new identity, and a plain journalctl reads only the current machine-id's journal.
-    said = bash(api, cid, "sudo journalctl --merge -u deskd-app-hello-health --no-pager -o cat | tail -n 5")
-    expect("restarting deskd-app-hello-http (on_fail: restart_service:http)" in said,
-           f"{cid}: the watch's journal does not say it restarted the service: {said!r}")
+    # new identity, and a plain journalctl reads only the current machine-id's journal. The lines
+    # the watch wrote may reach the journal after the service answers (a CI run on 2026-12-03 read
+    # only the build's own lines, "check 1 of 3 failed ... healthy again", right after the service
+    # came back), so the journal is synced and read until the restart's line is there.
+    restarted = "restarting deskd-app-hello-http (on_fail: restart_service:http)"
+    said = ""
+
+    def watch_said_it():
+        nonlocal said
+        said = bash(api, cid, "sudo journalctl --sync; sudo journalctl --merge -u deskd-app-hello-health --no-pager -o cat | tail -n 20")
+        return restarted in said
+
+    try:
+        poll(f"{cid}: the watch's journal says it restarted the service", watch_said_it, 90, every_s=5)
+    except Failed:
+        pass
+    expect(restarted in said, f"{cid}: the watch's journal does not say it restarted the service: {said!r}")
     step(f"{cid}: the app's health watch restarted its stopped service; it answered again after "
          f"{time.monotonic() - t0:.0f} s")
 
