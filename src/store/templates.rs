@@ -217,23 +217,21 @@ impl Store {
 
     /// The newest build of `digest`, if any.
     pub fn latest_build(&self, digest: &str) -> Result<Option<BuildRecord>, StoreError> {
-        let conn = self.reader()?;
-        Ok(conn
-            .query_row(
-                &format!("SELECT {BUILD_COLUMNS} FROM template_builds WHERE digest = ?1 ORDER BY started_at DESC, rowid DESC LIMIT 1"),
-                [digest],
-                build_row,
-            )
-            .optional()?)
+        self.newest_build(digest, "")
     }
 
     /// The newest build of `digest` that succeeded: what launches restore while a newer build
     /// runs or after one failed (its golden snapshot is replaced only by a build that succeeds).
     pub fn ready_build(&self, digest: &str) -> Result<Option<BuildRecord>, StoreError> {
+        self.newest_build(digest, "AND status = 'ready'")
+    }
+
+    /// The newest build of `digest` that `filter` (a fixed SQL condition, never input) keeps.
+    fn newest_build(&self, digest: &str, filter: &str) -> Result<Option<BuildRecord>, StoreError> {
         let conn = self.reader()?;
         Ok(conn
             .query_row(
-                &format!("SELECT {BUILD_COLUMNS} FROM template_builds WHERE digest = ?1 AND status = 'ready' ORDER BY started_at DESC, rowid DESC LIMIT 1"),
+                &format!("SELECT {BUILD_COLUMNS} FROM template_builds WHERE digest = ?1 {filter} ORDER BY started_at DESC, rowid DESC LIMIT 1"),
                 [digest],
                 build_row,
             )
